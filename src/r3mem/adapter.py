@@ -1,0 +1,85 @@
+"""Adapter folders: the trained part of R³Mem (LoRA + memory tokens + couplings) beside its config.
+
+Layout of a folder:
+    adapter.safetensors   every trainable tensor, by parameter name
+    r3mem_adapter.json    format version, R3MemConfig, base model id, adapter hash, training notes
+Loading = base model + this folder. The hash is checked so a modified folder is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from r3mem import __version__
+from r3mem.config import ConfigError, R3MemConfig
+from r3mem.io import atomic_write_bytes, sha256_hex
+
+__all__ = ["AdapterError", "ADAPTER_FORMAT_VERSION", "adapter_hash", "save_adapter", "read_adapter", "is_adapter_dir"]
+
+ADAPTER_FORMAT_VERSION = 1
+WEIGHTS, META = "adapter.safetensors", "r3mem_adapter.json"
+
+
+class AdapterError(ValueError):
+    """An adapter folder is missing, corrupted, or does not fit the base model."""
+
+
+def adapter_hash(state: dict[str, torch.Tensor]) -> str:
+    parts = []
+    for name in sorted(state):
+        t = state[name].detach().to("cpu", torch.float32).contiguous()
+        parts += [f"{name}|{tuple(t.shape)}|".encode(), t.numpy().tobytes()]
+    return sha256_hex(*parts)[:16]
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    p = Path(path)
+    return (p / META).is_file() and (p / WEIGHTS).is_file()
+
+
+def save_adapter(path: str | Path, state: dict[str, torch.Tensor], cfg: R3MemConfig, base_model_id: str,
+                 extra: dict[str, Any] | None = None) -> str:
+    """Write the folder atomically file by file (weights first, then the header that names them)."""
+    path = Path(path)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    h = adapter_hash(state)
+    atomic_write_bytes(path / WEIGHTS, st_save(state))
+    meta = {"format": "r3mem-adapter", "format_version": ADAPTER_FORMAT_VERSION, "r3mem_version": __version__,
+            "adapter_hash": h, "base_model_id": base_model_id, "config": cfg.to_dict(), **(extra or {})}
+    atomic_write_bytes(path / META, json.dumps(meta, indent=2).encode())
+    return h
+
+
+def read_adapter(path: str | Path) -> tuple[R3MemConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """Validate and read an adapter folder; nothing is returned unless every check passes."""
+    path = Path(path)
+    if not path.is_dir():
+        raise AdapterError(f"{path}: adapter folder does not exist")
+    if not is_adapter_dir(path):
+        raise AdapterError(f"{path}: not an r3mem adapter folder (needs {META} and {WEIGHTS})")
+    try:
+        meta = json.loads((path / META).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise AdapterError(f"{path / META}: not valid JSON") from None
+    if meta.get("format") != "r3mem-adapter":
+        raise AdapterError(f"{path / META}: not an r3mem adapter header")
+    v = meta.get("format_version")
+    if not isinstance(v, int) or v > ADAPTER_FORMAT_VERSION:
+        raise AdapterError(f"{path}: adapter format version {v} is newer than this r3mem supports ({ADAPTER_FORMAT_VERSION})")
+    try:
+        cfg = R3MemConfig.from_dict(meta["config"])
+    except (ConfigError, KeyError) as e:
+        raise AdapterError(f"{path / META}: invalid config ({e})") from None
+    try:
+        state = st_load((path / WEIGHTS).read_bytes())
+    except Exception as e:
+        raise AdapterError(f"{path / WEIGHTS}: corrupted weights ({e})") from None
+    if adapter_hash(state) != meta.get("adapter_hash"):
+        raise AdapterError(f"{path}: adapter hash mismatch, the weights were modified or corrupted")
+    return cfg, state, meta

@@ -1,0 +1,1 @@
+"""The `r3mem` command line: one module per command, each a thin layer over library functions."""

@@ -1,0 +1,132 @@
+"""Validated configuration dataclasses for the R³Mem model, serialisable to JSON and YAML.
+
+Choices the paper leaves open (digest §12) are fields here so ablations can flip them:
+memory placement, BPTT depth, reversible variant, hierarchy levels and loss weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["ConfigError", "R3MemConfig", "load_config", "save_config"]
+
+LEVELS = ("document", "paragraph", "entity")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+def _check(cond: bool, name: str, msg: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{name}: {msg} (got {value!r})")
+
+
+@dataclass
+class R3MemConfig:
+    # Backbone: a registry name ("smollm2-135m") or a local Hugging Face checkpoint folder.
+    base_model: str = "smollm2-135m"
+    # Retention: document-level recurrent memory of `num_mem_tokens` virtual tokens over segments.
+    num_mem_tokens: int = 16
+    segment_len: int = 128
+    memory_mode: str = "input"  # "input" (RMT-style) | "layerwise" (added to hidden states at every layer)
+    bptt_depth: int = 2  # segments gradients flow back through; older memory is detached
+    # Hierarchy: paragraph and entity slots compressed at a ratio chosen at inference time.
+    hierarchy_levels: tuple[str, ...] = LEVELS
+    max_slot_tokens: int = 64  # size of the write-token table, bounds tokens per slot
+    max_paragraph_tokens: int = 256  # longer paragraphs are split into several slots
+    paragraph_ratio: float = 4.0
+    entity_ratio: float = 4.0
+    # Reversibility: "adapters" = (A) direction-specific LoRA adapters over one backbone;
+    # "coupling" = (B) invertible coupling adapters whose exact inverse runs the backward pass.
+    reversible_mode: str = "adapters"
+    coupling_hidden: int = 64
+    # LoRA (peft). target_modules=None lets peft pick the family's attention projections.
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] | None = None
+    # Loss weights: forward (LM / query given memory), backward (reconstruction), cycle consistency.
+    w_fwd: float = 1.0
+    w_bwd: float = 1.0
+    w_cyc: float = 0.5
+    max_recall_tokens: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.hierarchy_levels = tuple(self.hierarchy_levels)
+        if self.target_modules is not None:
+            self.target_modules = tuple(self.target_modules)
+        self.validate()
+
+    def validate(self) -> None:
+        _check(isinstance(self.base_model, str) and self.base_model.strip() != "", "base_model", "must be a non-empty string", self.base_model)
+        for name in ("num_mem_tokens", "segment_len", "bptt_depth", "max_slot_tokens", "max_paragraph_tokens",
+                     "coupling_hidden", "lora_rank", "lora_alpha", "max_recall_tokens"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "must be an integer >= 1", v)
+        _check(self.memory_mode in ("input", "layerwise"), "memory_mode", "must be 'input' or 'layerwise'", self.memory_mode)
+        _check(self.reversible_mode in ("adapters", "coupling"), "reversible_mode", "must be 'adapters' or 'coupling'", self.reversible_mode)
+        _check(len(self.hierarchy_levels) > 0 and set(self.hierarchy_levels) <= set(LEVELS), "hierarchy_levels",
+               f"must be a non-empty subset of {LEVELS}", self.hierarchy_levels)
+        _check("document" in self.hierarchy_levels, "hierarchy_levels", "must include 'document'", self.hierarchy_levels)
+        for name in ("paragraph_ratio", "entity_ratio"):
+            v = getattr(self, name)
+            _check(isinstance(v, (int, float)) and v >= 1.0, name, "must be a number >= 1", v)
+        for name in ("w_fwd", "w_bwd", "w_cyc"):
+            v = getattr(self, name)
+            _check(isinstance(v, (int, float)) and v >= 0.0, name, "must be a number >= 0", v)
+        _check(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)", self.lora_dropout)
+        _check(self.num_mem_tokens <= self.max_slot_tokens, "num_mem_tokens", "must be <= max_slot_tokens", self.num_mem_tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["hierarchy_levels"] = list(self.hierarchy_levels)
+        if self.target_modules is not None:
+            d["target_modules"] = list(self.target_modules)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "R3MemConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: expected a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown config field")
+        try:
+            return cls(**data)
+        except TypeError as e:  # e.g. a list where a number belongs
+            raise ConfigError(f"config: {e}") from None
+
+    def replace(self, **changes: Any) -> "R3MemConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write a config dataclass as YAML (.yaml/.yml) or JSON (anything else)."""
+    path = Path(path)
+    data = cfg.to_dict()
+    text = yaml.safe_dump(data, sort_keys=False) if path.suffix in (".yaml", ".yml") else json.dumps(data, indent=2)
+    from r3mem.io import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode())
+
+
+def load_config(path: str | Path, cls: type = R3MemConfig) -> Any:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'} ({str(e).splitlines()[0]})") from None
+    return cls.from_dict(data or {})

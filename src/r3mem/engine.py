@@ -1,0 +1,175 @@
+"""`R3Mem`: the user-facing memory API over a model, its tokenizer and its identity.
+
+    engine = R3Mem.from_pretrained()            # default base model + shipped adapter
+    mem = engine.write(book_text)               # incremental: write(a) then write(b) == write(a + b)
+    engine.recall(mem, query="the ferry").text  # backward expansion of the best-matching slot
+    engine.save(mem, "book.r3mem"); mem = engine.load("book.r3mem")
+
+Memories are plain values passed in and out; the engine never keeps per-user state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from r3mem.adapter import AdapterError, adapter_hash, read_adapter, save_adapter
+from r3mem.backbone import base_model_id, load_base
+from r3mem.config import R3MemConfig
+from r3mem.memfile import load_memory, save_memory, decode_memory, encode_memory
+from r3mem.memory import Memory
+from r3mem.model import COMPRESS, R3MemModel
+from r3mem.recall import Recalled, recall
+from r3mem.writer import effective_doc_state, flush, pad_batch, tokenize, write_text
+
+__all__ = ["R3Mem", "default_adapter_dir"]
+
+
+def default_adapter_dir() -> Path:
+    return Path(__file__).parent / "pretrained" / "smollm2-135m"
+
+
+class R3Mem:
+    def __init__(self, model: R3MemModel, tokenizer, *, trained: bool = False, meta: dict[str, Any] | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.trained = trained
+        self.meta = meta or {}
+        self._refresh_identity()
+
+    def _refresh_identity(self) -> None:
+        self.adapter_hash = adapter_hash(self.model.trainable_state_dict())
+        self.base_model_id = base_model_id(self.model.lm)
+
+    # ----- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_base(cls, base, tokenizer, config: R3MemConfig | None = None) -> "R3Mem":
+        """Fresh (untrained) adapters over an already loaded base model."""
+        return cls(R3MemModel(base, config or R3MemConfig()), tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, adapter_dir: str | Path | None = None, base_model: str | None = None,
+                        config: R3MemConfig | None = None) -> "R3Mem":
+        """Load base model + adapter folder. With no folder: the shipped adapter, else untrained adapters."""
+        if adapter_dir is None and config is None and (default_adapter_dir() / "r3mem_adapter.json").exists():
+            adapter_dir = default_adapter_dir()
+        if adapter_dir is None:
+            cfg = config or R3MemConfig()
+            if base_model:
+                cfg = cfg.replace(base_model=base_model)
+            base, tok = load_base(cfg.base_model)
+            return cls(R3MemModel(base, cfg), tok, trained=False)
+        cfg, state, meta = read_adapter(adapter_dir)
+        if base_model:
+            cfg = cfg.replace(base_model=base_model)
+        base, tok = load_base(cfg.base_model)
+        engine = cls(R3MemModel(base, cfg), tok, trained=bool(meta.get("trained", True)), meta=meta)
+        engine.load_adapter_state(state, source=str(adapter_dir))
+        if engine.base_model_id != meta.get("base_model_id"):
+            raise AdapterError(f"{adapter_dir}: trained for base model {meta.get('base_model_id')!r}, got {engine.base_model_id!r}")
+        return engine
+
+    def load_adapter_state(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
+        own = dict(self.model.named_parameters())
+        expected = {n for n, p in own.items() if p.requires_grad}
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise AdapterError(f"{source}: does not fit this model (missing {missing[:2]}, unexpected {extra[:2]})")
+        with torch.no_grad():
+            for n, t in state.items():
+                if own[n].shape != t.shape:
+                    raise AdapterError(f"{source}: tensor {n} has shape {tuple(t.shape)}, model expects {tuple(own[n].shape)}")
+            for n, t in state.items():
+                own[n].copy_(t)
+        self._refresh_identity()
+
+    def save_adapter(self, path: str | Path, **extra: Any) -> str:
+        h = save_adapter(path, self.model.trainable_state_dict(), self.model.cfg, self.base_model_id, extra)
+        self._refresh_identity()
+        return h
+
+    @property
+    def config(self) -> R3MemConfig:
+        return self.model.cfg
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What a memory file must match to be loaded by this engine."""
+        c = self.model.cfg
+        return {"base_model_id": self.base_model_id, "adapter_hash": self.adapter_hash,
+                "memory_layout": {"mode": c.memory_mode, "num_mem_tokens": c.num_mem_tokens, "levels": list(c.hierarchy_levels)}}
+
+    # ----- memory API -----------------------------------------------------------------------
+    def new_memory(self) -> Memory:
+        return Memory(doc_state=self.model.initial_state(1)[0].detach().clone())
+
+    reset = new_memory
+
+    def write(self, text: str | Iterable[str], memory: Memory | None = None) -> Memory:
+        """Append text (a string or an iterable of chunks, e.g. a file streamed in pieces)."""
+        mem = memory if memory is not None else self.new_memory()
+        chunks = [text] if isinstance(text, str) else text
+        for chunk in chunks:
+            if not isinstance(chunk, str):
+                raise TypeError(f"write: text must be str, got {type(chunk).__name__}")
+            if "\x00" in chunk:
+                chunk = chunk.replace("\x00", "")  # NUL carries no meaning for a tokenizer
+            mem = write_text(self.model, self.tokenizer, mem, chunk)
+        return mem
+
+    def flush(self, memory: Memory) -> Memory:
+        return flush(self.model, self.tokenizer, memory)
+
+    def recall(self, memory: Memory, query: str | None = None, level: str = "paragraph", **kw: Any) -> Recalled:
+        return recall(self.model, self.tokenizer, memory, query, level, **kw)
+
+    @torch.no_grad()
+    def generate(self, prompt: str, memory: Memory | None = None, max_new_tokens: int = 64, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int | None = None) -> str:
+        """Continue `prompt` with the document memory as extra context (forward direction)."""
+        mem = memory if memory is not None else self.new_memory()
+        state = effective_doc_state(self.model, self.tokenizer, mem).unsqueeze(0)
+        ids = tokenize(self.tokenizer, prompt)
+        if not ids:
+            raise ValueError("prompt: must not be empty")
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        out = self.model.decode(state, max_new_tokens, self.tokenizer.eos_token_id, direction=COMPRESS,
+                                prompt=pad_batch([ids], self.tokenizer.pad_token_id, state.device),
+                                temperature=temperature, top_p=top_p, generator=gen)
+        return self.tokenizer.decode(out[0], skip_special_tokens=True)
+
+    @torch.no_grad()
+    def read(self, prompt: str, max_new_tokens: int = 32) -> str:
+        """Plain greedy generation with the bare base model (the reader used by `answer`)."""
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                          return_tensors="pt", return_dict=True)["input_ids"]
+        else:
+            ids = torch.tensor([tokenize(tok, prompt)])
+        with self.model.adapters_disabled():
+            out = self.model.lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                         do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+    def answer(self, question: str, memory: Memory, top_k: int = 2, max_new_tokens: int = 32) -> tuple[str, Recalled]:
+        """Recall the slots most relevant to the question, then answer from the recalled text."""
+        rec = self.recall(memory, query=question, top_k=top_k)
+        prompt = f"Context:\n{rec.text}\n\nQuestion: {question}\nAnswer in a few words."
+        return self.read(prompt, max_new_tokens).split("\n")[0].strip(), rec
+
+    def save(self, memory: Memory, path: str | Path) -> None:
+        save_memory(path, memory, self.identity)
+
+    def load(self, path: str | Path) -> Memory:
+        return load_memory(path, self.identity)
+
+    def to_bytes(self, memory: Memory) -> bytes:
+        return encode_memory(memory, self.identity)
+
+    def from_bytes(self, data: bytes, name: str = "memory") -> Memory:
+        return decode_memory(data, self.identity, name)

@@ -1,0 +1,97 @@
+"""Training objectives, each returned separately so they can be logged and ablated.
+
+- forward  (compress):  next-segment LM given the recurrent memory, and query given a slot memory;
+- backward (expand):    reconstruct the text from its memory (optionally conditioned on the query);
+- cycle:               text -> memory -> soft text -> memory' ; memory' must match memory.
+A term whose weight is 0 is not computed at all, so it contributes no gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from r3mem.model import COMPRESS, QUERY, R3MemModel
+from r3mem.writer import slot_tokens
+
+__all__ = ["LossTerms", "lm_losses", "pair_losses", "combine"]
+
+
+@dataclass
+class LossTerms:
+    forward: torch.Tensor
+    backward: torch.Tensor
+    cycle: torch.Tensor
+
+    def total(self, w_fwd: float, w_bwd: float, w_cyc: float) -> torch.Tensor:
+        return w_fwd * self.forward + w_bwd * self.backward + w_cyc * self.cycle
+
+    def to_dict(self) -> dict[str, float]:
+        return {"forward": float(self.forward), "backward": float(self.backward), "cycle": float(self.cycle)}
+
+
+def _zero(model: R3MemModel) -> torch.Tensor:
+    return model.memory.init_mem.new_zeros(())
+
+
+def _mean_ce(model: R3MemModel, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    loss, n = model._ce(hidden, labels)
+    return loss / n.clamp(min=1)
+
+
+def cycle_term(model: R3MemModel, state: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Re-compress the expansion's soft tokens (probabilities x embedding table); compare memories."""
+    probs = torch.softmax(model.logits(hidden).float(), -1)
+    soft = probs.to(hidden.dtype) @ model.lm.get_input_embeddings().weight
+    again, _, _ = model.compress(soft, mask, model.initial_state(state.shape[0]), state.shape[2])
+    return (1 - F.cosine_similarity(again[:, 0], state[:, 0].detach(), dim=-1)).mean()
+
+
+def lm_losses(model: R3MemModel, ids: torch.Tensor, mask: torch.Tensor, w_fwd: float, w_bwd: float, w_cyc: float) -> LossTerms:
+    """Retention on a long window: segment recurrence with LM loss; each segment is then expanded back."""
+    cfg = model.cfg
+    state = model.initial_state(ids.shape[0])
+    fwd_sum, fwd_n, bwd, cyc, n_seg = _zero(model), _zero(model), _zero(model), _zero(model), 0
+    for t, s in enumerate(range(0, ids.shape[1], cfg.segment_len)):
+        if t and t % cfg.bptt_depth == 0:
+            state = state.detach()
+        seg, smask = ids[:, s:s + cfg.segment_len], mask[:, s:s + cfg.segment_len]
+        labels = seg.masked_fill(smask == 0, -100) if w_fwd > 0 else None
+        new, loss, n = model.compress(model.embed(seg), smask, state, cfg.num_mem_tokens, labels)
+        state = torch.where((smask.sum(1) > 0).view(-1, 1, 1, 1), new, state)
+        fwd_sum, fwd_n = fwd_sum + loss, fwd_n + n
+        if w_bwd > 0 or w_cyc > 0:
+            hidden, lab = model.expand(state, seg, smask)
+            if w_bwd > 0:
+                bwd = bwd + _mean_ce(model, hidden, lab)
+            if w_cyc > 0:
+                cyc = cyc + cycle_term(model, state, hidden, smask)
+        n_seg += 1
+    fwd = fwd_sum / fwd_n.clamp(min=1) if w_fwd > 0 else _zero(model)
+    return LossTerms(fwd, bwd / max(n_seg, 1), cyc / max(n_seg, 1))
+
+
+def pair_losses(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], query: tuple[torch.Tensor, torch.Tensor],
+                target: tuple[torch.Tensor, torch.Tensor], ratio: float, w_fwd: float, w_bwd: float, w_cyc: float,
+                condition_on_query: bool = True) -> LossTerms:
+    """Hierarchical context-query pairs: compress the context into ceil(len/ratio) memory tokens."""
+    B = ctx[0].shape[0]
+    k = slot_tokens(int(ctx[1].sum(1).max()), ratio, model.memory.max_slot)
+    state, _, _ = model.compress(model.embed(ctx[0]), ctx[1], model.initial_state(B), k)
+    fwd = bwd = cyc = _zero(model)
+    if w_fwd > 0:
+        hidden, lab = model.expand(state, query[0], query[1], direction=COMPRESS, marker=QUERY)
+        fwd = _mean_ce(model, hidden, lab)
+    if w_bwd > 0 or w_cyc > 0:
+        hidden, lab = model.expand(state, target[0], target[1], query=query if condition_on_query else None)
+        if w_bwd > 0:
+            bwd = _mean_ce(model, hidden, lab)
+        if w_cyc > 0:
+            cyc = cycle_term(model, state, hidden, target[1])
+    return LossTerms(fwd, bwd, cyc)
+
+
+def combine(*terms: LossTerms) -> LossTerms:
+    return LossTerms(*(sum(getattr(t, f) for t in terms) / len(terms) for f in ("forward", "backward", "cycle")))

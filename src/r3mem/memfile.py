@@ -1,0 +1,137 @@
+"""The memory file: safetensors tensors + a JSON header that makes the file self-checking.
+
+The header records the format version, the base model id, the adapter hash and a sha256 checksum over
+the header and every tensor. Every check runs on the raw bytes *before* a Memory is built, so a bad
+file is refused whole: nothing is half-loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from r3mem import __version__
+from r3mem.io import atomic_write_bytes, sha256_hex
+from r3mem.memory import Memory, Slot
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "MemoryFileError", "encode_memory", "decode_memory", "save_memory", "load_memory"]
+
+FORMAT = "r3mem-memory"
+FORMAT_VERSION = 1
+_SLOT_FIELDS = ("level", "key", "start", "end", "n_tokens", "parent", "mentions")
+
+
+class MemoryFileError(ValueError):
+    """A memory file is unreadable, corrupted, or belongs to another model/adapter/version."""
+
+
+def _tensors(mem: Memory) -> dict[str, torch.Tensor]:
+    t = {"doc_state": mem.doc_state, "pending_ids": torch.tensor(mem.pending_ids, dtype=torch.int64)}
+    for i, s in enumerate(mem.paragraphs):
+        t[f"paragraph.{i}"] = s.state
+    for i, s in enumerate(mem.entities):
+        t[f"entity.{i}"] = s.state
+    return {k: v.detach().to("cpu").contiguous() for k, v in t.items()}
+
+
+def _checksum(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
+    parts = [json.dumps(header, sort_keys=True, ensure_ascii=True).encode()]
+    for name in sorted(tensors):
+        t = tensors[name]
+        parts.append(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        parts.append(t.numpy().tobytes() if t.numel() else b"")
+    return sha256_hex(*parts)
+
+
+def _slot_meta(s: Slot) -> dict[str, Any]:
+    return {"level": s.level, "key": s.key, "start": s.start, "end": s.end, "n_tokens": s.n_tokens,
+            "parent": s.parent, "mentions": [list(m) for m in s.mentions]}
+
+
+def encode_memory(mem: Memory, identity: dict[str, Any]) -> bytes:
+    tensors = _tensors(mem)
+    header = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "r3mem_version": __version__,
+        **identity,
+        "pending_text": mem.pending_text, "offset": mem.offset, "n_tokens": mem.n_tokens, "n_segments": mem.n_segments,
+        "paragraphs": [_slot_meta(s) for s in mem.paragraphs], "entities": [_slot_meta(s) for s in mem.entities],
+    }
+    header["checksum"] = _checksum(header, tensors)
+    return st_save(tensors, metadata={"r3mem": json.dumps(header, ensure_ascii=True)})
+
+
+def _read_header(data: bytes, name: str) -> tuple[dict[str, Any], int]:
+    if len(data) < 8:
+        raise MemoryFileError(f"{name}: truncated (only {len(data)} bytes)")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > len(data) - 8:
+        raise MemoryFileError(f"{name}: truncated or not a memory file (header of {n} bytes, file of {len(data)})")
+    try:
+        raw = json.loads(data[8:8 + n])
+        meta = json.loads(raw["__metadata__"]["r3mem"])
+    except (ValueError, KeyError, TypeError):
+        raise MemoryFileError(f"{name}: not an r3mem memory file (no valid r3mem header)") from None
+    ends = [v["data_offsets"][1] for k, v in raw.items() if k != "__metadata__" and isinstance(v, dict)]
+    return meta, 8 + n + max(ends, default=0)
+
+
+def _check_identity(meta: dict[str, Any], identity: dict[str, Any], name: str) -> None:
+    if meta.get("format") != FORMAT:
+        raise MemoryFileError(f"{name}: not an r3mem memory file (format {meta.get('format')!r})")
+    v = meta.get("format_version")
+    if not isinstance(v, int) or v > FORMAT_VERSION:
+        raise MemoryFileError(f"{name}: format version {v} is newer than this r3mem supports ({FORMAT_VERSION}); upgrade r3mem")
+    if v < FORMAT_VERSION:
+        raise MemoryFileError(f"{name}: format version {v} is no longer supported (current {FORMAT_VERSION})")
+    for key in identity:
+        if meta.get(key) != identity[key]:
+            raise MemoryFileError(f"{name}: written with {key}={meta.get(key)!r}, but this model has {identity[key]!r}")
+
+
+def _slots(metas: list[dict[str, Any]], tensors: dict[str, torch.Tensor], prefix: str) -> list[Slot]:
+    out = []
+    for i, m in enumerate(metas):
+        out.append(Slot(m["level"], m["key"], m["start"], m["end"], m["n_tokens"], tensors[f"{prefix}.{i}"],
+                        parent=m["parent"], mentions=[tuple(x) for x in m["mentions"]]))
+    return out
+
+
+def decode_memory(data: bytes, identity: dict[str, Any], name: str = "memory file") -> Memory:
+    meta, expected_len = _read_header(data, name)
+    _check_identity(meta, identity, name)
+    if len(data) != expected_len:
+        raise MemoryFileError(f"{name}: truncated or padded ({len(data)} bytes, expected {expected_len})")
+    try:
+        tensors = st_load(data)
+    except Exception as e:  # safetensors raises its own error types on malformed buffers
+        raise MemoryFileError(f"{name}: corrupted tensor data ({e})") from None
+    claimed = meta.pop("checksum", None)
+    if claimed != _checksum(meta, tensors):
+        raise MemoryFileError(f"{name}: checksum mismatch, the file was modified or corrupted")
+    try:
+        return Memory(
+            doc_state=tensors["doc_state"], pending_ids=tensors["pending_ids"].tolist(), pending_text=meta["pending_text"],
+            offset=meta["offset"], n_tokens=meta["n_tokens"], n_segments=meta["n_segments"],
+            paragraphs=_slots(meta["paragraphs"], tensors, "paragraph"), entities=_slots(meta["entities"], tensors, "entity"),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise MemoryFileError(f"{name}: inconsistent header ({e})") from None
+
+
+def save_memory(path: str | Path, mem: Memory, identity: dict[str, Any]) -> None:
+    atomic_write_bytes(path, encode_memory(mem, identity))
+
+
+def load_memory(path: str | Path, identity: dict[str, Any]) -> Memory:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise MemoryFileError(f"{path}: cannot read ({e.strerror})") from None
+    return decode_memory(data, identity, name=str(path))

@@ -1,0 +1,65 @@
+"""The memory a text leaves behind: a document-level recurrent state plus hierarchical slots.
+
+- `doc_state` [levels, m, d]: constant size whatever the history length (retention).
+- paragraph slots: one per paragraph (long ones split), compressed at `paragraph_ratio`.
+- entity slots: one per entity name, compressing the sentence of its first mention; every later
+  mention's span is recorded. Each slot keeps the character span it came from.
+Text after the last paragraph break stays pending (raw) until a break arrives or `flush` is called,
+which is what makes writing A then B identical to writing A+B.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["Slot", "Memory"]
+
+
+@dataclass
+class Slot:
+    level: str  # "paragraph" | "entity"
+    key: str  # "p3", "p3.1" (split paragraph) or the entity name
+    start: int  # character span in the written stream
+    end: int
+    n_tokens: int  # source tokens compressed into this slot
+    state: torch.Tensor  # [levels, k, d]
+    parent: int | None = None  # paragraph index an entity was first seen in
+    mentions: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def n_mem_tokens(self) -> int:
+        return self.state.shape[-2]
+
+
+@dataclass
+class Memory:
+    doc_state: torch.Tensor  # [levels, m, d]
+    pending_ids: list[int] = field(default_factory=list)  # committed tokens short of a full segment
+    pending_text: str = ""  # raw text after the last paragraph break
+    offset: int = 0  # characters committed; pending_text starts here in the stream
+    n_tokens: int = 0  # tokens committed to the document level
+    n_segments: int = 0  # segments folded into doc_state
+    paragraphs: list[Slot] = field(default_factory=list)
+    entities: list[Slot] = field(default_factory=list)
+
+    def copy(self) -> "Memory":
+        """A new Memory sharing (immutable) tensors, so writes never mutate the caller's state."""
+        new = copy.copy(self)
+        new.pending_ids = list(self.pending_ids)
+        new.paragraphs = list(self.paragraphs)
+        new.entities = [copy.copy(e) for e in self.entities]
+        for e in new.entities:
+            e.mentions = list(e.mentions)
+        return new
+
+    def entity(self, name: str) -> Slot | None:
+        low = name.lower()
+        return next((e for e in self.entities if e.key.lower() == low), None)
+
+    def state_bytes(self) -> int:
+        """Bytes of tensor state held: constant doc state + slots (linear in paragraphs kept)."""
+        slots = self.paragraphs + self.entities
+        return self.doc_state.numel() * self.doc_state.element_size() + sum(s.state.numel() * s.state.element_size() for s in slots)

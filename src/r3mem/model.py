@@ -1,0 +1,277 @@
+"""The R³Mem model: a frozen causal LM + LoRA adapters + virtual memory tokens, run in two directions.
+
+Forward (compress):  [read memory] + segment + [write tokens]  ->  new memory (write outputs)
+Backward (expand):   [memory] + <expand> + [query] + <sep>       ->  the original text, token by token
+
+Every sequence is assembled in "logical" order (parts right-padded), then packed so that padding sits
+on the left (the layout causal LMs batch correctly), and hidden states are unpacked back to logical
+order. Tokens therefore get the same positions whatever else is in the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+from r3mem.backbone import decoder_layers, inner_model
+from r3mem.config import R3MemConfig
+from r3mem.coupling import Coupling
+from r3mem.memory_tokens import VirtualMemory
+
+__all__ = ["R3MemModel", "COMPRESS", "EXPAND", "QUERY", "SEP"]
+
+COMPRESS, EXPAND = "compress", "expand"
+QUERY, EXPAND_MARK, SEP = 0, 1, 2  # marker indices in VirtualMemory.markers
+
+
+@dataclass
+class _CallContext:
+    direction: str
+    read_mask: torch.Tensor | None = None  # [B, T] packed positions of the read tokens
+    layer_state: torch.Tensor | None = None  # [B, L, k, d] per-layer memory (layerwise mode)
+    capture: int = 0  # number of trailing write positions to record per layer
+    captured: list[torch.Tensor] = field(default_factory=list)
+
+
+def _pack_left(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Move padding to the left of each row, keeping real positions in order."""
+    order = torch.sort(mask.to(torch.int8), dim=1, stable=True).indices  # pads (0) first
+    xp = x.gather(1, order.unsqueeze(-1).expand_as(x))
+    return xp, mask.gather(1, order), order
+
+
+def _unpack(h: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(h)
+    return out.scatter_(1, order.unsqueeze(-1).expand_as(h), h)
+
+
+class R3MemModel(nn.Module):
+    def __init__(self, base: nn.Module, cfg: R3MemConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        for p in base.parameters():
+            p.requires_grad_(False)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        names = (COMPRESS, EXPAND) if cfg.reversible_mode == "adapters" else ("shared",)
+        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=list(cfg.target_modules) if cfg.target_modules else None)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)  # peft initialises LoRA A from the global RNG
+            peft_model = get_peft_model(base, lora, adapter_name=names[0])
+            for n in names[1:]:
+                peft_model.add_adapter(n, lora)
+        object.__setattr__(self, "_peft", peft_model)  # adapter bookkeeping only; not a submodule
+        self.adapter_names = names
+        self.lm = base  # LoRA layers are injected in place
+        for n, p in self.lm.named_parameters():
+            p.requires_grad_(".lora_" in n)
+        self.body = inner_model(base)
+        hidden = base.config.hidden_size
+        layers = decoder_layers(base)
+        emb_rms = base.get_input_embeddings().weight.detach().pow(2).mean().sqrt().item()
+        self.memory = VirtualMemory(hidden, cfg.num_mem_tokens, cfg.max_slot_tokens, len(layers),
+                                    cfg.memory_mode == "layerwise", emb_rms, gen)
+        self.couplings = (nn.ModuleList(Coupling(hidden, cfg.coupling_hidden, gen) for _ in layers)
+                          if cfg.reversible_mode == "coupling" else None)
+        self._ctx: _CallContext | None = None
+        for i, layer in enumerate(layers):
+            layer.register_forward_hook(self._layer_hook(i))
+
+    # ----- adapters and hooks -------------------------------------------------------------
+    def _set_direction(self, direction: str) -> None:
+        # Switch the active LoRA without peft's set_adapter, which would flip requires_grad and
+        # cut gradients to the adapter used earlier in the same training step.
+        name = direction if len(self.adapter_names) == 2 else self.adapter_names[0]
+        for m in self.lm.modules():
+            if isinstance(m, BaseTunerLayer):
+                m._active_adapter = [name]
+
+    @contextlib.contextmanager
+    def adapters_disabled(self):
+        """Run the bare base model: LoRA off and no coupling/memory hooks."""
+        with self._peft.disable_adapter():
+            yield
+
+    def _layer_hook(self, i: int):
+        def hook(module, args, output):
+            ctx = self._ctx
+            if ctx is None:
+                return None
+            h = output[0] if isinstance(output, tuple) else output
+            if ctx.layer_state is not None and ctx.read_mask is not None:
+                add = torch.zeros_like(h)
+                add[ctx.read_mask] = ctx.layer_state[:, i].reshape(-1, h.shape[-1]).to(h.dtype)
+                h = h + self.memory.layer_gate[i] * add
+            if self.couplings is not None:
+                c = self.couplings[i]
+                h = c(h) if ctx.direction == COMPRESS else c.inverse(h)
+            if ctx.capture:
+                ctx.captured.append(h[:, -ctx.capture:])
+            return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
+        return hook
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.get_input_embeddings()(ids)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm.get_output_embeddings()(hidden)
+
+    def _run(self, x: torch.Tensor, mask: torch.Tensor, direction: str, state: torch.Tensor | None,
+             n_read: int, capture: int = 0, use_cache: bool = False):
+        """Pack, run the decoder stack once, unpack. Returns (hidden [B,T,d], ctx, cache, packed mask)."""
+        xp, mp, order = _pack_left(x, mask)
+        read = torch.zeros_like(mask, dtype=torch.bool)
+        read[:, :n_read] = True
+        ctx = _CallContext(direction, read_mask=read.gather(1, order),
+                           layer_state=state[:, 1:] if state is not None and state.shape[1] > 1 else None,
+                           capture=capture)
+        self._set_direction(direction)
+        self._ctx = ctx
+        try:
+            out = self.body(inputs_embeds=xp, attention_mask=mp, position_ids=(mp.cumsum(-1) - 1).clamp(min=0),
+                            use_cache=use_cache)
+        finally:
+            self._ctx = None
+        return _unpack(out.last_hidden_state, order), ctx, out.past_key_values, mp
+
+    # ----- forward direction: compression ----------------------------------------------------
+    def initial_state(self, batch: int) -> torch.Tensor:
+        return self.memory.initial(batch)
+
+    def compress(self, embeds: torch.Tensor, mask: torch.Tensor, state: torch.Tensor, n_write: int,
+                 labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One segment: returns (new state [B,levels,n_write,d], LM loss sum, number of scored tokens).
+
+        `labels` (the segment's token ids, -100 for padding) makes the read memory and each token
+        predict the next token, so the memory is trained to help language modelling.
+        """
+        B, k = embeds.shape[0], state.shape[2]
+        ones = mask.new_ones
+        x = torch.cat([state[:, 0].to(embeds.dtype), embeds, self.memory.write_tokens(B, n_write).to(embeds.dtype)], 1)
+        m = torch.cat([ones(B, k), mask, ones(B, n_write)], 1)
+        hidden, ctx, _, _ = self._run(x, m, COMPRESS, state, k, capture=n_write if state.shape[1] > 1 else 0)
+        new = self.memory.to_read(hidden[:, -n_write:]).unsqueeze(1)
+        if ctx.captured:
+            new = torch.cat([new, torch.stack(ctx.captured, 1)], 1)
+        loss, n = hidden.new_zeros(()), hidden.new_zeros(())
+        if labels is not None:
+            T = embeds.shape[1]
+            loss, n = self._ce(hidden[:, k - 1:k - 1 + T], labels)
+        return new, loss, n
+
+    def _ce(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.logits(hidden).float()
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum")
+        return loss, (labels != -100).sum()
+
+    def encode(self, ids: torch.Tensor, mask: torch.Tensor, state: torch.Tensor | None = None, *,
+               bptt_depth: int | None = None, with_loss: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Segment-recurrent compression of [B, T] tokens into a constant-size state.
+
+        Gradients flow through at most `bptt_depth` segment transitions: the state is detached
+        every `bptt_depth` segments (truncated back-propagation through time).
+        """
+        seg, depth = self.cfg.segment_len, bptt_depth or self.cfg.bptt_depth
+        state = self.initial_state(ids.shape[0]) if state is None else state
+        loss_sum, n_sum = state.new_zeros(()), state.new_zeros(())
+        for t, s in enumerate(range(0, ids.shape[1], seg)):
+            if t and t % depth == 0:
+                state = state.detach()
+            seg_ids, seg_mask = ids[:, s:s + seg], mask[:, s:s + seg]
+            labels = seg_ids.masked_fill(seg_mask == 0, -100) if with_loss else None
+            new, loss, n = self.compress(self.embed(seg_ids), seg_mask, state, self.cfg.num_mem_tokens, labels)
+            # A row whose segment is all padding keeps its previous memory (batch == single).
+            keep = (seg_mask.sum(1) > 0).view(-1, 1, 1, 1)
+            state = torch.where(keep, new, state)
+            loss_sum, n_sum = loss_sum + loss, n_sum + n
+        return state, loss_sum, n_sum
+
+    # ----- backward direction: expansion -------------------------------------------------------
+    def _expand_prefix(self, state: torch.Tensor, query: tuple[torch.Tensor, torch.Tensor] | None, marker: int):
+        B, k = state.shape[0], state.shape[2]
+        dtype = self.lm.get_input_embeddings().weight.dtype
+        parts = [state[:, 0].to(dtype), self.memory.marker(B, marker).to(dtype)]
+        masks = [torch.ones(B, k + 1, dtype=torch.long, device=state.device)]
+        if query is not None:
+            parts.append(self.embed(query[0]))
+            masks.append(query[1])
+        parts.append(self.memory.marker(B, SEP).to(dtype))
+        masks.append(masks[0].new_ones(B, 1))
+        return torch.cat(parts, 1), torch.cat(masks, 1), k
+
+    def expand(self, state: torch.Tensor, target: torch.Tensor, target_mask: torch.Tensor,
+               query: tuple[torch.Tensor, torch.Tensor] | None = None, direction: str = EXPAND,
+               marker: int = EXPAND_MARK) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced expansion. Returns (hidden states predicting each target token [B,T,d], labels)."""
+        x, m, k = self._expand_prefix(state, query, marker)
+        P, T = x.shape[1], target.shape[1]
+        x = torch.cat([x, self.embed(target)], 1)
+        m = torch.cat([m, target_mask], 1)
+        hidden, _, _, _ = self._run(x, m, direction, state, k)
+        return hidden[:, P - 1:P - 1 + T], target.masked_fill(target_mask == 0, -100)
+
+    @torch.no_grad()
+    def decode(self, state: torch.Tensor, max_new_tokens: int, eos_id: int | None,
+               query: tuple[torch.Tensor, torch.Tensor] | None = None, direction: str = EXPAND,
+               marker: int = EXPAND_MARK, prompt: tuple[torch.Tensor, torch.Tensor] | None = None,
+               temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> list[list[int]]:
+        """Greedy (temperature 0) or nucleus-sampled decoding with a key/value cache."""
+        if prompt is not None:  # LM continuation: [memory] + prompt tokens
+            B, k = state.shape[0], state.shape[2]
+            x = torch.cat([state[:, 0].to(self.embed(prompt[0]).dtype), self.embed(prompt[0])], 1)
+            m = torch.cat([prompt[1].new_ones(B, k), prompt[1]], 1)
+        else:
+            x, m, k = self._expand_prefix(state, query, marker)
+        hidden, _, cache, mp = self._run(x, m, direction, state, k, use_cache=True)
+        # The last logical position is real for every row, so it predicts the first new token.
+        B = x.shape[0]
+        out: list[list[int]] = [[] for _ in range(B)]
+        done = torch.zeros(B, dtype=torch.bool, device=x.device)
+        pos = mp.sum(1, keepdim=True) - 1
+        last = hidden[:, -1]
+        for _ in range(max_new_tokens):
+            nxt = self._pick(self.logits(last).float(), temperature, top_p, generator)
+            for b in range(B):
+                if not done[b]:
+                    if eos_id is not None and nxt[b].item() == eos_id:
+                        done[b] = True
+                    else:
+                        out[b].append(int(nxt[b]))
+            if bool(done.all()):
+                break
+            pos = pos + 1
+            mp = torch.cat([mp, mp.new_ones(B, 1)], 1)
+            self._set_direction(direction)
+            self._ctx = _CallContext(direction)
+            try:
+                o = self.body(inputs_embeds=self.embed(nxt.unsqueeze(1)), attention_mask=mp, position_ids=pos,
+                              past_key_values=cache, use_cache=True)
+            finally:
+                self._ctx = None
+            cache, last = o.past_key_values, o.last_hidden_state[:, -1]
+        return out
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+        if temperature <= 0:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits / temperature, -1)
+        if top_p < 1.0:
+            sp, si = probs.sort(-1, descending=True)
+            cut = sp.cumsum(-1) - sp > top_p
+            sp = sp.masked_fill(cut, 0.0)
+            probs = torch.zeros_like(probs).scatter_(-1, si, sp)
+        return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator).squeeze(-1)
+
+    # ----- bookkeeping ------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

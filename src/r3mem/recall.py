@@ -1,0 +1,128 @@
+"""Retrieval by invoking the model backward: choose slots for a query, then expand them into text.
+
+A query picks slots by the forward model's own likelihood of the query given each slot's memory
+(the compression objective trains exactly p(query | memory)); the chosen slots are then expanded
+by the backward model, conditioned on the query.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from r3mem.memory import Memory, Slot
+from r3mem.model import COMPRESS, QUERY, R3MemModel
+from r3mem.data.spans import paragraph_spans
+from r3mem.writer import compress_texts, effective_doc_state, pad_batch, tokenize
+
+__all__ = ["Recalled", "recall", "score_query", "reconstruct", "LEVELS"]
+
+LEVELS = ("document", "paragraph", "entity")
+_BATCH = 8
+
+
+@dataclass
+class Recalled:
+    text: str
+    level: str
+    slots: list[dict] = field(default_factory=list)  # level, key, start, end, score
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "level": self.level, "slots": self.slots}
+
+
+def _groups(states: list[torch.Tensor]) -> dict[int, list[int]]:
+    g: dict[int, list[int]] = {}
+    for i, s in enumerate(states):
+        g.setdefault(s.shape[-2], []).append(i)
+    return {k: [idx[c:c + _BATCH] for c in range(0, len(idx), _BATCH)] for k, idx in g.items()}  # type: ignore[misc]
+
+
+@torch.no_grad()
+def score_query(model: R3MemModel, tok, states: list[torch.Tensor], query: str) -> list[float]:
+    """Mean log-probability of the query tokens given each memory (higher = more relevant)."""
+    q = tokenize(tok, query) + [tok.eos_token_id]
+    scores = [0.0] * len(states)
+    for _, chunks in _groups(states).items():
+        for chunk in chunks:
+            st = torch.stack([states[i] for i in chunk])
+            ids, mask = pad_batch([q] * len(chunk), tok.pad_token_id, st.device)
+            hidden, labels = model.expand(st, ids, mask, direction=COMPRESS, marker=QUERY)
+            logp = -F.cross_entropy(model.logits(hidden).float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+            for j, i in enumerate(chunk):
+                scores[i] = float(logp[j].sum() / mask[j].sum())
+    return scores
+
+
+@torch.no_grad()
+def reconstruct(model: R3MemModel, tok, states: list[torch.Tensor], max_tokens: list[int], query: str | None = None,
+                temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> list[str]:
+    """Backward expansion of each memory into text (greedy unless temperature > 0)."""
+    out = [""] * len(states)
+    qids = tokenize(tok, query) if query else None
+    for _, chunks in _groups(states).items():
+        for chunk in chunks:
+            st = torch.stack([states[i] for i in chunk])
+            qb = pad_batch([qids] * len(chunk), tok.pad_token_id, st.device) if qids else None
+            ids = model.decode(st, max(max_tokens[i] for i in chunk), tok.eos_token_id, query=qb,
+                               temperature=temperature, top_p=top_p, generator=generator)
+            for j, i in enumerate(chunk):
+                out[i] = tok.decode(ids[j][:max_tokens[i]], skip_special_tokens=True)
+    return out
+
+
+def _pending_slot(model: R3MemModel, tok, mem: Memory) -> list[Slot]:
+    paras = paragraph_spans(mem.pending_text)
+    if not paras or "paragraph" not in model.cfg.hierarchy_levels:
+        return []
+    p = paras[0] if len(paras) == 1 else None
+    text = mem.pending_text.strip() if p is None else p.text
+    ids = tokenize(tok, text)[: model.cfg.max_paragraph_tokens]
+    st = compress_texts(model, [ids], model.cfg.paragraph_ratio, tok.pad_token_id)[0]
+    start = mem.offset + (p.start if p else len(mem.pending_text) - len(mem.pending_text.lstrip()))
+    return [Slot("paragraph", f"p{len(mem.paragraphs)}", start, start + len(text), len(ids), st)]
+
+
+def _candidates(model, tok, mem: Memory, level: str, query: str | None) -> list[Slot]:
+    if level == "paragraph":
+        return mem.paragraphs + _pending_slot(model, tok, mem)
+    named = [e for e in mem.entities if query and e.key.lower() in query.lower()]
+    return named or mem.entities
+
+
+def recall(model: R3MemModel, tok, mem: Memory, query: str | None = None, level: str = "paragraph",
+           index: int | None = None, top_k: int = 1, max_new_tokens: int | None = None,
+           temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> Recalled:
+    if level not in LEVELS:
+        raise ValueError(f"level: must be one of {LEVELS}, got {level!r}")
+    if level not in model.cfg.hierarchy_levels:
+        raise ValueError(f"level: {level!r} is not enabled in this model's hierarchy_levels {model.cfg.hierarchy_levels}")
+    if query is not None and not query.strip():
+        raise ValueError("query: must not be empty or whitespace")
+    if top_k < 1:
+        raise ValueError(f"top_k: must be >= 1, got {top_k}")
+    cap = max_new_tokens or model.cfg.max_recall_tokens
+    if level == "document":
+        state = effective_doc_state(model, tok, mem)
+        text = reconstruct(model, tok, [state], [cap], query, temperature, top_p, generator)[0]
+        return Recalled(text, level, [{"level": "document", "key": "doc", "start": 0, "end": mem.offset + len(mem.pending_text), "score": None}])
+    cands = _candidates(model, tok, mem, level, query)
+    if not cands:
+        return Recalled("", level, [])
+    if index is not None:
+        if not -len(cands) <= index < len(cands):
+            raise IndexError(f"index: {level} slot {index} does not exist (memory has {len(cands)})")
+        chosen, scores = [cands[index]], [None]
+    elif query is not None:
+        s = score_query(model, tok, [c.state for c in cands], query)
+        order = sorted(range(len(cands)), key=lambda i: -s[i])[:top_k]
+        order.sort(key=lambda i: cands[i].start)  # present recalled slots in text order
+        chosen, scores = [cands[i] for i in order], [s[i] for i in order]
+    else:
+        chosen, scores = cands, [None] * len(cands)
+    texts = reconstruct(model, tok, [c.state for c in chosen], [min(cap, c.n_tokens + 8) for c in chosen], query,
+                        temperature, top_p, generator)
+    meta = [{"level": c.level, "key": c.key, "start": c.start, "end": c.end, "score": sc} for c, sc in zip(chosen, scores)]
+    return Recalled("\n\n".join(texts), level, meta)

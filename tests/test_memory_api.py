@@ -1,0 +1,178 @@
+"""write / recall / generate / answer / save / load / reset, and refusal of bad memory files."""
+
+import struct
+
+import pytest
+import torch
+
+from conftest import perturb_trainables, tiny_cfg
+from r3mem.engine import R3Mem
+from r3mem.memfile import FORMAT_VERSION, MemoryFileError, decode_memory, encode_memory
+from r3mem.testing import SAMPLE_TEXT, tiny_model
+
+
+@pytest.fixture
+def trained_like(tok):
+    eng = R3Mem.from_base(tiny_model("llama"), tok, tiny_cfg())
+    perturb_trainables(eng.model)
+    eng._refresh_identity()
+    return eng
+
+
+def _same(m1, m2):
+    assert torch.equal(m1.doc_state, m2.doc_state)
+    assert m1.pending_ids == m2.pending_ids and m1.pending_text == m2.pending_text and m1.offset == m2.offset
+    assert [(s.key, s.start, s.end) for s in m1.paragraphs] == [(s.key, s.start, s.end) for s in m2.paragraphs]
+    assert all(torch.equal(a.state, b.state) for a, b in zip(m1.paragraphs + m1.entities, m2.paragraphs + m2.entities))
+    assert [(e.key, e.mentions) for e in m1.entities] == [(e.key, e.mentions) for e in m2.entities]
+
+
+@pytest.mark.parametrize("cut", [1, 57, 98, 99, 100, 101, 150, 290, len(SAMPLE_TEXT) - 1])
+def test_incremental_write_equals_whole(trained_like, cut):
+    eng = trained_like
+    whole = eng.write(SAMPLE_TEXT)
+    parts = eng.write(SAMPLE_TEXT[cut:], eng.write(SAMPLE_TEXT[:cut]))
+    _same(whole, parts)
+
+
+def test_write_streams_chunks_and_does_not_mutate_input(trained_like):
+    eng = trained_like
+    first = eng.write(SAMPLE_TEXT[:150])
+    snapshot = (first.doc_state.clone(), list(first.pending_ids), len(first.paragraphs))
+    chunks = [SAMPLE_TEXT[i:i + 37] for i in range(0, len(SAMPLE_TEXT), 37)]
+    _same(eng.write(iter(chunks)), eng.write(SAMPLE_TEXT))
+    eng.write(SAMPLE_TEXT[150:], first)
+    assert torch.equal(first.doc_state, snapshot[0]) and first.pending_ids == snapshot[1] and len(first.paragraphs) == snapshot[2]
+
+
+def test_hierarchy_slots_link_to_their_spans(trained_like):
+    mem = trained_like.flush(trained_like.write(SAMPLE_TEXT))
+    assert len(mem.paragraphs) == 4
+    for s in mem.paragraphs:
+        assert SAMPLE_TEXT[s.start:s.end].strip() == SAMPLE_TEXT[s.start:s.end]
+        assert s.state.shape[-2] == max(1, -(-s.n_tokens // 4))  # ceil(n / paragraph_ratio)
+    names = {e.key for e in mem.entities}
+    assert {"Henry Sibley", "Mendota"} <= names
+    for e in mem.entities:
+        for a, b in e.mentions:
+            assert SAMPLE_TEXT[a:b].lower() == e.key.lower()
+        assert mem.paragraphs[e.parent].start <= e.start < mem.paragraphs[e.parent].end
+    assert mem.doc_state.shape == (1, 4, 64)
+
+
+def test_memory_state_constant_while_slots_grow_linearly(trained_like):
+    eng = trained_like
+    mem1 = eng.write(SAMPLE_TEXT + "\n\n")
+    mem3 = eng.write((SAMPLE_TEXT + "\n\n") * 3)
+    assert mem1.doc_state.shape == mem3.doc_state.shape
+    assert len(mem3.paragraphs) == 3 * len(mem1.paragraphs)
+
+
+def test_recall_modes(trained_like):
+    eng = trained_like
+    mem = eng.write(SAMPLE_TEXT)
+    everything = eng.recall(mem)
+    assert [s["key"] for s in everything.slots] == ["p0", "p1", "p2", "p3"]  # p3 is the pending paragraph
+    one = eng.recall(mem, index=1)
+    assert one.slots[0]["key"] == "p1" and isinstance(one.text, str)
+    q = eng.recall(mem, query="Henry Sibley house", top_k=2)
+    assert len(q.slots) == 2 and all(s["score"] is not None for s in q.slots)
+    ent = eng.recall(mem, query="Who was Henry Sibley?", level="entity")
+    assert ent.slots[0]["key"] == "Henry Sibley"
+    doc = eng.recall(mem, level="document", max_new_tokens=5)
+    assert doc.level == "document"
+    assert eng.recall(mem, index=1).text == one.text  # greedy recall is deterministic
+    with pytest.raises(ValueError, match="level"):
+        eng.recall(mem, level="chapter")
+    with pytest.raises(ValueError, match="query"):
+        eng.recall(mem, query="   ")
+    with pytest.raises(IndexError, match="index"):
+        eng.recall(mem, index=9)
+
+
+def test_generate_answer_reset(trained_like):
+    eng = trained_like
+    mem = eng.write(SAMPLE_TEXT)
+    assert isinstance(eng.generate("The river", mem, max_new_tokens=4), str)
+    assert eng.generate("The river", mem, max_new_tokens=4, temperature=1.0, seed=3) == \
+        eng.generate("The river", mem, max_new_tokens=4, temperature=1.0, seed=3)
+    ans, rec = eng.answer("Who built a stone house?", mem, max_new_tokens=4)
+    assert isinstance(ans, str) and rec.slots
+    fresh = eng.reset()
+    assert fresh.paragraphs == [] and fresh.offset == 0
+    assert torch.equal(fresh.doc_state, eng.new_memory().doc_state)
+
+
+def test_memory_file_round_trip(trained_like, tmp_path):
+    eng = trained_like
+    mem = eng.write(SAMPLE_TEXT)
+    path = tmp_path / "m.r3mem"
+    eng.save(mem, path)
+    back = eng.load(path)
+    _same(mem, back)
+    assert eng.recall(back, query="the ferry").text == eng.recall(mem, query="the ferry").text
+    assert not list(tmp_path.glob(".*tmp"))  # atomic write leaves no temporary file
+
+
+def _bad_files(eng, mem, tok):
+    good = eng.to_bytes(mem)
+    n = struct.unpack("<Q", good[:8])[0]
+    flipped = bytearray(good)
+    flipped[-5] ^= 0x01
+    header_flip = bytearray(good)
+    i = good.index(b"pending_text")
+    header_flip[i + 20] = ord("Z") if header_flip[i + 20] != ord("Z") else ord("Y")
+    other = R3Mem.from_base(tiny_model("qwen2"), tok, tiny_cfg())
+    other_adapter = R3Mem.from_base(tiny_model("llama"), tok, tiny_cfg())
+    future = encode_memory(mem, {**eng.identity}).replace(f'"format_version": {FORMAT_VERSION}'.encode(),
+                                                           f'"format_version": {FORMAT_VERSION + 1}'.encode())
+    return {
+        "truncated": (good[: len(good) - 100], "truncated"),
+        "truncated header": (good[: n // 2], "truncated"),
+        "empty": (b"", "truncated"),
+        "bit flip in tensors": (bytes(flipped), "checksum mismatch"),
+        "edited header": (bytes(header_flip), "checksum mismatch|not an r3mem"),
+        "wrong format": (b"\x10\x00\x00\x00\x00\x00\x00\x00" + b'{"a":{"b":1}}   ', "not an r3mem memory file"),
+        "other model": (other.to_bytes(other.write(SAMPLE_TEXT[:120])), "base_model_id"),
+        "other adapter": (other_adapter.to_bytes(other_adapter.write(SAMPLE_TEXT[:120])), "adapter_hash"),
+        "future version": (future, "newer than this r3mem supports"),
+    }
+
+
+def test_bad_memory_files_are_refused(trained_like, tok, tmp_path):
+    eng = trained_like
+    mem = eng.write(SAMPLE_TEXT)
+    for name, (data, message) in _bad_files(eng, mem, tok).items():
+        path = tmp_path / f"{name.replace(' ', '_')}.r3mem"
+        path.write_bytes(data)
+        with pytest.raises(MemoryFileError, match=message) as e:
+            eng.load(path)
+        assert str(path) in str(e.value) and "\n" not in str(e.value), name
+
+
+def test_failed_save_keeps_previous_file(trained_like, tmp_path, monkeypatch):
+    eng = trained_like
+    path = tmp_path / "m.r3mem"
+    mem = eng.write(SAMPLE_TEXT)
+    eng.save(mem, path)
+    before = path.read_bytes()
+    import os
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        eng.save(eng.write("More text.\n\n", mem), path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_bad_text_input(trained_like):
+    eng = trained_like
+    for text in ["", "   \n\n  ", "a", "emoji 😀 and 中文 mixed\x07 control\n\nnext", "nul\x00byte\n\nz"]:
+        mem = eng.flush(eng.write(text))
+        assert torch.isfinite(mem.doc_state).all()
+    with pytest.raises(TypeError, match="must be str"):
+        eng.write([b"bytes"])

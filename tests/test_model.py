@@ -1,0 +1,208 @@
+"""Backbone wrapper, adapters, virtual memory tokens and segment recurrence on tiny models."""
+
+import pytest
+import torch
+
+from conftest import perturb_trainables, tiny_cfg, tiny_r3
+from r3mem.coupling import Coupling
+from r3mem.model import R3MemModel
+from r3mem.testing import FAMILIES, SAMPLE_TEXT, tiny_model, tiny_tokenizer
+
+
+def _ids(n: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(1, len(tiny_tokenizer()), (batch, n), generator=g)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", ["adapters", "coupling"])
+def test_parity_with_adapters_disabled(family, mode):
+    bare = tiny_model(family)
+    ids = _ids(12, 2)
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        ref = bare(input_ids=ids, attention_mask=mask).logits
+    model = R3MemModel(tiny_model(family), tiny_cfg(reversible_mode=mode))
+    perturb_trainables(model)
+    with torch.no_grad(), model.adapters_disabled():
+        got = model.lm(input_ids=ids, attention_mask=mask).logits
+        on = None
+    with torch.no_grad():
+        on = model.lm(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+    assert not torch.allclose(on, ref, atol=1e-4), "perturbed adapters must change the output"
+
+
+def _expected_trainable(model: R3MemModel, family: str) -> int:
+    cfg, base = model.cfg, model.lm.config
+    d, L = base.hidden_size, base.num_hidden_layers
+    kv = d // base.num_attention_heads * getattr(base, "num_key_value_heads", base.num_attention_heads) if family != "gpt2" else d
+    r = cfg.lora_rank
+    if family == "gpt2":  # peft default for GPT-2: c_attn (d -> 3d)
+        per_layer = r * (d + 3 * d)
+    else:  # peft default for Llama/Qwen2: q_proj (d -> d) and v_proj (d -> kv)
+        per_layer = r * (d + d) + r * (d + kv)
+    n_adapters = 2 if cfg.reversible_mode == "adapters" else 1
+    lora = per_layer * L * n_adapters
+    memory = (cfg.num_mem_tokens + cfg.max_slot_tokens + 3) * d + d * d + d
+    memory += L if cfg.memory_mode == "layerwise" else 0
+    h, c = d // 2, cfg.coupling_hidden
+    coupling = 2 * (h * c + c + c * h + h) * L if cfg.reversible_mode == "coupling" else 0
+    return lora + memory + coupling
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode,memory_mode", [("adapters", "input"), ("coupling", "layerwise")])
+def test_only_adapters_and_memory_train(family, mode, memory_mode):
+    model = tiny_r3(family, reversible_mode=mode, memory_mode=memory_mode)
+    assert model.num_trainable() == _expected_trainable(model, family)
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert ".lora_" in n or n.startswith(("memory.", "couplings.")), n
+    base_params = sum(p.numel() for n, p in model.lm.named_parameters() if ".lora_" not in n)
+    assert all(not p.requires_grad for n, p in model.lm.named_parameters() if ".lora_" not in n)
+    assert base_params > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_manual_segment_loop_equals_encode(family):
+    model = tiny_r3(family, segment_len=8)
+    perturb_trainables(model)
+    ids = _ids(30)
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        state, _, _ = model.encode(ids, mask)
+        manual = model.initial_state(1)
+        for s in range(0, 30, 8):
+            seg = ids[:, s:s + 8]
+            manual, _, _ = model.compress(model.embed(seg), torch.ones_like(seg), manual, model.cfg.num_mem_tokens)
+    torch.testing.assert_close(state, manual)
+
+
+@pytest.mark.parametrize("memory_mode", ["input", "layerwise"])
+def test_memory_size_constant_in_history_length(memory_mode):
+    model = tiny_r3("llama", segment_len=4, memory_mode=memory_mode)
+    shapes = set()
+    with torch.no_grad():
+        for n_seg in (1, 10, 100):
+            ids = _ids(4 * n_seg)
+            state, _, _ = model.encode(ids, torch.ones_like(ids))
+            assert torch.isfinite(state).all()
+            shapes.add(tuple(state.shape))
+    assert len(shapes) == 1
+
+
+@pytest.mark.parametrize("memory_mode", ["input", "layerwise"])
+def test_information_flows_from_earlier_segment(memory_mode):
+    model = tiny_r3("llama", segment_len=8, memory_mode=memory_mode)
+    perturb_trainables(model)
+    a, b, last = _ids(8, seed=1), _ids(8, seed=2), _ids(8, seed=3)
+    losses = []
+    with torch.no_grad():
+        for first in (a, b):
+            ids = torch.cat([first, last], 1)
+            state, _, _ = model.encode(ids[:, :8], torch.ones_like(ids[:, :8]))
+            _, loss, _ = model.compress(model.embed(last), torch.ones_like(last), state, 4, labels=last)
+            losses.append(loss)
+    assert not torch.isclose(losses[0], losses[1]), "segment 2's loss must depend on segment 1"
+
+
+@pytest.mark.parametrize("memory_mode", ["input", "layerwise"])
+def test_gradients_reach_memory_parameters(memory_mode):
+    model = tiny_r3("llama", segment_len=8, memory_mode=memory_mode)
+    perturb_trainables(model)
+    ids = _ids(24)
+    _, loss, n = model.encode(ids, torch.ones_like(ids), with_loss=True)
+    (loss / n).backward()
+    for name in ("init_mem", "write_emb", "markers"):
+        p = getattr(model.memory, name)
+        if name != "markers":
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    if memory_mode == "layerwise":
+        assert model.memory.layer_gate.grad.abs().sum() > 0
+
+
+def _grad_of_last_segment_on_init(model, ids, depth):
+    model.zero_grad()
+    state = model.initial_state(1)
+    seg = model.cfg.segment_len
+    for t, s in enumerate(range(0, ids.shape[1] - seg, seg)):
+        if t and t % depth == 0:
+            state = state.detach()
+        chunk = ids[:, s:s + seg]
+        state, _, _ = model.compress(model.embed(chunk), torch.ones_like(chunk), state, 4)
+    last = ids[:, -seg:]
+    _, loss, _ = model.compress(model.embed(last), torch.ones_like(last), state, 4, labels=last)
+    loss.backward()
+    g = model.memory.init_mem.grad
+    return 0.0 if g is None else float(g.abs().sum())
+
+
+def test_bptt_depth_cuts_gradients():
+    model = tiny_r3("llama", segment_len=8)
+    perturb_trainables(model)
+    ids = _ids(32)  # 3 segments then the scored one
+    assert _grad_of_last_segment_on_init(model, ids, depth=4) > 0
+    assert _grad_of_last_segment_on_init(model, ids, depth=2) == 0.0
+    # encode() applies the same rule
+    model.zero_grad()
+    _, loss, n = model.encode(ids, torch.ones_like(ids), bptt_depth=1, with_loss=True)
+    state, _, _ = model.encode(ids, torch.ones_like(ids), bptt_depth=1)
+    state.sum().backward()
+    assert model.memory.init_mem.grad is None or model.memory.init_mem.grad.abs().sum() == 0
+
+
+def test_coupling_inverse_recovers_input():
+    g = torch.Generator().manual_seed(0)
+    c = Coupling(64, 32, g)
+    with torch.no_grad():
+        for p in c.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.2)  # far from identity
+        for _ in range(5):
+            h = torch.randn(3, 7, 64, generator=g)
+            y = c(h)
+            assert not torch.allclose(y, h, atol=1e-3)
+            torch.testing.assert_close(c.inverse(y), h, rtol=0, atol=1e-5)
+            torch.testing.assert_close(c(c.inverse(h)), h, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("memory_mode", ["input", "layerwise"])
+def test_batch_of_two_equals_two_batches_of_one(family, memory_mode):
+    model = tiny_r3(family, segment_len=8, memory_mode=memory_mode, reversible_mode="coupling" if family == "qwen2" else "adapters")
+    perturb_trainables(model)
+    a, b = _ids(20, seed=4)[0], _ids(13, seed=5)[0]
+    ids = torch.zeros(2, 20, dtype=torch.long)
+    mask = torch.zeros(2, 20, dtype=torch.long)
+    ids[0], mask[0] = a, 1
+    ids[1, :13], mask[1, :13] = b, 1
+    with torch.no_grad():
+        both, _, _ = model.encode(ids, mask)
+        one, _, _ = model.encode(a[None], torch.ones(1, 20, dtype=torch.long))
+        two, _, _ = model.encode(b[None], torch.ones(1, 13, dtype=torch.long))
+        torch.testing.assert_close(both[0], one[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(both[1], two[0], atol=1e-5, rtol=1e-4)
+        # expansion (teacher forced) and greedy decoding are padding-correct too
+        hb, _ = model.expand(both, ids, mask)
+        h1, _ = model.expand(one, a[None], torch.ones(1, 20, dtype=torch.long))
+        h2, _ = model.expand(two, b[None], torch.ones(1, 13, dtype=torch.long))
+        torch.testing.assert_close(hb[0], h1[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(hb[1, :13], h2[0], atol=1e-5, rtol=1e-4)
+        db = model.decode(both, 6, None)
+        assert db == [model.decode(one, 6, None)[0], model.decode(two, 6, None)[0]]
+
+
+def test_directions_use_different_adapters_and_both_get_gradients():
+    model = tiny_r3("llama")
+    perturb_trainables(model)
+    ids = _ids(10)
+    mask = torch.ones_like(ids)
+    state, loss, n = model.encode(ids, mask, with_loss=True)
+    hidden, labels = model.expand(state, ids, mask)
+    rec, m = model._ce(hidden, labels)
+    (loss / n + rec / m).backward()
+    comp = [p for name, p in model.named_parameters() if ".compress." in name]
+    exp = [p for name, p in model.named_parameters() if ".expand." in name]
+    assert comp and exp
+    assert all(p.grad is not None for p in comp + exp)
+    assert sum(float(p.grad.abs().sum()) for p in exp) > 0
