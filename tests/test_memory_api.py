@@ -124,8 +124,13 @@ def _bad_files(eng, mem, tok):
     header_flip[i + 20] = ord("Z") if header_flip[i + 20] != ord("Z") else ord("Y")
     other = R3Mem.from_base(tiny_model("qwen2"), tok, tiny_cfg())
     other_adapter = R3Mem.from_base(tiny_model("llama"), tok, tiny_cfg())
-    future = encode_memory(mem, {**eng.identity}).replace(f'"format_version": {FORMAT_VERSION}'.encode(),
-                                                           f'"format_version": {FORMAT_VERSION + 1}'.encode())
+    import r3mem.memfile as memfile
+
+    memfile.FORMAT_VERSION = FORMAT_VERSION + 1  # a file written by a future r3mem
+    try:
+        future = encode_memory(mem, eng.identity)
+    finally:
+        memfile.FORMAT_VERSION = FORMAT_VERSION
     return {
         "truncated": (good[: len(good) - 100], "truncated"),
         "truncated header": (good[: n // 2], "truncated"),

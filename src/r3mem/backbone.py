@@ -95,6 +95,10 @@ def load_base(name_or_path: str, dtype: torch.dtype = torch.float32):
     """Load (model, tokenizer) from a registry name or a local checkpoint folder, offline."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if name_or_path.startswith("tiny-"):  # in-memory random models for tests and the tiny config
+        from r3mem.testing import tiny_model, tiny_tokenizer
+
+        return tiny_model(name_or_path[len("tiny-"):]).to(dtype), tiny_tokenizer()
     path = resolve_base_path(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(path)
