@@ -29,7 +29,7 @@ class LossTerms:
         return w_fwd * self.forward + w_bwd * self.backward + w_cyc * self.cycle
 
     def to_dict(self) -> dict[str, float]:
-        return {"forward": float(self.forward), "backward": float(self.backward), "cycle": float(self.cycle)}
+        return {k: float(getattr(self, k).detach()) for k in ("forward", "backward", "cycle")}
 
 
 def _zero(model: R3MemModel) -> torch.Tensor:

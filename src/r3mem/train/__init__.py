@@ -1,0 +1,1 @@
+"""Training R³Mem: configuration, hierarchical data mixture and the training loop."""

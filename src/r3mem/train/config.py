@@ -1,0 +1,139 @@
+"""`TrainConfig`: everything a training run needs, validated and serialisable (YAML/JSON)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from r3mem.config import ConfigError, R3MemConfig, _check
+
+__all__ = ["TrainConfig", "Phase", "apply_overrides"]
+
+_LEVELS = ("document", "paragraph", "entity")
+
+
+@dataclass
+class Phase:
+    """Until `until` (fraction of total steps), draw batches from these hierarchy levels."""
+
+    until: float
+    levels: tuple[str, ...]
+
+
+@dataclass
+class TrainConfig:
+    model: R3MemConfig = field(default_factory=R3MemConfig)
+    # Text sources: files or folders of .txt (Gutenberg headers stripped), or "builtin:sample".
+    train_files: tuple[str, ...] = ("builtin:sample",)
+    max_chars_per_file: int | None = None
+    steps: int = 1000
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    precision: str = "fp32"  # fp32 | bf16 (autocast; trainable weights and optimizer stay fp32)
+    # Curriculum from document to entity level ("document" = segment-recurrent LM windows).
+    curriculum: tuple[Phase, ...] = (Phase(0.2, ("document",)), Phase(0.6, ("document", "paragraph")),
+                                     Phase(1.0, ("document", "paragraph", "entity")))
+    lm_segments: int = 2  # segments per LM window
+    max_context_tokens: int = 128  # pair contexts are truncated to this
+    max_query_tokens: int = 32
+    train_ratios: tuple[float, ...] = (4.0, 8.0)  # compression ratios sampled for pair batches
+    query_dropout: float = 0.5  # fraction of backward passes not conditioned on the query
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = R3MemConfig.from_dict(self.model)
+        self.train_files = tuple(self.train_files)
+        self.train_ratios = tuple(float(r) for r in self.train_ratios)
+        self.curriculum = tuple(Phase(**p) if isinstance(p, dict) else p for p in self.curriculum)
+        self.curriculum = tuple(Phase(float(p.until), tuple(p.levels)) for p in self.curriculum)
+        self.validate()
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every",
+                     "lm_segments", "max_context_tokens", "max_query_tokens"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "must be an integer >= 1", v)
+        _check(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps", "must be an integer >= 0", self.warmup_steps)
+        for name in ("lr", "weight_decay", "max_grad_norm", "min_lr_ratio", "query_dropout"):
+            v = getattr(self, name)
+            _check(isinstance(v, (int, float)) and not isinstance(v, bool), name, "must be a number", v)
+        _check(self.lr > 0, "lr", "must be > 0", self.lr)
+        _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]", self.min_lr_ratio)
+        _check(self.precision in ("fp32", "bf16"), "precision", "must be 'fp32' or 'bf16'", self.precision)
+        _check(len(self.train_files) > 0, "train_files", "must list at least one source", self.train_files)
+        _check(len(self.train_ratios) > 0 and all(r >= 1 for r in self.train_ratios), "train_ratios", "must be numbers >= 1", self.train_ratios)
+        _check(0 <= self.query_dropout <= 1, "query_dropout", "must be in [0, 1]", self.query_dropout)
+        _check(len(self.curriculum) > 0, "curriculum", "must have at least one phase", self.curriculum)
+        prev = 0.0
+        for p in self.curriculum:
+            _check(prev < p.until <= 1.0, "curriculum", "phase 'until' values must increase within (0, 1]", p.until)
+            _check(len(p.levels) > 0 and set(p.levels) <= set(self.model.hierarchy_levels), "curriculum",
+                   f"levels must be a non-empty subset of model.hierarchy_levels {self.model.hierarchy_levels}", p.levels)
+            prev = p.until
+        _check(self.curriculum[-1].until == 1.0, "curriculum", "the last phase must end at 1.0", self.curriculum[-1].until)
+
+    def levels_at(self, step: int) -> tuple[str, ...]:
+        frac = step / self.steps
+        return next((p.levels for p in self.curriculum if frac < p.until), self.curriculum[-1].levels)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model"] = self.model.to_dict()
+        d["curriculum"] = [{"until": p.until, "levels": list(p.levels)} for p in self.curriculum]
+        for k in ("train_files", "train_ratios"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: expected a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown config field")
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise ConfigError(f"config: {e}") from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key=value` (dotted keys for nesting, values parsed as YAML) to a config mapping."""
+    import yaml
+
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {part} is not a section")
+        node[parts[-1]] = _parse_value(raw)
+    return data
+
+
+def _parse_value(raw: str) -> Any:
+    """YAML scalar/list parsing, plus numbers YAML 1.1 leaves as strings ("1e-3")."""
+    import yaml
+
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value

@@ -1,0 +1,191 @@
+"""The training loop: AdamW, warmup + cosine schedule, gradient accumulation, mixed precision,
+checkpoints with exact resume, every loss term logged (JSONL + PNG).
+
+Resuming restores the trainable weights, optimizer, scheduler and RNG state; batches are a pure
+function of (seed, step), so a resumed run reproduces the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from r3mem.adapter import read_adapter, save_adapter
+from r3mem.backbone import base_model_id, load_base
+from r3mem.config import save_config
+from r3mem.losses import LossTerms, lm_losses, pair_losses
+from r3mem.model import R3MemModel
+from r3mem.train.config import TrainConfig
+from r3mem.train.data import TrainingData
+
+__all__ = ["train", "TrainResult", "step_losses", "lr_factor"]
+
+_CKPT = "checkpoints"
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps_done: int
+    last_metrics: dict
+    adapter_dir: Path | None
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to `min_lr_ratio` of the peak."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def step_losses(model: R3MemModel, batch: dict) -> LossTerms:
+    c = model.cfg
+    if batch["level"] == "document":
+        return lm_losses(model, batch["ids"], batch["mask"], c.w_fwd, c.w_bwd, c.w_cyc)
+    return pair_losses(model, batch["ctx"], batch["query"], batch["target"], batch["ratio"], c.w_fwd, c.w_bwd, c.w_cyc,
+                       condition_on_query=batch["use_query"])
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if cfg.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    return sorted((out / _CKPT).glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+def _save_checkpoint(out: Path, model: R3MemModel, opt, sched, step: int, cfg: TrainConfig) -> None:
+    final = out / _CKPT / f"step_{step:07d}"
+    tmp = final.with_name(final.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_adapter(tmp, model.trainable_state_dict(), model.cfg, base_model_id(model.lm), {"trained": True, "step": step})
+    torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "torch_rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)  # a checkpoint exists whole or not at all
+    for old in _checkpoints(out)[:-cfg.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _resume(out: Path, model: R3MemModel, opt, sched) -> int:
+    ckpts = _checkpoints(out)
+    if not ckpts:
+        return 0
+    _, state, _ = read_adapter(ckpts[-1])
+    own = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in state.items():
+            own[n].copy_(t)
+    ts = torch.load(ckpts[-1] / "trainer_state.pt", weights_only=False)
+    opt.load_state_dict(ts["optimizer"])
+    sched.load_state_dict(ts["scheduler"])
+    torch.set_rng_state(ts["torch_rng"])
+    return int(ts["step"])
+
+
+def _truncate_log(path: Path, upto_step: int) -> None:
+    """Drop log lines past the checkpoint we resume from, so the log matches an uninterrupted run."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= upto_step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def _n_tokens(batch: dict) -> int:
+    if batch["level"] == "document":
+        return int(batch["mask"].sum())
+    return int(batch["ctx"][1].sum() + batch["target"][1].sum() + batch["query"][1].sum())
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True, stop_after: int | None = None,
+          progress: bool = True, on_step: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train adapters + memory tokens. `stop_after` ends the run early (as an interruption would)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "train_config.yaml")
+    torch.manual_seed(cfg.seed)
+    base, tok = load_base(cfg.model.base_model)
+    model = R3MemModel(base, cfg.model)
+    device = next(model.parameters()).device
+    data = TrainingData(cfg, tok)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    start = _resume(out, model, opt, sched) if resume else 0
+    log_path = out / "metrics.jsonl"
+    if not resume:
+        log_path.unlink(missing_ok=True)
+    _truncate_log(log_path, start)
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    bar = _progress(progress, start, cfg.steps)
+    metrics: dict = {}
+    t0, toks = time.perf_counter(), 0
+    model.train()
+    for step in range(start, end):
+        opt.zero_grad(set_to_none=True)
+        sums = {"forward": 0.0, "backward": 0.0, "cycle": 0.0, "total": 0.0}
+        levels = []
+        for micro in range(cfg.grad_accum):
+            batch = data.batch(step, micro)
+            levels.append(batch["level"])
+            with _autocast(cfg, device):
+                terms = step_losses(model, batch)
+                total = terms.total(cfg.model.w_fwd, cfg.model.w_bwd, cfg.model.w_cyc) / cfg.grad_accum
+            total.backward()
+            for k, v in terms.to_dict().items():
+                sums[k] += v / cfg.grad_accum
+            sums["total"] += float(total)
+            toks += _n_tokens(batch)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        opt.step()
+        sched.step()
+        elapsed = time.perf_counter() - t0
+        metrics = {"step": step + 1, "level": "+".join(sorted(set(levels))), "lr": opt.param_groups[0]["lr"],
+                   **{k: round(v, 5) for k, v in sums.items()}, "grad_norm": round(grad_norm, 4),
+                   "tokens_per_s": round(toks / max(elapsed, 1e-9), 1), "elapsed_s": round(elapsed, 2)}
+        if (step + 1) % cfg.log_every == 0 or step == start or step + 1 == end:
+            with log_path.open("a") as f:
+                f.write(json.dumps(metrics) + "\n")
+        if on_step:
+            on_step(metrics)
+        bar(metrics)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            _save_checkpoint(out, model, opt, sched, step + 1, cfg)
+    adapter_dir = None
+    if end == cfg.steps:
+        adapter_dir = out / "adapter"
+        save_adapter(adapter_dir, model.trainable_state_dict(), model.cfg, base_model_id(model.lm),
+                     {"trained": True, "steps": cfg.steps, "train_config": cfg.to_dict()})
+        from r3mem.train.plot import plot_metrics
+
+        plot_metrics(log_path, out / "losses.png")
+    return TrainResult(out, end, metrics, adapter_dir)
+
+
+def _progress(enabled: bool, start: int, total: int) -> Callable[[dict], None]:
+    if not enabled:
+        return lambda m: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+    def update(m: dict) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{m['total']:.3f}", fwd=f"{m['forward']:.3f}", bwd=f"{m['backward']:.3f}",
+                        tok_s=f"{m['tokens_per_s']:.0f}")
+        if m["step"] >= total:
+            bar.close()
+
+    return update

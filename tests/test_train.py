@@ -1,0 +1,117 @@
+"""Training pipeline on the tiny config: checkpoints, metrics, exact resume, loss-weight ablation."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from conftest import perturb_trainables, tiny_r3
+from r3mem.adapter import read_adapter
+from r3mem.cli.main import app
+from r3mem.cli.train import resolve_config_path
+from r3mem.config import ConfigError, load_config
+from r3mem.losses import lm_losses, pair_losses
+from r3mem.train.config import TrainConfig, apply_overrides
+from r3mem.train.loop import lr_factor, train
+from r3mem.writer import pad_batch
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg_train():
+    return load_config(resolve_config_path("tiny"), TrainConfig)
+
+
+def _weights(run_dir):
+    _, state, _ = read_adapter(run_dir / "adapter")
+    return state
+
+
+def test_train_writes_checkpoints_metrics_and_adapter(tiny_cfg_train, tmp_path):
+    res = train(tiny_cfg_train, tmp_path, progress=False)
+    assert res.steps_done == tiny_cfg_train.steps
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_0000004", "step_0000006"]
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    for r in rows:
+        assert {"forward", "backward", "cycle", "total", "lr", "tokens_per_s", "level"} <= set(r)
+        assert all(map(lambda k: r[k] == r[k], ("forward", "backward", "cycle")))  # no NaN
+    assert rows[0]["level"] == "document"  # curriculum starts at document level
+    assert (tmp_path / "losses.png").stat().st_size > 1000
+    assert (tmp_path / "train_config.yaml").exists()
+
+
+def test_resume_equals_uninterrupted(tiny_cfg_train, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(tiny_cfg_train, full, progress=False)
+    stopped = train(tiny_cfg_train, part, progress=False, stop_after=4)  # "interrupted" after step 4
+    assert stopped.steps_done == 4 and stopped.adapter_dir is None
+    train(tiny_cfg_train, part, progress=False)  # resumes from checkpoint step 4
+    a, b = _weights(full), _weights(part)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    log_a = (full / "metrics.jsonl").read_text().splitlines()
+    log_b = (part / "metrics.jsonl").read_text().splitlines()
+    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k not in ("tokens_per_s", "elapsed_s")} for r in rows]
+    assert strip(log_a) == strip(log_b)
+
+
+def test_cli_train_with_overrides(tmp_path):
+    r = CliRunner().invoke(app, ["train", "--config", "tiny", "--out", str(tmp_path), "--set", "steps=2",
+                                 "--set", "checkpoint_every=1", "--set", "model.w_cyc=0"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "adapter" / "r3mem_adapter.json").read_text())["config"]["w_cyc"] == 0
+    bad = CliRunner().invoke(app, ["train", "--config", "tiny", "--out", str(tmp_path / "x"), "--set", "steps=0"])
+    assert bad.exit_code == 1 and "steps: must be an integer >= 1" in bad.output
+
+
+def test_train_config_validation():
+    with pytest.raises(ConfigError, match="^curriculum:"):
+        TrainConfig(curriculum=[{"until": 0.5, "levels": ["document"]}])
+    with pytest.raises(ConfigError, match="^precision:"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(ConfigError, match="^model: unknown|^colour: unknown"):
+        TrainConfig.from_dict({"colour": 1})
+    assert apply_overrides({"model": {}}, ["model.lora_rank=4", "lr=1e-3"]) == {"model": {"lora_rank": 4}, "lr": 1e-3}
+    cfg = TrainConfig(steps=100, warmup_steps=10)
+    assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(99, cfg) == pytest.approx(cfg.min_lr_ratio, abs=1e-3)
+
+
+def _grads(model, fn):
+    model.zero_grad()
+    fn().backward()
+    return {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p) for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("term", ["forward", "backward", "cycle"])
+def test_zero_weight_removes_that_terms_gradient(tok, term):
+    model = tiny_r3("llama", segment_len=8)
+    perturb_trainables(model)
+    ids = tok("Henry Sibley built a stone house near the ferry.", add_special_tokens=False)["input_ids"]
+    q = tok("Who built a house?", add_special_tokens=False)["input_ids"]
+    dev = torch.device("cpu")
+    ctx, query, tgt = pad_batch([ids], 0, dev), pad_batch([q + [0]], 0, dev), pad_batch([ids + [0]], 0, dev)
+    w = {"forward": 1.0, "backward": 1.0, "cycle": 1.0}
+    w_off = {**w, term: 0.0}
+    for losses in ("pair", "lm"):
+        def run(weights):
+            if losses == "pair":
+                t = pair_losses(model, ctx, query, tgt, 4.0, weights["forward"], weights["backward"], weights["cycle"])
+            else:
+                t = lm_losses(model, ctx[0], ctx[1], weights["forward"], weights["backward"], weights["cycle"])
+            return t.total(weights["forward"], weights["backward"], weights["cycle"]), t
+
+        g_all = _grads(model, lambda: run(w)[0])
+        g_off = _grads(model, lambda: run(w_off)[0])
+        t_off = run(w_off)[1]
+        assert float(getattr(t_off, term)) == 0.0
+        # the term's own gradient = g_all - g_off is non-zero, and with weight 0 it is gone
+        diff = sum(float((g_all[n] - g_off[n]).abs().sum()) for n in g_all)
+        assert diff > 0, f"{term} term had no gradient to remove ({losses})"
+        only_others = {k: v for k, v in w_off.items()}
+        g_again = _grads(model, lambda: run(only_others)[0])
+        for n in g_off:
+            torch.testing.assert_close(g_again[n], g_off[n])
