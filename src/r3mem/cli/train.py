@@ -29,9 +29,16 @@ def train(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key=value (dotted keys, YAML values).")] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint in --out.")] = True,
     stop_after: Annotated[Optional[int], typer.Option("--stop-after", help="Stop after this many steps (resume later).")] = None,
+    num_processes: Annotated[int, typer.Option("--num-processes", help="Data-parallel processes on this machine (torchrun).")] = 1,
 ) -> None:
     """Train R³Mem (AdamW, warmup+cosine, curriculum document -> entity, checkpoints, exact resume)."""
+    import os
+
     import yaml
+
+    if num_processes > 1 and "WORLD_SIZE" not in os.environ:
+        _launch(num_processes)
+        return
 
     from r3mem.train.config import TrainConfig, apply_overrides
     from r3mem.train.loop import train as run
@@ -43,3 +50,22 @@ def train(
     console.print(f"trained {result.steps_done}/{cfg.steps} steps -> {out}")
     emit_json({"out": str(out), "steps_done": result.steps_done, "adapter": str(result.adapter_dir) if result.adapter_dir else None,
                "last": result.last_metrics})
+
+
+def _launch(n: int) -> None:
+    """Re-run this very command under torchrun with n processes (gloo on CPU, NCCL on GPUs)."""
+    import socket
+    import sys
+
+    from torch.distributed.run import main as torchrun
+
+    with socket.socket() as sock:  # a free loopback port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = [a for a in sys.argv[1:]]
+    if "--num-processes" in args:
+        i = args.index("--num-processes")
+        del args[i:i + 2]
+    args = [a for a in args if not a.startswith("--num-processes=")]
+    torchrun(["--nproc-per-node", str(n), "--master-addr", "127.0.0.1", "--master-port", str(port),
+              "-m", "r3mem.cli.main", *args])

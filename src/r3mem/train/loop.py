@@ -26,7 +26,7 @@ from r3mem.model import R3MemModel
 from r3mem.train.config import TrainConfig
 from r3mem.train.data import TrainingData
 
-__all__ = ["train", "TrainResult", "step_losses", "lr_factor"]
+__all__ = ["train", "TrainResult", "step_losses", "lr_factor", "dist_info"]
 
 _CKPT = "checkpoints"
 
@@ -103,6 +103,35 @@ def _truncate_log(path: Path, upto_step: int) -> None:
     path.write_text("".join(ln + "\n" for ln in keep))
 
 
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) under torchrun / `r3mem train --num-processes N`; (0, 1) otherwise."""
+    import os
+
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _init_dist(world: int) -> None:
+    import torch.distributed as dist
+
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def _all_reduce_mean(tensors: list[torch.Tensor], world: int) -> None:
+    """Average gradients (and logged sums) over processes: data-parallel gradient synchronisation."""
+    if world == 1:
+        return
+    import torch.distributed as dist
+
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= world
+    i = 0
+    for t in tensors:
+        t.copy_(flat[i:i + t.numel()].view_as(t))
+        i += t.numel()
+
+
 def _n_tokens(batch: dict) -> int:
     if batch["level"] == "document":
         return int(batch["mask"].sum())
@@ -113,8 +142,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True, stop_af
           progress: bool = True, on_step: Callable[[dict], None] | None = None) -> TrainResult:
     """Train adapters + memory tokens. `stop_after` ends the run early (as an interruption would)."""
     out = Path(out_dir)
+    rank, world = dist_info()
+    _init_dist(world)
+    lead = rank == 0  # only the lead process writes logs, checkpoints and the final adapter
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "train_config.yaml")
+    if lead:
+        save_config(cfg, out / "train_config.yaml")
     torch.manual_seed(cfg.seed)
     base, tok = load_base(cfg.model.base_model)
     model = R3MemModel(base, cfg.model)
@@ -125,11 +158,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True, stop_af
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     start = _resume(out, model, opt, sched) if resume else 0
     log_path = out / "metrics.jsonl"
-    if not resume:
+    if lead and not resume:
         log_path.unlink(missing_ok=True)
-    _truncate_log(log_path, start)
+    if lead:
+        _truncate_log(log_path, start)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    bar = _progress(progress, start, cfg.steps)
+    bar = _progress(progress and lead, start, cfg.steps)
     metrics: dict = {}
     t0, toks = time.perf_counter(), 0
     model.train()
@@ -138,7 +172,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True, stop_af
         sums = {"forward": 0.0, "backward": 0.0, "cycle": 0.0, "total": 0.0}
         levels = []
         for micro in range(cfg.grad_accum):
-            batch = data.batch(step, micro)
+            # The global batch is world x grad_accum micro-batches; each process takes its own share,
+            # so N processes with accumulation A equal one process with accumulation N*A.
+            batch = data.batch(step, rank * cfg.grad_accum + micro)
             levels.append(batch["level"])
             with _autocast(cfg, device):
                 terms = step_losses(model, batch)
@@ -146,8 +182,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True, stop_af
             total.backward()
             for k, v in terms.to_dict().items():
                 sums[k] += v / cfg.grad_accum
-            sums["total"] += float(total)
+            sums["total"] += float(total.detach())
             toks += _n_tokens(batch)
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        logged = torch.tensor([sums[k] for k in ("forward", "backward", "cycle", "total")], dtype=torch.float64)
+        _all_reduce_mean([p.grad for p in params] + [logged], world)
+        sums = dict(zip(("forward", "backward", "cycle", "total"), logged.tolist()))
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
         opt.step()
         sched.step()
@@ -155,16 +197,17 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True, stop_af
         metrics = {"step": step + 1, "level": "+".join(sorted(set(levels))), "lr": opt.param_groups[0]["lr"],
                    **{k: round(v, 5) for k, v in sums.items()}, "grad_norm": round(grad_norm, 4),
                    "tokens_per_s": round(toks / max(elapsed, 1e-9), 1), "elapsed_s": round(elapsed, 2)}
-        if (step + 1) % cfg.log_every == 0 or step == start or step + 1 == end:
+        if lead and ((step + 1) % cfg.log_every == 0 or step == start or step + 1 == end):
             with log_path.open("a") as f:
                 f.write(json.dumps(metrics) + "\n")
         if on_step:
             on_step(metrics)
         bar(metrics)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+        if lead and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             _save_checkpoint(out, model, opt, sched, step + 1, cfg)
+        _barrier(world)
     adapter_dir = None
-    if end == cfg.steps:
+    if end == cfg.steps and lead:
         adapter_dir = out / "adapter"
         save_adapter(adapter_dir, model.trainable_state_dict(), model.cfg, base_model_id(model.lm),
                      {"trained": True, "steps": cfg.steps, "train_config": cfg.to_dict()})
@@ -172,6 +215,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True, stop_af
 
         plot_metrics(log_path, out / "losses.png")
     return TrainResult(out, end, metrics, adapter_dir)
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def _progress(enabled: bool, start: int, total: int) -> Callable[[dict], None]:
