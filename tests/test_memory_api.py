@@ -181,3 +181,20 @@ def test_bad_text_input(trained_like):
         assert torch.isfinite(mem.doc_state).all()
     with pytest.raises(TypeError, match="must be str"):
         eng.write([b"bytes"])
+
+
+def test_write_many_equals_separate_writes(trained_like):
+    eng = trained_like
+    texts = [SAMPLE_TEXT, SAMPLE_TEXT[100:] + "\n\nExtra closing words by Mendota.\n\n", "Short one."]
+    many = eng.write_many(texts)
+    for text, got in zip(texts, many):
+        ref = eng.write(text)
+        torch.testing.assert_close(got.doc_state, ref.doc_state, atol=1e-5, rtol=1e-4)
+        assert got.pending_ids == ref.pending_ids and got.n_segments == ref.n_segments
+        assert [(s.key, s.start, s.end) for s in got.paragraphs + got.entities] == \
+            [(s.key, s.start, s.end) for s in ref.paragraphs + ref.entities]
+        for a, b in zip(got.paragraphs + got.entities, ref.paragraphs + ref.entities):
+            torch.testing.assert_close(a.state, b.state, atol=1e-5, rtol=1e-4)
+    # batched recall over slots of different sizes equals one-by-one recall
+    rec_all = eng.recall(many[0])
+    assert rec_all.text.split("\n\n")[1] == eng.recall(many[0], index=1).text

@@ -22,7 +22,7 @@ from r3mem.memfile import load_memory, save_memory, decode_memory, encode_memory
 from r3mem.memory import Memory
 from r3mem.model import COMPRESS, R3MemModel
 from r3mem.recall import Recalled, recall
-from r3mem.writer import effective_doc_state, flush, pad_batch, tokenize, write_text
+from r3mem.writer import effective_doc_state, flush, pad_batch, tokenize, write_text, write_texts
 
 __all__ = ["R3Mem", "default_adapter_dir"]
 
@@ -120,6 +120,14 @@ class R3Mem:
                 chunk = chunk.replace("\x00", "")  # NUL carries no meaning for a tokenizer
             mem = write_text(self.model, self.tokenizer, mem, chunk)
         return mem
+
+    def write_many(self, texts: list[str], memories: list[Memory] | None = None) -> list[Memory]:
+        """Batched write: many documents at once (slots and segment recurrence share batches)."""
+        mems = memories if memories is not None else [self.new_memory() for _ in texts]
+        for t in texts:
+            if not isinstance(t, str):
+                raise TypeError(f"write: text must be str, got {type(t).__name__}")
+        return write_texts(self.model, self.tokenizer, mems, [t.replace("\x00", "") for t in texts])
 
     def flush(self, memory: Memory) -> Memory:
         return flush(self.model, self.tokenizer, memory)

@@ -15,7 +15,7 @@ from r3mem.data.spans import Span, entity_spans, paragraph_spans, sentence_spans
 from r3mem.memory import Memory, Slot
 from r3mem.model import R3MemModel
 
-__all__ = ["write_text", "flush", "effective_doc_state", "slot_tokens", "compress_texts", "pad_batch", "tokenize"]
+__all__ = ["write_text", "write_texts", "flush", "effective_doc_state", "slot_tokens", "compress_texts", "pad_batch", "tokenize"]
 
 _TRAILING_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*$")
 _SLOT_BATCH = 8
@@ -72,84 +72,104 @@ def _split_commit(buf: str) -> tuple[list[Span], int]:
     return paras[:-1], paras[-1].start
 
 
-def _fold_segments(model: R3MemModel, mem: Memory, pad_id: int, final: bool) -> None:
+def _fold_segments(model: R3MemModel, mems: list[Memory], pad_id: int, final: bool) -> None:
+    """Fold full segments (and, if `final`, a partial last one) of every memory into its document
+    state, all memories in lockstep as one batch; a memory with no segment left keeps its state."""
     seg = model.cfg.segment_len
-    device = mem.doc_state.device
-    while len(mem.pending_ids) >= seg or (final and mem.pending_ids):
-        chunk, mem.pending_ids = mem.pending_ids[:seg], mem.pending_ids[seg:]
-        ids, mask = pad_batch([chunk], pad_id, device)
-        state, _, _ = model.compress(model.embed(ids), mask, mem.doc_state.unsqueeze(0), model.cfg.num_mem_tokens)
-        mem.doc_state = state[0]
-        mem.n_segments += 1
+    chunks = []
+    for mem in mems:
+        n = len(mem.pending_ids) // seg + (1 if final and len(mem.pending_ids) % seg else 0)
+        chunks.append([mem.pending_ids[i * seg:(i + 1) * seg] for i in range(n)])
+        mem.pending_ids = mem.pending_ids[n * seg:]
+    if not any(chunks):
+        return
+    state = torch.stack([m.doc_state for m in mems])
+    for t in range(max(len(c) for c in chunks)):
+        ids, mask = pad_batch([c[t] if t < len(c) else [] for c in chunks], pad_id, state.device)
+        new, _, _ = model.compress(model.embed(ids), mask, state, model.cfg.num_mem_tokens)
+        state = torch.where((mask.sum(1) > 0).view(-1, 1, 1, 1), new, state)
+    for mem, c, st in zip(mems, chunks, state):
+        mem.doc_state = st
+        mem.n_segments += len(c)
 
 
-def _paragraph_slots(model, tok, buf: str, paras: list[Span], mem: Memory, pad_id: int) -> list[Slot]:
-    cfg = model.cfg
-    pieces: list[tuple[str, int, int, list[int]]] = []  # key, start, end, ids
-    for p in paras:
+def _paragraph_pieces(tok, cfg, paras: list[Span], mem: Memory) -> list[tuple[str, int, int, list[int]]]:
+    """(key, start, end, token ids) per paragraph slot; paragraphs over the limit are split."""
+    pieces: list[tuple[str, int, int, list[int]]] = []
+    limit = cfg.max_paragraph_tokens
+    for i, p in enumerate(paras):
         ids = tokenize(tok, p.text)
-        n = len(mem.paragraphs) + len({k.split(".")[0] for k, *_ in pieces})
-        chunks = [ids[i:i + cfg.max_paragraph_tokens] for i in range(0, max(1, len(ids)), cfg.max_paragraph_tokens)]
+        n = len(mem.paragraphs) + i
+        chunks = [ids[j:j + limit] for j in range(0, max(1, len(ids)), limit)]
         for j, c in enumerate(chunks):
             # Character span of a split chunk: decode lengths are exact for byte-level tokenizers.
-            s = p.start + len(tok.decode(ids[:j * cfg.max_paragraph_tokens]))
-            e = p.start + len(tok.decode(ids[:(j + 1) * cfg.max_paragraph_tokens])) if j + 1 < len(chunks) else p.end
+            s = p.start + len(tok.decode(ids[:j * limit]))
+            e = p.start + len(tok.decode(ids[:(j + 1) * limit])) if j + 1 < len(chunks) else p.end
             pieces.append((f"p{n}" if len(chunks) == 1 else f"p{n}.{j}", mem.offset + s, mem.offset + min(e, p.end), c))
-    states = compress_texts(model, [c for *_, c in pieces], cfg.paragraph_ratio, pad_id)
-    return [Slot("paragraph", key, s, e, len(c), st) for (key, s, e, c), st in zip(pieces, states)]
+    return pieces
 
 
-def _entity_slots(model, tok, buf: str, paras: list[Span], mem: Memory, first_para: int, pad_id: int) -> None:
-    new: list[tuple[str, Span, int]] = []
+def _entity_pieces(tok, buf: str, paras: list[Span], mem: Memory, first_para: int) -> list[Slot]:
+    """New entity slots (state filled in later) for names not yet in `mem`; every mention span of a
+    known or new name is recorded. Entity spans are computed once per paragraph (linear time)."""
+    new: dict[str, Slot] = {}
     for pi, p in enumerate(paras):
         sentences = sentence_spans(buf, p.start, p.end)
-        for ent in entity_spans(buf, p.start, p.end):
+        for ent in entity_spans(buf, p.start, p.end, sentences=sentences):
             span = (mem.offset + ent.start, mem.offset + ent.end)
-            existing = mem.entity(ent.text)
-            if existing is not None:
-                existing.mentions.append(span)
-                continue
-            pending = next((x for x in new if x[0].lower() == ent.text.lower()), None)
-            if pending is not None:
-                continue  # first mention already queued; all mention spans are collected below
-            sent = next((s for s in sentences if s.start <= ent.start < s.end), p)
-            new.append((ent.text, sent, first_para + pi))
-    if not new:
-        return
-    seqs = [tokenize(tok, s.text) for _, s, _ in new]
-    states = compress_texts(model, seqs, model.cfg.entity_ratio, pad_id)
-    for (name, sent, parent), ids, st in zip(new, seqs, states):
-        mentions = [(mem.offset + m.start, mem.offset + m.end) for p in paras
-                    for m in entity_spans(buf, p.start, p.end) if m.text.lower() == name.lower()]
-        mem.entities.append(Slot("entity", name, mem.offset + sent.start, mem.offset + sent.end, len(ids), st,
-                                 parent=parent, mentions=mentions))
+            slot = mem.entity(ent.text) or new.get(ent.text.lower())
+            if slot is None:
+                sent = next((s for s in sentences if s.start <= ent.start < s.end), p)
+                slot = Slot("entity", ent.text, mem.offset + sent.start, mem.offset + sent.end,
+                            len(tokenize(tok, sent.text)), torch.empty(0), parent=first_para + pi)
+                new[ent.text.lower()] = slot
+            slot.mentions.append(span)
+    return list(new.values())
 
 
-def _commit(model, tok, mem: Memory, buf: str, paras: list[Span], commit_end: int) -> None:
-    pad_id = tok.pad_token_id
-    levels = model.cfg.hierarchy_levels
-    first_para = len(mem.paragraphs)
-    if paras and "paragraph" in levels:
-        mem.paragraphs.extend(_paragraph_slots(model, tok, buf, paras, mem, pad_id))
-    if paras and "entity" in levels:
-        _entity_slots(model, tok, buf, paras, mem, first_para, pad_id)
-    for p in paras:
-        ids = tokenize(tok, p.text + "\n\n")
-        mem.pending_ids.extend(ids)
-        mem.n_tokens += len(ids)
-    mem.offset += commit_end
-    mem.pending_text = buf[commit_end:]
+def _commit(model, tok, jobs: list[tuple[Memory, str, list[Span], int]]) -> None:
+    """Commit complete paragraphs of several memories; slots of all of them are compressed together."""
+    cfg, pad_id = model.cfg, tok.pad_token_id
+    para_jobs = [(m, _paragraph_pieces(tok, cfg, paras, m)) for m, _, paras, _ in jobs] if "paragraph" in cfg.hierarchy_levels else []
+    ent_jobs = [(m, _entity_pieces(tok, buf, paras, m, len(m.paragraphs))) for m, buf, paras, _ in jobs] \
+        if "entity" in cfg.hierarchy_levels else []
+    states = iter(compress_texts(model, [c for _, ps in para_jobs for *_, c in ps], cfg.paragraph_ratio, pad_id))
+    for m, ps in para_jobs:
+        m.paragraphs.extend(Slot("paragraph", key, s, e, len(c), next(states)) for key, s, e, c in ps)
+    seqs = [tokenize(tok, buf[e.start - m.offset:e.end - m.offset]) for (m, es), (_, buf, _, _) in zip(ent_jobs, jobs) for e in es]
+    states = iter(compress_texts(model, seqs, cfg.entity_ratio, pad_id))
+    for m, es in ent_jobs:
+        for e in es:
+            e.state = next(states)
+        m.entities.extend(es)
+    for m, buf, paras, commit_end in jobs:
+        for p in paras:
+            ids = tokenize(tok, p.text + "\n\n")
+            m.pending_ids.extend(ids)
+            m.n_tokens += len(ids)
+        m.offset += commit_end
+        m.pending_text = buf[commit_end:]
 
 
 @torch.no_grad()
+def write_texts(model: R3MemModel, tok, mems: list[Memory], texts: list[str]) -> list[Memory]:
+    """Append texts[i] to mems[i], all in batches; returns new Memories, inputs are left untouched."""
+    if len(mems) != len(texts):
+        raise ValueError(f"write: {len(mems)} memories but {len(texts)} texts")
+    out = [m.copy() for m in mems]
+    jobs = []
+    for m, text in zip(out, texts):
+        buf = m.pending_text + text
+        paras, commit_end = _split_commit(buf)
+        jobs.append((m, buf, paras, commit_end))
+    _commit(model, tok, jobs)
+    _fold_segments(model, out, tok.pad_token_id, final=False)
+    return out
+
+
 def write_text(model: R3MemModel, tok, mem: Memory, text: str) -> Memory:
     """Return a new Memory with `text` appended; the input Memory is left untouched."""
-    mem = mem.copy()
-    buf = mem.pending_text + text
-    paras, commit_end = _split_commit(buf)
-    _commit(model, tok, mem, buf, paras, commit_end)
-    _fold_segments(model, mem, tok.pad_token_id, final=False)
-    return mem
+    return write_texts(model, tok, [mem], [text])[0]
 
 
 @torch.no_grad()
@@ -157,9 +177,8 @@ def flush(model: R3MemModel, tok, mem: Memory) -> Memory:
     """Commit the pending paragraph and fold a partial last segment into the document state."""
     mem = mem.copy()
     buf = mem.pending_text
-    paras = paragraph_spans(buf)
-    _commit(model, tok, mem, buf, paras, len(buf))
-    _fold_segments(model, mem, tok.pad_token_id, final=True)
+    _commit(model, tok, [(mem, buf, paragraph_spans(buf), len(buf))])
+    _fold_segments(model, [mem], tok.pad_token_id, final=True)
     return mem
 
 
@@ -169,5 +188,5 @@ def effective_doc_state(model: R3MemModel, tok, mem: Memory) -> torch.Tensor:
         return mem.doc_state
     tmp = mem.copy()
     tmp.pending_ids += [i for p in paragraph_spans(mem.pending_text) for i in tokenize(tok, p.text + "\n\n")]
-    _fold_segments(model, tmp, tok.pad_token_id, final=True)
+    _fold_segments(model, [tmp], tok.pad_token_id, final=True)
     return tmp.doc_state
