@@ -1,0 +1,148 @@
+"""Speed and memory of r3mem against the bare base model, measured in the same run.
+
+- write throughput (tokens/s): r3mem document-level write and full hierarchical write, against a plain
+  forward pass of the base model over the same tokens in the same segment-sized windows;
+- recall latency per reconstructed token (KV-cached greedy expansion) against plain greedy
+  generation of the base model with its cache;
+- memory-state bytes (constant document state + linearly growing slots) and peak RSS vs length.
+
+Usage: python benchmarks/speed/bench_speed.py --lengths 1024,4096,16384 --batch-sizes 1,4 --out benchmarks/speed/results/cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from r3mem.config import R3MemConfig
+from r3mem.data.text import read_text, strip_gutenberg
+from r3mem.engine import R3Mem
+
+
+def _text_of(engine: R3Mem, source: str, n_tokens: int) -> str:
+    text = strip_gutenberg(read_text(source))
+    while len(engine.tokenizer(text, add_special_tokens=False)["input_ids"]) < n_tokens:
+        text += "\n\n" + text
+    ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"][:n_tokens]
+    return engine.tokenizer.decode(ids)
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+@torch.no_grad()
+def _base_forward(engine: R3Mem, texts: list[str]) -> float:
+    """Plain forward of the base model over the same tokens, in segment_len windows, batched."""
+    seg, tok = engine.config.segment_len, engine.tokenizer
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    t0 = time.perf_counter()
+    with engine.model.adapters_disabled():
+        for s in range(0, max(map(len, ids)), seg):
+            rows = [i[s:s + seg] for i in ids if len(i) > s]
+            width = max(map(len, rows))
+            x = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+            m = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+            engine.model.lm(input_ids=x, attention_mask=m)
+    return time.perf_counter() - t0
+
+
+@torch.no_grad()
+def _recall_latency(engine: R3Mem, mem, n_new: int) -> dict:
+    from r3mem.recall import reconstruct
+
+    slot = mem.paragraphs[0]
+    _, t_r = _timed(lambda: engine.model.decode(slot.state[None], n_new, None))
+    tok = engine.tokenizer
+    prompt = torch.tensor([tok("The history of the town", add_special_tokens=False)["input_ids"]])
+    with engine.model.adapters_disabled():
+        _, t_b = _timed(lambda: engine.model.lm.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
+                                                         max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
+                                                         pad_token_id=tok.pad_token_id))
+    return {"r3mem_s_per_token": t_r / n_new, "base_s_per_token": t_b / n_new, "ratio_base_over_r3mem": t_b / t_r}
+
+
+def run(engine: R3Mem, source: str, lengths: list[int], batch_sizes: list[int]) -> list[dict]:
+    rows = []
+    doc_only = R3Mem(engine.model, engine.tokenizer)
+    for n in lengths:
+        text = _text_of(engine, source, n)
+        for b in batch_sizes:
+            texts = [text] * b
+            t_base = _base_forward(engine, texts)
+            engine.model.cfg.hierarchy_levels = ("document",)
+            _, t_doc = _timed(lambda: doc_only.write_many(texts))
+            engine.model.cfg.hierarchy_levels = ("document", "paragraph", "entity")
+            mems, t_full = _timed(lambda: engine.write_many(texts))
+            mem = mems[0]
+            row = {"tokens": n, "batch": b, "base_forward_tok_s": n * b / t_base, "r3mem_doc_write_tok_s": n * b / t_doc,
+                   "r3mem_full_write_tok_s": n * b / t_full, "ratio_doc_vs_base": t_base / t_doc,
+                   "ratio_full_vs_base": t_base / t_full, "doc_state_bytes": mem.doc_state.numel() * mem.doc_state.element_size(),
+                   "total_state_bytes": mem.state_bytes(), "paragraph_slots": len(mem.paragraphs), "entity_slots": len(mem.entities),
+                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            if b == 1:
+                row["recall"] = _recall_latency(engine, mem, 32)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r1 = [r for r in rows if r["batch"] == 1]
+    x = [r["tokens"] for r in r1]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax[0].plot(x, [r["tokens"] / r["r3mem_doc_write_tok_s"] for r in r1], "o-", label="r3mem write (document level)")
+    ax[0].plot(x, [r["tokens"] / r["r3mem_full_write_tok_s"] for r in r1], "s-", label="r3mem write (hierarchy)")
+    ax[0].plot(x, [r["tokens"] / r["base_forward_tok_s"] for r in r1], "^--", label="base forward")
+    ax[0].set(xscale="log", yscale="log", xlabel="history tokens", ylabel="seconds", title="time: linear in length")
+    ax[0].legend(fontsize=8)
+    ax[1].plot(x, [r["doc_state_bytes"] for r in r1], "o-", label="document state")
+    ax[1].plot(x, [r["total_state_bytes"] for r in r1], "s-", label="state + slots")
+    ax[1].set(xscale="log", yscale="log", xlabel="history tokens", ylabel="bytes", title="memory state")
+    ax[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--base-model", default=None, help="e.g. tiny-llama for a smoke run")
+    ap.add_argument("--source", default="../shared/data/pg19/10146.txt")
+    ap.add_argument("--lengths", default="1024,4096,16384")
+    ap.add_argument("--batch-sizes", default="1,4")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    cfg = R3MemConfig(base_model=a.base_model) if a.base_model else None
+    engine = R3Mem.from_pretrained(a.model, base_model=a.base_model, config=cfg)
+    rows = run(engine, a.source, [int(x) for x in a.lengths.split(",")], [int(x) for x in a.batch_sizes.split(",")])
+    import subprocess
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or None
+    result = {"benchmark": "speed", "date": datetime.date.today().isoformat(), "commit": commit,
+              "device": f"cpu x{a.threads} threads ({platform.processor() or platform.machine()})",
+              "torch": torch.__version__, "adapter_hash": engine.adapter_hash, "config": engine.config.to_dict(), "rows": rows}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=2))
+    plot(rows, a.out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
