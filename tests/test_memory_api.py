@@ -198,3 +198,17 @@ def test_write_many_equals_separate_writes(trained_like):
     # batched recall over slots of different sizes equals one-by-one recall
     rec_all = eng.recall(many[0])
     assert rec_all.text.split("\n\n")[1] == eng.recall(many[0], index=1).text
+
+
+def test_determinism_same_bytes_and_recall(tok):
+    def build():
+        eng = R3Mem.from_base(tiny_model("llama", seed=3), tok, tiny_cfg(seed=5))
+        perturb_trainables(eng.model, seed=7)
+        eng._refresh_identity()
+        return eng
+
+    a, b = build(), build()
+    assert a.adapter_hash == b.adapter_hash
+    ma, mb = a.write(SAMPLE_TEXT), b.write(SAMPLE_TEXT)
+    assert a.to_bytes(ma) == b.to_bytes(mb)
+    assert a.recall(ma, query="ferry").text == b.recall(mb, query="ferry").text
