@@ -37,6 +37,7 @@ class R3MemConfig:
     segment_len: int = 128
     memory_mode: str = "input"  # "input" (RMT-style) | "layerwise" (added to hidden states at every layer)
     bptt_depth: int = 2  # segments gradients flow back through; older memory is detached
+    layer_gate_init: float = 1.0  # layerwise mode: initial weight of the per-layer memory added to hidden states
     # Hierarchy: paragraph and entity slots compressed at a ratio chosen at inference time.
     hierarchy_levels: tuple[str, ...] = LEVELS
     max_slot_tokens: int = 64  # size of the write-token table, bounds tokens per slot

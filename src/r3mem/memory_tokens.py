@@ -15,7 +15,7 @@ __all__ = ["VirtualMemory"]
 
 class VirtualMemory(nn.Module):
     def __init__(self, hidden: int, num_mem: int, max_slot: int, num_layers: int, layerwise: bool,
-                 emb_rms: float, generator: torch.Generator | None = None) -> None:
+                 emb_rms: float, generator: torch.Generator | None = None, gate_init: float = 1.0) -> None:
         super().__init__()
         self.num_mem = num_mem
         self.levels = 1 + num_layers if layerwise else 1
@@ -30,7 +30,7 @@ class VirtualMemory(nn.Module):
         with torch.no_grad():
             self.out_proj.weight.copy_(torch.eye(hidden))
             self.out_proj.bias.zero_()
-        self.layer_gate = nn.Parameter(torch.zeros(num_layers)) if layerwise else None
+        self.layer_gate = nn.Parameter(torch.full((num_layers,), float(gate_init))) if layerwise else None
 
     @property
     def max_slot(self) -> int:

@@ -76,7 +76,7 @@ class R3MemModel(nn.Module):
         layers = decoder_layers(base)
         emb_rms = base.get_input_embeddings().weight.detach().pow(2).mean().sqrt().item()
         self.memory = VirtualMemory(hidden, cfg.num_mem_tokens, cfg.max_slot_tokens, len(layers),
-                                    cfg.memory_mode == "layerwise", emb_rms, gen)
+                                    cfg.memory_mode == "layerwise", emb_rms, gen, cfg.layer_gate_init)
         self.couplings = (nn.ModuleList(Coupling(hidden, cfg.coupling_hidden, gen) for _ in layers)
                           if cfg.reversible_mode == "coupling" else None)
         self._ctx: _CallContext | None = None
