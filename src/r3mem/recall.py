@@ -27,7 +27,7 @@ _BATCH = 8
 class Recalled:
     text: str
     level: str
-    slots: list[dict] = field(default_factory=list)  # level, key, start, end, score
+    slots: list[dict] = field(default_factory=list)  # level, key, start, end, score, text (this slot's expansion)
 
     def to_dict(self) -> dict:
         return {"text": self.text, "level": self.level, "slots": self.slots}
@@ -107,7 +107,7 @@ def recall(model: R3MemModel, tok, mem: Memory, query: str | None = None, level:
     if level == "document":
         state = effective_doc_state(model, tok, mem)
         text = reconstruct(model, tok, [state], [cap], query, temperature, top_p, generator)[0]
-        return Recalled(text, level, [{"level": "document", "key": "doc", "start": 0, "end": mem.offset + len(mem.pending_text), "score": None}])
+        return Recalled(text, level, [{"level": "document", "key": "doc", "start": 0, "end": mem.offset + len(mem.pending_text), "score": None, "text": text}])
     cands = _candidates(model, tok, mem, level, query)
     if not cands:
         return Recalled("", level, [])
@@ -124,5 +124,6 @@ def recall(model: R3MemModel, tok, mem: Memory, query: str | None = None, level:
         chosen, scores = cands, [None] * len(cands)
     texts = reconstruct(model, tok, [c.state for c in chosen], [min(cap, c.n_tokens + 8) for c in chosen], query,
                         temperature, top_p, generator)
-    meta = [{"level": c.level, "key": c.key, "start": c.start, "end": c.end, "score": sc} for c, sc in zip(chosen, scores)]
+    meta = [{"level": c.level, "key": c.key, "start": c.start, "end": c.end, "score": sc, "text": t}
+            for c, sc, t in zip(chosen, scores, texts)]
     return Recalled("\n\n".join(texts), level, meta)

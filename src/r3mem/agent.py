@@ -1,0 +1,271 @@
+"""`ChatAgent`: a conversation whose every turn is written into a session memory kept in a `MemoryStore`.
+
+    agent = ChatAgent(engine, store, "alice", "trip")
+    agent.turn("I moved to Lisbon in May.")             # stored turn + memory updated, then returns
+    agent.respond("Where do I live?").text             # recall from memory, answer with the base model
+    agent.chat("What did I say about May?")             # turn + respond + the reply stored as a turn
+
+Writing is incremental and safe under concurrent writers (threads or processes sharing the store):
+a turn is appended to the store first, then the session memory *catches up* with every stored turn it
+does not cover yet, in turn order, and is put back with the version it was read at. If another writer
+got there first (`Conflict`), the memory is reloaded and the catch-up repeats, until the memory covers
+the new turn. So no acknowledged turn is ever missing from memory, and a turn whose memory write was
+interrupted (crash, kill) is folded in by the next write.
+
+All state lives in the store; the agent only holds references (engine, store, ids, options).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Sequence
+from itertools import accumulate
+from dataclasses import dataclass, field, replace
+from typing import Any, ContextManager
+
+from r3mem.memory import Memory
+from r3mem.recall import Recalled
+from r3mem.store import Conflict, MemoryStore, NotFound, Session, SlotRecord, StoredMemory, StoreError, Turn
+
+__all__ = ["ChatAgent", "Reply", "RETRIEVALS", "CHAT_PROMPT", "QA_PROMPT", "format_turn", "ensure_session"]
+
+RETRIEVALS = (None, "bm25", "embedding")
+CHAT_PROMPT = "Relevant memory of our conversation:\n{context}\n\n{question}"
+QA_PROMPT = "Context:\n{context}\n\nQuestion: {question}\nAnswer in a few words."
+MAX_SYNC_ATTEMPTS = 200  # conflicts only happen when another writer made progress, so this is never reached in practice
+WRITE_BATCH = 64  # turns per engine.write when catching up (their paragraphs are compressed in shared batches)
+POOL_FACTOR = 3  # with a retriever, recall this many times top_k slots and let the retriever re-rank them
+_RRF_K = 60  # reciprocal-rank-fusion constant (Cormack et al. 2009)
+
+Progress = Callable[[int, int], None]  # (turns written so far, turns to write)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer, the memory text it was conditioned on, the recalled slots (with turn ids) and,
+    from `chat`, the turns it stored."""
+
+    text: str
+    recalled: str
+    slots: list[dict[str, Any]] = field(default_factory=list)
+    turns: list[Turn] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        turns = [{"index": t.index, "speaker": t.speaker, "text": t.text, "timestamp": t.timestamp} for t in self.turns]
+        return {"text": self.text, "recalled": self.recalled, "slots": self.slots, "turns": turns}
+
+
+def format_turn(speaker: str, text: str) -> str:
+    """The text a turn contributes to memory: one paragraph "Speaker: text" (its own slot)."""
+    return f"{speaker}: {text.replace(chr(0), '').strip()}\n\n"  # NUL is dropped here so slot offsets stay exact
+
+
+def ensure_session(store: MemoryStore, user_id: str, session_id: str | None = None) -> Session:
+    """The session, created (with its user) if missing; a random id when `session_id` is None."""
+    try:
+        store.get_user(user_id)
+    except NotFound:
+        with contextlib.suppress(Conflict):  # another process created it meanwhile
+            store.create_user(user_id)
+    if session_id is not None:
+        try:
+            return store.get_session(user_id, session_id)
+        except NotFound:
+            pass
+    try:
+        return store.create_session(user_id, session_id)
+    except Conflict:
+        return store.get_session(user_id, session_id)  # type: ignore[arg-type]
+
+
+def _check_text(kind: str, text: object) -> str:
+    if not isinstance(text, str):
+        raise ValueError(f"{kind} must be a str, got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError(f"{kind} must not be empty")
+    return text
+
+
+def _make_retriever(kind: str | None):
+    from r3mem.eval.retrieval import BM25Retriever, EmbeddingRetriever
+
+    if kind == "bm25":
+        return BM25Retriever()
+    if kind == "embedding":
+        return EmbeddingRetriever()
+    return None
+
+
+def _slot_records(mem: Memory, known: dict[tuple[str, str], SlotRecord]) -> list[SlotRecord]:
+    """One record per slot, in the memory's order (paragraphs, then entities)."""
+    return [known.get((s.level, s.key)) or SlotRecord(s.level, s.key, s.start, s.end)
+            for s in mem.paragraphs + mem.entities]
+
+
+def _fuse(question: str, slots: list[dict[str, Any]], k: int, retriever) -> list[dict[str, Any]]:
+    """Reciprocal-rank fusion of the memory's own ranking (query likelihood) and a retriever's
+    ranking over the recalled texts; returns the best k slots in text order."""
+    from r3mem.eval.retrieval import bm25_tokenize
+
+    texts = [s.get("text") or "" for s in slots]
+    by_memory = sorted(range(len(slots)), key=lambda i: -(slots[i].get("score") or 0.0))
+    fused = {i: 1.0 / (_RRF_K + r) for r, i in enumerate(by_memory)}
+    if any(bm25_tokenize(t) for t in texts):  # BM25 over only empty texts divides by zero
+        retriever.index(texts)
+        for r, (i, _) in enumerate(retriever.search(question, k=len(texts))):
+            fused[i] += 1.0 / (_RRF_K + r)
+    best = sorted(fused, key=lambda i: (-fused[i], i))[:k]
+    return [slots[i] for i in sorted(best, key=lambda i: slots[i]["start"])]
+
+
+class ChatAgent:
+    """One user's session: write turns into its memory, answer from what memory recalls.
+
+    Args:
+        engine: an `R3Mem` (any base model; the session memory must have been written by it).
+        store: the `MemoryStore` holding users, sessions, turns and memories.
+        user_id, session_id: an existing session (see `ensure_session`).
+        retrieval: None (memory ranking only), "bm25" or "embedding": re-rank the recalled slot texts
+            with that retriever, fused with the memory's own ranking.
+        top_k: slots recalled per question.
+        prompt: template for the reader with `{context}` and `{question}` (CHAT_PROMPT, QA_PROMPT).
+        lock: context manager held around every model call (the HTTP service shares one lock,
+            since one torch model must not run in several threads at once).
+        retriever: an already built retriever to share (else one is made lazily from `retrieval`).
+    """
+
+    def __init__(self, engine, store: MemoryStore, user_id: str, session_id: str, retrieval: str | None = None, *,
+                 top_k: int = 2, prompt: str = CHAT_PROMPT, lock: ContextManager | None = None, retriever=None) -> None:
+        if retrieval not in RETRIEVALS:
+            raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {retrieval!r}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+        self.engine, self.store = engine, store
+        self.user_id, self.session_id = user_id, session_id
+        self.retrieval, self.top_k, self.prompt = retrieval, top_k, prompt
+        self._lock = lock if lock is not None else contextlib.nullcontext()
+        self._retriever = retriever
+
+    def __repr__(self) -> str:
+        return f"ChatAgent(user={self.user_id!r}, session={self.session_id!r}, retrieval={self.retrieval!r})"
+
+    # ----- writing ---------------------------------------------------------------------------
+    def turn(self, text: str, speaker: str = "user", timestamp: float | None = None) -> Turn:
+        """Store one turn and return once the session memory (committed) covers it."""
+        return self.write(text, speaker, timestamp)[0]
+
+    def write(self, text: str, speaker: str = "user", timestamp: float | None = None) -> tuple[Turn, int]:
+        """`turn`, also returning the committed memory version that covers the new turn."""
+        text = _check_text("text", text)
+        self.memory()  # a memory this engine cannot read (another model) fails here, before the turn is stored
+        turn = self.store.append_turn(self.user_id, self.session_id, text, speaker, timestamp)
+        return turn, self.sync(until=turn.index)
+
+    def add_turns(self, turns: Iterable[tuple[str, str]], progress: Progress | None = None) -> list[Turn]:
+        """Store many (speaker, text) turns, then bring the memory up to date in one write."""
+        items = [(speaker, _check_text("text", text)) for speaker, text in turns]  # all checked before any is stored
+        if items:
+            self.memory()
+        stored = [self.store.append_turn(self.user_id, self.session_id, text, speaker) for speaker, text in items]
+        if stored:
+            self.sync(until=stored[-1].index, progress=progress)
+        return stored
+
+    def sync(self, until: int | None = None, progress: Progress | None = None) -> int:
+        """Write every stored turn the memory does not cover yet; return the memory version.
+
+        Retries on `Conflict` (another writer updated the memory first) from a fresh read, and
+        stops early once the memory covers turn `until`.
+        """
+        for attempt in range(MAX_SYNC_ATTEMPTS):
+            stored = self.store.get_memory(self.user_id, self.session_id)
+            version, through = (stored.version, stored.through_turn) if stored else (0, 0)
+            if until is not None and through >= until:
+                return version
+            pending = self.store.list_turns(self.user_id, self.session_id, since=through)
+            if not pending:
+                return version
+            mem, records = self._write_turns(stored, pending, progress)
+            try:
+                return self.store.put_memory(self.user_id, self.session_id, self.engine.to_bytes(mem), records,
+                                             through_turn=pending[-1].index, expected_version=version)
+            except Conflict:
+                time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))  # jitter: let the winner finish
+        raise StoreError(f"session {self.session_id!r}: memory kept changing under {MAX_SYNC_ATTEMPTS} attempts to write it")
+
+    def _write_turns(self, stored: StoredMemory | None, turns: Sequence[Turn],
+                     progress: Progress | None) -> tuple[Memory, list[SlotRecord]]:
+        """Append the turns to the stored memory; new slots are recorded with the turn their text came from.
+
+        Turns are written in batches (one `engine.write` per batch compresses its paragraphs together);
+        a slot belongs to the turn whose character span holds the slot's start.
+        """
+        mem = self._decode(stored)
+        n_par, n_ent = len(mem.paragraphs), len(mem.entities)
+        texts = [format_turn(t.speaker, t.text) for t in turns]
+        starts = list(accumulate((len(x) for x in texts[:-1]), initial=mem.offset + len(mem.pending_text)))
+        for first in range(0, len(texts), WRITE_BATCH):
+            with self._lock:
+                mem = self.engine.write("".join(texts[first:first + WRITE_BATCH]), mem)
+            if progress is not None:
+                progress(min(first + WRITE_BATCH, len(texts)), len(texts))
+        known = {(r.level, r.key): r for r in (stored.slots if stored else [])}
+        for s in mem.paragraphs[n_par:] + mem.entities[n_ent:]:
+            t = turns[max(0, bisect_right(starts, s.start) - 1)]
+            known[(s.level, s.key)] = SlotRecord(s.level, s.key, s.start, s.end, turn_id=t.index, timestamp=t.timestamp)
+        return mem, _slot_records(mem, known)
+
+    # ----- reading ---------------------------------------------------------------------------
+    def _decode(self, stored: StoredMemory | None) -> Memory:
+        if stored is None:
+            return self.engine.new_memory()
+        return self.engine.from_bytes(stored.blob, name=f"memory of session {self.session_id!r}")
+
+    def memory(self) -> tuple[Memory, StoredMemory | None]:
+        """The session's current memory (a fresh one if nothing was written) and its store record."""
+        stored = self.store.get_memory(self.user_id, self.session_id)
+        return self._decode(stored), stored
+
+    def recall(self, query: str | None = None, level: str = "paragraph", index: int | None = None,
+               top_k: int = 1) -> Recalled:
+        """`engine.recall` on the session memory; each slot also carries the `turn_id` it came from."""
+        mem, stored = self.memory()
+        with self._lock:
+            rec = self.engine.recall(mem, query=query, level=level, index=index, top_k=top_k)
+        turn_ids = {(r.level, r.key): r.turn_id for r in (stored.slots if stored else [])}
+        rec.slots = [dict(s, turn_id=turn_ids.get((s["level"], s["key"]))) for s in rec.slots]
+        return rec
+
+    def recall_for(self, question: str, top_k: int | None = None) -> list[dict[str, Any]]:
+        """Slots recalled for a question: memory ranking, re-ranked by the retriever if one is set."""
+        k = top_k or self.top_k
+        if self.retrieval is None:
+            return self.recall(question, top_k=k).slots
+        slots = self.recall(question, top_k=k * POOL_FACTOR).slots
+        if len(slots) <= k:
+            return slots
+        with self._lock:  # the retriever is stateful (index, then search) and may run a model
+            if self._retriever is None:
+                self._retriever = _make_retriever(self.retrieval)
+            return _fuse(question, slots, k, self._retriever)
+
+    def respond(self, question: str, max_new_tokens: int = 64, top_k: int | None = None) -> Reply:
+        """Answer with the base model from the memory recalled for `question` (nothing is stored)."""
+        _check_text("question", question)
+        slots = self.recall_for(question, top_k)
+        context = "\n\n".join(s.get("text") or "" for s in slots)
+        prompt = self.prompt.format(context=context or "(nothing remembered yet)", question=question.strip())
+        with self._lock:
+            text = self.engine.read(prompt, max_new_tokens=max_new_tokens)
+        return Reply(text.strip(), context, slots)
+
+    def chat(self, text: str, max_new_tokens: int = 64, speaker: str = "user") -> Reply:
+        """Store the user's turn, answer it from memory, store the (non-empty) reply as an assistant turn."""
+        turns = [self.turn(text, speaker)]
+        reply = self.respond(text, max_new_tokens)
+        if reply.text:
+            turns.append(self.turn(reply.text, "assistant"))
+        return replace(reply, turns=turns)

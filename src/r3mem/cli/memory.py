@@ -1,0 +1,129 @@
+"""`r3mem memory list|show|export|import|delete`: manage the sessions kept in a store (no model needed)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from r3mem.cli.common import DEFAULT_USER, CLIError, JsonOpt, StoreOpt, UserOpt, console, emit_json, open_store, out, user_errors
+
+app = typer.Typer(name="memory", help="List, show, export, import and delete stored sessions.", no_args_is_help=True,
+                  add_completion=False)
+SessionArg = Annotated[str, typer.Argument(help="Session id.")]
+
+
+def session_summary(store, user: str, session) -> dict[str, Any]:
+    """A session with its memory's version, coverage and size."""
+    stored = store.get_memory(user, session.session_id)
+    return {"session_id": session.session_id, "turns": session.turn_count, "created_at": session.created_at,
+            "updated_at": session.updated_at, "meta": session.meta,
+            "memory_version": stored.version if stored else 0, "through_turn": stored.through_turn if stored else 0,
+            "slots": len(stored.slots) if stored else 0, "memory_bytes": len(stored.blob) if stored else 0}
+
+
+@app.command("list")
+@user_errors
+def list_(store: StoreOpt = None, user: UserOpt = DEFAULT_USER, json_out: JsonOpt = False) -> None:
+    """The user's sessions with their turn count and memory size."""
+    with open_store(store) as st:
+        rows = [session_summary(st, user, s) for s in st.list_sessions(user)]
+    if json_out:
+        emit_json(rows)
+        return
+    if not rows:
+        out.print(f"no sessions for user {user!r}", markup=False)
+    for r in rows:
+        out.print(f"{r['session_id']}\t{r['turns']} turns\tmemory v{r['memory_version']} ({r['slots']} slots, "
+                  f"{r['memory_bytes']} bytes)", markup=False)
+
+
+@app.command("show")
+@user_errors
+def show(session: SessionArg, store: StoreOpt = None, user: UserOpt = DEFAULT_USER,
+         last: Annotated[int, typer.Option("--last", help="Show this many latest turns (0: all).")] = 20,
+         json_out: JsonOpt = False) -> None:
+    """A session: memory summary, slots (with the turn each came from) and its latest turns."""
+    with open_store(store) as st:
+        info = session_summary(st, user, st.get_session(user, session))
+        turns = st.list_turns(user, session, since=max(0, info["turns"] - last) if last > 0 else None)
+        stored = st.get_memory(user, session)
+    slots = [{"level": s.level, "key": s.key, "start": s.start, "end": s.end, "turn_id": s.turn_id}
+             for s in (stored.slots if stored else [])]
+    info["slot_list"] = slots
+    info["turn_list"] = [{"index": t.index, "speaker": t.speaker, "text": t.text, "timestamp": t.timestamp} for t in turns]
+    if json_out:
+        emit_json(info)
+        return
+    out.print(f"session {session!r} of {user!r}: {info['turns']} turns, memory v{info['memory_version']} "
+              f"through turn {info['through_turn']}, {len(slots)} slots, {info['memory_bytes']} bytes", markup=False)
+    for t in turns:
+        out.print(f"  [{t.index}] {t.speaker}: {t.text}", markup=False)
+
+
+@app.command("export")
+@user_errors
+def export(session: SessionArg, store: StoreOpt = None, user: UserOpt = DEFAULT_USER,
+           to: Annotated[str, typer.Option("--out", help="JSON file to write ('-': stdout).")] = "-",
+           memory_file: Annotated[Optional[Path], typer.Option("--memory-file", help="Also write the bare memory file (.r3mem).")] = None) -> None:
+    """Export a session (turns, slots, memory file as base64) as JSON, for `memory import`."""
+    from r3mem.io import atomic_write_bytes
+
+    with open_store(store) as st:
+        data = st.export_session(user, session)
+    if memory_file is not None:
+        if data["memory"] is None:
+            raise CLIError(f"session {session!r} has no memory yet")
+        atomic_write_bytes(memory_file, base64.b64decode(data["memory"]["blob_b64"]))
+    text = json.dumps(data, ensure_ascii=False, indent=1) + "\n"
+    if to == "-":
+        sys.stdout.write(text)
+    else:
+        atomic_write_bytes(Path(to), text.encode("utf-8"))
+        console.print(f"exported session {session!r} ({len(data['turns'])} turns) -> {to}", markup=False, highlight=False)
+
+
+@app.command("import")
+@user_errors
+def import_(file: Annotated[Path, typer.Argument(help="JSON from `r3mem memory export` ('-': stdin).")],
+            store: StoreOpt = None, user: UserOpt = DEFAULT_USER,
+            session: Annotated[Optional[str], typer.Option("--session", help="Import under this id (default: the exported one).")] = None,
+            json_out: JsonOpt = False) -> None:
+    """Recreate an exported session for the user (created if missing); an existing id is refused."""
+    from r3mem.store import Conflict
+
+    raw = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CLIError(f"{file}: not JSON ({exc})") from None
+    with open_store(store) as st:
+        try:
+            st.create_user(user)
+        except Conflict:
+            pass
+        created = st.import_session(user, data, session)
+    info = {"user": user, "session": created.session_id, "turns": created.turn_count}
+    emit_json(info) if json_out else out.print(f"imported session {created.session_id!r} for {user!r} "
+                                               f"({created.turn_count} turns)", markup=False)
+
+
+@app.command("delete")
+@user_errors
+def delete(session: Annotated[Optional[str], typer.Argument(help="Session id (omit with --all).")] = None,
+           store: StoreOpt = None, user: UserOpt = DEFAULT_USER,
+           all_: Annotated[bool, typer.Option("--all", help="Delete the user with all their sessions.")] = False,
+           yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False) -> None:
+    """Delete one session (turns, memory, slots), or with --all every session of the user."""
+    if (session is None) == (not all_):
+        raise CLIError("give a SESSION id, or --all to delete all of the user's data")
+    what = f"all data of user {user!r}" if all_ else f"session {session!r} of {user!r}"
+    if not yes and not typer.confirm(f"delete {what}?"):
+        raise typer.Exit(1)
+    with open_store(store) as st:
+        st.delete_user(user) if all_ else st.delete_session(user, session)
+    console.print(f"deleted {what}", markup=False, highlight=False)

@@ -1,0 +1,93 @@
+"""Shared pieces of the evaluation harness: options, the skip signal, token helpers, aggregation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+__all__ = ["EvalOptions", "Skip", "mean", "overlaps", "round_metrics", "position_buckets", "bucket_label"]
+
+
+class Skip(Exception):
+    """A method cannot run this task or example; the message is the reason reported in the JSON."""
+
+    @property
+    def reason(self) -> str:
+        return str(self)
+
+
+@dataclass
+class EvalOptions:
+    """Everything a task protocol needs besides the data and the methods (resolved into the JSON)."""
+
+    limit: int | None = None  # first N examples (books, paragraphs, questions, needle cells)
+    budget: int | None = None  # context tokens the reader may see (None: the task's default)
+    top_k: int = 2  # slots / chunks recalled per question
+    max_new_tokens: int = 32  # answer length
+    chunk_words: int = 100  # retrieval chunk size (words) for bm25 / embedding
+    ratios: tuple[float, ...] = (4.0, 8.0)  # recon: paragraph compression ratios
+    lengths: tuple[int, ...] = (1000, 2000, 4000, 8000)  # needle: context lengths in tokens
+    depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # needle: needle depth fractions
+    max_tokens: int | None = None  # lm: tokens scored per book (None: whole book)
+    segment_len: int | None = None  # lm: segment length (None: the r3mem adapter's segment_len)
+    samples: int = 3  # example predictions kept per method in the JSON
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        def check(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(msg)
+
+        check(self.limit is None or self.limit >= 0, f"--limit: must be >= 0, got {self.limit}")
+        check(self.budget is None or self.budget >= 1, f"--budget: must be >= 1, got {self.budget}")
+        check(self.top_k >= 1, f"--top-k: must be >= 1, got {self.top_k}")
+        check(self.max_new_tokens >= 1, f"--max-new-tokens: must be >= 1, got {self.max_new_tokens}")
+        check(self.chunk_words >= 1, f"--chunk-words: must be >= 1, got {self.chunk_words}")
+        check(len(self.ratios) > 0 and all(r >= 1 for r in self.ratios), f"--ratios: must be numbers >= 1, got {list(self.ratios)}")
+        check(len(self.lengths) > 0 and all(n >= 1 for n in self.lengths), f"--lengths: must be integers >= 1, got {list(self.lengths)}")
+        check(len(self.depths) > 0 and all(0 <= d <= 1 for d in self.depths), f"--depths: must be fractions in [0, 1], got {list(self.depths)}")
+        check(self.max_tokens is None or self.max_tokens >= 2, f"--max-tokens: must be >= 2, got {self.max_tokens}")
+        check(self.segment_len is None or self.segment_len >= 2, f"--segment-len: must be >= 2, got {self.segment_len}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("limit", "budget", "top_k", "max_new_tokens", "chunk_words", "max_tokens",
+                                           "segment_len", "device")}
+        d.update(ratios=list(self.ratios), lengths=list(self.lengths), depths=list(self.depths))
+        return d
+
+
+def mean(values: Iterable[float | None]) -> float | None:
+    """Mean of the values that are not None (recall-style scores are None when vacuous)."""
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def round_metrics(d: dict[str, Any], ndigits: int = 4) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, float):
+            out[k] = v if math.isinf(v) or math.isnan(v) else round(v, ndigits)
+        elif isinstance(v, dict):
+            out[k] = round_metrics(v, ndigits)
+        else:
+            out[k] = v
+    return out
+
+
+def overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Half-open character spans share at least one character."""
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def position_buckets(first: int = 256) -> Iterable[tuple[int, int]]:
+    """[0, 256), [256, 512), [512, 1024), ... (token offsets in a stream)."""
+    yield 0, first
+    lo = first
+    while True:
+        yield lo, lo * 2
+        lo *= 2
+
+
+def bucket_label(lo: int, hi: int) -> str:
+    return f"{lo}-{hi}"

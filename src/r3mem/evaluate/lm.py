@@ -1,0 +1,103 @@
+"""lm: long-context language modelling on plain-text books (PG-19 format, Gutenberg header and
+footer stripped). Each book is one token stream cut into segments of ``segment_len`` tokens.
+
+- memory methods score segment t given the recurrent memory of segments < t (``model.compress``
+  with labels: the read memory and each token predict the next token);
+- ``no_memory`` scores the same segment alone (same input length, no memory);
+- ``full_context`` sees every earlier token that fits in the base model's window;
+- ``bm25`` / ``embedding`` put ``budget`` tokens of retrieved earlier chunks before the segment
+  (query: the previous segment), as in-context retrieval-augmented LM.
+
+The first token of every segment is not scored (without memory nothing predicts it), so all methods
+are scored on exactly the same tokens. Perplexity overall and per position bucket (segment start
+offset: 0-256, 256-512, 512-1024, ... tokens), which shows whether memory helps more as history grows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from r3mem.eval.metrics import perplexity
+from r3mem.evaluate.common import EvalOptions, bucket_label, mean, position_buckets
+
+NAME = "lm"
+
+
+@dataclass
+class Book:
+    book_id: str
+    text: str
+    ids: list[int] | None = None
+
+
+@dataclass
+class LMData:
+    books: list[Book]
+    seg_len: int = 0
+
+
+def load(path: Path, opts: EvalOptions) -> LMData:
+    from r3mem.eval.datasets import load_pg19
+
+    return LMData([Book(b.book_id, b.text) for b in load_pg19(path, limit=opts.limit)])
+
+
+def default_budget(engine) -> int:
+    return engine.config.num_mem_tokens
+
+
+def prepare(data: LMData, engine, opts: EvalOptions) -> LMData:
+    from r3mem.data.lm_stream import tokenize_text
+
+    for b in data.books:
+        b.ids = tokenize_text(b.text, engine.tokenizer)[: opts.max_tokens]
+    data.seg_len = opts.segment_len or engine.config.segment_len
+    return data
+
+
+def _ppl(nll: float, n: int) -> float | None:
+    return perplexity(nll, n) if n > 0 else None
+
+
+def run(method, data: LMData, opts: EvalOptions, budget: int) -> dict[str, Any]:
+    import time
+
+    t0 = time.perf_counter()
+    total_nll, total_n = 0.0, 0
+    buckets: dict[tuple[int, int], list[float]] = {}
+    per_book, mem_b, mem_t = {}, [], []
+    for book in data.books:
+        segs = method.lm_score(book.ids, data.seg_len, budget)
+        b_nll, b_n = sum(s[1] for s in segs), sum(s[2] for s in segs)
+        per_book[book.book_id] = _ppl(b_nll, b_n)
+        total_nll, total_n = total_nll + b_nll, total_n + b_n
+        for start, nll, n in segs:
+            lo, hi = next((lo, hi) for lo, hi in position_buckets(max(256, data.seg_len)) if start < hi)
+            acc = buckets.setdefault((lo, hi), [0.0, 0])
+            acc[0] += nll
+            acc[1] += n
+        b, t = method.lm_memory(book.ids, budget)
+        mem_b.append(b)
+        mem_t.append(t)
+    by_pos = {bucket_label(lo, hi): _ppl(*buckets[(lo, hi)]) for lo, hi in sorted(buckets)}
+    metrics = {"ppl": _ppl(total_nll, total_n), "nll_per_token": total_nll / total_n if total_n else None,
+               "scored_tokens": total_n, "ppl_by_position": by_pos,
+               "tokens_by_position": {bucket_label(lo, hi): buckets[(lo, hi)][1] for lo, hi in sorted(buckets)},
+               "ppl_by_book": per_book}
+    return {"n_examples": len(data.books), "metrics": metrics, "summary": {"ppl": metrics["ppl"]},
+            "memory_bytes_per_doc": mean(mem_b), "memory_tokens_per_doc": mean(mem_t),
+            "wall_time_s": time.perf_counter() - t0}
+
+
+def stats(data: LMData, tok) -> dict[str, Any]:
+    return {"n_documents": len(data.books), "n_examples": len(data.books), "segment_len": data.seg_len,
+            "tokens_per_doc": mean(len(b.ids or []) for b in data.books)}
+
+
+def plot(results: dict[str, Any], png: Path, opts: EvalOptions) -> bool:
+    from r3mem.evaluate.plots import lines
+
+    series = {m: r["metrics"]["ppl_by_position"] for m, r in results.items() if "metrics" in r}
+    return lines({"perplexity": series}, png, "Perplexity vs position in the book", "segment start (tokens)")

@@ -1,0 +1,54 @@
+"""rag: NQ-Open (Lost-in-the-Middle oracle format). Passages are written into memory, the question
+is answered from it; exact match, F1 and best-subspan accuracy with SQuAD normalisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from r3mem.eval.metrics import best_over_answers, exact_match, f1, subspan_exact_match
+from r3mem.evaluate.common import EvalOptions
+from r3mem.evaluate.qa import QADoc, QAQuestion, aggregate, context_tokens, make_doc, run_qa, samples
+
+NAME = "rag"
+DEFAULT_BUDGET = 256
+METRICS = ["em", "f1", "accuracy", "evidence_recall"]
+
+
+def load(path: Path, opts: EvalOptions) -> list[QADoc]:
+    from r3mem.eval.datasets import load_nq_oracle
+
+    docs = []
+    for i, ex in enumerate(load_nq_oracle(path, limit=opts.limit)):
+        kept = [(f"{p.title}\n{p.text}" if p.title else p.text, p.is_gold) for p in ex.passages]
+        kept = [(u, g) for u, g in kept if u.strip()]
+        doc = make_doc(f"q{i}", [u for u, _ in kept], [])
+        gold = tuple(doc.unit_spans[j] for j, (_, g) in enumerate(kept) if g)
+        doc.questions.append(QAQuestion(f"q{i}", ex.question, ex.answers, gold))
+        docs.append(doc)
+    return docs
+
+
+def score(q: QAQuestion, pred: str) -> dict[str, float]:
+    return {"em": best_over_answers(pred, q.answers, exact_match), "f1": best_over_answers(pred, q.answers, f1),
+            "accuracy": best_over_answers(pred, q.answers, subspan_exact_match)}
+
+
+def run(method, docs: list[QADoc], opts: EvalOptions, budget: int) -> dict[str, Any]:
+    res = run_qa(method, docs, opts, budget, score)
+    metrics = aggregate(res["records"], METRICS)
+    metrics[f"evidence_recall@{opts.top_k}"] = metrics.pop("evidence_recall")
+    return {"n_examples": len(res["records"]), "metrics": metrics, "summary": {k: metrics[k] for k in ("em", "f1")},
+            "memory_bytes_per_doc": res["memory_bytes_per_doc"], "memory_tokens_per_doc": res["memory_tokens_per_doc"],
+            "wall_time_s": res["wall_time_s"], "samples": samples(res["records"], opts.samples)}
+
+
+def stats(docs: list[QADoc], tok) -> dict[str, Any]:
+    return {"n_documents": len(docs), "n_examples": sum(len(d.questions) for d in docs),
+            "context_tokens_per_doc": context_tokens(tok, docs)}
+
+
+def plot(results: dict[str, Any], png: Path, opts: EvalOptions) -> bool:
+    from r3mem.evaluate.plots import bars
+
+    return bars(results, ["em", "f1", "accuracy"], png, "NQ-Open: answer quality by method")

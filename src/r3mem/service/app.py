@@ -1,0 +1,238 @@
+"""`create_app(engine, store)`: the FastAPI application.
+
+Endpoints (all JSON; errors are `{"error", "message"}`, see `errors.py`):
+
+    GET    /health                          liveness + store reachable (no auth)
+    GET    /version                         r3mem version and model identity (no auth)
+    POST   /users                           admin token: create a user, returns its API token once
+    DELETE /users/me                        delete the caller and all their sessions
+    GET    /sessions                        the caller's sessions
+    POST   /sessions                        create a session
+    POST   /sessions/import                 recreate a session from an export
+    GET    /sessions/{id}                   one session with its memory's version and size
+    DELETE /sessions/{id}                   delete a session (turns, memory, slots)
+    GET    /sessions/{id}/turns             its turns
+    POST   /sessions/{id}/write             store a turn and write it into memory
+    POST   /sessions/{id}/recall            reconstruct text from memory (query / level / index / top_k)
+    POST   /sessions/{id}/answer            answer a question from recalled memory (nothing stored)
+    POST   /sessions/{id}/chat              write the message, answer it, store the reply
+    GET    /sessions/{id}/export            turns + memory file (base64) as JSON
+
+Auth is a bearer token per user; a user reaches only their own sessions (others' are 404). Handlers
+are synchronous, so they run in the server's thread pool; every model call holds one lock (one torch
+model must not run in several threads at once) while store work proceeds in parallel. A write is
+answered only after its store transaction committed, so a graceful shutdown (which lets in-flight
+requests finish) loses no acknowledged write.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import secrets
+import threading
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from r3mem import __version__
+from r3mem.agent import ChatAgent
+from r3mem.memfile import MemoryFileError
+from r3mem.service import schemas as S
+from r3mem.service.errors import ApiError, BodyLimit, install_error_handlers
+from r3mem.store import MemoryStore, Session, StoreError, Turn
+
+__all__ = ["create_app"]
+
+_bearer = HTTPBearer(auto_error=False, description="A user's API token (from POST /users), or the admin token.")
+Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": S.ErrorOut, "description": text}
+    for code, text in [(400, "Malformed request"), (401, "Missing or invalid token"), (404, "Unknown session"),
+                       (413, "Body too large"), (422, "Invalid fields")]
+}
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
+
+
+def _turn_out(t: Turn) -> S.TurnOut:
+    return S.TurnOut(index=t.index, speaker=t.speaker, text=t.text, timestamp=t.timestamp)
+
+
+def _session_out(s: Session, memory: S.MemoryInfo | None = None) -> S.SessionOut:
+    return S.SessionOut(session_id=s.session_id, created_at=s.created_at, updated_at=s.updated_at, meta=s.meta,
+                        turn_count=s.turn_count, memory=memory)
+
+
+def _check_export(engine, data: dict[str, Any]) -> None:
+    """Refuse an export that is malformed or whose memory this engine cannot read, before any write."""
+    from r3mem.store.store import _parse_export  # validation only; raises StoreError on malformed input
+
+    try:
+        _parse_export(data)
+    except StoreError as exc:
+        raise ApiError(400, "invalid_request", str(exc).splitlines()[0]) from None
+    memory = data.get("memory")
+    if memory is not None:
+        try:
+            engine.from_bytes(base64.b64decode(memory["blob_b64"], validate=True), name="imported memory")
+        except (MemoryFileError, binascii.Error) as exc:
+            raise ApiError(400, "invalid_request", str(exc).splitlines()[0]) from None
+
+
+class _Service:
+    """The state every handler shares: engine, store, the model lock and the shared dense encoder."""
+
+    def __init__(self, engine, store: MemoryStore, admin_token: str | None) -> None:
+        self.engine, self.store, self.admin_token = engine, store, admin_token
+        self.model_lock = threading.Lock()
+        self._minilm = None
+
+    def user(self, creds: HTTPAuthorizationCredentials | None) -> str:
+        if creds is None:
+            raise _unauthorized("missing bearer token (Authorization: Bearer <token>)")
+        user = self.store.authenticate(creds.credentials)
+        if user is None:
+            raise _unauthorized("invalid token")
+        return user
+
+    def require_admin(self, creds: HTTPAuthorizationCredentials | None) -> None:
+        if self.admin_token is None:
+            raise ApiError(403, "forbidden", "user creation is disabled: the service has no admin token")
+        if creds is None or not hmac.compare_digest(creds.credentials.encode(), self.admin_token.encode()):
+            raise _unauthorized("admin token required")
+
+    def retriever(self, kind: str | None):
+        from r3mem.eval.retrieval import BM25Retriever, EmbeddingRetriever, load_minilm
+
+        if kind == "bm25":
+            return BM25Retriever()
+        if kind == "embedding":
+            with self.model_lock:
+                self._minilm = self._minilm or load_minilm()
+            return EmbeddingRetriever(model=self._minilm)
+        return None
+
+    def agent(self, user: str, session_id: str, retrieval: str | None = None, top_k: int = 2) -> ChatAgent:
+        self.store.get_session(user, session_id)  # 404 before any work
+        return ChatAgent(self.engine, self.store, user, session_id, retrieval, top_k=top_k, lock=self.model_lock,
+                         retriever=self.retriever(retrieval))
+
+    def memory_info(self, user: str, session_id: str) -> S.MemoryInfo:
+        stored = self.store.get_memory(user, session_id)
+        if stored is None:
+            return S.MemoryInfo(version=0, through_turn=0, slots=0, bytes=0)
+        return S.MemoryInfo(version=stored.version, through_turn=stored.through_turn, slots=len(stored.slots),
+                            bytes=len(stored.blob))
+
+
+def create_app(engine, store: MemoryStore, *, max_body_bytes: int = 1_000_000, admin_token: str | None = None) -> "FastAPI":
+    """The HTTP service over an `R3Mem` engine and a `MemoryStore` (the caller owns and closes both)."""
+    if max_body_bytes < 1:
+        raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
+    svc = _Service(engine, store, admin_token)
+    app = FastAPI(title="r3mem", version=__version__, responses=_ERRORS,
+                  description="R³Mem memory service: sessions of turns written into reversible compressed memory.")
+    app.state.service = svc
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    _system_routes(app, svc)
+    _session_routes(app, svc)
+    _memory_routes(app, svc)
+    return app
+
+
+def _system_routes(app: FastAPI, svc: _Service) -> None:
+    @app.get("/health", tags=["system"])
+    def health() -> dict[str, str]:
+        """Liveness: the store answers."""
+        svc.store.schema_version  # noqa: B018 - raises StoreError (503) when unreachable
+        return {"status": "ok"}
+
+    @app.get("/version", tags=["system"])
+    def version() -> dict[str, Any]:
+        """r3mem version and the model identity memories are tied to."""
+        return {"r3mem": __version__, "base_model_id": svc.engine.base_model_id, "adapter_hash": svc.engine.adapter_hash,
+                "adapter_trained": bool(svc.engine.trained)}
+
+    @app.post("/users", status_code=201, response_model=S.UserOut, tags=["users"])
+    def create_user(body: S.UserIn, creds: Creds) -> S.UserOut:
+        """Create a user (admin token required); the returned API token is shown only once."""
+        svc.require_admin(creds)
+        token = secrets.token_urlsafe(32)
+        svc.store.create_user(body.user_id, token=token)
+        return S.UserOut(user_id=body.user_id, token=token)
+
+    @app.delete("/users/me", status_code=204, tags=["users"])
+    def delete_me(creds: Creds) -> Response:
+        """Delete the caller with all their sessions, turns and memories (the token stops working)."""
+        svc.store.delete_user(svc.user(creds))
+        return Response(status_code=204)
+
+
+def _session_routes(app: FastAPI, svc: _Service) -> None:
+    @app.get("/sessions", response_model=S.SessionList, tags=["sessions"])
+    def list_sessions(creds: Creds) -> S.SessionList:
+        return S.SessionList(sessions=[_session_out(s) for s in svc.store.list_sessions(svc.user(creds))])
+
+    @app.post("/sessions", status_code=201, response_model=S.SessionOut, tags=["sessions"])
+    def create_session(body: S.SessionIn, creds: Creds) -> S.SessionOut:
+        return _session_out(svc.store.create_session(svc.user(creds), body.session_id, body.meta))
+
+    @app.post("/sessions/import", status_code=201, response_model=S.SessionOut, tags=["sessions"])
+    def import_session(body: dict[str, Any], creds: Creds,
+                       session_id: Annotated[str | None, Query(description="Import under this id.")] = None) -> S.SessionOut:
+        """Recreate a session from `GET /sessions/{id}/export` output (its memory must fit this model)."""
+        user = svc.user(creds)
+        _check_export(svc.engine, body)
+        session = svc.store.import_session(user, body, session_id)
+        return _session_out(session, svc.memory_info(user, session.session_id))
+
+    @app.get("/sessions/{session_id}", response_model=S.SessionOut, tags=["sessions"])
+    def get_session(session_id: str, creds: Creds) -> S.SessionOut:
+        user = svc.user(creds)
+        return _session_out(svc.store.get_session(user, session_id), svc.memory_info(user, session_id))
+
+    @app.delete("/sessions/{session_id}", status_code=204, tags=["sessions"])
+    def delete_session(session_id: str, creds: Creds) -> Response:
+        svc.store.delete_session(svc.user(creds), session_id)
+        return Response(status_code=204)
+
+    @app.get("/sessions/{session_id}/turns", response_model=S.TurnList, tags=["sessions"])
+    def list_turns(session_id: str, creds: Creds) -> S.TurnList:
+        return S.TurnList(turns=[_turn_out(t) for t in svc.store.list_turns(svc.user(creds), session_id)])
+
+    @app.get("/sessions/{session_id}/export", tags=["sessions"])
+    def export_session(session_id: str, creds: Creds) -> dict[str, Any]:
+        """Turns, slots and the memory file (`memory.blob_b64`, base64 of the .r3mem bytes) as JSON."""
+        return svc.store.export_session(svc.user(creds), session_id)
+
+
+def _memory_routes(app: FastAPI, svc: _Service) -> None:
+    @app.post("/sessions/{session_id}/write", status_code=201, response_model=S.WriteOut, tags=["memory"])
+    def write(session_id: str, body: S.WriteIn, creds: Creds) -> S.WriteOut:
+        """Store a turn and write it into the session memory; answered after both are committed."""
+        turn, version = svc.agent(svc.user(creds), session_id).write(body.text, body.speaker)
+        return S.WriteOut(turn=_turn_out(turn), memory_version=version)
+
+    @app.post("/sessions/{session_id}/recall", response_model=S.RecallOut, tags=["memory"])
+    def recall(session_id: str, body: S.RecallIn, creds: Creds) -> dict[str, Any]:
+        """Reconstruct text from the session memory by running the model backward."""
+        agent = svc.agent(svc.user(creds), session_id)
+        return agent.recall(body.query, body.level, body.index, body.top_k).to_dict()
+
+    @app.post("/sessions/{session_id}/answer", response_model=S.ReplyOut, tags=["memory"])
+    def answer(session_id: str, body: S.AnswerIn, creds: Creds) -> dict[str, Any]:
+        """Answer a question from recalled memory with the base model; nothing is stored."""
+        agent = svc.agent(svc.user(creds), session_id, body.retrieval, body.top_k)
+        return agent.respond(body.question, body.max_new_tokens).to_dict()
+
+    @app.post("/sessions/{session_id}/chat", response_model=S.ChatOut, tags=["memory"])
+    def chat(session_id: str, body: S.ChatIn, creds: Creds) -> dict[str, Any]:
+        """Store the message as a turn, answer it from memory, store the reply as an assistant turn."""
+        agent = svc.agent(svc.user(creds), session_id, body.retrieval, body.top_k)
+        return agent.chat(body.text, body.max_new_tokens).to_dict()

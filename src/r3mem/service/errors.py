@@ -1,0 +1,154 @@
+"""Every error the service returns is JSON `{"error": kind, "message": one line}` with a 4xx/5xx status.
+
+Library exceptions map to statuses here (NotFound → 404, Conflict → 409, ValueError → 400, store
+failures → 503), request-body problems to 400 (malformed JSON) / 422 (wrong fields) / 413 (too large).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from r3mem.store import Conflict, NotFound, StoreError
+
+__all__ = ["ApiError", "install_error_handlers", "BodyLimit"]
+
+log = logging.getLogger("r3mem.service")
+
+
+class ApiError(Exception):
+    """An error response: HTTP status, machine-readable kind, one-line message."""
+
+    def __init__(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message, self.headers = status, kind, message, headers
+
+
+def error_response(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": kind, "message": message}, status_code=status, headers=headers)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _where(loc: tuple | list) -> str:
+    return ".".join(str(p) for p in loc if p != "body") or "body"
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
+    errors = exc.errors()
+    for e in errors:
+        if e.get("type") == "json_invalid":
+            reason = (e.get("ctx") or {}).get("error", "")
+            return 400, "malformed_json", f"request body is not valid JSON: {reason}".rstrip(": ")
+    parts = [f"{_where(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors[:3]]
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return 422, "invalid_request", "; ".join(parts) + more
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the JSON error mapping on `app`."""
+
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.kind, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(*_validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, kind, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return error_response(404, "not_found", _first_line(exc))
+
+    @app.exception_handler(Conflict)
+    async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
+        return error_response(409, "conflict", _first_line(exc))
+
+    @app.exception_handler(StoreError)
+    async def _store(_: Request, exc: StoreError) -> JSONResponse:
+        log.error("store error: %s", exc)
+        return error_response(503, "store_unavailable", _first_line(exc))
+
+    @app.exception_handler(ValueError)  # also MemoryFileError, ConfigError
+    async def _value(_: Request, exc: ValueError) -> JSONResponse:
+        return error_response(400, "invalid_request", _first_line(exc))
+
+    @app.exception_handler(IndexError)
+    async def _index(_: Request, exc: IndexError) -> JSONResponse:
+        return error_response(400, "invalid_request", _first_line(exc))
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "internal server error")
+
+
+class BodyLimit:
+    """ASGI middleware refusing request bodies over `max_bytes` with 413 (declared or streamed)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await self._reply(send, 400, "invalid_request", "Content-Length header is not a number")
+                return
+            if int(declared) > self.max_bytes:
+                await self._too_large(send)
+                return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client went away; nothing to answer
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await self._too_large(send)
+                return
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay(bytes(body), receive), send)
+
+    async def _too_large(self, send: Send) -> None:
+        await self._reply(send, 413, "payload_too_large", f"request body exceeds the limit of {self.max_bytes} bytes")
+
+    @staticmethod
+    async def _reply(send: Send, status: int, kind: str, message: str) -> None:
+        payload = json.dumps({"error": kind, "message": message}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that yields the buffered body once, then defers to the real one (disconnects)."""
+    done = False
+
+    async def replay() -> Message:
+        nonlocal done
+        if not done:
+            done = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -1,0 +1,120 @@
+"""Request and response bodies of the HTTP service (they make up its OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Retrieval = Optional[Literal["bm25", "embedding"]]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="Machine-readable kind: not_found, unauthorized, invalid_request, …")
+    message: str = Field(description="One-line human-readable explanation.")
+
+
+class UserIn(_Strict):
+    user_id: str = Field(min_length=1, max_length=128, description="New user's id.")
+
+
+class UserOut(BaseModel):
+    user_id: str
+    token: str = Field(description="The user's API token; shown only this once.")
+
+
+class SessionIn(_Strict):
+    session_id: Optional[str] = Field(None, min_length=1, max_length=128, description="Omit for a random id.")
+    meta: dict[str, Any] = Field(default_factory=dict, description="Free-form JSON metadata.")
+
+
+class MemoryInfo(BaseModel):
+    version: int = Field(description="Increases with every memory write (0: nothing written yet).")
+    through_turn: int = Field(description="Index of the last turn the memory covers.")
+    slots: int
+    bytes: int
+
+
+class SessionOut(BaseModel):
+    session_id: str
+    created_at: float
+    updated_at: float
+    meta: dict[str, Any]
+    turn_count: int
+    memory: Optional[MemoryInfo] = None
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionOut]
+
+
+class TurnOut(BaseModel):
+    index: int
+    speaker: str
+    text: str
+    timestamp: float
+
+
+class TurnList(BaseModel):
+    turns: list[TurnOut]
+
+
+class WriteIn(_Strict):
+    text: str = Field(min_length=1, description="The turn's text, written into the session memory.")
+    speaker: str = Field("user", min_length=1, max_length=64)
+
+
+class WriteOut(BaseModel):
+    turn: TurnOut
+    memory_version: int = Field(description="Memory version that covers this turn (committed when returned).")
+
+
+class RecallIn(_Strict):
+    query: Optional[str] = Field(None, min_length=1, description="Pick the slots most likely to produce this query.")
+    level: Literal["document", "paragraph", "entity"] = "paragraph"
+    index: Optional[int] = Field(None, description="Recall this slot instead of searching.")
+    top_k: int = Field(1, ge=1, le=32)
+
+
+class SlotOut(BaseModel):
+    level: str
+    key: str
+    start: int
+    end: int
+    score: Optional[float] = None
+    text: Optional[str] = None
+    turn_id: Optional[int] = None
+
+
+class RecallOut(BaseModel):
+    text: str
+    level: str
+    slots: list[SlotOut]
+
+
+class AnswerIn(_Strict):
+    question: str = Field(min_length=1)
+    top_k: int = Field(2, ge=1, le=32)
+    max_new_tokens: int = Field(64, ge=1, le=512)
+    retrieval: Retrieval = Field(None, description="Re-rank recalled slots with bm25 or embedding retrieval.")
+
+
+class ChatIn(_Strict):
+    text: str = Field(min_length=1, description="The user's message; stored as a turn, then answered.")
+    top_k: int = Field(2, ge=1, le=32)
+    max_new_tokens: int = Field(64, ge=1, le=512)
+    retrieval: Retrieval = None
+
+
+class ReplyOut(BaseModel):
+    text: str
+    recalled: str = Field(description="The memory text the answer was conditioned on.")
+    slots: list[SlotOut]
+
+
+class ChatOut(ReplyOut):
+    turns: list[TurnOut] = Field(description="Turns stored: the user's message and (if non-empty) the reply.")

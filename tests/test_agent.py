@@ -1,0 +1,229 @@
+"""ChatAgent over a real SQLite MemoryStore and a tiny in-memory model (no mocks)."""
+
+import threading
+
+import pytest
+import torch
+
+from conftest import tiny_cfg
+from r3mem.agent import QA_PROMPT, ChatAgent, Reply, ensure_session, format_turn
+from r3mem.engine import R3Mem
+from r3mem.memfile import MemoryFileError
+from r3mem.store import MemoryStore, NotFound
+from r3mem.testing import tiny_model, tiny_tokenizer
+
+TURNS = [
+    ("Caroline", "Henry Sibley built a stone house near the ferry."),
+    ("Melanie", "In winter the river froze and the settlers crossed on foot."),
+    ("Caroline", "Traders came by canoe and steamboat to Saint Paul."),
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one intra-op thread; on a busy CPU two spinning threads are ~20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def store(tmp_path):
+    with MemoryStore(tmp_path / "store.db") as opened:
+        yield opened
+
+
+@pytest.fixture
+def agent(engine, store):
+    ensure_session(store, "alice", "s1")
+    return ChatAgent(engine, store, "alice", "s1")
+
+
+def _stored(store, session="s1"):
+    return store.get_memory("alice", session)
+
+
+def test_turns_are_written_incrementally_with_turn_ids(engine, store, agent):
+    turns = [agent.turn(text, speaker) for speaker, text in TURNS]
+    assert [t.index for t in turns] == [1, 2, 3]
+    stored = _stored(store)
+    assert stored.version == 3 and stored.through_turn == 3
+    # the stored memory is exactly what writing the formatted turns in one go gives
+    whole = engine.write("".join(format_turn(s, t) for s, t in TURNS))
+    mem = engine.from_bytes(stored.blob)
+    assert [(s.key, s.start, s.end) for s in mem.paragraphs] == [(s.key, s.start, s.end) for s in whole.paragraphs]
+    assert torch.allclose(mem.doc_state, whole.doc_state, atol=1e-5)
+    assert mem.pending_text == ""  # each turn is a complete paragraph
+    # slot records mirror the memory's slots, each with the turn it came from
+    paragraphs = [r for r in stored.slots if r.level == "paragraph"]
+    assert [(r.key, r.turn_id) for r in paragraphs] == [("p0", 1), ("p1", 2), ("p2", 3)]
+    entities = {r.key: r.turn_id for r in stored.slots if r.level == "entity"}
+    assert entities["Henry Sibley"] == 1 and entities["Saint Paul"] == 3
+    assert len(stored.slots) == len(mem.paragraphs) + len(mem.entities)
+    assert all(r.timestamp == turns[r.turn_id - 1].timestamp for r in stored.slots)
+
+
+def test_batched_catch_up_attributes_slots_to_turns(engine, store, agent):
+    turns = agent.add_turns([("Caroline", "First part.\n\nSecond part about Mendota."), ("Melanie", "A\x00 short reply.")])
+    stored = _stored(store)
+    assert [t.index for t in turns] == [1, 2] and stored.version == 1 and stored.through_turn == 2
+    assert [(r.key, r.turn_id) for r in stored.slots if r.level == "paragraph"] == [("p0", 1), ("p1", 1), ("p2", 2)]
+    assert {r.key: r.turn_id for r in stored.slots if r.level == "entity"}["Mendota"] == 1
+    mem = engine.from_bytes(stored.blob)
+    stream = "".join(format_turn(t.speaker, t.text) for t in turns)
+    assert [stream[p.start:p.end] for p in mem.paragraphs] == ["Caroline: First part.", "Second part about Mendota.",
+                                                               "Melanie: A short reply."]
+
+
+def test_respond_recalls_and_stores_nothing(store, agent):
+    for speaker, text in TURNS:
+        agent.turn(text, speaker)
+    reply = agent.respond("Who built the stone house?", max_new_tokens=8, top_k=2)
+    assert isinstance(reply, Reply) and isinstance(reply.text, str)
+    assert len(reply.slots) == 2 and all(s["turn_id"] in (1, 2, 3) for s in reply.slots)
+    assert reply.recalled == "\n\n".join(s["text"] for s in reply.slots)
+    assert store.get_session("alice", "s1").turn_count == 3 and _stored(store).version == 3
+
+
+def test_chat_stores_question_and_reply(store, agent):
+    reply = agent.chat("I moved to Lisbon in May.", max_new_tokens=6)
+    turns = store.list_turns("alice", "s1")
+    assert [t.speaker for t in turns] == ["user", "assistant"][: len(turns)]
+    assert turns[0].text == "I moved to Lisbon in May."
+    assert [t.index for t in reply.turns] == [t.index for t in turns]
+    assert (len(turns) == 2) == bool(reply.text)
+    assert _stored(store).through_turn == len(turns)
+    assert reply.to_dict()["turns"][0]["text"] == "I moved to Lisbon in May."
+
+
+def test_empty_memory_answers_without_context(agent):
+    reply = agent.respond("Anything?", max_new_tokens=4)
+    assert reply.slots == [] and reply.recalled == ""
+
+
+@pytest.mark.parametrize("retrieval", ["bm25", "embedding"])
+def test_retrieval_reranks_recalled_slots(engine, store, retrieval):
+    ensure_session(store, "alice", "r")
+    agent = ChatAgent(engine, store, "alice", "r", retrieval=retrieval, top_k=1, prompt=QA_PROMPT)
+    agent.add_turns(TURNS)
+    rec = agent.recall("river", top_k=3)
+    reply = agent.respond("river", max_new_tokens=4)
+    assert len(reply.slots) == 1 and reply.slots[0]["key"] in {s["key"] for s in rec.slots}
+    assert reply.recalled == reply.slots[0]["text"]
+
+
+def test_a_turn_left_out_of_memory_is_caught_up(store, agent):
+    """A writer that died after storing its turn (before the memory write) loses nothing."""
+    store.append_turn("alice", "s1", "Henry Sibley built a stone house.", "Caroline")
+    agent.turn("The river froze.", "Melanie")
+    stored = _stored(store)
+    assert stored.through_turn == 2 and stored.version == 1
+    assert [(r.key, r.turn_id) for r in stored.slots if r.level == "paragraph"] == [("p0", 1), ("p1", 2)]
+
+
+class RacingStore(MemoryStore):
+    """A real store in which another writer commits a turn just before our first memory write."""
+
+    def __init__(self, path, rival):
+        super().__init__(path)
+        self.rival, self.raced = rival, False
+
+    def put_memory(self, *args, **kwargs):
+        if not self.raced:
+            self.raced = True
+            self.rival(self)
+        return super().put_memory(*args, **kwargs)
+
+
+def test_conflicting_memory_write_is_retried(engine, tmp_path):
+    """Our memory write conflicts with a rival's; we reload and find our turn already covered."""
+    def rival(store):
+        with MemoryStore(store.url) as other:
+            ChatAgent(engine, other, "alice", "s1").turn("rival turn", "bob")
+
+    with RacingStore(tmp_path / "race.db", rival) as store:
+        ensure_session(store, "alice", "s1")
+        turn = ChatAgent(engine, store, "alice", "s1").turn("my turn")
+        stored = store.get_memory("alice", "s1")
+    assert store.raced and turn.index == 1
+    # the rival caught up our stored turn first (version 1); our stale write was refused, not applied twice
+    assert stored.version == 1 and stored.through_turn == 2
+    assert [r.turn_id for r in stored.slots if r.level == "paragraph"] == [1, 2]  # turn order, nothing lost
+    mem = engine.from_bytes(stored.blob)
+    assert [s.end - s.start for s in mem.paragraphs] == [len("user: my turn"), len("bob: rival turn")]
+
+
+def test_parallel_writers_lose_no_turn(engine, store):
+    ensure_session(store, "alice", "s1")
+    lock, errors, acked = threading.Lock(), [], []
+
+    def writer(w):
+        agent = ChatAgent(engine, store, "alice", "s1", lock=lock)
+        try:
+            for i in range(3):
+                acked.append(agent.turn(f"writer {w} says {i}.").index)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    stored = _stored(store)
+    assert sorted(acked) == list(range(1, 13)) and stored.through_turn == 12
+    assert [r.turn_id for r in stored.slots if r.level == "paragraph"] == list(range(1, 13))
+    assert len(engine.from_bytes(stored.blob).paragraphs) == 12
+
+
+def test_ensure_session_is_idempotent(store):
+    a = ensure_session(store, "bob", "x")
+    b = ensure_session(store, "bob", "x")
+    assert a.session_id == b.session_id == "x"
+    fresh = ensure_session(store, "bob")
+    assert fresh.session_id != "x" and len(store.list_sessions("bob")) == 2
+
+
+def test_bad_arguments(engine, store, agent):
+    with pytest.raises(ValueError, match="retrieval"):
+        ChatAgent(engine, store, "alice", "s1", retrieval="grep")
+    with pytest.raises(ValueError, match="top_k"):
+        ChatAgent(engine, store, "alice", "s1", top_k=0)
+    with pytest.raises(ValueError, match="empty"):
+        agent.turn("   ")
+    with pytest.raises(ValueError, match="empty"):
+        agent.respond("")
+    with pytest.raises(NotFound):
+        ChatAgent(engine, store, "alice", "nope").turn("hi")
+    assert store.get_session("alice", "s1").turn_count == 0
+
+
+def test_memory_of_another_model_is_refused(engine, store, agent):
+    agent.turn("hello there")
+    other = R3Mem.from_base(tiny_model("gpt2"), tiny_tokenizer(), tiny_cfg())
+    with pytest.raises(MemoryFileError, match="base_model_id"):
+        ChatAgent(other, store, "alice", "s1").turn("more")
+    with pytest.raises(MemoryFileError, match="base_model_id"):
+        ChatAgent(other, store, "alice", "s1").add_turns([("user", "more")])
+    assert store.get_session("alice", "s1").turn_count == 1  # refused before anything was stored
+    with pytest.raises(ValueError, match="empty"):
+        agent.add_turns([("user", "fine"), ("user", " ")])
+    assert store.get_session("alice", "s1").turn_count == 1
+
+
+def test_locomo_example_runs(capsys):
+    """examples/chat_agent.py: replay LoCoMo turns through ChatAgent and answer questions (tiny model)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "chat_agent.py"
+    spec = importlib.util.spec_from_file_location("chat_agent_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    if not example.DATA.exists():
+        pytest.skip(f"{example.DATA} not present")
+    assert example.main(["--base-model", "tiny-llama", "--limit", "2", "--max-turns", "12"]) == 0
+    printed = capsys.readouterr().out
+    assert "12 turns in" in printed and printed.count("gold  :") == 2 and "mean evidence recall@3" in printed

@@ -1,0 +1,166 @@
+"""The `r3mem` command line, driven in-process through typer's CliRunner on a tiny in-memory model."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from r3mem.cli.main import app
+from r3mem.store import MemoryStore
+
+TEXT = "Henry Sibley built a stone house near the ferry.\n\nIn winter the river froze.\n\nTraders came by canoe.\n"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one intra-op thread; on a busy CPU two spinning threads are ~20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def tiny_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("R3MEM_BASE_MODEL", "tiny-llama")
+    monkeypatch.setenv("R3MEM_HOME", str(tmp_path / "home"))  # the default store lives here
+    monkeypatch.delenv("R3MEM_MODEL", raising=False)
+    monkeypatch.delenv("R3MEM_DEBUG", raising=False)
+    monkeypatch.delenv("R3MEM_USER", raising=False)
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(app, [str(a) for a in args], input=input)
+
+
+def ok(*args, input=None):
+    r = run(*args, input=input)
+    assert r.exit_code == 0, r.output
+    return r
+
+
+COMMANDS = [[], ["demo"], ["write"], ["recall"], ["chat"], ["serve"], ["train"], ["version"], ["memory"],
+            ["memory", "list"], ["memory", "show"], ["memory", "export"], ["memory", "import"], ["memory", "delete"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "r3mem")
+def test_help(command):
+    r = ok(*command, "--help")
+    assert "Usage" in r.output
+
+
+def test_write_then_recall_on_a_store(tmp_path, text_file):
+    db = tmp_path / "chats.db"
+    w = json.loads(ok("write", text_file, "--store", db, "--session", "notes", "--user", "ann", "--json").stdout)
+    assert w["turns"] == 3 and (w["first_turn"], w["last_turn"]) == (1, 3) and w["memory_version"] == 1
+    again = json.loads(ok("write", text_file, "--store", db, "--session", "notes", "--user", "ann", "--json").stdout)
+    assert (again["first_turn"], again["last_turn"], again["memory_version"]) == (4, 6, 2)
+    rec = json.loads(ok("recall", "--store", db, "--session", "notes", "--user", "ann", "--query", "stone house",
+                        "--top-k", "2", "--json").stdout)
+    assert rec["level"] == "paragraph" and len(rec["slots"]) == 2 and all(s["turn_id"] for s in rec["slots"])
+    plain = ok("recall", "--store", db, "--session", "notes", "--user", "ann", "--index", "0")
+    assert plain.stdout.strip() != "" or plain.stdout == "\n"
+    with MemoryStore(db) as store:
+        turns = store.list_turns("ann", "notes")
+        assert [t.text for t in turns[:3]] == [p for p in TEXT.strip().split("\n\n")]
+        assert store.get_memory("ann", "notes").through_turn == 6
+
+
+def test_write_then_recall_on_a_memory_file(tmp_path, text_file):
+    mem = tmp_path / "notes.r3mem"
+    first = json.loads(ok("write", text_file, "--memory", mem, "--json").stdout)
+    second = json.loads(ok("write", text_file, "--memory", mem, "--json").stdout)
+    assert mem.exists() and second["tokens"] > first["tokens"] and second["paragraphs"] > first["paragraphs"]
+    rec = json.loads(ok("recall", "--memory", mem, "--index", "1", "--json").stdout)
+    assert rec["slots"][0]["key"] == "p1" and isinstance(rec["text"], str)
+
+
+def test_default_store_and_user(tmp_path, text_file):
+    ok("write", text_file, "--session", "s")
+    with MemoryStore(tmp_path / "home" / "store.db") as store:  # MemoryStore.default_path() under R3MEM_HOME
+        assert store.get_session("local", "s").turn_count == 3
+    listed = json.loads(ok("memory", "list", "--json").stdout)
+    assert [(s["session_id"], s["turns"], s["memory_version"]) for s in listed] == [("s", 3, 1)]
+
+
+def test_chat_repl(tmp_path):
+    db = tmp_path / "chat.db"
+    r = ok("chat", "--store", db, "--session", "talk", "--max-new-tokens", "4", input="hello there\n\n/quit\nnot read\n")
+    assert r.stdout.count("assistant>") == 1 and "you> " in r.stdout
+    assert "session 'talk'" in r.stderr and "1 messages answered" in r.stderr
+    with MemoryStore(db) as store:
+        turns = store.list_turns("local", "talk")
+        assert turns[0].speaker == "user" and turns[0].text == "hello there"
+        assert [t.speaker for t in turns[1:]] in ([], ["assistant"])
+        assert store.get_memory("local", "talk").through_turn == len(turns)
+    # end of input (Ctrl-D) ends the loop too, and the session continues where it stopped
+    r = ok("chat", "--store", db, "--session", "talk", "--max-new-tokens", "4", input="again\n")
+    assert r.stdout.count("assistant>") == 1 and f"({len(turns)} earlier turns)" in r.stderr
+
+
+def test_memory_show_export_import_delete(tmp_path, text_file):
+    db = tmp_path / "m.db"
+    ok("write", text_file, "--store", db, "--session", "a")
+    shown = json.loads(ok("memory", "show", "a", "--store", db, "--json").stdout)
+    assert shown["turns"] == 3 and [t["index"] for t in shown["turn_list"]] == [1, 2, 3]
+    assert {s["turn_id"] for s in shown["slot_list"]} == {1, 2, 3}
+    assert "[2] user: In winter the river froze." in ok("memory", "show", "a", "--store", db).stdout
+    exported, bare = tmp_path / "a.json", tmp_path / "a.r3mem"
+    ok("memory", "export", "a", "--store", db, "--out", exported, "--memory-file", bare)
+    assert json.loads(exported.read_text())["format"] == "r3mem.session" and bare.stat().st_size > 0
+    rec = json.loads(ok("recall", "--memory", bare, "--index", "0", "--json").stdout)  # the bare file is a memory file
+    assert rec["slots"][0]["key"] == "p0"
+    imported = json.loads(ok("memory", "import", exported, "--store", db, "--user", "bob", "--session", "copy", "--json").stdout)
+    assert imported == {"user": "bob", "session": "copy", "turns": 3}
+    assert json.loads(ok("memory", "list", "--store", db, "--user", "bob", "--json").stdout)[0]["memory_version"] == 1
+    ok("memory", "delete", "a", "--store", db, "--yes")
+    assert json.loads(ok("memory", "list", "--store", db, "--json").stdout) == []
+    ok("memory", "delete", "--all", "--user", "bob", "--store", db, input="y\n")
+    with MemoryStore(db) as store:
+        assert [u.user_id for u in store.list_users()] == ["local"]
+
+
+def _bad_cases(tmp_path, text_file):
+    corrupt = tmp_path / "corrupt.r3mem"
+    corrupt.write_bytes(b"not a memory file at all")
+    not_json = tmp_path / "x.json"
+    not_json.write_text("{oops")
+    db = tmp_path / "bad.db"
+    return [
+        (["recall", "--store", db, "--session", "nope"], "session 'nope' not found"),
+        (["write", tmp_path / "missing.txt", "--session", "s"], "missing.txt"),
+        (["write", text_file], "missing target"),
+        (["write", text_file, "--memory", tmp_path / "m.r3mem", "--session", "s"], "not both"),
+        (["recall", "--memory", corrupt], "corrupt.r3mem"),
+        (["recall", "--memory", tmp_path / "absent.r3mem"], "cannot read"),
+        (["memory", "import", not_json, "--store", db], "not JSON"),
+        (["memory", "show", "nope", "--store", db], "not found"),
+        (["memory", "delete", "--store", db], "--all"),
+        (["chat", "--store", db, "--retrieval", "grep"], "retrieval"),
+        (["recall", "--store", db, "--session", "s", "--level", "chapter"], "level"),
+    ]
+
+
+def test_bad_input_gives_one_line_errors(tmp_path, text_file):
+    ok("write", text_file, "--store", tmp_path / "bad.db", "--session", "s")
+    for args, words in _bad_cases(tmp_path, text_file):
+        r = run(*args, input="/quit\n")
+        assert r.exit_code == 1, (args, r.output)
+        errors = [line for line in r.stderr.splitlines() if not line.startswith("note:")]
+        assert len(errors) == 1 and errors[0].startswith("error: "), (args, r.stderr)
+        assert words in errors[0], (args, errors[0])
+        assert "Traceback" not in r.output
+
+
+def test_debug_env_shows_the_exception(tmp_path, monkeypatch):
+    monkeypatch.setenv("R3MEM_DEBUG", "1")
+    r = run("recall", "--store", tmp_path / "d.db", "--session", "nope")
+    assert r.exit_code != 0 and type(r.exception).__name__ == "NotFound"

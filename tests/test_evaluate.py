@@ -1,0 +1,310 @@
+"""`r3mem eval`: every task on the shipped fixtures with tiny models, the JSON document, the plots,
+the bad-input errors, the baseline training overrides and the results-table script."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from conftest import tiny_cfg
+from r3mem.cli.main import app
+from r3mem.engine import R3Mem
+from r3mem.evaluate import METHODS
+from r3mem.testing import tiny_model, tiny_tokenizer
+from r3mem.train.config import TrainConfig, apply_overrides
+
+ROOT = Path(__file__).parents[1]
+FIX = Path(__file__).parent / "fixtures" / "eval"
+NQ, KV = FIX / "nq-open-oracle_sample3.jsonl.gz", FIX / "kv-retrieval-75_keys_sample2.jsonl.gz"
+LOCOMO, ESSAYS, PG19 = FIX / "locomo_synthetic.json", FIX / "essays", FIX / "pg19"
+ADAPTER_VARIANTS = {
+    "r3mem": {},
+    "recurrent": dict(w_bwd=0.0, w_cyc=0.0, hierarchy_levels=("document",)),
+    "autoencoder": dict(w_fwd=0.0, w_cyc=0.0, hierarchy_levels=("document", "paragraph")),
+    "r3mem_no_hierarchy": dict(hierarchy_levels=("document",)),
+    "r3mem_coupling": dict(reversible_mode="coupling", memory_mode="layerwise"),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models are dominated by thread hand-off; one thread is many times faster on a busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    out = {}
+    for name, kw in ADAPTER_VARIANTS.items():
+        cfg = tiny_cfg(base_model="tiny-llama", segment_len=32, max_recall_tokens=16, **kw)
+        R3Mem.from_base(tiny_model("llama"), tiny_tokenizer(), cfg).save_adapter(root / name, trained=False)
+        out[name] = root / name
+    return out
+
+
+def run_eval(task: str, data: Path, *args: str, adapters: dict[str, Path] | None = None, out: Path | None = None,
+             env: dict[str, str] | None = None):
+    base = [] if env and "R3MEM_BASE_MODEL" in env else ["--base-model", "tiny-llama"]
+    argv = ["eval", task, "--data", str(data), *base, "--max-new-tokens", "3", *args]
+    if adapters:
+        argv += ["--model", str(adapters["r3mem"])]
+        for name in ("recurrent", "autoencoder", "r3mem_no_hierarchy"):
+            argv += ["--method-model", f"{name}={adapters[name]}"]
+    if out is not None:
+        argv += ["--out", str(out)]
+    r = CliRunner().invoke(app, argv, env=env)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    if out is not None:
+        assert json.loads(out.read_text()) == doc
+    return doc
+
+
+def _numeric_or_none(x) -> bool:
+    if isinstance(x, dict):
+        return all(_numeric_or_none(v) for v in x.values())
+    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+
+
+def check_doc(doc: dict, task: str, methods: list[str]) -> dict:
+    assert doc["format"] == "r3mem-eval" and doc["task"] == task
+    assert {"torch", "transformers", "r3mem", "python"} <= set(doc["versions"])
+    assert "commit" in doc["git"]
+    assert doc["config"]["methods"] == methods and doc["config"]["base_model"] == "tiny-llama"
+    assert list(doc["methods"]) == methods
+    for name, r in doc["methods"].items():
+        if "skipped" in r:
+            assert isinstance(r["skipped"], str) and r["skipped"], name
+            continue
+        assert _numeric_or_none(r["metrics"]), (name, r["metrics"])
+        assert _numeric_or_none(r["summary"]) and r["summary"], name
+        for k in ("memory_bytes_per_doc", "memory_tokens_per_doc"):
+            assert _numeric_or_none(r[k]), (name, k)
+        assert r["wall_time_s"] >= 0 and r["kind"] in ("memory", "text")
+    return doc["methods"]
+
+
+def is_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rag_every_method(adapters, tmp_path):
+    doc = run_eval("rag", NQ, "--limit", "1", adapters=adapters, out=tmp_path / "rag.json")
+    res = check_doc(doc, "rag", list(METHODS))
+    for name in ("r3mem_no_backward", "r3mem_no_cycle", "r3mem_coupling"):
+        assert res[name] == {"skipped": "no trained adapter given"}
+    assert res["r3mem"]["answer_mode"] == "recall" and res["r3mem"]["adapter_trained"] is False
+    assert res["recurrent"]["answer_mode"] == "generate"
+    assert res["r3mem_no_hierarchy"]["answer_mode"] == "recall_document"
+    assert res["autoencoder"]["answer_mode"] == "recall"
+    for name in ("r3mem", "no_memory", "full_context", "bm25"):
+        assert set(res[name]["metrics"]) == {"em", "f1", "accuracy", "evidence_recall@2"}
+        assert res[name]["n_examples"] == 1
+    assert res["full_context"]["metrics"]["evidence_recall@2"] == 1.0
+    assert res["recurrent"]["metrics"]["evidence_recall@2"] is None  # shows the reader no text spans
+    assert doc["data_stats"]["n_examples"] == 1
+    assert doc["plot"] == str(tmp_path / "rag.png") and is_png(tmp_path / "rag.png")
+
+
+def test_kv_full_context_does_not_fit(adapters, tmp_path):
+    methods = ["r3mem", "no_memory", "full_context", "bm25"]
+    doc = run_eval("kv", KV, "--limit", "1", "--methods", ",".join(methods), "--model", str(adapters["r3mem"]),
+                   out=tmp_path / "kv.json")
+    res = check_doc(doc, "kv", methods)
+    assert "does not fit the base model's window" in res["full_context"]["skipped"]
+    assert 0 <= res["r3mem"]["metrics"]["accuracy"] <= 1
+    assert len(res["bm25"]["metrics"]["accuracy_by_gold_position"]) == 5
+    assert res["no_memory"]["memory_tokens_per_doc"] == 256  # the budget: last 256 tokens of 75 pairs
+    assert is_png(tmp_path / "kv.png")
+
+
+def test_locomo_turn_by_turn(adapters, tmp_path):
+    methods = ["r3mem", "recurrent", "no_memory", "full_context", "bm25"]
+    doc = run_eval("locomo", LOCOMO, "--limit", "3", "--methods", ",".join(methods), adapters=adapters,
+                   out=tmp_path / "locomo.json")
+    res = check_doc(doc, "locomo", methods)
+    assert doc["data_stats"]["n_examples"] == 3
+    for name in ("r3mem", "no_memory", "full_context", "bm25"):
+        assert res[name]["n_examples"] == 3
+        assert res[name]["metrics"]["evidence_recall@2"] is not None
+        assert set(res[name]["metrics"]["f1_by_category"]) == {"1", "2", "3", "4"}
+    assert res["full_context"]["metrics"]["evidence_recall@2"] == 1.0
+    assert is_png(tmp_path / "locomo.png")
+
+
+def test_needle_grid_and_heat_map(adapters, tmp_path):
+    methods = ["r3mem", "full_context", "bm25"]
+    doc = run_eval("needle", ESSAYS, "--lengths", "150,1100", "--depths", "0,1", "--methods", ",".join(methods),
+                   "--model", str(adapters["r3mem"]), out=tmp_path / "needle.json")
+    res = check_doc(doc, "needle", methods)
+    for name in methods:
+        g = res[name]["grid"]
+        assert g["lengths"] == [150, 1100] and g["depths"] == [0.0, 1.0]
+        assert len(g["accuracy"]) == 2 and all(len(row) == 2 for row in g["accuracy"])
+    fc = res["full_context"]
+    assert [row[1] for row in fc["grid"]["accuracy"]] == [None, None]  # 1100 tokens > the 1024-position window
+    assert all(v is not None for v in (row[0] for row in fc["grid"]["accuracy"]))
+    assert len(fc["cells_skipped"]) == 2
+    assert res["r3mem"]["n_examples"] == 4 and res["r3mem"]["metrics"]["evidence_recall@2"] is not None
+    assert is_png(tmp_path / "needle.png")
+
+
+def test_lm_perplexity_by_position(adapters, tmp_path):
+    methods = ["r3mem", "r3mem_coupling", "recurrent", "no_memory", "full_context", "bm25"]
+    doc = run_eval("lm", PG19, "--max-tokens", "300", "--methods", ",".join(methods), "--method-model",
+                   f"r3mem_coupling={adapters['r3mem_coupling']}", adapters=adapters, out=tmp_path / "lm.json")
+    res = check_doc(doc, "lm", methods)
+    assert doc["data_stats"]["segment_len"] == 32 and doc["config"]["budget"] == 4  # the adapter's memory size
+    scored = {res[m]["metrics"]["scored_tokens"] for m in methods}
+    assert len(scored) == 1 and scored.pop() > 0  # every method scored on the same tokens
+    for m in methods:
+        assert res[m]["metrics"]["ppl"] > 1
+        assert list(res[m]["metrics"]["ppl_by_position"]) == ["0-256", "256-512"]
+        assert set(res[m]["metrics"]["ppl_by_book"]) == {"90001", "90002"}
+    assert res["r3mem"]["memory_tokens_per_doc"] == 4 and res["no_memory"]["memory_tokens_per_doc"] == 0
+    # layerwise memory keeps one state per layer besides the input one: more bytes for the same tokens
+    assert res["r3mem_coupling"]["memory_bytes_per_doc"] > res["r3mem"]["memory_bytes_per_doc"]
+    assert is_png(tmp_path / "lm.png")
+
+
+def test_recon_keyed_by_ratio(adapters, tmp_path):
+    methods = ["r3mem", "autoencoder", "bm25", "no_memory"]
+    doc = run_eval("recon", PG19, "--limit", "3", "--ratios", "2,4", "--methods", ",".join(methods), adapters=adapters,
+                   out=tmp_path / "recon.json")
+    res = check_doc(doc, "recon", methods)
+    for m in ("r3mem", "autoencoder"):
+        assert set(res[m]["metrics"]) == {"2", "4"}
+        for ratio in ("2", "4"):
+            mt = res[m]["metrics"][ratio]
+            assert {"token_exact_match", "token_accuracy", "bleu", "corpus_bleu", "rouge_l", "entity_recall",
+                    "number_recall", "achieved_ratio"} <= set(mt)
+            assert mt["n_paragraphs"] >= 3
+        assert res[m]["memory_tokens_per_doc"]["2"] > res[m]["memory_tokens_per_doc"]["4"]
+    assert "exact by construction" in res["bm25"]["skipped"] and "no memory" in res["no_memory"]["skipped"]
+    assert is_png(tmp_path / "recon.png")
+
+
+def test_limit_zero_gives_empty_figures_and_base_model_from_env(tmp_path):
+    doc = run_eval("rag", NQ, "--limit", "0", "--methods", "r3mem,bm25", env={"R3MEM_BASE_MODEL": "tiny-llama"})
+    res = check_doc(doc, "rag", ["r3mem", "bm25"])
+    assert res["r3mem"]["n_examples"] == 0 and res["r3mem"]["metrics"]["em"] is None
+
+
+# --- bad input: one line naming the file, exit code 1, before any model is loaded -------------
+
+
+def _fails(*argv: str) -> str:
+    r = CliRunner().invoke(app, ["eval", *argv])
+    assert r.exit_code == 1, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.output
+    return lines[0]
+
+
+def test_bad_inputs(tmp_path):
+    assert "nope.jsonl.gz" in _fails("rag", "--data", str(tmp_path / "nope.jsonl.gz"))
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(gzip.compress(b'{"question": "q", "answers": ["a"], "ctxs": []}\n{not json\n'))
+    assert "bad.jsonl.gz: line 2 is not valid JSON" in _fails("rag", "--data", str(bad))
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text('{"not": "a list"}')
+    assert "wrong.json: top level must be a JSON list" in _fails("locomo", "--data", str(wrong))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert "empty.jsonl: no examples" in _fails("kv", "--data", str(empty))
+    assert "unknown task 'summarise'" in _fails("summarise", "--data", str(NQ))
+    not_adapter = tmp_path / "folder"
+    not_adapter.mkdir()
+    (not_adapter / "weights.bin").write_bytes(b"x")
+    assert f"{not_adapter}: not an r3mem adapter folder" in _fails("rag", "--data", str(NQ), "--model", str(not_adapter))
+    assert f"{not_adapter}: not an r3mem adapter folder" in _fails(
+        "rag", "--data", str(NQ), "--method-model", f"recurrent={not_adapter}")
+    assert "expected NAME=DIR" in _fails("rag", "--data", str(NQ), "--method-model", "recurrent")
+    assert "not a method with an adapter" in _fails("rag", "--data", str(NQ), "--method-model", f"bm25={not_adapter}")
+    assert "unknown method 'rmt'" in _fails("rag", "--data", str(NQ), "--methods", "r3mem,rmt")
+    assert "--limit: must be >= 0" in _fails("rag", "--data", str(NQ), "--limit", "-1")
+    assert "--ratios: expected comma-separated numbers" in _fails("recon", "--data", str(PG19), "--ratios", "4,x")
+    assert "no .txt books" in _fails("lm", "--data", str(not_adapter))
+
+
+# --- baseline training configs and scripts --------------------------------------------------------
+
+
+BASELINES = ROOT / "src" / "r3mem" / "configs" / "baselines"
+
+
+def _baseline_config(name: str) -> TrainConfig:
+    base = yaml.safe_load((ROOT / "src" / "r3mem" / "configs" / "smollm2-135m.yaml").read_text())
+    overrides = yaml.safe_load((BASELINES / f"{name}.yaml").read_text())
+    return TrainConfig.from_dict(apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in overrides.items()]))
+
+
+def test_baseline_configs_are_valid_and_keep_the_budget():
+    full = _baseline_config("coupling")
+    assert full.model.reversible_mode == "coupling"
+    rec, ae = _baseline_config("recurrent"), _baseline_config("autoencoder")
+    assert rec.model.w_bwd == 0 and rec.model.hierarchy_levels == ("document",)
+    assert {lvl for p in rec.curriculum for lvl in p.levels} == {"document"}
+    assert ae.model.w_fwd == 0 and ae.query_dropout == 1.0
+    assert {lvl for p in ae.curriculum for lvl in p.levels} == {"paragraph"}
+    assert _baseline_config("no_hierarchy").model.hierarchy_levels == ("document",)
+    assert _baseline_config("no_backward").model.w_bwd == 0 and _baseline_config("no_cycle").model.w_cyc == 0
+    for name in ("recurrent", "autoencoder", "no_hierarchy", "no_backward", "no_cycle", "coupling"):
+        c = _baseline_config(name)
+        assert (c.steps, c.batch_size, c.lr, c.train_files) == (full.steps, full.batch_size, full.lr, full.train_files)
+
+
+def test_train_baselines_script_passes_the_overrides():
+    env = {**os.environ, "R3MEM": "echo", "PYTHON": sys.executable}
+    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "train_baselines.sh")], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 6
+    rec = next(ln for ln in lines if "runs/baselines/recurrent" in ln)
+    assert rec.startswith("train --config src/r3mem/configs/smollm2-135m.yaml")
+    assert "--set model.w_bwd=0.0" in rec and '--set model.hierarchy_levels=["document"]' in rec
+
+
+# --- results table ----------------------------------------------------------------------------------
+
+
+def _make_table():
+    spec = importlib.util.spec_from_file_location("make_table", ROOT / "benchmarks" / "make_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_make_table_with_zero_and_more_results(tmp_path):
+    mt = _make_table()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# B\n\n{mt.BEGIN}\nold\n{mt.END}\ntail\n")
+    assert mt.main(["--root", str(tmp_path)]) == 0
+    assert mt.EMPTY in readme.read_text() and readme.read_text().endswith("tail\n")
+    res = tmp_path / "rag" / "results"
+    res.mkdir(parents=True)
+    doc = {"format": "r3mem-eval", "task": "rag", "data": "/d/nq.jsonl.gz", "created": "2026-11-24T10:00:00+00:00",
+           "git": {"commit": "0123456789abcdef", "dirty": False},
+           "methods": {"r3mem": {"summary": {"em": 0.25, "f1": 0.5}, "memory_tokens_per_doc": 40.0, "n_examples": 4},
+                       "recurrent": {"skipped": "no trained adapter given"}}}
+    (res / "run.json").write_text(json.dumps(doc))
+    (res / "junk.json").write_text("{")
+    assert mt.main(["--root", str(tmp_path)]) == 0
+    text = readme.read_text()
+    assert "| rag | r3mem | em 0.250, f1 0.500 | 40.000 | nq.jsonl.gz | 4 | 01234567 | [2026-11-24](rag/results/run.json) |" in text
+    assert "recurrent" not in text and "old" not in text
