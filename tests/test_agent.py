@@ -19,15 +19,6 @@ TURNS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one intra-op thread; on a busy CPU two spinning threads are ~20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def store(tmp_path):
     with MemoryStore(tmp_path / "store.db") as opened:

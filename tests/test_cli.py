@@ -3,22 +3,12 @@
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from r3mem.cli.main import app
 from r3mem.store import MemoryStore
 
 TEXT = "Henry Sibley built a stone house near the ferry.\n\nIn winter the river froze.\n\nTraders came by canoe.\n"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one intra-op thread; on a busy CPU two spinning threads are ~20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

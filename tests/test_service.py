@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 import uvicorn
 from fastapi.testclient import TestClient
 
@@ -26,15 +25,6 @@ from r3mem.testing import tiny_model, tiny_tokenizer
 
 ADMIN = "admin-secret"
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one intra-op thread; on a busy CPU two spinning threads are ~20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-import yaml
 from typer.testing import CliRunner
 
 from conftest import perturb_trainables, tiny_r3

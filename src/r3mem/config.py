@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,19 +95,24 @@ class R3MemConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "R3MemConfig":
-        if not isinstance(data, dict):
-            raise ConfigError(f"config: expected a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{unknown[0]}: unknown config field")
-        try:
-            return cls(**data)
-        except TypeError as e:  # e.g. a list where a number belongs
-            raise ConfigError(f"config: {e}") from None
+        return dataclass_from_dict(cls, data)
 
     def replace(self, **changes: Any) -> "R3MemConfig":
         return dataclasses.replace(self, **changes)
+
+
+def dataclass_from_dict(cls: type, data: Any) -> Any:
+    """Build a config dataclass from a mapping; unknown keys and wrong types fail naming the field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown config field")
+    try:
+        return cls(**data)
+    except TypeError as e:  # e.g. a list where a number belongs
+        raise ConfigError(f"config: {e}") from None
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -150,15 +150,25 @@ class R3Mem:
                                 temperature=temperature, top_p=top_p, generator=gen)
         return self.tokenizer.decode(out[0], skip_special_tokens=True)
 
-    @torch.no_grad()
-    def read(self, prompt: str, max_new_tokens: int = 32) -> str:
-        """Plain greedy generation with the bare base model (the reader used by `answer`)."""
+    @property
+    def device(self) -> torch.device:
+        return self.model.memory.init_mem.device
+
+    def prompt_ids(self, prompt: str) -> torch.Tensor:
+        """Reader prompt as token ids [1, T] on the model's device (chat template when the model has one)."""
         tok = self.tokenizer
         if getattr(tok, "chat_template", None):
             ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                           return_tensors="pt", return_dict=True)["input_ids"]
         else:
             ids = torch.tensor([tokenize(tok, prompt)])
+        return ids.to(self.device)
+
+    @torch.no_grad()
+    def read(self, prompt: str, max_new_tokens: int = 32) -> str:
+        """Plain greedy generation with the bare base model (the reader used by `answer`)."""
+        tok = self.tokenizer
+        ids = self.prompt_ids(prompt)
         with self.model.adapters_disabled():
             out = self.model.lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                          do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)

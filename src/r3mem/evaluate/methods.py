@@ -37,7 +37,7 @@ from r3mem.writer import tokenize
 
 __all__ = [
     "METHODS", "ADAPTER_METHODS", "DESCRIPTIONS", "Method", "MemoryMethod", "NoMemory", "FullContext", "BM25",
-    "Embedding", "qa_prompt", "read", "Answer",
+    "Embedding", "qa_prompt", "Answer",
 ]
 
 METHODS = ("r3mem", "r3mem_no_hierarchy", "r3mem_no_backward", "r3mem_no_cycle", "r3mem_coupling", "recurrent",
@@ -68,31 +68,6 @@ def _first_line(text: str) -> str:
     return text.split("\n")[0].strip()
 
 
-def _device(engine) -> torch.device:
-    return engine.model.memory.init_mem.device
-
-
-def _prompt_ids(engine, prompt: str) -> torch.Tensor:
-    tok = engine.tokenizer
-    if getattr(tok, "chat_template", None):
-        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                      return_tensors="pt", return_dict=True)["input_ids"]
-    else:
-        ids = torch.tensor([tokenize(tok, prompt)])
-    return ids.to(_device(engine))
-
-
-@torch.no_grad()
-def read(engine, prompt: str, max_new_tokens: int) -> str:
-    """:meth:`R3Mem.read` (greedy, bare base model), placing the prompt on the model's device."""
-    tok = engine.tokenizer
-    ids = _prompt_ids(engine, prompt)
-    with engine.model.adapters_disabled():
-        out = engine.model.lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                       do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
-
-
 def _head(tok, text: str, n: int) -> str:
     """The first n tokens of text (whole text if shorter)."""
     ids = tokenize(tok, text)
@@ -118,7 +93,7 @@ def _score_tail(engine, ids: list[int], n_tail: int) -> tuple[float, int]:
     first = len(ids) - n_tail + 1  # index of the first scored token (the segment's second)
     if n_tail < 2:
         return 0.0, 0
-    x = torch.tensor([ids], device=_device(engine))
+    x = torch.tensor([ids], device=engine.device)
     with engine.model.adapters_disabled():
         logits = engine.model.lm(input_ids=x).logits[0].float()
     nll = F.cross_entropy(logits[first - 1:len(ids) - 1], x[0, first:], reduction="sum")
@@ -230,7 +205,7 @@ class MemoryMethod(Method):
         level = "paragraph" if self.mode == "recall" else "document"
         rec = e.recall(mem, query=question, level=level, top_k=self.opts.top_k)
         context = _head(self.tok, rec.text, budget)
-        pred = _first_line(read(e, qa_prompt(context, question), self.opts.max_new_tokens))
+        pred = _first_line(e.read(qa_prompt(context, question), self.opts.max_new_tokens))
         spans = [(s["start"], s["end"]) for s in rec.slots] if level == "paragraph" else None
         return Answer(pred, spans)
 
@@ -241,7 +216,7 @@ class MemoryMethod(Method):
     @torch.no_grad()
     def lm_score(self, ids: list[int], seg_len: int, budget: int) -> list[tuple[int, float, int]]:
         model = self.engine.model
-        dev = _device(self.engine)
+        dev = self.engine.device
         state = model.initial_state(1)
         out = []
         for s in range(0, len(ids), seg_len):
@@ -293,7 +268,7 @@ class NoMemory(Method):
     def qa_answer(self, doc, _doc, question: str, budget: int) -> Answer:
         start = _tail_start(self.tok, doc.context, budget)
         window = doc.context[start:]
-        return Answer(_first_line(read(self.reader, qa_prompt(window, question), self.opts.max_new_tokens)),
+        return Answer(_first_line(self.reader.read(qa_prompt(window, question), self.opts.max_new_tokens)),
                       [(start, len(doc.context))])
 
     def qa_memory(self, doc, _doc, budget: int) -> tuple[int, int]:
@@ -313,10 +288,10 @@ class FullContext(Method):
 
     def qa_answer(self, doc, _doc, question: str, budget: int) -> Answer:
         prompt = qa_prompt(doc.context, question)
-        need, window = _prompt_ids(self.reader, prompt).shape[1] + self.opts.max_new_tokens, _max_positions(self.reader)
+        need, window = self.reader.prompt_ids(prompt).shape[1] + self.opts.max_new_tokens, _max_positions(self.reader)
         if need > window:
             raise Skip(f"context does not fit the base model's window ({need} > {window} positions)")
-        return Answer(_first_line(read(self.reader, prompt, self.opts.max_new_tokens)), [(0, len(doc.context))])
+        return Answer(_first_line(self.reader.read(prompt, self.opts.max_new_tokens)), [(0, len(doc.context))])
 
     def lm_score(self, ids: list[int], seg_len: int, budget: int) -> list[tuple[int, float, int]]:
         window = _max_positions(self.reader)
@@ -392,7 +367,7 @@ class _Retrieval(Method):
         else:
             ranked = [i for i, _ in index.retriever.search(question, k=min(self.opts.top_k, len(index.spans)))]
             context, spans = self._fill(index.spans, ranked, budget)
-        return Answer(_first_line(read(self.reader, qa_prompt(context, question), self.opts.max_new_tokens)), spans)
+        return Answer(_first_line(self.reader.read(qa_prompt(context, question), self.opts.max_new_tokens)), spans)
 
     def qa_memory(self, index: _Index, doc, budget: int) -> tuple[int, int]:
         raw = sum(len(s.text.encode()) for s in index.spans)

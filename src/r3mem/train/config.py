@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from r3mem.config import ConfigError, R3MemConfig, _check
+from r3mem.config import ConfigError, R3MemConfig, _check, dataclass_from_dict
 
 __all__ = ["TrainConfig", "Phase", "apply_overrides"]
 
@@ -96,22 +96,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        if not isinstance(data, dict):
-            raise ConfigError(f"config: expected a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{unknown[0]}: unknown config field")
-        try:
-            return cls(**data)
-        except TypeError as e:
-            raise ConfigError(f"config: {e}") from None
+        return dataclass_from_dict(cls, data)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `key=value` (dotted keys for nesting, values parsed as YAML) to a config mapping."""
-    import yaml
-
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")
