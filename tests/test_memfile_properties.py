@@ -47,7 +47,7 @@ def test_round_trip_is_exact(mem):
         assert torch.equal(a.state, b.state)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_any_single_byte_change_or_cut_is_refused(data):
     mem = Memory(doc_state=torch.arange(8, dtype=torch.float32).view(1, 2, 4), pending_text="tail",
@@ -86,3 +86,13 @@ def test_parser_fuzz_structured_header(payload, n):
     data = struct.pack("<Q", n) + payload
     with pytest.raises(MemoryFileError):
         decode_memory(data, IDENTITY)
+
+
+@pytest.mark.parametrize("entry", [{"dtype": "F32"}, {"data_offsets": "x"}, {"data_offsets": []}, "notadict"])
+def test_malformed_tensor_entries_in_header_are_refused(entry):
+    """Regression: a bit flip that renamed 'data_offsets' once escaped as a KeyError."""
+    import json
+
+    header = json.dumps({"__metadata__": {"r3mem": json.dumps({"format": "r3mem-memory"})}, "doc_state": entry}).encode()
+    with pytest.raises(MemoryFileError, match="not an r3mem memory file"):
+        decode_memory(struct.pack("<Q", len(header)) + header, IDENTITY)

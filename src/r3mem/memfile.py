@@ -75,9 +75,12 @@ def _read_header(data: bytes, name: str) -> tuple[dict[str, Any], int]:
     try:
         raw = json.loads(data[8:8 + n])
         meta = json.loads(raw["__metadata__"]["r3mem"])
-    except (ValueError, KeyError, TypeError):
+        ends = [int(v["data_offsets"][1]) for k, v in raw.items() if k != "__metadata__"]
+        if not isinstance(meta, dict):
+            raise TypeError("header is not a mapping")
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        # Any structural defect (fuzzed bytes included) is one clear refusal, never a crash.
         raise MemoryFileError(f"{name}: not an r3mem memory file (no valid r3mem header)") from None
-    ends = [v["data_offsets"][1] for k, v in raw.items() if k != "__metadata__" and isinstance(v, dict)]
     return meta, 8 + n + max(ends, default=0)
 
 
