@@ -67,10 +67,14 @@ def read_adapter(path: str | Path) -> tuple[R3MemConfig, dict[str, torch.Tensor]
         meta = json.loads((path / META).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):
         raise AdapterError(f"{path / META}: not valid JSON") from None
-    if meta.get("format") != "r3mem-adapter":
+    except OSError as e:
+        raise AdapterError(f"{path / META}: cannot read ({e.strerror})") from None
+    if not isinstance(meta, dict) or meta.get("format") != "r3mem-adapter":
         raise AdapterError(f"{path / META}: not an r3mem adapter header")
     v = meta.get("format_version")
-    if not isinstance(v, int) or v > ADAPTER_FORMAT_VERSION:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise AdapterError(f"{path / META}: invalid adapter format version {v!r}")
+    if v > ADAPTER_FORMAT_VERSION:
         raise AdapterError(f"{path}: adapter format version {v} is newer than this r3mem supports ({ADAPTER_FORMAT_VERSION})")
     try:
         cfg = R3MemConfig.from_dict(meta["config"])
@@ -82,4 +86,7 @@ def read_adapter(path: str | Path) -> tuple[R3MemConfig, dict[str, torch.Tensor]
         raise AdapterError(f"{path / WEIGHTS}: corrupted weights ({e})") from None
     if adapter_hash(state) != meta.get("adapter_hash"):
         raise AdapterError(f"{path}: adapter hash mismatch, the weights were modified or corrupted")
+    bad = next((n for n, t in sorted(state.items()) if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:  # e.g. a diverged training run: every memory written with it would be NaN
+        raise AdapterError(f"{path}: tensor {bad} holds NaN or infinite values")
     return cfg, state, meta

@@ -162,7 +162,7 @@ class ChatAgent:
         text = _check_text("text", text)
         self.memory()  # a memory this engine cannot read (another model) fails here, before the turn is stored
         turn = self.store.append_turn(self.user_id, self.session_id, text, speaker, timestamp)
-        return turn, self.sync(until=turn.index)
+        return turn, self._sync_stored([turn])
 
     def add_turns(self, turns: Iterable[tuple[str, str]], progress: Progress | None = None) -> list[Turn]:
         """Store many (speaker, text) turns, then bring the memory up to date in one write."""
@@ -171,8 +171,20 @@ class ChatAgent:
             self.memory()
         stored = [self.store.append_turn(self.user_id, self.session_id, text, speaker) for speaker, text in items]
         if stored:
-            self.sync(until=stored[-1].index, progress=progress)
+            self._sync_stored(stored, progress)
         return stored
+
+    def _sync_stored(self, turns: list[Turn], progress: Progress | None = None) -> int:
+        """`sync` after `turns` were stored; a store failure then says that they were (the store's own
+        message, "nothing was written", is true of the memory only)."""
+        try:
+            return self.sync(until=turns[-1].index, progress=progress)
+        except StoreError as e:
+            if isinstance(e, (NotFound, Conflict)):
+                raise
+            which = f"turn {turns[0].index}" if len(turns) == 1 else f"turns {turns[0].index}-{turns[-1].index}"
+            raise StoreError(f"{which} stored, but the memory was not updated (the next write will fold "
+                             f"{'it' if len(turns) == 1 else 'them'} in): {str(e).splitlines()[0]}") from e
 
     def sync(self, until: int | None = None, progress: Progress | None = None) -> int:
         """Write every stored turn the memory does not cover yet; return the memory version.

@@ -31,6 +31,17 @@ def default_adapter_dir() -> Path:
     return Path(__file__).parent / "pretrained" / "smollm2-135m"
 
 
+def _checked(kind: str, text: object) -> str:
+    """`text` if it is a str the tokenizer can take; one clear error otherwise (before any model work)."""
+    if not isinstance(text, str):
+        raise TypeError(f"{kind}: text must be str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate, e.g. from surrogateescape decoding or bad JSON
+        raise ValueError(f"{kind}: not valid Unicode text (lone surrogate {text[e.start]!r} at character {e.start})") from None
+    return text
+
+
 class R3Mem:
     def __init__(self, model: R3MemModel, tokenizer, *, trained: bool = False, meta: dict[str, Any] | None = None) -> None:
         self.model = model.eval()
@@ -67,10 +78,10 @@ class R3Mem:
         if base_model:
             cfg = cfg.replace(base_model=base_model)
         base, tok = load_base(cfg.base_model)
+        if base_model_id(base) != meta.get("base_model_id"):  # refused before any adapter tensor is used
+            raise AdapterError(f"{adapter_dir}: trained for base model {meta.get('base_model_id')!r}, got {base_model_id(base)!r}")
         engine = cls(R3MemModel(base, cfg), tok, trained=bool(meta.get("trained", True)), meta=meta)
         engine.load_adapter_state(state, source=str(adapter_dir))
-        if engine.base_model_id != meta.get("base_model_id"):
-            raise AdapterError(f"{adapter_dir}: trained for base model {meta.get('base_model_id')!r}, got {engine.base_model_id!r}")
         return engine
 
     def load_adapter_state(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
@@ -114,8 +125,7 @@ class R3Mem:
         mem = memory if memory is not None else self.new_memory()
         chunks = [text] if isinstance(text, str) else text
         for chunk in chunks:
-            if not isinstance(chunk, str):
-                raise TypeError(f"write: text must be str, got {type(chunk).__name__}")
+            _checked("write", chunk)
             if "\x00" in chunk:
                 chunk = chunk.replace("\x00", "")  # NUL carries no meaning for a tokenizer
             mem = write_text(self.model, self.tokenizer, mem, chunk)
@@ -125,20 +135,22 @@ class R3Mem:
         """Batched write: many documents at once (slots and segment recurrence share batches)."""
         mems = memories if memories is not None else [self.new_memory() for _ in texts]
         for t in texts:
-            if not isinstance(t, str):
-                raise TypeError(f"write: text must be str, got {type(t).__name__}")
+            _checked("write", t)
         return write_texts(self.model, self.tokenizer, mems, [t.replace("\x00", "") for t in texts])
 
     def flush(self, memory: Memory) -> Memory:
         return flush(self.model, self.tokenizer, memory)
 
     def recall(self, memory: Memory, query: str | None = None, level: str = "paragraph", **kw: Any) -> Recalled:
+        if query is not None:
+            _checked("query", query)
         return recall(self.model, self.tokenizer, memory, query, level, **kw)
 
     @torch.no_grad()
     def generate(self, prompt: str, memory: Memory | None = None, max_new_tokens: int = 64, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None) -> str:
         """Continue `prompt` with the document memory as extra context (forward direction)."""
+        _checked("prompt", prompt)
         mem = memory if memory is not None else self.new_memory()
         state = effective_doc_state(self.model, self.tokenizer, mem).unsqueeze(0)
         ids = tokenize(self.tokenizer, prompt)
@@ -156,6 +168,7 @@ class R3Mem:
 
     def prompt_ids(self, prompt: str) -> torch.Tensor:
         """Reader prompt as token ids [1, T] on the model's device (chat template when the model has one)."""
+        _checked("prompt", prompt)
         tok = self.tokenizer
         if getattr(tok, "chat_template", None):
             ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
@@ -166,9 +179,17 @@ class R3Mem:
 
     @torch.no_grad()
     def read(self, prompt: str, max_new_tokens: int = 32) -> str:
-        """Plain greedy generation with the bare base model (the reader used by `answer`)."""
+        """Plain greedy generation with the bare base model (the reader used by `answer`).
+
+        A prompt longer than the model's window (less `max_new_tokens`) keeps its end: the question and
+        the chat template's answer header.
+        """
         tok = self.tokenizer
         ids = self.prompt_ids(prompt)
+        cfg = self.model.lm.config
+        room = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048)) - max_new_tokens
+        if ids.shape[1] > room > 0:
+            ids = ids[:, -room:]
         with self.model.adapters_disabled():
             out = self.model.lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                          do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)

@@ -40,10 +40,17 @@ def _groups(states: list[torch.Tensor]) -> dict[int, list[int]]:
     return {k: [idx[c:c + _BATCH] for c in range(0, len(idx), _BATCH)] for k, idx in g.items()}  # type: ignore[misc]
 
 
+def query_ids(model: R3MemModel, tok, query: str) -> list[int]:
+    """The query's tokens, at most `max_paragraph_tokens` of them (its end). A longer query adds nothing a
+    slot could match, only cost that grows with the square of its length: a 3,000-character query took a
+    minute on the tiny test model, a chat message of the service's 1 MB body limit would never finish."""
+    return tokenize(tok, query)[-model.cfg.max_paragraph_tokens:]
+
+
 @torch.no_grad()
 def score_query(model: R3MemModel, tok, states: list[torch.Tensor], query: str) -> list[float]:
     """Mean log-probability of the query tokens given each memory (higher = more relevant)."""
-    q = tokenize(tok, query) + [tok.eos_token_id]
+    q = query_ids(model, tok, query) + [tok.eos_token_id]
     scores = [0.0] * len(states)
     for _, chunks in _groups(states).items():
         for chunk in chunks:
@@ -61,7 +68,7 @@ def reconstruct(model: R3MemModel, tok, states: list[torch.Tensor], max_tokens: 
                 temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> list[str]:
     """Backward expansion of each memory into text (greedy unless temperature > 0)."""
     out = [""] * len(states)
-    qids = tokenize(tok, query) if query else None
+    qids = query_ids(model, tok, query) if query else None
     for _, chunks in _groups(states).items():
         for chunk in chunks:
             st = torch.stack([states[i] for i in chunk])

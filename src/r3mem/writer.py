@@ -19,6 +19,7 @@ __all__ = ["write_text", "write_texts", "flush", "effective_doc_state", "slot_to
 
 _TRAILING_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*$")
 _SLOT_BATCH = 8
+_DECODE_LOOKBACK = 16  # tokens re-decoded before a split point (more than any character's bytes)
 
 
 def slot_tokens(n_tokens: int, ratio: float, max_slot: int) -> int:
@@ -93,25 +94,48 @@ def _fold_segments(model: R3MemModel, mems: list[Memory], pad_id: int, final: bo
         mem.n_segments += len(c)
 
 
-def _paragraph_pieces(tok, cfg, paras: list[Span], mem: Memory) -> list[tuple[str, int, int, list[int]]]:
-    """(key, start, end, token ids) per paragraph slot; paragraphs over the limit are split."""
+def _chunk_offsets(tok, ids: list[int], limit: int, n_chunks: int) -> list[int]:
+    """`len(tok.decode(ids[:j * limit]))` for j < n_chunks, in time linear in len(ids).
+
+    Decoding the whole prefix at every boundary made a long paragraph quadratic (a text without blank
+    lines: 7 s for 100k characters, about ten minutes for 1M). Decoding is local, so the prefix's growth from one boundary to the
+    next equals that of a window starting `_DECODE_LOOKBACK` tokens earlier: UTF-8 resynchronises within
+    4 bytes, and whatever the window's start decodes to (a replacement character, a stripped leading
+    space) is the same in both decodes and cancels.
+    """
+    offsets = [0]
+    for j in range(1, n_chunks):
+        prev, cur = (j - 1) * limit, j * limit
+        w = max(0, prev - _DECODE_LOOKBACK)
+        offsets.append(offsets[-1] + len(tok.decode(ids[w:cur])) - len(tok.decode(ids[w:prev])))
+    return offsets
+
+
+def _paragraph_pieces(tok, cfg, paras: list[Span], mem: Memory) -> tuple[list[tuple[str, int, int, list[int]]], list[int]]:
+    """(key, start, end, token ids) per paragraph slot, paragraphs over the limit split; and the slot
+    index of each paragraph's first slot. Keys count slots ("p5", or "p5.0", "p5.1" for a split one
+    taking slots 5 and 6), so they do not depend on how the text was cut into `write` calls."""
     pieces: list[tuple[str, int, int, list[int]]] = []
+    firsts: list[int] = []
     limit = cfg.max_paragraph_tokens
-    for i, p in enumerate(paras):
+    for p in paras:
         ids = tokenize(tok, p.text)
-        n = len(mem.paragraphs) + i
+        n = len(mem.paragraphs) + len(pieces)
+        firsts.append(n)
         chunks = [ids[j:j + limit] for j in range(0, max(1, len(ids)), limit)]
+        # Character span of a split chunk: decode lengths are exact for byte-level tokenizers.
+        offsets = _chunk_offsets(tok, ids, limit, len(chunks))
         for j, c in enumerate(chunks):
-            # Character span of a split chunk: decode lengths are exact for byte-level tokenizers.
-            s = p.start + len(tok.decode(ids[:j * limit]))
-            e = p.start + len(tok.decode(ids[:(j + 1) * limit])) if j + 1 < len(chunks) else p.end
+            s = p.start + offsets[j]
+            e = p.start + offsets[j + 1] if j + 1 < len(chunks) else p.end
             pieces.append((f"p{n}" if len(chunks) == 1 else f"p{n}.{j}", mem.offset + s, mem.offset + min(e, p.end), c))
-    return pieces
+    return pieces, firsts
 
 
-def _entity_pieces(tok, buf: str, paras: list[Span], mem: Memory, first_para: int) -> list[Slot]:
+def _entity_pieces(tok, buf: str, paras: list[Span], mem: Memory, parents: list[int]) -> list[Slot]:
     """New entity slots (state filled in later) for names not yet in `mem`; every mention span of a
-    known or new name is recorded. Entity spans are computed once per paragraph (linear time)."""
+    known or new name is recorded, and `parents[i]` is the paragraph slot a name first seen in paragraph
+    i points to. Entity spans are computed once per paragraph (linear time)."""
     new: dict[str, Slot] = {}
     for pi, p in enumerate(paras):
         sentences = sentence_spans(buf, p.start, p.end)
@@ -121,7 +145,7 @@ def _entity_pieces(tok, buf: str, paras: list[Span], mem: Memory, first_para: in
             if slot is None:
                 sent = next((s for s in sentences if s.start <= ent.start < s.end), p)
                 slot = Slot("entity", ent.text, mem.offset + sent.start, mem.offset + sent.end,
-                            len(tokenize(tok, sent.text)), torch.empty(0), parent=first_para + pi)
+                            len(tokenize(tok, sent.text)), torch.empty(0), parent=parents[pi])
                 new[ent.text.lower()] = slot
             slot.mentions.append(span)
     return list(new.values())
@@ -130,11 +154,16 @@ def _entity_pieces(tok, buf: str, paras: list[Span], mem: Memory, first_para: in
 def _commit(model, tok, jobs: list[tuple[Memory, str, list[Span], int]]) -> None:
     """Commit complete paragraphs of several memories; slots of all of them are compressed together."""
     cfg, pad_id = model.cfg, tok.pad_token_id
-    para_jobs = [(m, _paragraph_pieces(tok, cfg, paras, m)) for m, _, paras, _ in jobs] if "paragraph" in cfg.hierarchy_levels else []
-    ent_jobs = [(m, _entity_pieces(tok, buf, paras, m, len(m.paragraphs))) for m, buf, paras, _ in jobs] \
+    para_jobs = [(m, *_paragraph_pieces(tok, cfg, paras, m)) for m, _, paras, _ in jobs] if "paragraph" in cfg.hierarchy_levels else []
+    firsts = {id(m): f for m, _, f in para_jobs}  # each paragraph's first slot: the parent of its entities
+
+    def parents(m: Memory, paras: list[Span]) -> list[int]:
+        return firsts.get(id(m)) or [len(m.paragraphs) + i for i in range(len(paras))]
+
+    ent_jobs = [(m, _entity_pieces(tok, buf, paras, m, parents(m, paras))) for m, buf, paras, _ in jobs] \
         if "entity" in cfg.hierarchy_levels else []
-    states = iter(compress_texts(model, [c for _, ps in para_jobs for *_, c in ps], cfg.paragraph_ratio, pad_id))
-    for m, ps in para_jobs:
+    states = iter(compress_texts(model, [c for _, ps, _ in para_jobs for *_, c in ps], cfg.paragraph_ratio, pad_id))
+    for m, ps, _ in para_jobs:
         m.paragraphs.extend(Slot("paragraph", key, s, e, len(c), next(states)) for key, s, e, c in ps)
     seqs = [tokenize(tok, buf[e.start - m.offset:e.end - m.offset]) for (m, es), (_, buf, _, _) in zip(ent_jobs, jobs) for e in es]
     states = iter(compress_texts(model, seqs, cfg.entity_ratio, pad_id))

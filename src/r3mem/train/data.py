@@ -41,7 +41,10 @@ def load_sources(sources: tuple[str, ...], max_chars: int | None = None) -> list
         if not files or not all(f.is_file() for f in files):
             raise FileNotFoundError(f"{src}: no such text file or folder of .txt files")
         for f in files:
-            docs.append((f.stem, strip_gutenberg(read_text(f))))
+            text = strip_gutenberg(read_text(f))
+            if not text.strip():
+                raise ValueError(f"{f}: no text to train on (empty or whitespace only)")
+            docs.append((f.stem, text))
     return [(d, t[:max_chars] if max_chars else t) for d, t in docs]
 
 
