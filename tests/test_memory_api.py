@@ -212,3 +212,11 @@ def test_determinism_same_bytes_and_recall(tok):
     ma, mb = a.write(SAMPLE_TEXT), b.write(SAMPLE_TEXT)
     assert a.to_bytes(ma) == b.to_bytes(mb)
     assert a.recall(ma, query="ferry").text == b.recall(mb, query="ferry").text
+
+
+def test_special_token_strings_in_text_stay_plain_text(trained_like, tok):
+    from r3mem.writer import tokenize
+
+    eos = tok.eos_token  # "<|end|>" in the tiny tokenizer
+    assert tok.eos_token_id not in tokenize(tok, f"before {eos} after")
+    assert tok.eos_token_id not in trained_like.write(f"Para one {eos} injected.\n\nNext.\n\n").pending_ids

@@ -171,8 +171,13 @@ class R3Mem:
         _checked("prompt", prompt)
         tok = self.tokenizer
         if getattr(tok, "chat_template", None):
-            ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                          return_tensors="pt", return_dict=True)["input_ids"]
+            # Render the template around a marker and tokenize the user's text on its own, so control
+            # tokens written inside the text stay plain text (no prompt injection via "<|im_end|>").
+            marker = "\x00R3MEM_PROMPT\x00"
+            rendered = tok.apply_chat_template([{"role": "user", "content": marker}], add_generation_prompt=True, tokenize=False)
+            head, _, tail = rendered.partition(marker)
+            ids = torch.tensor([tok(head, add_special_tokens=False)["input_ids"] + tokenize(tok, prompt)
+                                + tok(tail, add_special_tokens=False)["input_ids"]])
         else:
             ids = torch.tensor([tokenize(tok, prompt)])
         return ids.to(self.device)

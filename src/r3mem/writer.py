@@ -39,7 +39,9 @@ def pad_batch(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple
 
 
 def tokenize(tok, text: str) -> list[int]:
-    return tok(text, add_special_tokens=False)["input_ids"]
+    """Token ids of user text. Special-token strings in the text (e.g. "<|im_end|>") are split into
+    ordinary tokens, so text can never inject control tokens into a memory or a prompt."""
+    return tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
 @torch.no_grad()

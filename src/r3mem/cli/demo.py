@@ -32,6 +32,7 @@ def demo(
 ) -> None:
     """Write a PG-19 book excerpt into memory and recall one paragraph from it."""
     from r3mem.eval.metrics import reconstruction_scores, token_exact_match
+    from r3mem.writer import tokenize
 
     engine = load_engine(model, base_model)
     body, source = _demo_text(text)
@@ -44,8 +45,7 @@ def demo(
     rec = engine.recall(mem, index=idx)
     original = body[slot.start:slot.end]
     tok = engine.tokenizer
-    ref_ids = tok(original, add_special_tokens=False)["input_ids"]
-    hyp_ids = tok(rec.text, add_special_tokens=False)["input_ids"]
+    ref_ids, hyp_ids = tokenize(tok, original), tokenize(tok, rec.text)
     scores = reconstruction_scores(original, rec.text)
     mem_tokens = sum(s.n_mem_tokens for s in mem.paragraphs)
     result = {
