@@ -10,6 +10,17 @@ __all__ = ["plot_metrics"]
 TERMS = ("total", "forward", "backward", "cycle")
 
 
+def _moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean: batches alternate between hierarchy levels, so raw curves are noisy."""
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v
+        if i >= window:
+            acc -= values[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
 def plot_metrics(log_path: str | Path, png_path: str | Path) -> None:
     import matplotlib
 
@@ -18,8 +29,11 @@ def plot_metrics(log_path: str | Path, png_path: str | Path) -> None:
 
     rows = [json.loads(ln) for ln in Path(log_path).read_text().splitlines() if ln.strip()]
     fig, axes = plt.subplots(1, len(TERMS), figsize=(4 * len(TERMS), 3.2))
+    steps = [r["step"] for r in rows]
     for ax, term in zip(axes, TERMS):
-        ax.plot([r["step"] for r in rows], [r[term] for r in rows], lw=1.2)
+        values = [r[term] for r in rows]
+        ax.plot(steps, values, lw=0.8, alpha=0.35)
+        ax.plot(steps, _moving_average(values, 20), lw=1.6, label="moving average (20 logs)")
         ax.set_title(term)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
