@@ -220,3 +220,17 @@ def test_special_token_strings_in_text_stay_plain_text(trained_like, tok):
     eos = tok.eos_token  # "<|end|>" in the tiny tokenizer
     assert tok.eos_token_id not in tokenize(tok, f"before {eos} after")
     assert tok.eos_token_id not in trained_like.write(f"Para one {eos} injected.\n\nNext.\n\n").pending_ids
+
+
+def test_recall_many_equals_separate_recalls(trained_like):
+    eng = trained_like
+    mems = eng.write_many([SAMPLE_TEXT, "Henry Sibley built a mill.\n\nThe river froze early that year.\n\n"])
+    queries = ["the ferry house", None]
+    many = eng.recall_many(mems, queries, top_k=2)
+    for mem, q, got in zip(mems, queries, many):
+        one = eng.recall(mem, query=q, top_k=2)
+        assert got.text == one.text and [s["key"] for s in got.slots] == [s["key"] for s in one.slots]
+    docs = eng.recall_many(mems, level="document", max_new_tokens=6)
+    assert [d.text for d in docs] == [eng.recall(m, level="document", max_new_tokens=6).text for m in mems]
+    with pytest.raises(ValueError, match="2 memories but 1 queries"):
+        eng.recall_many(mems, ["x"])

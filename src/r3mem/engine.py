@@ -21,7 +21,7 @@ from r3mem.config import R3MemConfig
 from r3mem.memfile import load_memory, save_memory, decode_memory, encode_memory
 from r3mem.memory import Memory
 from r3mem.model import COMPRESS, R3MemModel
-from r3mem.recall import Recalled, recall
+from r3mem.recall import Recalled, recall, recall_many
 from r3mem.writer import effective_doc_state, flush, pad_batch, tokenize, write_text, write_texts
 
 __all__ = ["R3Mem", "default_adapter_dir"]
@@ -145,6 +145,14 @@ class R3Mem:
         if query is not None:
             _checked("query", query)
         return recall(self.model, self.tokenizer, memory, query, level, **kw)
+
+    def recall_many(self, memories: list[Memory], queries: list[str | None] | None = None, level: str = "paragraph",
+                    **kw: Any) -> list[Recalled]:
+        """Batched recall: the slots chosen in every memory are expanded together."""
+        for q in queries or []:
+            if q is not None:
+                _checked("query", q)
+        return recall_many(self.model, self.tokenizer, memories, queries, level, **kw)
 
     @torch.no_grad()
     def generate(self, prompt: str, memory: Memory | None = None, max_new_tokens: int = 64, temperature: float = 0.0,

@@ -17,7 +17,7 @@ from r3mem.model import COMPRESS, QUERY, R3MemModel
 from r3mem.data.spans import paragraph_spans
 from r3mem.writer import compress_texts, effective_doc_state, pad_batch, tokenize
 
-__all__ = ["Recalled", "recall", "score_query", "reconstruct", "LEVELS"]
+__all__ = ["Recalled", "recall", "recall_many", "score_query", "reconstruct", "LEVELS"]
 
 LEVELS = ("document", "paragraph", "entity")
 _BATCH = 8
@@ -64,15 +64,21 @@ def score_query(model: R3MemModel, tok, states: list[torch.Tensor], query: str) 
 
 
 @torch.no_grad()
-def reconstruct(model: R3MemModel, tok, states: list[torch.Tensor], max_tokens: list[int], query: str | None = None,
-                temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> list[str]:
-    """Backward expansion of each memory into text (greedy unless temperature > 0)."""
+def reconstruct(model: R3MemModel, tok, states: list[torch.Tensor], max_tokens: list[int],
+                query: str | list[str | None] | None = None, temperature: float = 0.0, top_p: float = 1.0,
+                generator: torch.Generator | None = None) -> list[str]:
+    """Backward expansion of each memory into text (greedy unless temperature > 0).
+
+    `query` conditions every expansion, or, as a list, each memory on its own query (None: none).
+    """
     out = [""] * len(states)
-    qids = query_ids(model, tok, query) if query else None
+    queries = query if isinstance(query, list) else [query] * len(states)
+    qids = [query_ids(model, tok, q) if q else [] for q in queries]
     for _, chunks in _groups(states).items():
         for chunk in chunks:
             st = torch.stack([states[i] for i in chunk])
-            qb = pad_batch([qids] * len(chunk), tok.pad_token_id, st.device) if qids else None
+            rows = [qids[i] for i in chunk]
+            qb = pad_batch(rows, tok.pad_token_id, st.device) if any(rows) else None
             ids = model.decode(st, max(max_tokens[i] for i in chunk), tok.eos_token_id, query=qb,
                                temperature=temperature, top_p=top_p, generator=generator)
             for j, i in enumerate(chunk):
@@ -99,9 +105,7 @@ def _candidates(model, tok, mem: Memory, level: str, query: str | None) -> list[
     return named or mem.entities
 
 
-def recall(model: R3MemModel, tok, mem: Memory, query: str | None = None, level: str = "paragraph",
-           index: int | None = None, top_k: int = 1, max_new_tokens: int | None = None,
-           temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> Recalled:
+def _check_args(model: R3MemModel, query: str | None, level: str, top_k: int) -> None:
     if level not in LEVELS:
         raise ValueError(f"level: must be one of {LEVELS}, got {level!r}")
     if level not in model.cfg.hierarchy_levels:
@@ -110,27 +114,58 @@ def recall(model: R3MemModel, tok, mem: Memory, query: str | None = None, level:
         raise ValueError("query: must not be empty or whitespace")
     if top_k < 1:
         raise ValueError(f"top_k: must be >= 1, got {top_k}")
-    cap = max_new_tokens or model.cfg.max_recall_tokens
+
+
+def _select(model: R3MemModel, tok, mem: Memory, query: str | None, level: str, index: int | None,
+            top_k: int) -> tuple[list[Slot], list[float | None]]:
+    """The slots to expand: slot `index`, the top-k by query likelihood (in text order), or all."""
     if level == "document":
-        state = effective_doc_state(model, tok, mem)
-        text = reconstruct(model, tok, [state], [cap], query, temperature, top_p, generator)[0]
-        return Recalled(text, level, [{"level": "document", "key": "doc", "start": 0, "end": mem.offset + len(mem.pending_text), "score": None, "text": text}])
+        doc = Slot("document", "doc", 0, mem.offset + len(mem.pending_text), mem.n_tokens,
+                   effective_doc_state(model, tok, mem))
+        return [doc], [None]
     cands = _candidates(model, tok, mem, level, query)
     if not cands:
-        return Recalled("", level, [])
+        return [], []
     if index is not None:
         if not -len(cands) <= index < len(cands):
             raise IndexError(f"index: {level} slot {index} does not exist (memory has {len(cands)})")
-        chosen, scores = [cands[index]], [None]
-    elif query is not None:
+        return [cands[index]], [None]
+    if query is not None:
         s = score_query(model, tok, [c.state for c in cands], query)
         order = sorted(range(len(cands)), key=lambda i: -s[i])[:top_k]
         order.sort(key=lambda i: cands[i].start)  # present recalled slots in text order
-        chosen, scores = [cands[i] for i in order], [s[i] for i in order]
-    else:
-        chosen, scores = cands, [None] * len(cands)
-    texts = reconstruct(model, tok, [c.state for c in chosen], [min(cap, c.n_tokens + 8) for c in chosen], query,
-                        temperature, top_p, generator)
-    meta = [{"level": c.level, "key": c.key, "start": c.start, "end": c.end, "score": sc, "text": t}
-            for c, sc, t in zip(chosen, scores, texts)]
-    return Recalled("\n\n".join(texts), level, meta)
+        return [cands[i] for i in order], [s[i] for i in order]
+    return cands, [None] * len(cands)
+
+
+def _cap(slot: Slot, cap: int) -> int:
+    return cap if slot.level == "document" else min(cap, slot.n_tokens + 8)
+
+
+def recall_many(model: R3MemModel, tok, mems: list[Memory], queries: list[str | None] | None = None,
+                level: str = "paragraph", index: int | None = None, top_k: int = 1, max_new_tokens: int | None = None,
+                temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> list[Recalled]:
+    """Recall from several memories at once: the chosen slots of all of them expand in shared batches."""
+    queries = queries if queries is not None else [None] * len(mems)
+    if len(queries) != len(mems):
+        raise ValueError(f"recall: {len(mems)} memories but {len(queries)} queries")
+    for q in queries:
+        _check_args(model, q, level, top_k)
+    cap = max_new_tokens or model.cfg.max_recall_tokens
+    picks = [_select(model, tok, m, q, level, index, top_k) for m, q in zip(mems, queries)]
+    flat = [(slot, q) for (slots, _), q in zip(picks, queries) for slot in slots]
+    texts = iter(reconstruct(model, tok, [s.state for s, _ in flat], [_cap(s, cap) for s, _ in flat],
+                             [q for _, q in flat], temperature, top_p, generator))
+    out = []
+    for slots, scores in picks:
+        got = [next(texts) for _ in slots]
+        meta = [{"level": c.level, "key": c.key, "start": c.start, "end": c.end, "score": sc, "text": t}
+                for c, sc, t in zip(slots, scores, got)]
+        out.append(Recalled("\n\n".join(got), level, meta))
+    return out
+
+
+def recall(model: R3MemModel, tok, mem: Memory, query: str | None = None, level: str = "paragraph",
+           index: int | None = None, top_k: int = 1, max_new_tokens: int | None = None,
+           temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> Recalled:
+    return recall_many(model, tok, [mem], [query], level, index, top_k, max_new_tokens, temperature, top_p, generator)[0]
