@@ -154,3 +154,16 @@ def test_debug_env_shows_the_exception(tmp_path, monkeypatch):
     monkeypatch.setenv("R3MEM_DEBUG", "1")
     r = run("recall", "--store", tmp_path / "d.db", "--session", "nope")
     assert r.exit_code != 0 and type(r.exception).__name__ == "NotFound"
+
+
+def test_demo_runs_the_main_job(tmp_path):
+    import json
+
+    saved = tmp_path / "demo.r3mem"
+    out = ok("demo", "--json", "--save", str(saved)).stdout
+    result = json.loads(out[out.index("{"):])
+    assert result["paragraph_slots"] >= 2 and result["compression_ratio"] > 1
+    assert 0.0 <= result["token_exact_match"] <= 1.0 and result["original"]
+    assert saved.exists()
+    text = ok("demo").output
+    assert "compression ratio" in text and "recalled from memory" in text and "token exact match" in text

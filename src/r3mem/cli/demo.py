@@ -66,5 +66,5 @@ def demo(
     out.print(f"adapter           : {'trained' if engine.trained else 'UNTRAINED (random init)'} ({engine.adapter_hash})")
     out.print(f"written           : {len(body)} chars, {mem.n_tokens} tokens, {len(mem.paragraphs)} paragraph slots, {len(mem.entities)} entity slots")
     out.print(f"compression ratio : {result['compression_ratio']}x (paragraph level: {mem.n_tokens} tokens -> {mem_tokens} memory tokens)")
-    out.print(f"\n--- original paragraph {idx} ---\n{original}\n\n--- recalled from memory ---\n{rec.text}\n")
+    out.print(f"\n--- original text of paragraph slot {idx} ({slot.key}) ---\n{original}\n\n--- recalled from memory ---\n{rec.text}\n")
     out.print(f"reconstruction    : token exact match {result['token_exact_match']:.3f}, ROUGE-L {result['rouge_l']:.3f}")
