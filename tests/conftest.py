@@ -47,6 +47,15 @@ def sample_text():
     return SAMPLE_TEXT
 
 
+@pytest.fixture
+def trained_like(tok):
+    """A tiny engine whose adapters are non-zero, so memories depend on them (as after training)."""
+    eng = R3Mem.from_base(tiny_model("llama"), tok, tiny_cfg())
+    perturb_trainables(eng.model)
+    eng._refresh_identity()
+    return eng
+
+
 def perturb_trainables(model, scale: float = 0.05, seed: int = 1) -> None:
     """Give zero-initialised adapters non-zero values so 'adapters on' differs from 'off'."""
     g = torch.Generator().manual_seed(seed)

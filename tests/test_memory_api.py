@@ -11,14 +11,6 @@ from r3mem.memfile import FORMAT_VERSION, MemoryFileError, encode_memory
 from r3mem.testing import SAMPLE_TEXT, tiny_model
 
 
-@pytest.fixture
-def trained_like(tok):
-    eng = R3Mem.from_base(tiny_model("llama"), tok, tiny_cfg())
-    perturb_trainables(eng.model)
-    eng._refresh_identity()
-    return eng
-
-
 def _same(m1, m2):
     assert torch.equal(m1.doc_state, m2.doc_state)
     assert m1.pending_ids == m2.pending_ids and m1.pending_text == m2.pending_text and m1.offset == m2.offset

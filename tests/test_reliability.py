@@ -101,14 +101,6 @@ def one_error_line(output: str) -> str:
     return errors[0]
 
 
-@pytest.fixture
-def trained_like(tok):
-    eng = R3Mem.from_base(tiny_model("llama"), tok, tiny_cfg())
-    perturb_trainables(eng.model)
-    eng._refresh_identity()
-    return eng
-
-
 # =============================================================================== 1. bad text input
 
 
