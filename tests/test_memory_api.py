@@ -226,3 +226,31 @@ def test_recall_many_equals_separate_recalls(trained_like):
     assert [d.text for d in docs] == [eng.recall(m, level="document", max_new_tokens=6).text for m in mems]
     with pytest.raises(ValueError, match="2 memories but 1 queries"):
         eng.recall_many(mems, ["x"])
+
+
+def test_repeated_slot_text_is_compressed_once_with_the_same_state(trained_like, monkeypatch):
+    """Entities first named in one sentence share that sentence's state: one compression, equal
+    values (within float tolerance of a separate compression), separate tensors for saving."""
+    from r3mem.writer import compress_texts
+
+    eng = trained_like
+    model, pad = eng.model, eng.tokenizer.pad_token_id
+    seqs = [[5, 6, 7, 8, 9], [5, 6, 7], [5, 6, 7, 8, 9], [5, 6, 7, 8, 9]]
+    calls = []
+    orig = model.compress
+    monkeypatch.setattr(model, "compress", lambda emb, *a, **k: calls.append(emb.shape[0]) or orig(emb, *a, **k))
+    # ratios: the third asks for a different number of memory tokens, so it is not a repeat
+    out = compress_texts(model, seqs, [4.0, 4.0, 1.0, 4.0], pad)
+    assert sum(calls) == 3
+    assert torch.equal(out[0], out[3]) and out[0].data_ptr() != out[3].data_ptr()
+    assert out[2].shape[-2] == 5 and out[0].shape[-2] == 2
+    for s, r, got in zip(seqs, [4.0, 4.0, 1.0, 4.0], out):
+        torch.testing.assert_close(got, compress_texts(model, [s], r, pad)[0], atol=1e-5, rtol=1e-4)
+    # a text naming several new entities in one sentence compresses that sentence once
+    calls.clear()
+    mem = eng.flush(eng.write("Henry Sibley met Joseph Renville and Jean Faribault at Mendota."))
+    assert len(mem.entities) >= 3 and len(mem.paragraphs) == 1
+    # paragraph == its only sentence: one slot sequence, plus one call per document segment
+    assert sum(calls) == 1 + mem.n_segments
+    with pytest.raises(ValueError, match="ratios"):
+        compress_texts(model, seqs, [4.0], pad)

@@ -3,7 +3,8 @@
 - write throughput (tokens/s): r3mem document-level write and full hierarchical write, against a plain
   forward pass of the base model over the same tokens in the same segment-sized windows;
 - recall latency per reconstructed token (KV-cached greedy expansion) against plain greedy
-  generation of the base model with its cache;
+  generation of the base model with its cache, from a short prompt (no memory) and with the whole
+  history as prompt where it fits the window (full context: prefill + per-token);
 - memory-state bytes (constant document state + linearly growing slots) and peak RSS vs length.
 
 Usage: python benchmarks/speed/bench_speed.py --lengths 1024,4096,16384 --batch-sizes 1,4 --out benchmarks/speed/results/cpu.json
@@ -16,6 +17,7 @@ import datetime
 import json
 import platform
 import resource
+import statistics
 import time
 from pathlib import Path
 
@@ -56,22 +58,40 @@ def _base_forward(engine: R3Mem, texts: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-@torch.no_grad()
-def _recall_latency(engine: R3Mem, mem, n_new: int) -> dict:
-    from r3mem.recall import reconstruct
-
-    slot = mem.paragraphs[0]
-    _, t_r = _timed(lambda: engine.model.decode(slot.state[None], n_new, None))
-    tok = engine.tokenizer
-    prompt = torch.tensor([tok("The history of the town", add_special_tokens=False)["input_ids"]])
+def _base_generate(engine: R3Mem, ids: list[int], n_new: int) -> None:
+    prompt = torch.tensor([ids])
     with engine.model.adapters_disabled():
-        _, t_b = _timed(lambda: engine.model.lm.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
-                                                         max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
-                                                         pad_token_id=tok.pad_token_id))
-    return {"r3mem_s_per_token": t_r / n_new, "base_s_per_token": t_b / n_new, "ratio_base_over_r3mem": t_b / t_r}
+        engine.model.lm.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n_new,
+                                 min_new_tokens=n_new, do_sample=False, pad_token_id=engine.tokenizer.pad_token_id)
 
 
-def run(engine: R3Mem, source: str, lengths: list[int], batch_sizes: list[int]) -> list[dict]:
+@torch.no_grad()
+def _recall_latency(engine: R3Mem, mem, history: str, n_new: int, repeats: int) -> dict:
+    """Per-token latency of recall (KV-cached expansion of a paragraph slot) against plain cached
+    greedy generation of the base model: from a short prompt (`no_memory`) and, where the history
+    fits the model's window, with the whole history as its prompt (`full_context`, prefill timed
+    apart). Median of `repeats` runs, interleaved so that machine noise hits every method alike."""
+    tok, slot = engine.tokenizer, mem.paragraphs[0]
+    short = tok("The history of the town", add_special_tokens=False)["input_ids"]
+    hist = tok(history, add_special_tokens=False)["input_ids"]
+    window = getattr(engine.model.lm.config, "max_position_embeddings", 0) or 0
+    fits = len(hist) + n_new <= window
+    t_r, t_b, t_full, t_pre = [], [], [], []
+    for _ in range(repeats):
+        t_r.append(_timed(lambda: engine.model.decode(slot.state[None], n_new, None))[1] / n_new)
+        t_b.append(_timed(lambda: _base_generate(engine, short, n_new))[1] / n_new)
+        if fits:
+            t_pre.append(_timed(lambda: _base_generate(engine, hist, 1))[1])
+            t_full.append(max(0.0, _timed(lambda: _base_generate(engine, hist, n_new + 1))[1] - t_pre[-1]) / n_new)
+    med = statistics.median
+    out = {"new_tokens": n_new, "repeats": repeats, "r3mem_s_per_token": med(t_r), "base_s_per_token": med(t_b),
+           "ratio_base_over_r3mem": med(t_b) / med(t_r), "r3mem_runs": t_r, "base_runs": t_b}
+    out["full_context"] = ({"prefill_s": med(t_pre), "s_per_token": med(t_full), "prompt_tokens": len(hist)} if fits
+                           else {"skipped": f"{len(hist)} tokens do not fit the {window}-token window"})
+    return out
+
+
+def run(engine: R3Mem, source: str, lengths: list[int], batch_sizes: list[int], repeats: int = 3) -> list[dict]:
     rows = []
     doc_only = R3Mem(engine.model, engine.tokenizer)
     for n in lengths:
@@ -90,7 +110,7 @@ def run(engine: R3Mem, source: str, lengths: list[int], batch_sizes: list[int]) 
                    "total_state_bytes": mem.state_bytes(), "paragraph_slots": len(mem.paragraphs), "entity_slots": len(mem.entities),
                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
             if b == 1:
-                row["recall"] = _recall_latency(engine, mem, 32)
+                row["recall"] = _recall_latency(engine, mem, text, 32, repeats)
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -104,7 +124,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     r1 = [r for r in rows if r["batch"] == 1]
     x = [r["tokens"] for r in r1]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, ax = plt.subplots(1, 3, figsize=(15, 3.6))
     ax[0].plot(x, [r["tokens"] / r["r3mem_doc_write_tok_s"] for r in r1], "o-", label="r3mem write (document level)")
     ax[0].plot(x, [r["tokens"] / r["r3mem_full_write_tok_s"] for r in r1], "s-", label="r3mem write (hierarchy)")
     ax[0].plot(x, [r["tokens"] / r["base_forward_tok_s"] for r in r1], "^--", label="base forward")
@@ -114,6 +134,16 @@ def plot(rows: list[dict], path: Path) -> None:
     ax[1].plot(x, [r["total_state_bytes"] for r in r1], "s-", label="state + slots")
     ax[1].set(xscale="log", yscale="log", xlabel="history tokens", ylabel="bytes", title="memory state")
     ax[1].legend(fontsize=8)
+    rec = [r for r in r1 if "recall" in r]
+    xr = [r["tokens"] for r in rec]
+    ax[2].plot(xr, [r["recall"]["r3mem_s_per_token"] * 1e3 for r in rec], "o-", label="r3mem recall")
+    ax[2].plot(xr, [r["recall"]["base_s_per_token"] * 1e3 for r in rec], "^--", label="base, no memory")
+    full = [(r["tokens"], r["recall"]["full_context"]["s_per_token"] * 1e3) for r in rec if "s_per_token" in r["recall"]["full_context"]]
+    if full:
+        ax[2].plot(*zip(*full), "s:", label="base, full context")
+    ax[2].set(xscale="log", xlabel="history tokens", ylabel="ms per generated token", title="recall / generation latency")
+    ax[2].set_ylim(bottom=0)
+    ax[2].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -127,12 +157,13 @@ def main() -> None:
     ap.add_argument("--lengths", default="1024,4096,16384")
     ap.add_argument("--batch-sizes", default="1,4")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="recall timings: median of this many runs")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     cfg = R3MemConfig(base_model=a.base_model) if a.base_model else None
     engine = R3Mem.from_pretrained(a.model, base_model=a.base_model, config=cfg)
-    rows = run(engine, a.source, [int(x) for x in a.lengths.split(",")], [int(x) for x in a.batch_sizes.split(",")])
+    rows = run(engine, a.source, [int(x) for x in a.lengths.split(",")], [int(x) for x in a.batch_sizes.split(",")], a.repeats)
     import subprocess
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or None

@@ -69,6 +69,7 @@ class R3MemModel(nn.Module):
         object.__setattr__(self, "_peft", peft_model)  # adapter bookkeeping only; not a submodule
         self.adapter_names = names
         self.lm = base  # LoRA layers are injected in place
+        self._tuners = [m for m in base.modules() if isinstance(m, BaseTunerLayer)]
         for n, p in self.lm.named_parameters():
             p.requires_grad_(".lora_" in n)
         self.body = inner_model(base)
@@ -88,9 +89,8 @@ class R3MemModel(nn.Module):
         # Switch the active LoRA without peft's set_adapter, which would flip requires_grad and
         # cut gradients to the adapter used earlier in the same training step.
         name = direction if len(self.adapter_names) == 2 else self.adapter_names[0]
-        for m in self.lm.modules():
-            if isinstance(m, BaseTunerLayer):
-                m._active_adapter = [name]
+        for m in self._tuners:
+            m._active_adapter = [name]
 
     @contextlib.contextmanager
     def adapters_disabled(self):
@@ -247,8 +247,8 @@ class R3MemModel(nn.Module):
                 break
             pos = pos + 1
             mp = torch.cat([mp, mp.new_ones(B, 1)], 1)
-            self._set_direction(direction)
-            self._ctx = _CallContext(direction)
+            # Memory is already in the cache: the layer hooks only matter for coupling adapters.
+            self._ctx = _CallContext(direction) if self.couplings is not None else None
             try:
                 o = self.body(inputs_embeds=self.embed(nxt.unsqueeze(1)), attention_mask=mp, position_ids=pos,
                               past_key_values=cache, use_cache=True)

@@ -45,24 +45,37 @@ def tokenize(tok, text: str) -> list[int]:
 
 
 @torch.no_grad()
-def compress_texts(model: R3MemModel, seqs: list[list[int]], ratio: float, pad_id: int) -> list[torch.Tensor]:
+def compress_texts(model: R3MemModel, seqs: list[list[int]], ratio: float | list[float], pad_id: int) -> list[torch.Tensor]:
     """Compress independent token sequences from a fresh memory; returns one [levels, k, d] per input.
 
-    Sequences needing the same number of memory tokens are batched together.
+    `ratio` is one compression ratio for all, or one per sequence. A sequence that repeats with the
+    same number of memory tokens (several entities first named in one sentence; a one-sentence
+    paragraph that is also an entity's sentence) is compressed once: the state depends on nothing
+    else. Sequences needing the same number of memory tokens are batched, sorted by length so that a
+    batch carries little padding.
     """
-    out: list[torch.Tensor | None] = [None] * len(seqs)
+    ratios = [ratio] * len(seqs) if isinstance(ratio, (int, float)) else list(ratio)
+    if len(ratios) != len(seqs):
+        raise ValueError(f"compress_texts: {len(seqs)} sequences but {len(ratios)} ratios")
     device = model.memory.init_mem.device
+    first: dict[tuple[int, tuple[int, ...]], int] = {}  # (k, tokens) -> index of its first occurrence
     groups: dict[int, list[int]] = {}
-    for i, s in enumerate(seqs):
-        groups.setdefault(slot_tokens(len(s), ratio, model.memory.max_slot), []).append(i)
+    for i, (s, r) in enumerate(zip(seqs, ratios)):
+        k = slot_tokens(len(s), r, model.memory.max_slot)
+        if first.setdefault((k, tuple(s)), i) == i:
+            groups.setdefault(k, []).append(i)
+    done: dict[int, torch.Tensor] = {}
     for k, idx in groups.items():
+        idx.sort(key=lambda i: len(seqs[i]))
         for c in range(0, len(idx), _SLOT_BATCH):
             chunk = idx[c:c + _SLOT_BATCH]
             ids, mask = pad_batch([seqs[i] for i in chunk], pad_id, device)
             state, _, _ = model.compress(model.embed(ids), mask, model.initial_state(len(chunk)), k)
             for j, i in enumerate(chunk):
-                out[i] = state[j]
-    return out  # type: ignore[return-value]
+                done[i] = state[j]
+    # A repeat gets its own copy: slots are stored (and saved) as separate tensors.
+    return [done[i] if i in done else done[first[(slot_tokens(len(s), r, model.memory.max_slot), tuple(s))]].clone()
+            for i, (s, r) in enumerate(zip(seqs, ratios))]
 
 
 def _split_commit(buf: str) -> tuple[list[Span], int]:
@@ -164,11 +177,13 @@ def _commit(model, tok, jobs: list[tuple[Memory, str, list[Span], int]]) -> None
 
     ent_jobs = [(m, _entity_pieces(tok, buf, paras, m, parents(m, paras))) for m, buf, paras, _ in jobs] \
         if "entity" in cfg.hierarchy_levels else []
-    states = iter(compress_texts(model, [c for _, ps, _ in para_jobs for *_, c in ps], cfg.paragraph_ratio, pad_id))
+    para_seqs = [c for _, ps, _ in para_jobs for *_, c in ps]
+    ent_seqs = [tokenize(tok, buf[e.start - m.offset:e.end - m.offset]) for (m, es), (_, buf, _, _) in zip(ent_jobs, jobs) for e in es]
+    # Both levels in one call, so text shared between them is compressed once.
+    states = iter(compress_texts(model, para_seqs + ent_seqs,
+                                 [cfg.paragraph_ratio] * len(para_seqs) + [cfg.entity_ratio] * len(ent_seqs), pad_id))
     for m, ps, _ in para_jobs:
         m.paragraphs.extend(Slot("paragraph", key, s, e, len(c), next(states)) for key, s, e, c in ps)
-    seqs = [tokenize(tok, buf[e.start - m.offset:e.end - m.offset]) for (m, es), (_, buf, _, _) in zip(ent_jobs, jobs) for e in es]
-    states = iter(compress_texts(model, seqs, cfg.entity_ratio, pad_id))
     for m, es in ent_jobs:
         for e in es:
             e.state = next(states)
