@@ -5,7 +5,7 @@
     python benchmarks/make_table.py --stdout   # print it instead
     python benchmarks/make_table.py --root DIR --readme FILE
 
-Every row is one method of one result file (written by `r3mem eval ... --out`), with the headline
+Every row is one method of one result file (the "run" column is the file's name) (written by `r3mem eval ... --out`), with the headline
 numbers of that method, its memory per document, the data file, and the commit and date of the run
 that produced the figure. Skipped methods are not listed. Works with zero or more result files;
 files that are not r3mem eval results are reported on stderr and ignored. Standard library only.
@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-HEADER = ("| task | method | result | memory tokens / doc | data | n | commit | date |\n"
-          "| --- | --- | --- | --- | --- | --- | --- | --- |")
+HEADER = ("| task | run | method | result | memory tokens / doc | data | n | commit | date |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 EMPTY = "_No results yet: run a benchmark with `--out benchmarks/<task>/results/<name>.json`, then this script._"
 
 
@@ -66,7 +66,7 @@ def rows(results: list[tuple[Path, dict]], root: Path) -> list[str]:
                 continue
             summary = res.get("summary") or {}
             result = ", ".join(f"{k} {_fmt(v)}" for k, v in summary.items()) or "–"
-            lines.append(f"| {doc.get('task', '?')} | {method} | {result} | {_fmt(res.get('memory_tokens_per_doc'))} | "
+            lines.append(f"| {doc.get('task', '?')} | {path.stem} | {method} | {result} | {_fmt(res.get('memory_tokens_per_doc'))} | "
                          f"{data} | {_fmt(res.get('n_examples'))} | {commit} | [{date}]({rel}) |")
     return lines
 

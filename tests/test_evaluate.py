@@ -306,5 +306,5 @@ def test_make_table_with_zero_and_more_results(tmp_path):
     (res / "junk.json").write_text("{")
     assert mt.main(["--root", str(tmp_path)]) == 0
     text = readme.read_text()
-    assert "| rag | r3mem | em 0.250, f1 0.500 | 40.000 | nq.jsonl.gz | 4 | 01234567 | [2026-11-24](rag/results/run.json) |" in text
+    assert "| rag | run | r3mem | em 0.250, f1 0.500 | 40.000 | nq.jsonl.gz | 4 | 01234567 | [2026-11-24](rag/results/run.json) |" in text
     assert "recurrent" not in text and "old" not in text

@@ -10,6 +10,9 @@
 #   bash benchmarks/equal_budget/run.sh              # train what is missing, then evaluate
 #   STAGES=eval bash benchmarks/equal_budget/run.sh  # evaluate only
 #   TASKS="lm rag" bash benchmarks/equal_budget/run.sh
+#   # the shipped adapter against recurrent and autoencoder trained with its own recipe (400 steps):
+#   CONFIG=src/r3mem/configs/smollm2-135m.yaml MODEL=src/r3mem/pretrained/smollm2-135m \
+#     BASELINES="recurrent autoencoder" RUNS=runs/budget400 bash benchmarks/equal_budget/run.sh
 #
 # Training resumes from the newest checkpoint of an interrupted run (same RUNS folder). Limits are
 # small because each method's evaluation costs minutes on 2 CPU cores; raise them on a bigger machine.
@@ -22,6 +25,7 @@ CONFIG=${CONFIG:-benchmarks/equal_budget/config.yaml}
 RUNS=${RUNS:-runs/equal_budget}
 STAGES=${STAGES:-"train eval"}
 TASKS=${TASKS:-"lm recon rag kv"}
+MODEL=${MODEL:-}  # the full method's adapter; empty: train it from CONFIG into $RUNS/r3mem
 D=${DATA:-../shared/data}
 TAG=${TAG:-equal$("$PYTHON" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["steps"])' "$CONFIG")_cpu}
 # Cheapest first, so that an interrupted session still has the headline comparison.
@@ -31,7 +35,7 @@ declare -A METHOD=([recurrent]=recurrent [autoencoder]=autoencoder [no_hierarchy
   [no_backward]=r3mem_no_backward [no_cycle]=r3mem_no_cycle [coupling]=r3mem_coupling)
 
 if [[ " $STAGES " == *" train "* ]]; then
-  [ -f "$RUNS/r3mem/adapter/r3mem_adapter.json" ] || "$R3MEM" train --config "$CONFIG" --out "$RUNS/r3mem"
+  [ -n "$MODEL" ] || [ -f "$RUNS/r3mem/adapter/r3mem_adapter.json" ] || "$R3MEM" train --config "$CONFIG" --out "$RUNS/r3mem"
   for name in $BASELINES; do
     [ -f "$RUNS/$name/adapter/r3mem_adapter.json" ] && continue
     R3MEM=$R3MEM PYTHON=$PYTHON CONFIG=$CONFIG RUNS=$RUNS bash benchmarks/train_baselines.sh "$name"
@@ -43,13 +47,13 @@ if [[ " $STAGES " == *" eval "* ]]; then
   for name in "${!METHOD[@]}"; do
     [ -d "$RUNS/$name/adapter" ] && mm+=(--method-model "${METHOD[$name]}=$RUNS/$name/adapter")
   done
-  model=(--model "$RUNS/r3mem/adapter")
+  model=(--model "${MODEL:-$RUNS/r3mem/adapter}")
   for task in $TASKS; do
     case $task in
       lm)    args=(--data "$D/pg19/10356.txt" --max-tokens 2048 --out "benchmarks/lm/results/pg19-10356_$TAG.json") ;;
-      recon) args=(--data "$D/pg19/10356.txt" --limit 10 --ratios 4,8 --out "benchmarks/recon/results/pg19-10356_$TAG.json") ;;
-      rag)   args=(--data "$D/nq_open/nq-open-oracle_dev.jsonl.gz" --limit 15 --out "benchmarks/rag/results/nq-oracle_$TAG.json") ;;
-      kv)    args=(--data "$D/nq_open/kv-retrieval-75_keys_dev.jsonl.gz" --limit 4 --out "benchmarks/kv/results/kv75_$TAG.json") ;;
+      recon) args=(--data "$D/pg19/10356.txt" --limit 8 --ratios 4,8 --out "benchmarks/recon/results/pg19-10356_$TAG.json") ;;
+      rag)   args=(--data "$D/nq_open/nq-open-oracle_dev.jsonl.gz" --limit 12 --out "benchmarks/rag/results/nq-oracle_$TAG.json") ;;
+      kv)    args=(--data "$D/nq_open/kv-retrieval-75_keys_dev.jsonl.gz" --limit 3 --out "benchmarks/kv/results/kv75_$TAG.json") ;;
       *) echo "error: unknown task '$task' (lm, recon, rag, kv)" >&2; exit 1 ;;
     esac
     echo "== eval $task" >&2
