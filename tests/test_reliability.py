@@ -46,8 +46,10 @@ from conftest import perturb_trainables, tiny_cfg
 from r3mem import writer
 from r3mem.adapter import META, WEIGHTS, AdapterError, adapter_hash, read_adapter
 from r3mem.cli.main import app as cli
+from r3mem.config import ConfigError
 from r3mem.data.text import iter_text_chunks
 from r3mem.engine import R3Mem
+from r3mem.memfile import MemoryFileError
 from r3mem.service import create_app
 from r3mem.store import Conflict, MemoryStore, NotFound, SlotRecord, StoreError
 from r3mem.testing import SAMPLE_TEXT, tiny_model, tiny_tokenizer
@@ -488,6 +490,22 @@ def test_good_adapter_loads_and_foreign_ones_are_refused(adapter_dir, tmp_path, 
         R3Mem.from_pretrained(missing)
     with pytest.raises(AdapterError, match="does not exist"):
         R3Mem.from_pretrained(tmp_path / "nowhere")
+
+
+def test_levels_override_gives_the_single_pass_write(adapter_dir, tmp_path):
+    path, h = adapter_dir
+    full, doc = R3Mem.from_pretrained(path), R3Mem.from_pretrained(path, levels="document")
+    assert doc.adapter_hash == h and doc.config.hierarchy_levels == ("document",)
+    mf, md = full.write(SAMPLE_TEXT), doc.write(SAMPLE_TEXT)
+    assert mf.paragraphs and not md.paragraphs and not md.entities
+    torch.testing.assert_close(md.doc_state, mf.doc_state)  # the retention pass does not depend on the slots
+    with pytest.raises(ValueError, match="not enabled"):
+        doc.recall(md, level="paragraph")
+    doc.save(md, tmp_path / "doc.r3mem")
+    with pytest.raises(MemoryFileError, match="memory_layout"):  # another layout: refused, not misread
+        full.load(tmp_path / "doc.r3mem")
+    with pytest.raises(ConfigError, match="hierarchy_levels"):
+        R3Mem.from_pretrained(path, levels=["paragraph"])
 
 
 # =============================================================================== 3. store property test

@@ -94,6 +94,10 @@ def _recall_latency(engine: R3Mem, mem, history: str, n_new: int, repeats: int) 
 def run(engine: R3Mem, source: str, lengths: list[int], batch_sizes: list[int], repeats: int = 3) -> list[dict]:
     rows = []
     doc_only = R3Mem(engine.model, engine.tokenizer)
+    # Warm-up, so that one-off costs (allocator, kernel selection, lazy imports) land on no method.
+    warm = _text_of(engine, source, 256)
+    _base_forward(engine, [warm])
+    engine.write_many([warm])
     for n in lengths:
         text = _text_of(engine, source, n)
         for b in batch_sizes:

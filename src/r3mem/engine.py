@@ -64,19 +64,22 @@ class R3Mem:
 
     @classmethod
     def from_pretrained(cls, adapter_dir: str | Path | None = None, base_model: str | None = None,
-                        config: R3MemConfig | None = None) -> "R3Mem":
-        """Load base model + adapter folder. With no folder: the shipped adapter, else untrained adapters."""
+                        config: R3MemConfig | None = None, levels: Iterable[str] | None = None) -> "R3Mem":
+        """Load base model + adapter folder. With no folder: the shipped adapter, else untrained adapters.
+
+        `levels` overrides which hierarchy levels `write` builds, e.g. `("document",)` for the
+        single-pass write (no paragraph/entity slots): the weights serve every level, so this is a
+        speed/granularity choice at use time. Memory files record it and are refused by an engine
+        built with other levels."""
         if adapter_dir is None and config is None and (default_adapter_dir() / "r3mem_adapter.json").exists():
             adapter_dir = default_adapter_dir()
+        over = {k: v for k, v in (("base_model", base_model), ("hierarchy_levels", (levels,) if isinstance(levels, str) else tuple(levels or ()))) if v}
         if adapter_dir is None:
-            cfg = config or R3MemConfig()
-            if base_model:
-                cfg = cfg.replace(base_model=base_model)
+            cfg = (config or R3MemConfig()).replace(**over)
             base, tok = load_base(cfg.base_model)
             return cls(R3MemModel(base, cfg), tok, trained=False)
         cfg, state, meta = read_adapter(adapter_dir)
-        if base_model:
-            cfg = cfg.replace(base_model=base_model)
+        cfg = cfg.replace(**over)
         base, tok = load_base(cfg.base_model)
         if base_model_id(base) != meta.get("base_model_id"):  # refused before any adapter tensor is used
             raise AdapterError(f"{adapter_dir}: trained for base model {meta.get('base_model_id')!r}, got {base_model_id(base)!r}")
