@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -176,6 +177,12 @@ def test_lm_perplexity_by_position(adapters, tmp_path):
         assert list(res[m]["metrics"]["ppl_by_position"]) == ["0-256", "256-512"]
         assert set(res[m]["metrics"]["ppl_by_book"]) == {"90001", "90002"}
     assert res["r3mem"]["memory_tokens_per_doc"] == 4 and res["no_memory"]["memory_tokens_per_doc"] == 0
+    # memory methods are also scored with memory reset per segment; the gain is the NLL difference
+    for m in ("r3mem", "r3mem_coupling", "recurrent"):
+        mm = res[m]["metrics"]
+        assert mm["memory_gain_nll_per_token"] == pytest.approx(math.log(mm["ppl_memory_reset"]) - math.log(mm["ppl"]), abs=1e-3)
+        assert mm["memory_gain_nll_per_token"] != 0  # carried memory changes the scores
+    assert all("ppl_memory_reset" not in res[m]["metrics"] for m in ("no_memory", "full_context", "bm25"))
     # layerwise memory keeps one state per layer besides the input one: more bytes for the same tokens
     assert res["r3mem_coupling"]["memory_bytes_per_doc"] > res["r3mem"]["memory_bytes_per_doc"]
     assert is_png(tmp_path / "lm.png")

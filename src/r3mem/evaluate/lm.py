@@ -4,6 +4,10 @@ footer stripped). Each book is one token stream cut into segments of ``segment_l
 - memory methods score segment t given the recurrent memory of segments < t (``model.compress``
   with labels: the read memory and each token predict the next token);
 - ``no_memory`` scores the same segment alone (same input length, no memory);
+- memory methods are also scored with their memory reset before every segment
+  (``ppl_memory_reset``; ``memory_gain_nll_per_token`` = reset NLL - NLL per token): a trained adapter
+  also changes the model as a language model (domain adaptation, memory tokens as a learned prefix),
+  and this separates what the remembered history adds from that;
 - ``full_context`` sees every earlier token that fits in the base model's window;
 - ``bm25`` / ``embedding`` put ``budget`` tokens of retrieved earlier chunks before the segment
   (query: the previous segment), as in-context retrieval-augmented LM.
@@ -65,7 +69,7 @@ def run(method, data: LMData, opts: EvalOptions, budget: int) -> dict[str, Any]:
     import time
 
     t0 = time.perf_counter()
-    total_nll, total_n = 0.0, 0
+    total_nll, total_n, reset_nll, reset_n = 0.0, 0, 0.0, 0
     buckets: dict[tuple[int, int], list[float]] = {}
     per_book, mem_b, mem_t = {}, [], []
     for book in data.books:
@@ -78,6 +82,9 @@ def run(method, data: LMData, opts: EvalOptions, budget: int) -> dict[str, Any]:
             acc = buckets.setdefault((lo, hi), [0.0, 0])
             acc[0] += nll
             acc[1] += n
+        reset = method.lm_score_reset(book.ids, data.seg_len, budget)
+        if reset is not None:
+            reset_nll, reset_n = reset_nll + sum(s[1] for s in reset), reset_n + sum(s[2] for s in reset)
         b, t = method.lm_memory(book.ids, budget)
         mem_b.append(b)
         mem_t.append(t)
@@ -86,6 +93,9 @@ def run(method, data: LMData, opts: EvalOptions, budget: int) -> dict[str, Any]:
                "scored_tokens": total_n, "ppl_by_position": by_pos,
                "tokens_by_position": {bucket_label(lo, hi): buckets[(lo, hi)][1] for lo, hi in sorted(buckets)},
                "ppl_by_book": per_book}
+    if reset_n:  # memory methods: the same adapter with its memory reset at every segment
+        metrics["ppl_memory_reset"] = _ppl(reset_nll, reset_n)
+        metrics["memory_gain_nll_per_token"] = (reset_nll - total_nll) / total_n
     return {"n_examples": len(data.books), "metrics": metrics, "summary": {"ppl": metrics["ppl"]},
             "memory_bytes_per_doc": mean(mem_b), "memory_tokens_per_doc": mean(mem_t),
             "wall_time_s": time.perf_counter() - t0}

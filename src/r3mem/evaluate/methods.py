@@ -139,6 +139,11 @@ class Method:
         segment is not scored, so every method is scored on the same tokens."""
         raise Skip("not applicable to language modelling")
 
+    def lm_score_reset(self, ids: list[int], seg_len: int, budget: int) -> list[tuple[int, float, int]] | None:
+        """The same segments scored with the memory reset before each one (memory methods only): what
+        the adapter does as a language model, without anything remembered. None where not applicable."""
+        return None
+
     def lm_memory(self, ids: list[int], budget: int) -> tuple[int, int]:
         return 0, 0
 
@@ -214,7 +219,7 @@ class MemoryMethod(Method):
         return mem.state_bytes(), tokens
 
     @torch.no_grad()
-    def lm_score(self, ids: list[int], seg_len: int, budget: int) -> list[tuple[int, float, int]]:
+    def _lm_segments(self, ids: list[int], seg_len: int, carry: bool) -> list[tuple[int, float, int]]:
         model = self.engine.model
         dev = self.engine.device
         state = model.initial_state(1)
@@ -223,9 +228,16 @@ class MemoryMethod(Method):
             seg = torch.tensor([ids[s:s + seg_len]], device=dev)
             labels = seg.clone()
             labels[:, 0] = -100
-            state, loss, n = model.compress(model.embed(seg), torch.ones_like(seg), state, model.cfg.num_mem_tokens, labels)
+            read = state if carry else model.initial_state(1)
+            state, loss, n = model.compress(model.embed(seg), torch.ones_like(seg), read, model.cfg.num_mem_tokens, labels)
             out.append((s, float(loss), int(n)))
         return out
+
+    def lm_score(self, ids: list[int], seg_len: int, budget: int) -> list[tuple[int, float, int]]:
+        return self._lm_segments(ids, seg_len, carry=True)
+
+    def lm_score_reset(self, ids: list[int], seg_len: int, budget: int) -> list[tuple[int, float, int]]:
+        return self._lm_segments(ids, seg_len, carry=False)
 
     def lm_memory(self, ids: list[int], budget: int) -> tuple[int, int]:
         st = self.engine.model.initial_state(1)[0]
