@@ -64,7 +64,10 @@ def rows(results: list[tuple[Path, dict]], root: Path) -> list[str]:
         for method, res in doc["methods"].items():
             if not isinstance(res, dict) or "skipped" in res:
                 continue
-            summary = res.get("summary") or {}
+            summary = dict(res.get("summary") or {})
+            gain = (res.get("metrics") or {}).get("memory_gain_nll_per_token")
+            if gain is not None:  # lm: what carried memory adds over the same adapter with memory reset
+                summary["memory gain (nats/token)"] = gain
             result = ", ".join(f"{k} {_fmt(v)}" for k, v in summary.items()) or "–"
             lines.append(f"| {doc.get('task', '?')} | {path.stem} | {method} | {result} | {_fmt(res.get('memory_tokens_per_doc'))} | "
                          f"{data} | {_fmt(res.get('n_examples'))} | {commit} | [{date}]({rel}) |")
