@@ -222,13 +222,13 @@ class MemoryMethod(Method):
     def _lm_segments(self, ids: list[int], seg_len: int, carry: bool) -> list[tuple[int, float, int]]:
         model = self.engine.model
         dev = self.engine.device
-        state = model.initial_state(1)
+        state = initial = model.initial_state(1)
         out = []
         for s in range(0, len(ids), seg_len):
             seg = torch.tensor([ids[s:s + seg_len]], device=dev)
             labels = seg.clone()
             labels[:, 0] = -100
-            read = state if carry else model.initial_state(1)
+            read = state if carry else initial
             state, loss, n = model.compress(model.embed(seg), torch.ones_like(seg), read, model.cfg.num_mem_tokens, labels)
             out.append((s, float(loss), int(n)))
         return out
