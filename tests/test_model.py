@@ -44,7 +44,8 @@ def _expected_trainable(model: R3MemModel, family: str) -> int:
         per_layer = r * (d + d) + r * (d + kv)
     n_adapters = 2 if cfg.reversible_mode == "adapters" else 1
     lora = per_layer * L * n_adapters
-    memory = (cfg.num_mem_tokens + cfg.max_slot_tokens + 3) * d + d * d + d
+    memory = (cfg.num_mem_tokens + cfg.max_slot_tokens + 3) * d
+    memory += d * d + d if cfg.memory_mode != "kv" else 0  # the read map; a kv memory is read as keys/values
     memory += L if cfg.memory_mode == "layerwise" else 0
     h, c = d // 2, cfg.coupling_hidden
     coupling = 2 * (h * c + c + c * h + h) * L if cfg.reversible_mode == "coupling" else 0
@@ -52,7 +53,7 @@ def _expected_trainable(model: R3MemModel, family: str) -> int:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("mode,memory_mode", [("adapters", "input"), ("coupling", "layerwise")])
+@pytest.mark.parametrize("mode,memory_mode", [("adapters", "input"), ("coupling", "layerwise"), ("adapters", "kv"), ("coupling", "kv")])
 def test_only_adapters_and_memory_train(family, mode, memory_mode):
     model = tiny_r3(family, reversible_mode=mode, memory_mode=memory_mode)
     assert model.num_trainable() == _expected_trainable(model, family)
@@ -79,7 +80,7 @@ def test_manual_segment_loop_equals_encode(family):
     torch.testing.assert_close(state, manual)
 
 
-@pytest.mark.parametrize("memory_mode", ["input", "layerwise"])
+@pytest.mark.parametrize("memory_mode", ["kv", "input", "layerwise"])
 def test_memory_size_constant_in_history_length(memory_mode):
     model = tiny_r3("llama", segment_len=4, memory_mode=memory_mode)
     shapes = set()
@@ -92,7 +93,7 @@ def test_memory_size_constant_in_history_length(memory_mode):
     assert len(shapes) == 1
 
 
-@pytest.mark.parametrize("memory_mode", ["input", "layerwise"])
+@pytest.mark.parametrize("memory_mode", ["kv", "input", "layerwise"])
 def test_information_flows_from_earlier_segment(memory_mode):
     model = tiny_r3("llama", segment_len=8, memory_mode=memory_mode)
     perturb_trainables(model)
@@ -107,7 +108,7 @@ def test_information_flows_from_earlier_segment(memory_mode):
     assert not torch.isclose(losses[0], losses[1]), "segment 2's loss must depend on segment 1"
 
 
-@pytest.mark.parametrize("memory_mode", ["input", "layerwise"])
+@pytest.mark.parametrize("memory_mode", ["kv", "input", "layerwise"])
 def test_gradients_reach_memory_parameters(memory_mode):
     model = tiny_r3("llama", segment_len=8, memory_mode=memory_mode)
     perturb_trainables(model)
@@ -138,18 +139,57 @@ def _grad_of_last_segment_on_init(model, ids, depth):
     return 0.0 if g is None else float(g.abs().sum())
 
 
-def test_bptt_depth_cuts_gradients():
-    model = tiny_r3("llama", segment_len=8)
+def _bptt_model(memory_mode):
+    # A kv memory passes what it holds up at least one layer per segment (a write token's layer-l keys
+    # see the memory's layers < l only), so reaching 3 segments back needs more than 3 layers.
+    return R3MemModel(tiny_model("llama", layers=4), tiny_cfg(segment_len=8, memory_mode=memory_mode))
+
+
+@pytest.mark.parametrize("memory_mode", ["kv", "input"])
+def test_bptt_depth_cuts_gradients(memory_mode):
+    model = _bptt_model(memory_mode)
     perturb_trainables(model)
     ids = _ids(32)  # 3 segments then the scored one
     assert _grad_of_last_segment_on_init(model, ids, depth=4) > 0
     assert _grad_of_last_segment_on_init(model, ids, depth=2) == 0.0
-    # encode() applies the same rule
-    model.zero_grad()
-    _, loss, n = model.encode(ids, torch.ones_like(ids), bptt_depth=1, with_loss=True)
-    state, _, _ = model.encode(ids, torch.ones_like(ids), bptt_depth=1)
-    state.sum().backward()
-    assert model.memory.init_mem.grad is None or model.memory.init_mem.grad.abs().sum() == 0
+    # encode() applies the same rule: over two segments, depth 2 keeps the path to M_0, depth 1 cuts it
+    two = ids[:, :16]
+    for depth, reaches in ((2, True), (1, False)):
+        model.zero_grad()
+        state, _, _ = model.encode(two, torch.ones_like(two), bptt_depth=depth)
+        state.sum().backward()
+        g = model.memory.init_mem.grad
+        assert (g is not None and g.abs().sum() > 0) == reaches, depth
+
+
+@pytest.mark.parametrize("memory_mode", ["kv", "input"])
+def test_bptt_depth_cuts_gradients_on_the_training_path(memory_mode):
+    """`lm_losses` (what `r3mem train` runs on document windows) cuts gradients every `bptt_depth`
+    segments: its gradient equals a hand-written loop that detaches there, and differs from no cut."""
+    from r3mem.losses import lm_losses
+
+    ids = _ids(32)
+    mask = torch.ones_like(ids)
+
+    def grads(depth, manual):
+        model = R3MemModel(tiny_model("llama", layers=4), tiny_cfg(segment_len=8, memory_mode=memory_mode, bptt_depth=depth))
+        perturb_trainables(model)
+        if manual:
+            state, total, n = model.initial_state(1), 0.0, 0
+            for t in range(4):
+                if t and t % depth == 0:
+                    state = state.detach()
+                seg = ids[:, 8 * t:8 * t + 8]
+                state, loss, k = model.compress(model.embed(seg), torch.ones_like(seg), state, 4, labels=seg)
+                total, n = total + loss, n + k
+            (total / n).backward()
+        else:
+            lm_losses(model, ids, mask, w_fwd=1.0, w_bwd=0.0, w_cyc=0.0).forward.backward()
+        return model.memory.init_mem.grad.clone()
+
+    cut = grads(2, manual=False)
+    torch.testing.assert_close(cut, grads(2, manual=True))
+    assert not torch.allclose(cut, grads(4, manual=False)), "depth 2 must cut paths that depth 4 keeps"
 
 
 def test_coupling_inverse_recovers_input():
@@ -167,7 +207,7 @@ def test_coupling_inverse_recovers_input():
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("memory_mode", ["input", "layerwise"])
+@pytest.mark.parametrize("memory_mode", ["kv", "input", "layerwise"])
 def test_batch_of_two_equals_two_batches_of_one(family, memory_mode):
     model = tiny_r3(family, segment_len=8, memory_mode=memory_mode, reversible_mode="coupling" if family == "qwen2" else "adapters")
     perturb_trainables(model)

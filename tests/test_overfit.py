@@ -24,7 +24,7 @@ def test_overfit_one_paragraph(tok, family, mode):
 
     def recalled() -> str:
         with torch.no_grad():
-            state, _, _ = model.compress(model.embed(ctx[0]), ctx[1], model.initial_state(1), 7)
+            state, _, _ = model.compress(model.embed(ctx[0]), ctx[1], model.slot_prior(1), 7)
         return reconstruct(model, tok, [state[0]], [40])[0]
 
     assert recalled() != PARA

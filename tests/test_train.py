@@ -36,7 +36,7 @@ def test_train_writes_checkpoints_metrics_and_adapter(tiny_cfg_train, tmp_path):
     for r in rows:
         assert {"forward", "backward", "cycle", "total", "lr", "tokens_per_s", "level"} <= set(r)
         assert all(map(lambda k: r[k] == r[k], ("forward", "backward", "cycle")))  # no NaN
-    assert rows[0]["level"] == "document"  # curriculum starts at document level
+    assert rows[0]["level"] == "recon"  # curriculum starts with reconstruction
     assert (tmp_path / "losses.png").stat().st_size > 1000
     assert (tmp_path / "train_config.yaml").exists()
 
@@ -55,6 +55,38 @@ def test_resume_equals_uninterrupted(tiny_cfg_train, tmp_path):
     log_b = (part / "metrics.jsonl").read_text().splitlines()
     strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k not in ("tokens_per_s", "elapsed_s")} for r in rows]
     assert strip(log_a) == strip(log_b)
+
+
+def test_curriculum_starts_with_reconstruction_at_its_phase_ratios(tiny_cfg_train, tmp_path):
+    from r3mem.backbone import load_base
+    from r3mem.train.data import TrainingData
+
+    _, tok = load_base(tiny_cfg_train.model.base_model)
+    data = TrainingData(tiny_cfg_train, tok)
+    first = [data.batch(s, m) for s in range(2) for m in range(2)]
+    assert all(b["level"] == "recon" and b["ratio"] == 2.0 for b in first)
+    for b in first:  # rows of a batch are length neighbours, each target its context + <eos>
+        lens = b["ctx"][1].sum(1)
+        assert torch.equal(b["target"][1].sum(1), lens + 1)
+    later = {(b["level"], b["ratio"]) for b in (data.batch(s, m) for s in range(3, 5) for m in range(2)) if b["level"] == "recon"}
+    assert later <= {("recon", 4.0)}
+    train(tiny_cfg_train, tmp_path, progress=False, stop_after=2)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {r["level"] for r in rows} == {"recon"} and all(r["backward"] > 0 and r["forward"] == 0 for r in rows)
+
+
+def test_init_adapter_continues_an_earlier_run(tiny_cfg_train, tmp_path):
+    import dataclasses
+
+    train(tiny_cfg_train, tmp_path / "a", progress=False, stop_after=4)
+    ckpt = tmp_path / "a" / "checkpoints" / "step_0000004"
+    cfg = dataclasses.replace(tiny_cfg_train, init_adapter=str(ckpt))
+    seen = []
+    res = train(cfg, tmp_path / "b", progress=False, on_step=seen.append)
+    assert [m["step"] for m in seen] == [5, 6] and res.steps_done == 6
+    assert seen[0]["lr"] == pytest.approx(tiny_cfg_train.lr * lr_factor(5, tiny_cfg_train))  # logged after the step
+    with pytest.raises(Exception, match="does not fit"):
+        train(dataclasses.replace(cfg, model=cfg.model.replace(memory_mode="input")), tmp_path / "c", progress=False)
 
 
 def test_cli_train_with_overrides(tmp_path):

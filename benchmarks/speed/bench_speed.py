@@ -91,6 +91,20 @@ def _recall_latency(engine: R3Mem, mem, history: str, n_new: int, repeats: int) 
     return out
 
 
+def memory_cost(engine: R3Mem, mem, text: str, n_tokens: int) -> dict:
+    """What a memory costs to keep: bytes per memory token, per slot, per 1,000 written tokens, and
+    the memory file's size against the text's own UTF-8 size."""
+    slots = mem.paragraphs + mem.entities
+    mem_tokens = mem.doc_state.shape[-2] + sum(s.n_mem_tokens for s in slots)
+    state = mem.state_bytes()
+    file_bytes = len(engine.to_bytes(mem))
+    return {"memory_dtype": str(mem.doc_state.dtype).removeprefix("torch."), "memory_tokens": mem_tokens,
+            "bytes_per_memory_token": state / max(mem_tokens, 1),
+            "bytes_per_slot": sum(s.state.numel() * s.state.element_size() for s in slots) / max(len(slots), 1),
+            "bytes_per_1k_text_tokens": state / n_tokens * 1000, "memory_file_bytes": file_bytes,
+            "text_bytes": len(text.encode()), "file_over_text": file_bytes / max(len(text.encode()), 1)}
+
+
 def run(engine: R3Mem, source: str, lengths: list[int], batch_sizes: list[int], repeats: int = 3) -> list[dict]:
     rows = []
     doc_only = R3Mem(engine.model, engine.tokenizer)
@@ -112,7 +126,8 @@ def run(engine: R3Mem, source: str, lengths: list[int], batch_sizes: list[int], 
                    "r3mem_full_write_tok_s": n * b / t_full, "ratio_doc_vs_base": t_base / t_doc,
                    "ratio_full_vs_base": t_base / t_full, "doc_state_bytes": mem.doc_state.numel() * mem.doc_state.element_size(),
                    "total_state_bytes": mem.state_bytes(), "paragraph_slots": len(mem.paragraphs), "entity_slots": len(mem.entities),
-                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                   **memory_cost(engine, mem, text, n)}
             if b == 1:
                 row["recall"] = _recall_latency(engine, mem, text, 32, repeats)
             rows.append(row)

@@ -17,6 +17,8 @@ import yaml
 __all__ = ["ConfigError", "R3MemConfig", "load_config", "save_config"]
 
 LEVELS = ("document", "paragraph", "entity")
+MEMORY_MODES = ("kv", "input", "layerwise")
+MEMORY_DTYPES = ("float16", "bfloat16", "float32")
 
 
 class ConfigError(ValueError):
@@ -35,7 +37,11 @@ class R3MemConfig:
     # Retention: document-level recurrent memory of `num_mem_tokens` virtual tokens over segments.
     num_mem_tokens: int = 16
     segment_len: int = 128
-    memory_mode: str = "input"  # "input" (RMT-style) | "layerwise" (added to hidden states at every layer)
+    # "kv": per layer, the write tokens' keys/values, read as a cache prefix | "input" (RMT-style read
+    # embeddings) | "layerwise" (write states added to hidden states at every layer). Ablations: input, layerwise.
+    memory_mode: str = "kv"
+    # How memories are stored (slots, document state, memory files); compute stays in the model's dtype.
+    memory_dtype: str = "float16"  # float16 | bfloat16 | float32
     bptt_depth: int = 2  # segments gradients flow back through; older memory is detached
     layer_gate_init: float = 1.0  # layerwise mode: initial weight of the per-layer memory added to hidden states
     # Hierarchy: paragraph and entity slots compressed at a ratio chosen at inference time.
@@ -72,7 +78,8 @@ class R3MemConfig:
                      "coupling_hidden", "lora_rank", "lora_alpha", "max_recall_tokens"):
             v = getattr(self, name)
             _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "must be an integer >= 1", v)
-        _check(self.memory_mode in ("input", "layerwise"), "memory_mode", "must be 'input' or 'layerwise'", self.memory_mode)
+        _check(self.memory_mode in MEMORY_MODES, "memory_mode", f"must be one of {MEMORY_MODES}", self.memory_mode)
+        _check(self.memory_dtype in MEMORY_DTYPES, "memory_dtype", f"must be one of {MEMORY_DTYPES}", self.memory_dtype)
         _check(self.reversible_mode in ("adapters", "coupling"), "reversible_mode", "must be 'adapters' or 'coupling'", self.reversible_mode)
         _check(len(self.hierarchy_levels) > 0 and set(self.hierarchy_levels) <= set(LEVELS), "hierarchy_levels",
                f"must be a non-empty subset of {LEVELS}", self.hierarchy_levels)

@@ -18,7 +18,7 @@ import torch
 from r3mem.adapter import AdapterError, adapter_hash, read_adapter, save_adapter
 from r3mem.backbone import base_model_id, load_base
 from r3mem.config import R3MemConfig
-from r3mem.memfile import load_memory, save_memory, decode_memory, encode_memory
+from r3mem.memfile import MemorySpec, check_memory, decode_memory, encode_memory, load_memory, save_memory
 from r3mem.memory import Memory
 from r3mem.model import COMPRESS, R3MemModel
 from r3mem.recall import Recalled, recall, recall_many
@@ -115,11 +115,13 @@ class R3Mem:
         """What a memory file must match to be loaded by this engine."""
         c = self.model.cfg
         return {"base_model_id": self.base_model_id, "adapter_hash": self.adapter_hash,
-                "memory_layout": {"mode": c.memory_mode, "num_mem_tokens": c.num_mem_tokens, "levels": list(c.hierarchy_levels)}}
+                "memory_layout": {"mode": c.memory_mode, "num_mem_tokens": c.num_mem_tokens, "levels": list(c.hierarchy_levels),
+                                  "dtype": c.memory_dtype}}
 
     # ----- memory API -----------------------------------------------------------------------
     def new_memory(self) -> Memory:
-        return Memory(doc_state=self.model.initial_state(1)[0].detach().clone())
+        with torch.no_grad():
+            return Memory(doc_state=self.model.initial_state(1)[0].to(self.model.store_dtype).clone())
 
     reset = new_memory
 
@@ -221,10 +223,17 @@ class R3Mem:
         save_memory(path, memory, self.identity)
 
     def load(self, path: str | Path) -> Memory:
-        return load_memory(path, self.identity)
+        return check_memory(load_memory(path, self.identity), self.memory_spec, str(path))
 
     def to_bytes(self, memory: Memory) -> bytes:
         return encode_memory(memory, self.identity)
 
     def from_bytes(self, data: bytes, name: str = "memory") -> Memory:
-        return decode_memory(data, self.identity, name)
+        return check_memory(decode_memory(data, self.identity, name), self.memory_spec, name)
+
+    @property
+    def memory_spec(self) -> MemorySpec:
+        """Shapes, dtype and id range of the memories this engine writes and reads."""
+        init = self.new_memory().doc_state
+        return MemorySpec(tuple(init.shape), init.shape[-2], self.config.max_slot_tokens, init.dtype,
+                          int(self.model.lm.get_input_embeddings().weight.shape[0]))

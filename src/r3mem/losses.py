@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from r3mem.model import COMPRESS, QUERY, R3MemModel
+from r3mem.recurrence import fold
 from r3mem.writer import slot_tokens
 
-__all__ = ["LossTerms", "lm_losses", "pair_losses", "combine"]
+__all__ = ["LossTerms", "lm_losses", "pair_losses", "recon_losses", "combine"]
 
 
 @dataclass
@@ -45,32 +46,29 @@ def cycle_term(model: R3MemModel, state: torch.Tensor, hidden: torch.Tensor, mas
     """Re-compress the expansion's soft tokens (probabilities x embedding table); compare memories."""
     probs = torch.softmax(model.logits(hidden).float(), -1)
     soft = probs.to(hidden.dtype) @ model.lm.get_input_embeddings().weight
-    again, _, _ = model.compress(soft, mask, model.initial_state(state.shape[0]), state.shape[2])
+    again, _, _ = model.compress(soft, mask, model.slot_prior(state.shape[0]), state.shape[-2])
+    if model.kv:  # compare the memories' keys and values, per layer, head and memory token
+        return (1 - F.cosine_similarity(again, state.detach(), dim=-1)).mean()
     return (1 - F.cosine_similarity(again[:, 0], state[:, 0].detach(), dim=-1)).mean()
 
 
 def lm_losses(model: R3MemModel, ids: torch.Tensor, mask: torch.Tensor, w_fwd: float, w_bwd: float, w_cyc: float) -> LossTerms:
     """Retention on a long window: segment recurrence with LM loss; each segment is then expanded back."""
-    cfg = model.cfg
-    state = model.initial_state(ids.shape[0])
-    fwd_sum, fwd_n, bwd, cyc, n_seg = _zero(model), _zero(model), _zero(model), _zero(model), 0
-    for t, s in enumerate(range(0, ids.shape[1], cfg.segment_len)):
-        if t and t % cfg.bptt_depth == 0:
-            state = state.detach()
-        seg, smask = ids[:, s:s + cfg.segment_len], mask[:, s:s + cfg.segment_len]
-        labels = seg.masked_fill(smask == 0, -100) if w_fwd > 0 else None
-        new, loss, n = model.compress(model.embed(seg), smask, state, cfg.num_mem_tokens, labels)
-        state = torch.where((smask.sum(1) > 0).view(-1, 1, 1, 1), new, state)
-        fwd_sum, fwd_n = fwd_sum + loss, fwd_n + n
+    bwd, cyc, n_seg = [_zero(model)], [_zero(model)], [0]
+
+    def expand_back(state: torch.Tensor, seg: torch.Tensor, smask: torch.Tensor) -> None:
         if w_bwd > 0 or w_cyc > 0:
             hidden, lab = model.expand(state, seg, smask)
             if w_bwd > 0:
-                bwd = bwd + _mean_ce(model, hidden, lab)
+                bwd[0] = bwd[0] + _mean_ce(model, hidden, lab)
             if w_cyc > 0:
-                cyc = cyc + cycle_term(model, state, hidden, smask)
-        n_seg += 1
-    fwd = fwd_sum / fwd_n.clamp(min=1) if w_fwd > 0 else _zero(model)
-    return LossTerms(fwd, bwd / max(n_seg, 1), cyc / max(n_seg, 1))
+                cyc[0] = cyc[0] + cycle_term(model, state, hidden, smask)
+        n_seg[0] += 1
+
+    out = fold(model, model.initial_state(ids.shape[0]), ids, mask, bptt_depth=model.cfg.bptt_depth,
+               with_loss=w_fwd > 0, on_segment=expand_back)
+    fwd = out.loss / out.n.clamp(min=1) if w_fwd > 0 else _zero(model)
+    return LossTerms(fwd, bwd[0] / max(n_seg[0], 1), cyc[0] / max(n_seg[0], 1))
 
 
 def pair_losses(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], query: tuple[torch.Tensor, torch.Tensor],
@@ -79,7 +77,7 @@ def pair_losses(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], query
     """Hierarchical context-query pairs: compress the context into ceil(len/ratio) memory tokens."""
     B = ctx[0].shape[0]
     k = slot_tokens(int(ctx[1].sum(1).max()), ratio, model.memory.max_slot)
-    state, _, _ = model.compress(model.embed(ctx[0]), ctx[1], model.initial_state(B), k)
+    state, _, _ = model.compress(model.embed(ctx[0]), ctx[1], model.slot_prior(B), k)
     fwd = bwd = cyc = _zero(model)
     if w_fwd > 0:
         hidden, lab = model.expand(state, query[0], query[1], direction=COMPRESS, marker=QUERY)
@@ -91,6 +89,16 @@ def pair_losses(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], query
         if w_cyc > 0:
             cyc = cycle_term(model, state, hidden, target[1])
     return LossTerms(fwd, bwd, cyc)
+
+
+def recon_losses(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], target: tuple[torch.Tensor, torch.Tensor],
+                 ratio: float, w_cyc: float = 0.0) -> LossTerms:
+    """Autoencoding: compress the text into ceil(len/ratio) memory tokens, reconstruct it (and <eos>)."""
+    k = slot_tokens(int(ctx[1].sum(1).max()), ratio, model.memory.max_slot)
+    state, _, _ = model.compress(model.embed(ctx[0]), ctx[1], model.slot_prior(ctx[0].shape[0]), k)
+    hidden, lab = model.expand(state, target[0], target[1])
+    cyc = cycle_term(model, state, hidden, target[1]) if w_cyc > 0 else _zero(model)
+    return LossTerms(_zero(model), _mean_ce(model, hidden, lab), cyc)
 
 
 def combine(*terms: LossTerms) -> LossTerms:

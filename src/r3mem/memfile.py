@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,12 @@ from r3mem import __version__
 from r3mem.io import atomic_write_bytes, sha256_hex
 from r3mem.memory import Memory, Slot
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MemoryFileError", "encode_memory", "decode_memory", "save_memory", "load_memory"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "MemoryFileError", "MemorySpec", "check_memory", "encode_memory", "decode_memory",
+           "save_memory", "load_memory"]
 
 FORMAT = "r3mem-memory"
-FORMAT_VERSION = 1
+# 2: memories stored in 16-bit (`memory_dtype`), key/value memories; version 1 files (float32) are refused.
+FORMAT_VERSION = 2
 _SLOT_FIELDS = ("level", "key", "start", "end", "n_tokens", "parent", "mentions")
 
 
@@ -31,13 +34,17 @@ class MemoryFileError(ValueError):
     """A memory file is unreadable, corrupted, or belongs to another model/adapter/version."""
 
 
-def _tensors(mem: Memory) -> dict[str, torch.Tensor]:
+def _tensors(mem: Memory) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The tensors to store and, per slot (paragraphs then entities), the name of its state. Slots that
+    share one state (entities first named in the same sentence) share one stored tensor."""
     t = {"doc_state": mem.doc_state, "pending_ids": torch.tensor(mem.pending_ids, dtype=torch.int64)}
-    for i, s in enumerate(mem.paragraphs):
-        t[f"paragraph.{i}"] = s.state
-    for i, s in enumerate(mem.entities):
-        t[f"entity.{i}"] = s.state
-    return {k: v.detach().to("cpu").contiguous() for k, v in t.items()}
+    names: list[str] = []
+    seen: dict[int, str] = {}
+    for s in mem.paragraphs + mem.entities:
+        name = seen.setdefault(id(s.state), f"slot.{len(seen)}")
+        t[name] = s.state
+        names.append(name)
+    return {k: v.detach().to("cpu").contiguous() for k, v in t.items()}, names
 
 
 def _checksum(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
@@ -49,18 +56,20 @@ def _checksum(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
     return sha256_hex(*parts)
 
 
-def _slot_meta(s: Slot) -> dict[str, Any]:
+def _slot_meta(s: Slot, state: str) -> dict[str, Any]:
     return {"level": s.level, "key": s.key, "start": s.start, "end": s.end, "n_tokens": s.n_tokens,
-            "parent": s.parent, "mentions": [list(m) for m in s.mentions]}
+            "parent": s.parent, "mentions": [list(m) for m in s.mentions], "state": state}
 
 
 def encode_memory(mem: Memory, identity: dict[str, Any]) -> bytes:
-    tensors = _tensors(mem)
+    tensors, names = _tensors(mem)
+    n_par = len(mem.paragraphs)
     header = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "r3mem_version": __version__,
         **identity,
         "pending_text": mem.pending_text, "offset": mem.offset, "n_tokens": mem.n_tokens, "n_segments": mem.n_segments,
-        "paragraphs": [_slot_meta(s) for s in mem.paragraphs], "entities": [_slot_meta(s) for s in mem.entities],
+        "paragraphs": [_slot_meta(s, n) for s, n in zip(mem.paragraphs, names[:n_par])],
+        "entities": [_slot_meta(s, n) for s, n in zip(mem.entities, names[n_par:])],
     }
     header["checksum"] = _checksum(header, tensors)
     return st_save(tensors, metadata={"r3mem": json.dumps(header, ensure_ascii=True)})
@@ -91,16 +100,58 @@ def _check_identity(meta: dict[str, Any], identity: dict[str, Any], name: str) -
     if not isinstance(v, int) or v > FORMAT_VERSION:
         raise MemoryFileError(f"{name}: format version {v} is newer than this r3mem supports ({FORMAT_VERSION}); upgrade r3mem")
     if v < FORMAT_VERSION:
-        raise MemoryFileError(f"{name}: format version {v} is no longer supported (current {FORMAT_VERSION})")
+        raise MemoryFileError(f"{name}: format version {v} is no longer supported (this r3mem reads version {FORMAT_VERSION}); "
+                              "write the text again to make a new memory")
     for key in identity:
         if meta.get(key) != identity[key]:
             raise MemoryFileError(f"{name}: written with {key}={meta.get(key)!r}, but this model has {identity[key]!r}")
 
 
-def _slots(metas: list[dict[str, Any]], tensors: dict[str, torch.Tensor], prefix: str) -> list[Slot]:
+@dataclass(frozen=True)
+class MemorySpec:
+    """What an engine can read: a state is `shape` with any number of memory tokens (axis -2) in
+    1..`max_slot` (the document state: exactly `doc_tokens`), of `dtype`; token ids below `vocab`."""
+
+    shape: tuple[int, ...]
+    doc_tokens: int
+    max_slot: int
+    dtype: torch.dtype
+    vocab: int
+
+
+def check_memory(mem: Memory, spec: MemorySpec, name: str = "memory") -> Memory:
+    """`mem` if every tensor fits the engine; one error naming the first that does not otherwise.
+
+    A memory whose checksum is right can still be unusable (edited and re-summed, or written by
+    code with another layout): refusing it here keeps every later write and recall from failing."""
+    def fits(t: torch.Tensor, what: str, k_range: tuple[int, int]) -> None:
+        want = spec.shape[:-2] + ("k",) + spec.shape[-1:]
+        if t.dim() != len(spec.shape) or tuple(t.shape[:-2]) != spec.shape[:-2] or t.shape[-1] != spec.shape[-1]:
+            raise MemoryFileError(f"{name}: {what} has shape {tuple(t.shape)}, this model reads {want}")
+        if not k_range[0] <= t.shape[-2] <= k_range[1]:
+            raise MemoryFileError(f"{name}: {what} has {t.shape[-2]} memory tokens, this model reads {k_range[0]}..{k_range[1]}")
+        if t.dtype != spec.dtype:
+            raise MemoryFileError(f"{name}: {what} is {str(t.dtype).removeprefix('torch.')}, this model stores "
+                                  f"{str(spec.dtype).removeprefix('torch.')}")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise MemoryFileError(f"{name}: {what} holds NaN or infinite values")
+
+    fits(mem.doc_state, "doc_state", (spec.doc_tokens, spec.doc_tokens))
+    for level, slots in (("paragraph", mem.paragraphs), ("entity", mem.entities)):
+        for i, s in enumerate(slots):
+            fits(s.state, f"{level} slot {i}", (1, spec.max_slot))
+    bad = next((t for t in mem.pending_ids if not 0 <= t < spec.vocab), None)
+    if bad is not None:
+        raise MemoryFileError(f"{name}: pending token id {bad} is outside the vocabulary (0..{spec.vocab - 1})")
+    return mem
+
+
+def _slots(metas: list[dict[str, Any]], tensors: dict[str, torch.Tensor]) -> list[Slot]:
     out = []
-    for i, m in enumerate(metas):
-        out.append(Slot(m["level"], m["key"], m["start"], m["end"], m["n_tokens"], tensors[f"{prefix}.{i}"],
+    for m in metas:
+        if not isinstance(m["state"], str) or not m["state"].startswith("slot.") or m["state"] not in tensors:
+            raise KeyError(f"slot state {m['state']!r}")
+        out.append(Slot(m["level"], m["key"], m["start"], m["end"], m["n_tokens"], tensors[m["state"]],
                         parent=m["parent"], mentions=[tuple(x) for x in m["mentions"]]))
     return out
 
@@ -121,7 +172,7 @@ def decode_memory(data: bytes, identity: dict[str, Any], name: str = "memory fil
         return Memory(
             doc_state=tensors["doc_state"], pending_ids=tensors["pending_ids"].tolist(), pending_text=meta["pending_text"],
             offset=meta["offset"], n_tokens=meta["n_tokens"], n_segments=meta["n_segments"],
-            paragraphs=_slots(meta["paragraphs"], tensors, "paragraph"), entities=_slots(meta["entities"], tensors, "entity"),
+            paragraphs=_slots(meta["paragraphs"], tensors), entities=_slots(meta["entities"], tensors),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise MemoryFileError(f"{name}: inconsistent header ({e})") from None

@@ -25,7 +25,7 @@ class Slot:
     start: int  # character span in the written stream
     end: int
     n_tokens: int  # source tokens compressed into this slot
-    state: torch.Tensor  # [levels, k, d]
+    state: torch.Tensor  # [levels, k, d], or [L, 2, H, k, hd] for a kv memory; may be shared by slots
     parent: int | None = None  # paragraph index an entity was first seen in
     mentions: list[tuple[int, int]] = field(default_factory=list)
 
@@ -36,7 +36,7 @@ class Slot:
 
 @dataclass
 class Memory:
-    doc_state: torch.Tensor  # [levels, m, d]
+    doc_state: torch.Tensor  # [levels, m, d], or [L, 2, H, m, hd] for a kv memory
     pending_ids: list[int] = field(default_factory=list)  # committed tokens short of a full segment
     pending_text: str = ""  # raw text after the last paragraph break
     offset: int = 0  # characters committed; pending_text starts here in the stream
@@ -60,6 +60,7 @@ class Memory:
         return next((e for e in self.entities if e.key.lower() == low), None)
 
     def state_bytes(self) -> int:
-        """Bytes of tensor state held: constant doc state + slots (linear in paragraphs kept)."""
-        slots = self.paragraphs + self.entities
-        return self.doc_state.numel() * self.doc_state.element_size() + sum(s.state.numel() * s.state.element_size() for s in slots)
+        """Bytes of tensor state held: constant doc state + slots (linear in paragraphs kept). A state
+        shared by several slots (entities first named in one sentence) counts once, as it is stored."""
+        unique = {id(s.state): s.state for s in self.paragraphs + self.entities}
+        return sum(t.numel() * t.element_size() for t in [self.doc_state, *unique.values()])

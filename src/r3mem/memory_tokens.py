@@ -15,7 +15,8 @@ __all__ = ["VirtualMemory"]
 
 class VirtualMemory(nn.Module):
     def __init__(self, hidden: int, num_mem: int, max_slot: int, num_layers: int, layerwise: bool,
-                 emb_rms: float, generator: torch.Generator | None = None, gate_init: float = 1.0) -> None:
+                 emb_rms: float, generator: torch.Generator | None = None, gate_init: float = 1.0,
+                 read_map: bool = True) -> None:
         super().__init__()
         self.num_mem = num_mem
         self.levels = 1 + num_layers if layerwise else 1
@@ -25,11 +26,13 @@ class VirtualMemory(nn.Module):
         self.write_emb = nn.Parameter(torch.randn(max_slot, hidden, generator=generator) * emb_rms)
         # Markers give each call its role: 0 = query (forward), 1 = expand (backward), 2 = separator.
         self.markers = nn.Parameter(torch.randn(3, hidden, generator=generator) * emb_rms)
-        # Output map from last-layer write states to next read embeddings; identity at start.
-        self.out_proj = nn.Linear(hidden, hidden)
-        with torch.no_grad():
-            self.out_proj.weight.copy_(torch.eye(hidden))
-            self.out_proj.bias.zero_()
+        # Output map from last-layer write states to next read embeddings; identity at start. A kv
+        # memory is read as keys/values, not as embeddings, and has no such map.
+        self.out_proj = nn.Linear(hidden, hidden) if read_map else None
+        if read_map:
+            with torch.no_grad():
+                self.out_proj.weight.copy_(torch.eye(hidden))
+                self.out_proj.bias.zero_()
         self.layer_gate = nn.Parameter(torch.full((num_layers,), float(gate_init))) if layerwise else None
 
     @property

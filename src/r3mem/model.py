@@ -21,6 +21,7 @@ from torch import nn
 
 from r3mem.backbone import decoder_layers, inner_model
 from r3mem.config import R3MemConfig
+from r3mem import kv
 from r3mem.coupling import Coupling
 from r3mem.memory_tokens import VirtualMemory
 
@@ -76,8 +77,11 @@ class R3MemModel(nn.Module):
         hidden = base.config.hidden_size
         layers = decoder_layers(base)
         emb_rms = base.get_input_embeddings().weight.detach().pow(2).mean().sqrt().item()
+        self.kv = cfg.memory_mode == "kv"
         self.memory = VirtualMemory(hidden, cfg.num_mem_tokens, cfg.max_slot_tokens, len(layers),
-                                    cfg.memory_mode == "layerwise", emb_rms, gen, cfg.layer_gate_init)
+                                    cfg.memory_mode == "layerwise", emb_rms, gen, cfg.layer_gate_init,
+                                    read_map=not self.kv)
+        self._rot = kv.rotary_of(self.body) if self.kv else None
         self.couplings = (nn.ModuleList(Coupling(hidden, cfg.coupling_hidden, gen) for _ in layers)
                           if cfg.reversible_mode == "coupling" else None)
         self._ctx: _CallContext | None = None
@@ -123,34 +127,64 @@ class R3MemModel(nn.Module):
         return self.lm.get_output_embeddings()(hidden)
 
     def _run(self, x: torch.Tensor, mask: torch.Tensor, direction: str, state: torch.Tensor | None,
-             n_read: int, capture: int = 0, use_cache: bool = False):
-        """Pack, run the decoder stack once, unpack. Returns (hidden [B,T,d], ctx, cache, packed mask)."""
+             n_read: int, capture: int = 0, use_cache: bool = False, past: torch.Tensor | None = None):
+        """Pack, run the decoder stack once, unpack. Returns (hidden [B,T,d], ctx, cache, packed mask).
+
+        `past` is a kv memory [B, L, 2, H, k, hd] read as a cache prefix at positions 0..k-1; the
+        sequence then starts at position k, and the returned mask covers the memory too.
+        """
         xp, mp, order = _pack_left(x, mask)
+        cache, k = None, 0
+        if past is not None:
+            k = kv.mem_len(past)
+            cache = kv.to_cache(past, x.dtype)
+            use_cache = True
         read = torch.zeros_like(mask, dtype=torch.bool)
         read[:, :n_read] = True
         ctx = _CallContext(direction, read_mask=read.gather(1, order),
-                           layer_state=state[:, 1:] if state is not None and state.shape[1] > 1 else None,
+                           layer_state=state[:, 1:] if state is not None and not self.kv and state.shape[1] > 1 else None,
                            capture=capture)
         self._set_direction(direction)
         self._ctx = ctx
         try:
-            out = self.body(inputs_embeds=xp, attention_mask=mp, position_ids=(mp.cumsum(-1) - 1).clamp(min=0),
-                            use_cache=use_cache)
+            full = torch.cat([mp.new_ones(mp.shape[0], k), mp], 1) if k else mp
+            out = self.body(inputs_embeds=xp, attention_mask=full, position_ids=k + (mp.cumsum(-1) - 1).clamp(min=0),
+                            past_key_values=cache, use_cache=use_cache)
         finally:
             self._ctx = None
-        return _unpack(out.last_hidden_state, order), ctx, out.past_key_values, mp
+        return _unpack(out.last_hidden_state, order), ctx, out.past_key_values, full
 
     # ----- forward direction: compression ----------------------------------------------------
     def initial_state(self, batch: int) -> torch.Tensor:
-        return self.memory.initial(batch)
+        """M_0: [B, levels, m, d], or in kv mode [B, L, 2, H, m, hd], the learned initial memory
+        tokens run through the compress direction (their keys at positions 0..m-1)."""
+        if not self.kv:
+            return self.memory.initial(batch)
+        x = self.memory.init_mem.unsqueeze(0).to(self.lm.get_input_embeddings().weight.dtype)
+        m = torch.ones(1, x.shape[1], dtype=torch.long, device=x.device)
+        _, _, cache, _ = self._run(x, m, COMPRESS, None, 0, use_cache=True)
+        return kv.from_cache(cache, x.shape[1]).expand(batch, -1, -1, -1, -1, -1)
 
-    def compress(self, embeds: torch.Tensor, mask: torch.Tensor, state: torch.Tensor, n_write: int,
+    @property
+    def store_dtype(self) -> torch.dtype:
+        """dtype memories are stored in (`memory_dtype`); every reader casts back to compute dtype."""
+        return getattr(torch, self.cfg.memory_dtype)
+
+    def slot_prior(self, batch: int) -> torch.Tensor | None:
+        """The memory a slot (paragraph, entity) is compressed from: none in kv mode (the slot reads
+        only its own text), M_0 otherwise."""
+        return None if self.kv else self.initial_state(batch)
+
+    def compress(self, embeds: torch.Tensor, mask: torch.Tensor, state: torch.Tensor | None, n_write: int,
                  labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One segment: returns (new state [B,levels,n_write,d], LM loss sum, number of scored tokens).
 
         `labels` (the segment's token ids, -100 for padding) makes the read memory and each token
-        predict the next token, so the memory is trained to help language modelling.
+        predict the next token, so the memory is trained to help language modelling. In kv mode the
+        new state is [B, L, 2, H, n_write, hd] and `state` (None: no memory) is the cache prefix.
         """
+        if self.kv:
+            return self._compress_kv(embeds, mask, state, n_write, labels)
         B, k = embeds.shape[0], state.shape[2]
         ones = mask.new_ones
         x = torch.cat([state[:, 0].to(embeds.dtype), embeds, self.memory.write_tokens(B, n_write).to(embeds.dtype)], 1)
@@ -165,6 +199,26 @@ class R3MemModel(nn.Module):
             loss, n = self._ce(hidden[:, k - 1:k - 1 + T], labels)
         return new, loss, n
 
+    def _compress_kv(self, embeds: torch.Tensor, mask: torch.Tensor, state: torch.Tensor | None, n_write: int,
+                     labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[memory as cache] + <start> + segment + [write tokens] -> the write tokens' keys/values.
+
+        The <start> marker predicts the segment's first token from the memory alone. The write
+        tokens sat at positions k+1+len..k+len+n_write; their keys are moved to 0..n_write-1.
+        """
+        B, T = embeds.shape[:2]
+        ones = mask.new_ones
+        x = torch.cat([self.memory.marker(B, SEP).to(embeds.dtype), embeds,
+                       self.memory.write_tokens(B, n_write).to(embeds.dtype)], 1)
+        m = torch.cat([ones(B, 1), mask, ones(B, n_write)], 1)
+        hidden, _, cache, _ = self._run(x, m, COMPRESS, None, 0, use_cache=True, past=state)
+        first = (kv.mem_len(state) if state is not None else 0) + 1 + mask.sum(1)
+        new = kv.reposition(self._rot, kv.from_cache(cache, n_write), -first)
+        loss, n = hidden.new_zeros(()), hidden.new_zeros(())
+        if labels is not None:
+            loss, n = self._ce(hidden[:, :T], labels)
+        return new, loss, n
+
     def _ce(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.logits(hidden).float()
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum")
@@ -172,31 +226,24 @@ class R3MemModel(nn.Module):
 
     def encode(self, ids: torch.Tensor, mask: torch.Tensor, state: torch.Tensor | None = None, *,
                bptt_depth: int | None = None, with_loss: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Segment-recurrent compression of [B, T] tokens into a constant-size state.
+        """Segment-recurrent compression of [B, T] tokens into a constant-size state (`recurrence.fold`).
 
         Gradients flow through at most `bptt_depth` segment transitions: the state is detached
         every `bptt_depth` segments (truncated back-propagation through time).
         """
-        seg, depth = self.cfg.segment_len, bptt_depth or self.cfg.bptt_depth
+        from r3mem.recurrence import fold
+
         state = self.initial_state(ids.shape[0]) if state is None else state
-        loss_sum, n_sum = state.new_zeros(()), state.new_zeros(())
-        for t, s in enumerate(range(0, ids.shape[1], seg)):
-            if t and t % depth == 0:
-                state = state.detach()
-            seg_ids, seg_mask = ids[:, s:s + seg], mask[:, s:s + seg]
-            labels = seg_ids.masked_fill(seg_mask == 0, -100) if with_loss else None
-            new, loss, n = self.compress(self.embed(seg_ids), seg_mask, state, self.cfg.num_mem_tokens, labels)
-            # A row whose segment is all padding keeps its previous memory (batch == single).
-            keep = (seg_mask.sum(1) > 0).view(-1, 1, 1, 1)
-            state = torch.where(keep, new, state)
-            loss_sum, n_sum = loss_sum + loss, n_sum + n
-        return state, loss_sum, n_sum
+        out = fold(self, state, ids, mask, bptt_depth=bptt_depth or self.cfg.bptt_depth, with_loss=with_loss)
+        return out.state, out.loss, out.n
 
     # ----- backward direction: expansion -------------------------------------------------------
     def _expand_prefix(self, state: torch.Tensor, query: tuple[torch.Tensor, torch.Tensor] | None, marker: int):
-        B, k = state.shape[0], state.shape[2]
+        """[memory] + <marker> + [query] + <sep>; in kv mode the memory is the cache, not a part here."""
+        B, k = state.shape[0], 0 if self.kv else state.shape[2]
         dtype = self.lm.get_input_embeddings().weight.dtype
-        parts = [state[:, 0].to(dtype), self.memory.marker(B, marker).to(dtype)]
+        parts = [state[:, 0].to(dtype)] if k else []
+        parts.append(self.memory.marker(B, marker).to(dtype))
         masks = [torch.ones(B, k + 1, dtype=torch.long, device=state.device)]
         if query is not None:
             parts.append(self.embed(query[0]))
@@ -213,7 +260,7 @@ class R3MemModel(nn.Module):
         P, T = x.shape[1], target.shape[1]
         x = torch.cat([x, self.embed(target)], 1)
         m = torch.cat([m, target_mask], 1)
-        hidden, _, _, _ = self._run(x, m, direction, state, k)
+        hidden, _, _, _ = self._run(x, m, direction, state, k, past=state if self.kv else None)
         return hidden[:, P - 1:P - 1 + T], target.masked_fill(target_mask == 0, -100)
 
     @torch.no_grad()
@@ -222,13 +269,15 @@ class R3MemModel(nn.Module):
                marker: int = EXPAND_MARK, prompt: tuple[torch.Tensor, torch.Tensor] | None = None,
                temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> list[list[int]]:
         """Greedy (temperature 0) or nucleus-sampled decoding with a key/value cache."""
-        if prompt is not None:  # LM continuation: [memory] + prompt tokens
+        if prompt is not None and self.kv:  # LM continuation: [memory as cache] + prompt tokens
+            x, m, k = self.embed(prompt[0]), prompt[1], 0
+        elif prompt is not None:  # LM continuation: [memory] + prompt tokens
             B, k = state.shape[0], state.shape[2]
             x = torch.cat([state[:, 0].to(self.embed(prompt[0]).dtype), self.embed(prompt[0])], 1)
             m = torch.cat([prompt[1].new_ones(B, k), prompt[1]], 1)
         else:
             x, m, k = self._expand_prefix(state, query, marker)
-        hidden, _, cache, mp = self._run(x, m, direction, state, k, use_cache=True)
+        hidden, _, cache, mp = self._run(x, m, direction, state, k, use_cache=True, past=state if self.kv else None)
         # The last logical position is real for every row, so it predicts the first new token.
         B = x.shape[0]
         out: list[list[int]] = [[] for _ in range(B)]

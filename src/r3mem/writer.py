@@ -14,6 +14,7 @@ import torch
 from r3mem.data.spans import Span, entity_spans, paragraph_spans, sentence_spans
 from r3mem.memory import Memory, Slot
 from r3mem.model import R3MemModel
+from r3mem.recurrence import fold
 
 __all__ = ["write_text", "write_texts", "flush", "effective_doc_state", "slot_tokens", "compress_texts", "pad_batch", "tokenize"]
 
@@ -46,7 +47,8 @@ def tokenize(tok, text: str) -> list[int]:
 
 @torch.no_grad()
 def compress_texts(model: R3MemModel, seqs: list[list[int]], ratio: float | list[float], pad_id: int) -> list[torch.Tensor]:
-    """Compress independent token sequences from a fresh memory; returns one [levels, k, d] per input.
+    """Compress independent token sequences from a fresh memory; returns one state per input, in the
+    storage dtype ([levels, k, d], or [L, 2, H, k, hd] in kv mode).
 
     `ratio` is one compression ratio for all, or one per sequence. A sequence that repeats with the
     same number of memory tokens (several entities first named in one sentence; a one-sentence
@@ -70,11 +72,12 @@ def compress_texts(model: R3MemModel, seqs: list[list[int]], ratio: float | list
         for c in range(0, len(idx), _SLOT_BATCH):
             chunk = idx[c:c + _SLOT_BATCH]
             ids, mask = pad_batch([seqs[i] for i in chunk], pad_id, device)
-            state, _, _ = model.compress(model.embed(ids), mask, model.initial_state(len(chunk)), k)
+            state, _, _ = model.compress(model.embed(ids), mask, model.slot_prior(len(chunk)), k)
             for j, i in enumerate(chunk):
-                done[i] = state[j]
-    # A repeat gets its own copy: slots are stored (and saved) as separate tensors.
-    return [done[i] if i in done else done[first[(slot_tokens(len(s), r, model.memory.max_slot), tuple(s))]].clone()
+                done[i] = state[j].to(model.store_dtype)
+    # A repeat shares its first occurrence's tensor (states are immutable values): stored once in memory
+    # and in memory files.
+    return [done[i] if i in done else done[first[(slot_tokens(len(s), r, model.memory.max_slot), tuple(s))]]
             for i, (s, r) in enumerate(zip(seqs, ratios))]
 
 
@@ -100,10 +103,11 @@ def _fold_segments(model: R3MemModel, mems: list[Memory], pad_id: int, final: bo
     if not any(chunks):
         return
     state = torch.stack([m.doc_state for m in mems])
-    for t in range(max(len(c) for c in chunks)):
-        ids, mask = pad_batch([c[t] if t < len(c) else [] for c in chunks], pad_id, state.device)
-        new, _, _ = model.compress(model.embed(ids), mask, state, model.cfg.num_mem_tokens)
-        state = torch.where((mask.sum(1) > 0).view(-1, 1, 1, 1), new, state)
+    seg = model.cfg.segment_len
+    # Row i holds its segments back to back; a row with fewer segments pads out and keeps its state.
+    ids, mask = pad_batch([[t for piece in c for t in piece] for c in chunks], pad_id, state.device)
+    ids, mask = ids[:, :max(len(c) for c in chunks) * seg], mask[:, :max(len(c) for c in chunks) * seg]
+    state = fold(model, state, ids, mask, store_dtype=model.store_dtype).state
     for mem, c, st in zip(mems, chunks, state):
         mem.doc_state = st
         mem.n_segments += len(c)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from r3mem.data.spans import Span, paragraph_spans
 from r3mem.evaluate.common import EvalOptions, Skip
+from r3mem.recurrence import fold
 from r3mem.writer import tokenize
 
 __all__ = [
@@ -222,16 +223,10 @@ class MemoryMethod(Method):
     def _lm_segments(self, ids: list[int], seg_len: int, carry: bool) -> list[tuple[int, float, int]]:
         model = self.engine.model
         dev = self.engine.device
-        state = initial = model.initial_state(1)
-        out = []
-        for s in range(0, len(ids), seg_len):
-            seg = torch.tensor([ids[s:s + seg_len]], device=dev)
-            labels = seg.clone()
-            labels[:, 0] = -100
-            read = state if carry else initial
-            state, loss, n = model.compress(model.embed(seg), torch.ones_like(seg), read, model.cfg.num_mem_tokens, labels)
-            out.append((s, float(loss), int(n)))
-        return out
+        x = torch.tensor([ids], device=dev)
+        out = fold(model, model.initial_state(1), x, torch.ones_like(x), with_loss=True, score_first=False,
+                   carry=carry, segment_len=seg_len)
+        return [(s, float(loss), int(n)) for s, (loss, n) in zip(range(0, len(ids), seg_len), out.per_segment)]
 
     def lm_score(self, ids: list[int], seg_len: int, budget: int) -> list[tuple[int, float, int]]:
         return self._lm_segments(ids, seg_len, carry=True)

@@ -15,10 +15,12 @@ _LEVELS = ("document", "paragraph", "entity")
 
 @dataclass
 class Phase:
-    """Until `until` (fraction of total steps), draw batches from these hierarchy levels."""
+    """Until `until` (fraction of total steps), draw batches from these levels ("recon": autoencoding of
+    paragraphs and text chunks), compressed at these `ratios` (None: `train_ratios`)."""
 
     until: float
     levels: tuple[str, ...]
+    ratios: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -44,6 +46,9 @@ class TrainConfig:
     max_query_tokens: int = 32
     train_ratios: tuple[float, ...] = (4.0, 8.0)  # compression ratios sampled for pair batches
     query_dropout: float = 0.5  # fraction of backward passes not conditioned on the query
+    # Start from this adapter folder's weights (a committed adapter of an earlier run) when the run
+    # folder has no checkpoint yet; the step count continues from the adapter's, the optimizer is new.
+    init_adapter: str | None = None
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -55,7 +60,8 @@ class TrainConfig:
         self.train_files = tuple(self.train_files)
         self.train_ratios = tuple(float(r) for r in self.train_ratios)
         self.curriculum = tuple(Phase(**p) if isinstance(p, dict) else p for p in self.curriculum)
-        self.curriculum = tuple(Phase(float(p.until), tuple(p.levels)) for p in self.curriculum)
+        self.curriculum = tuple(Phase(float(p.until), tuple(p.levels), None if p.ratios is None else tuple(float(r) for r in p.ratios))
+                                for p in self.curriculum)
         self.validate()
 
     def validate(self) -> None:
@@ -77,19 +83,28 @@ class TrainConfig:
         prev = 0.0
         for p in self.curriculum:
             _check(prev < p.until <= 1.0, "curriculum", "phase 'until' values must increase within (0, 1]", p.until)
-            _check(len(p.levels) > 0 and set(p.levels) <= set(self.model.hierarchy_levels), "curriculum",
-                   f"levels must be a non-empty subset of model.hierarchy_levels {self.model.hierarchy_levels}", p.levels)
+            _check(len(p.levels) > 0 and set(p.levels) <= set(self.model.hierarchy_levels) | {"recon"}, "curriculum",
+                   f"levels must be a non-empty subset of model.hierarchy_levels {self.model.hierarchy_levels} and 'recon'", p.levels)
+            _check(p.ratios is None or (len(p.ratios) > 0 and all(r >= 1 for r in p.ratios)), "curriculum",
+                   "phase ratios must be numbers >= 1", p.ratios)
             prev = p.until
         _check(self.curriculum[-1].until == 1.0, "curriculum", "the last phase must end at 1.0", self.curriculum[-1].until)
 
-    def levels_at(self, step: int) -> tuple[str, ...]:
+    def phase_at(self, step: int) -> Phase:
         frac = step / self.steps
-        return next((p.levels for p in self.curriculum if frac < p.until), self.curriculum[-1].levels)
+        return next((p for p in self.curriculum if frac < p.until), self.curriculum[-1])
+
+    def levels_at(self, step: int) -> tuple[str, ...]:
+        return self.phase_at(step).levels
+
+    def ratios_at(self, step: int) -> tuple[float, ...]:
+        return self.phase_at(step).ratios or self.train_ratios
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["model"] = self.model.to_dict()
-        d["curriculum"] = [{"until": p.until, "levels": list(p.levels)} for p in self.curriculum]
+        d["curriculum"] = [{"until": p.until, "levels": list(p.levels), **({"ratios": list(p.ratios)} if p.ratios else {})}
+                           for p in self.curriculum]
         for k in ("train_files", "train_ratios"):
             d[k] = list(d[k])
         return d

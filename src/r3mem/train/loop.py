@@ -21,7 +21,7 @@ import torch
 from r3mem.adapter import read_adapter, save_adapter
 from r3mem.backbone import base_model_id, load_base
 from r3mem.config import save_config
-from r3mem.losses import LossTerms, lm_losses, pair_losses
+from r3mem.losses import LossTerms, lm_losses, pair_losses, recon_losses
 from r3mem.model import R3MemModel
 from r3mem.train.config import TrainConfig
 from r3mem.train.data import TrainingData
@@ -50,6 +50,8 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 def step_losses(model: R3MemModel, batch: dict) -> LossTerms:
     c = model.cfg
+    if batch["level"] == "recon":
+        return recon_losses(model, batch["ctx"], batch["target"], batch["ratio"], c.w_cyc)
     if batch["level"] == "document":
         return lm_losses(model, batch["ids"], batch["mask"], c.w_fwd, c.w_bwd, c.w_cyc)
     return pair_losses(model, batch["ctx"], batch["query"], batch["target"], batch["ratio"], c.w_fwd, c.w_bwd, c.w_cyc,
@@ -95,6 +97,22 @@ def _resume(out: Path, model: R3MemModel, opt, sched) -> int:
     return int(ts["step"])
 
 
+def _init_from_adapter(path: str, model: R3MemModel) -> int:
+    """Load an adapter's weights (names and shapes must match) and return the step it had reached."""
+    from r3mem.adapter import AdapterError
+
+    _, state, meta = read_adapter(path)
+    own = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(state) != set(own):
+        raise AdapterError(f"init_adapter {path}: does not fit this model's trainable tensors")
+    with torch.no_grad():
+        for n, t in state.items():
+            if own[n].shape != t.shape:
+                raise AdapterError(f"init_adapter {path}: {n} has shape {tuple(t.shape)}, model expects {tuple(own[n].shape)}")
+            own[n].copy_(t)
+    return int(meta.get("step") or meta.get("steps") or 0)
+
+
 def _truncate_log(path: Path, upto_step: int) -> None:
     """Drop log lines past the checkpoint we resume from, so the log matches an uninterrupted run."""
     if not path.exists():
@@ -135,6 +153,8 @@ def _all_reduce_mean(tensors: list[torch.Tensor], world: int) -> None:
 def _n_tokens(batch: dict) -> int:
     if batch["level"] == "document":
         return int(batch["mask"].sum())
+    if batch["level"] == "recon":
+        return int(batch["ctx"][1].sum() + batch["target"][1].sum())
     return int(batch["ctx"][1].sum() + batch["target"][1].sum() + batch["query"][1].sum())
 
 
@@ -157,6 +177,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True, stop_af
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     start = _resume(out, model, opt, sched) if resume else 0
+    if start == 0 and cfg.init_adapter:
+        start = _init_from_adapter(cfg.init_adapter, model)
+        sched.last_epoch = start  # the schedule continues where the adapter's run stopped
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * lr_factor(start, cfg)
     log_path = out / "metrics.jsonl"
     if lead and not resume:
         log_path.unlink(missing_ok=True)

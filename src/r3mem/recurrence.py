@@ -1,0 +1,65 @@
+"""The document-level segment recurrence: the one loop that training, writing and evaluation share.
+
+    state_0 = M_0;  state_t = compress(segment_t | state_{t-1})
+
+A history of any length is folded segment by segment into a memory of constant size (retention).
+Training truncates back-propagation every `bptt_depth` segments; writing rounds the state to the
+storage dtype after every segment; evaluation scores each segment given the memory of the previous
+ones (or, with `carry=False`, given M_0 only, to measure what the memory adds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+__all__ = ["Folded", "fold"]
+
+
+@dataclass
+class Folded:
+    state: torch.Tensor  # [B, ...] the memory after the last segment
+    loss: torch.Tensor  # summed next-token loss over scored tokens (0 without labels)
+    n: torch.Tensor  # number of scored tokens
+    per_segment: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (loss sum, n) per segment
+
+
+def fold(model, state: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, *, bptt_depth: int | None = None,
+         with_loss: bool = False, score_first: bool = True, carry: bool = True,
+         store_dtype: torch.dtype | None = None, segment_len: int | None = None,
+         on_segment: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None) -> Folded:
+    """Fold [B, T] tokens (right-padded, `mask` 1 for real tokens) into `state`, segment by segment.
+
+    A row whose segment is all padding keeps its memory, so a batch equals its rows run alone.
+    `bptt_depth`: gradients cross at most this many segment transitions (the state is detached
+    every `bptt_depth` segments); None: never detached. `with_loss`: each segment's tokens are
+    scored given the memory (`score_first=False` leaves each segment's first token out).
+    `carry=False` reads the initial `state` at every segment (memory reset). `store_dtype` rounds
+    the memory after every segment; `segment_len` overrides the model's. `on_segment(state, seg_ids, seg_mask)` runs after each segment.
+    """
+    seg = segment_len or model.cfg.segment_len
+    initial = state
+    loss_sum, n_sum = ids.new_zeros((), dtype=torch.float32), ids.new_zeros(())
+    per: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for t, s in enumerate(range(0, ids.shape[1], seg)):
+        if bptt_depth is not None and t and t % bptt_depth == 0:
+            state = state.detach()
+        seg_ids, seg_mask = ids[:, s:s + seg], mask[:, s:s + seg]
+        labels = None
+        if with_loss:
+            labels = seg_ids.masked_fill(seg_mask == 0, -100)
+            if not score_first:
+                labels[:, 0] = -100
+        new, loss, n = model.compress(model.embed(seg_ids), seg_mask, state if carry else initial,
+                                      model.cfg.num_mem_tokens, labels)
+        if store_dtype is not None:
+            new = new.to(store_dtype)
+        keep = (seg_mask.sum(1) > 0).view(-1, *[1] * (new.dim() - 1))
+        state = torch.where(keep, new, state.to(new.dtype))
+        loss_sum, n_sum = loss_sum + loss, n_sum + n
+        per.append((loss, n))
+        if on_segment is not None:
+            on_segment(state, seg_ids, seg_mask)
+    return Folded(state, loss_sum, n_sum, per)

@@ -1,0 +1,131 @@
+"""Key/value memory: cache-prefix reading, key repositioning, gradients, 16-bit memory files."""
+
+import pytest
+import torch
+
+from conftest import ALL_LINEAR, perturb_trainables, tiny_cfg
+from r3mem import kv
+from r3mem.engine import R3Mem
+from r3mem.losses import recon_losses
+from r3mem.memfile import MemoryFileError, encode_memory
+from r3mem.model import COMPRESS, R3MemModel
+from r3mem.testing import FAMILIES, SAMPLE_TEXT, tiny_model, tiny_tokenizer
+from r3mem.writer import pad_batch
+
+
+def _ids(n: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(1, len(tiny_tokenizer()), (batch, n), generator=g)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kv_mode_without_memory_equals_the_bare_model(family):
+    """Fresh adapters (LoRA B = 0) and no memory: the model's pass is the base model's, bit for bit."""
+    bare = tiny_model(family)
+    model = R3MemModel(tiny_model(family), tiny_cfg(memory_mode="kv"))
+    ids = _ids(12, 2)
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        ref = bare(input_ids=ids, attention_mask=mask).logits
+        hidden, _, _, _ = model._run(model.embed(ids), mask, COMPRESS, None, 0)
+        torch.testing.assert_close(model.logits(hidden), ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_repositioned_cache_reads_like_the_original(family):
+    """Moving cached keys by c positions and reading them from c positions later changes nothing:
+    rotary attention sees only relative positions."""
+    base = tiny_model(family)
+    rot = kv.rotary_of(base.model)
+    prefix, cont = _ids(7), _ids(5, seed=1)
+    with torch.no_grad():
+        out = base.model(input_ids=prefix, use_cache=True)
+        state = kv.from_cache(out.past_key_values, 7)  # [1, L, 2, H, 7, hd]
+
+        def read(st, start):
+            return base.model(input_ids=cont, past_key_values=kv.to_cache(st, torch.float32),
+                              position_ids=torch.arange(start, start + 5)[None]).last_hidden_state
+
+        ref = read(state, 7)
+        moved = kv.reposition(rot, state, torch.tensor([11]))
+        torch.testing.assert_close(read(moved, 18), ref, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(read(moved, 7), ref, atol=1e-4), "positions must matter"
+        back = kv.reposition(rot, moved, torch.tensor([-11]))
+        torch.testing.assert_close(back, state, rtol=1e-4, atol=1e-5)
+
+
+def test_gradients_reach_write_tokens_and_compress_adapter_through_the_cache(tok):
+    model = R3MemModel(tiny_model("llama"), tiny_cfg(memory_mode="kv"))
+    perturb_trainables(model)
+    ids = tok(SAMPLE_TEXT.split("\n\n")[1], add_special_tokens=False)["input_ids"]
+    ctx = pad_batch([ids], tok.pad_token_id, torch.device("cpu"))
+    tgt = pad_batch([ids + [tok.eos_token_id]], tok.pad_token_id, torch.device("cpu"))
+    recon_losses(model, ctx, tgt, 4.0).backward.backward()
+    assert model.memory.write_emb.grad[: -(-len(ids) // 4)].abs().sum() > 0
+    # Every compress-direction LoRA that can shape a cached key/value gets a gradient: all of them but
+    # those of the last layer after its key/value projections (its output is never read).
+    last = f"layers.{model.lm.config.num_hidden_layers - 1}."
+    comp = {n: p.grad for n, p in model.named_parameters() if ".compress." in n and "lora_B" in n}
+    reach = {n: g for n, g in comp.items() if last not in n or any(k in n for k in ("k_proj", "v_proj"))}
+    assert len(reach) > len(comp) // 2
+    assert all(g is not None and g.abs().sum() > 0 for g in reach.values()), [n for n, g in reach.items() if g is None or not g.abs().sum()]
+
+
+def test_state_shape_is_layers_kv_heads_tokens_head_dim():
+    model = R3MemModel(tiny_model("llama"), tiny_cfg(memory_mode="kv"))
+    L, H, hd = kv.kv_shape(model.lm.config)
+    assert model.initial_state(3).shape == (3, L, 2, H, model.cfg.num_mem_tokens, hd)
+
+
+@pytest.fixture
+def kv_engine(tok):
+    model = R3MemModel(tiny_model("llama"), tiny_cfg(memory_mode="kv", target_modules=ALL_LINEAR["llama"]))
+    perturb_trainables(model)
+    return R3Mem(model, tok)
+
+
+def test_memory_is_stored_in_16_bit_and_round_trips_exactly(kv_engine, tmp_path):
+    mem = kv_engine.flush(kv_engine.write(SAMPLE_TEXT))
+    assert mem.doc_state.dtype == torch.float16
+    assert all(s.state.dtype == torch.float16 for s in mem.paragraphs + mem.entities)
+    kv_engine.save(mem, tmp_path / "m.r3mem")
+    back = kv_engine.load(tmp_path / "m.r3mem")
+    assert torch.equal(back.doc_state, mem.doc_state)
+    assert all(torch.equal(a.state, b.state) for a, b in zip(back.paragraphs, mem.paragraphs))
+    assert kv_engine.recall(back, index=1).text == kv_engine.recall(mem, index=1).text
+
+
+def test_incremental_write_equals_whole_with_16_bit_rounding(kv_engine):
+    paras = SAMPLE_TEXT.split("\n\n")
+    whole = kv_engine.flush(kv_engine.write("\n\n".join(paras * 3) + "\n\n"))
+    mem = kv_engine.new_memory()
+    for p in (paras * 3):
+        mem = kv_engine.write(p + "\n\n", mem)
+    parts = kv_engine.flush(mem)
+    assert whole.n_segments == parts.n_segments > 2
+    assert torch.equal(whole.doc_state, parts.doc_state)
+
+
+def test_old_format_version_is_refused_naming_both_versions(kv_engine, monkeypatch):
+    from r3mem import memfile
+
+    mem = kv_engine.write(SAMPLE_TEXT)
+    monkeypatch.setattr(memfile, "FORMAT_VERSION", 1)
+    old = encode_memory(mem, kv_engine.identity)
+    monkeypatch.undo()
+    with pytest.raises(MemoryFileError, match=r"format version 1 is no longer supported \(this r3mem reads version 2\)"):
+        kv_engine.from_bytes(old)
+
+
+def test_memory_of_the_wrong_shape_dtype_or_ids_is_refused_at_load(kv_engine):
+    mem = kv_engine.write(SAMPLE_TEXT)
+    bad_shape = mem.copy()
+    bad_shape.doc_state = mem.doc_state[:, :, :1]
+    bad_dtype = mem.copy()
+    bad_dtype.doc_state = mem.doc_state.float()
+    bad_ids = mem.copy()
+    bad_ids.pending_ids = [10**12]
+    for m, msg in ((bad_shape, "doc_state has shape"), (bad_dtype, "doc_state is float32"), (bad_ids, "outside the vocabulary")):
+        data = encode_memory(m, kv_engine.identity)  # checksum recomputed: only the content check can refuse it
+        with pytest.raises(MemoryFileError, match=msg):
+            kv_engine.from_bytes(data)
