@@ -1,6 +1,8 @@
 """The `r3mem` command line, driven in-process through typer's CliRunner on a tiny in-memory model."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -167,3 +169,153 @@ def test_demo_runs_the_main_job(tmp_path):
     assert saved.exists()
     text = ok("demo").output
     assert "compression ratio" in text and "recalled from memory" in text and "token exact match" in text
+
+
+# ----------------------------------------------------------------------------------- hardening (issue 13)
+
+
+def one_error(r, *words):
+    """The run failed with exit code 1 and exactly one `error:` line holding every word."""
+    assert r.exit_code == 1, (r.exit_code, r.output)
+    errors = [line for line in r.stderr.splitlines() if not line.startswith("note:")]
+    assert len(errors) == 1 and errors[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.output and "Usage" not in r.output
+    for word in words:
+        assert word in errors[0], (word, errors[0])
+    return errors[0]
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Loading the model fails the test: the command had to refuse its input before."""
+    def refuse(*_a, **_k):
+        raise AssertionError("the model was loaded")
+
+    for module in ("recall", "serve", "write", "demo", "memory"):
+        monkeypatch.setattr(f"r3mem.cli.{module}.load_engine", refuse, raising=False)
+
+
+def test_piped_input_with_a_bad_byte_stores_nothing(tmp_path, no_model):
+    db = tmp_path / "mem.db"
+    piped = b"Para one is fine.\n\nPara two is fine.\n\nbad \xff here.\n\n"
+    bad_at = piped.index(b"\xff")
+    one_error(run("write", "-", "--session", "s", "--store", db, input=piped), f"at byte {bad_at}", "--encoding")
+    one_error(run("write", "-", "--session", "t", "--store", db, input=b"\xffirst bad\n\nthen good\n"), "at byte 0")
+    assert not db.exists()  # no session, not even an empty one: nothing was opened
+
+
+def test_write_stores_all_turns_in_one_transaction(tmp_path):
+    with MemoryStore(tmp_path / "t.db") as store:
+        store.create_user("u")
+        store.create_session("u", "s")
+        with pytest.raises(ValueError, match="lone surrogate"):
+            store.append_turns("u", "s", [("user", "fine"), ("user", "bad \udcff")])
+        assert store.list_turns("u", "s") == [] and store.get_session("u", "s").turn_count == 0
+        assert [t.index for t in store.append_turns("u", "s", [("user", "a"), ("bot", "b")])] == [1, 2]
+
+
+def test_other_encodings_are_named_by_an_option(tmp_path):
+    book = tmp_path / "latin1.txt"
+    book.write_bytes("Caf\xe9 au lait by the river.\n\nA second paragraph.\n".encode("latin-1"))
+    db = tmp_path / "enc.db"
+    one_error(run("write", book, "--session", "s", "--store", db), "latin1.txt", "byte 3", "--encoding latin-1")
+    ok("write", book, "--session", "s", "--store", db, "--encoding", "latin-1")
+    with MemoryStore(db) as store:
+        assert store.list_turns("local", "s")[0].text == "Café au lait by the river."
+    one_error(run("write", book, "--session", "s", "--store", db, "--encoding", "klingon"), "--encoding", "klingon")
+    one_error(run("demo", "--text", book), "--encoding")
+    assert "--encoding" in ok("demo", "--help").output
+
+
+def test_unreadable_inputs_get_the_one_line_error(tmp_path, text_file, monkeypatch, no_model):
+    locked = tmp_path / "locked.txt"
+    locked.write_text(TEXT)
+    locked.chmod(0)
+    real_access = os.access
+    # root reads mode-000 files; emulate a normal user, for whom os.access (click's check as well) says no
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == locked else real_access(p, mode, **kw))
+    try:
+        for args in (["write", locked, "--session", "s"], ["write", text_file, "--memory", locked],
+                     ["recall", "--memory", locked], ["memory", "import", locked], ["demo", "--text", locked]):
+            one_error(run(*args), "cannot read", "locked.txt", "permission denied")
+    finally:
+        locked.chmod(0o600)
+
+
+def test_serve_refuses_a_bad_port_in_one_line_before_loading(no_model):
+    for port in ("99999", "-1"):
+        one_error(run("serve", "--port", port), "--port", "0-65535")
+
+
+def test_recall_refuses_a_bad_memory_file_before_loading(tmp_path, no_model):
+    bad = tmp_path / "bad.r3mem"
+    bad.write_bytes(b"definitely not a memory file")
+    one_error(run("recall", "--memory", bad), "bad.r3mem", "not a memory file")
+    one_error(run("write", "-", "--memory", bad, input="Some text.\n"), "bad.r3mem")
+
+
+def _cli_export(tmp_path, text_file):
+    db = tmp_path / "src.db"
+    ok("write", text_file, "--store", db, "--session", "a")
+    out = tmp_path / "a.json"
+    ok("memory", "export", "a", "--store", db, "--out", out)
+    return json.loads(out.read_text())
+
+
+def test_memory_import_checks_the_memory_against_the_model(tmp_path, text_file):
+    import base64
+    from dataclasses import replace
+
+    import torch
+
+    from r3mem.cli.common import load_engine
+
+    exported = _cli_export(tmp_path, text_file)
+    engine = load_engine(None, "tiny-llama")  # what the command loads
+    mem = engine.from_bytes(base64.b64decode(exported["memory"]["blob_b64"]))
+    state = mem.doc_state
+    foreign = load_engine(None, "tiny-gpt2")
+    cases = [(engine.to_bytes(replace(mem, doc_state=torch.zeros(*state.shape[:-1], 3, dtype=state.dtype))), "shape"),
+             (engine.to_bytes(replace(mem, pending_ids=[10**12])), "vocabulary"),
+             (foreign.to_bytes(foreign.new_memory()), "base_model_id")]
+    db = tmp_path / "dst.db"
+    for i, (blob, words) in enumerate(cases):
+        data = json.loads(json.dumps(exported))
+        data["memory"]["blob_b64"] = base64.b64encode(blob).decode()
+        data["memory"].pop("blob_sha256")
+        path = tmp_path / f"bad{i}.json"
+        path.write_text(json.dumps(data))
+        one_error(run("memory", "import", path, "--store", db, "--user", "bob"), words)
+    broken = dict(exported, turns=[dict(exported["turns"][0], index=2**63)])
+    (tmp_path / "range.json").write_text(json.dumps(broken))
+    one_error(run("memory", "import", tmp_path / "range.json", "--store", db, "--user", "bob"), "turns[0].index")
+    inf = json.dumps(exported).replace(str(exported["session"]["created_at"]), "Infinity", 1)
+    (tmp_path / "inf.json").write_text(inf)
+    one_error(run("memory", "import", tmp_path / "inf.json", "--store", db, "--user", "bob"), "created_at")
+    assert not db.exists() or json.loads(ok("memory", "list", "--store", db, "--user", "bob", "--json").stdout) == []
+
+
+def test_library_noise_is_hidden_unless_debugging(monkeypatch):
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from r3mem.cli.common import quiet_libraries
+
+    for name in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(name, raising=False)
+    hf_logging.enable_progress_bar()  # as a fresh process starts (an earlier command may have disabled it)
+    try:
+        monkeypatch.setenv("R3MEM_DEBUG", "1")
+        quiet_libraries()
+        assert hf_logging.is_progress_bar_enabled()
+        monkeypatch.delenv("R3MEM_DEBUG")
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            quiet_libraries()
+            warnings.warn("`is_gradient_checkpointing` is deprecated", FutureWarning)
+        assert seen == [] and not hf_logging.is_progress_bar_enabled()
+        assert hf_logging.get_verbosity() == hf_logging.ERROR
+    finally:
+        hf_logging.enable_progress_bar()
+        hf_logging.set_verbosity_warning()

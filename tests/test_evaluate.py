@@ -315,3 +315,14 @@ def test_make_table_with_zero_and_more_results(tmp_path):
     text = readme.read_text()
     assert "| rag | run | r3mem | em 0.250, f1 0.500 | 40.000 | nq.jsonl.gz | 4 | 01234567 | [2026-11-24](rag/results/run.json) |" in text
     assert "recurrent" not in text and "old" not in text
+
+
+def test_latin1_book_needs_and_takes_encoding(tmp_path):
+    book = tmp_path / "latin1.txt"
+    book.write_bytes(("Le caf\u00e9 du port ouvrait t\u00f4t chaque matin pour les marins.\n\n"
+                      "Les p\u00eacheurs y buvaient un caf\u00e9 noir avant de partir en mer.\n\n").encode("latin-1"))
+    msg = _fails("recon", "--data", str(book), "--base-model", "tiny-llama", "--methods", "no_memory")
+    assert "invalid UTF-8 at byte" in msg and "--encoding" in msg
+    doc = run_eval("recon", book, "--limit", "1", "--ratios", "4", "--methods", "no_memory", "--encoding", "latin-1")
+    assert doc["task"] == "recon"
+    assert "unknown encoding" in _fails("recon", "--data", str(book), "--encoding", "klingon")

@@ -2,6 +2,7 @@
 and `r3mem serve` in a subprocess stopped with SIGINT. Tiny in-memory model, real SQLite store."""
 
 import base64
+import json
 import os
 import signal
 import socket
@@ -260,24 +261,34 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_serve_stops_gracefully_without_losing_acknowledged_writes(tmp_path):
-    db, port = tmp_path / "served.db", _free_port()
+def _serve(store: str, port: int) -> subprocess.Popen:
+    """`r3mem serve` on 127.0.0.1:port over `store`, tiny model, in a subprocess."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
            "R3MEM_BASE_MODEL": "tiny-llama", "R3MEM_ADMIN_TOKEN": ADMIN, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "r3mem.cli.main", "serve", "--store", str(db), "--port", str(port),
-                             "--log-level", "warning"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-m", "r3mem.cli.main", "serve", "--store", store, "--host", "127.0.0.1",
+                             "--port", str(port), "--log-level", "warning"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while True:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.time() < deadline, "server did not start"
+        time.sleep(0.2)
+
+
+def test_serve_stops_gracefully_without_losing_acknowledged_writes(tmp_path):
+    db, port = tmp_path / "served.db", _free_port()
+    proc = _serve(str(db), port)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.2)
+        _wait_healthy(proc, url)
         token = httpx.post(f"{url}/users", json={"user_id": "alice"}, headers=bearer(ADMIN)).json()["token"]
         httpx.post(f"{url}/sessions", json={"session_id": "s"}, headers=bearer(token))
         acked, stop = [], threading.Event()
@@ -315,3 +326,292 @@ def test_serve_stops_gracefully_without_losing_acknowledged_writes(tmp_path):
     assert all(turns[a["index"]] == a["text"] for a in acked)
     in_memory = {r.turn_id for r in stored.slots if r.level == "paragraph"}
     assert {a["index"] for a in acked} <= in_memory
+
+
+# ----------------------------------------------------------------------------------- hardening (issue 13)
+
+
+def _exported(client, alice, sid="src", texts=("Henry Sibley built a stone house.",)):
+    client.post("/sessions", json={"session_id": sid}, headers=alice)
+    for text in texts:
+        assert client.post(f"/sessions/{sid}/write", json={"text": text}, headers=alice).status_code == 201
+    return client.get(f"/sessions/{sid}/export", headers=alice).json()
+
+
+def post_json(client, path, data, headers, **kw):
+    """POST `data` as ASCII JSON (httpx's json= cannot send a lone surrogate, NaN or Infinity)."""
+    return client.post(path, content=json.dumps(data).encode(), headers={**headers, "content-type": "application/json"}, **kw)
+
+
+def _session_ids(client, headers):
+    r = client.get("/sessions", headers=headers)
+    assert r.status_code == 200, r.text  # the list always loads
+    return [s["session_id"] for s in r.json()["sessions"]]
+
+
+def test_session_ids_must_be_reachable_in_paths(client, alice):
+    for bad in ("a/b", "../etc", "..", ".", ".hidden", "a b", "é", "x" * 129):
+        assert_error(client.post("/sessions", json={"session_id": bad}, headers=alice), 422, "invalid_request",
+                     "session_id")
+    exported = _exported(client, alice, "sa")
+    assert_error(client.post("/sessions/import", params={"session_id": "a/b"}, json=exported, headers=alice), 422,
+                 "invalid_request", "session_id")
+    renamed = dict(exported, session=dict(exported["session"], session_id="x/y"))
+    assert_error(client.post("/sessions/import", json=renamed, headers=alice), 422, "invalid_request", "session_id")
+    assert _session_ids(client, alice) == ["sa"]
+    # %2F is decoded before routing: it must not reach another route (here: the turns of "sa")
+    assert_error(client.get("/sessions/sa%2Fturns", headers=alice), 404, "not_found", "%2F")
+    assert_error(client.delete("/sessions/sa%2f", headers=alice), 404, "not_found")
+    ok = "A-z_0.9~x"
+    assert client.post("/sessions", json={"session_id": ok}, headers=alice).status_code == 201
+    for method, path in [("get", ""), ("get", "/turns"), ("get", "/export"), ("delete", "")]:
+        assert client.request(method, f"/sessions/{ok}{path}", headers=alice).status_code in (200, 204), path
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["SessionIn"]["properties"]
+    assert "pattern" in str(schema["session_id"]) and "32 levels" in schema["meta"]["description"]
+
+
+def test_meta_that_cannot_be_served_is_refused_before_storing(client, alice, store):
+    deep: dict = {}
+    for _ in range(300):
+        deep = {"x": deep}
+    json_headers = {**alice, "content-type": "application/json"}
+    cases = [json.dumps({"session_id": "deep", "meta": deep}).encode(),
+             b'{"session_id": "sur", "meta": {"x": "\\ud800"}}',
+             b'{"meta": {"x": ["\\udfff"]}}',  # no id: the client would never learn the random one
+             b'{"session_id": "nan", "meta": {"x": NaN}}']
+    for body in cases:
+        assert_error(client.post("/sessions", content=body, headers=json_headers), 400, "invalid_request", "meta")
+    exported = _exported(client, alice, "src")
+    for meta in (deep, {"x": "\ud800"}):
+        bad = dict(exported, session=dict(exported["session"], meta=meta))
+        assert_error(post_json(client, "/sessions/import", bad, alice, params={"session_id": "imp"}), 400,
+                     "invalid_request", "meta")
+    assert _session_ids(client, alice) == ["src"] and client.get("/sessions/src", headers=alice).status_code == 200
+    with pytest.raises(ValueError, match="bytes as JSON"):
+        store.create_session("alice", "big", meta={"x": "y" * 70_000})
+
+
+def _set(data, path, value):
+    """A deep copy of `data` with the item at `path` (keys and indices) replaced by `value`."""
+    data = json.loads(json.dumps(data))
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return data
+
+
+def test_malformed_imports_are_4xx_and_keep_the_connection(client, alice):
+    exported = _exported(client, alice, "src")
+    cases = [
+        (("turns", 0, "index"), 2**63, "turns[0].index"), (("turns", 0, "index"), 10**30, "turns[0].index"),
+        (("turns", 0, "index"), 0, "turns[0].index"), (("session", "turn_count"), 10**30, "turn_count"),
+        (("memory", "version"), 2**63, "memory.version"), (("memory", "version"), 0, "memory.version"),
+        (("memory", "slots", 0, "start"), 10**30, "slot 0 start"),
+        (("memory", "slots", 0, "turn_id"), -1, "slot 0 turn_id"),
+        (("memory", "through_turn"), 10**9, "through_turn"),  # beyond the last turn: later writes would be skipped
+        (("turns", 0, "text"), "\ud800", "turns[0].text"), (("turns", 0, "speaker"), 7, "speaker"),
+        (("turns",), {"a": 1}, "turns"), (("memory",), [], "memory"), (("session",), None, "session"),
+    ]
+    for path, value, words in cases:
+        r = post_json(client, "/sessions/import", _set(exported, path, value), alice, params={"session_id": "imp"})
+        assert_error(r, 400, "invalid_request", words)
+        assert "connection" not in r.headers  # no 500 (after which the server drops the keep-alive connection)
+    no_id = _set(exported, ("session",), {k: v for k, v in exported["session"].items() if k != "session_id"})
+    assert_error(client.post("/sessions/import", json=no_id, headers=alice), 400, "invalid_request", "session_id")
+    assert _session_ids(client, alice) == ["src"]
+
+
+def test_import_refuses_infinite_timestamps(client, alice):
+    exported = _exported(client, alice, "src")
+    json_headers = {**alice, "content-type": "application/json"}
+    for path in (("session", "created_at"), ("memory", "updated_at"), ("turns", 0, "timestamp")):
+        for token in ("Infinity", "1e999", "-Infinity", "NaN"):
+            body = json.dumps(_set(exported, path, "@@")).replace('"@@"', token).encode()
+            r = client.post("/sessions/import", params={"session_id": "imp"}, content=body, headers=json_headers)
+            assert_error(r, 400, "invalid_request", ".".join(str(p) for p in path).replace(".0.", "[0]."))
+    assert _session_ids(client, alice) == ["src"]
+
+
+def _edited_blob(engine, blob_b64, **changes):
+    """The memory with `changes` applied, re-encoded with a correct checksum (as an attacker could)."""
+    from dataclasses import replace
+
+    mem = engine.from_bytes(base64.b64decode(blob_b64))
+    return base64.b64encode(engine.to_bytes(replace(mem, **changes))).decode()
+
+
+def test_import_refuses_memories_the_engine_cannot_use(client, alice, engine):
+    import torch
+
+    exported = _exported(client, alice, "src")
+    state = engine.new_memory().doc_state
+    vocab = engine.memory_spec.vocab
+    for changes, words in [({"doc_state": torch.zeros(*state.shape[:-1], state.shape[-1] + 1, dtype=state.dtype)}, "shape"),
+                           ({"doc_state": state.float()}, "float32"),
+                           ({"pending_ids": [10**12]}, "vocabulary"), ({"pending_ids": [-5]}, "vocabulary"),
+                           ({"pending_ids": [vocab]}, "vocabulary")]:
+        bad = _set(exported, ("memory", "blob_b64"), _edited_blob(engine, exported["memory"]["blob_b64"], **changes))
+        bad["memory"].pop("blob_sha256")
+        assert_error(client.post("/sessions/import", params={"session_id": "imp"}, json=bad, headers=alice), 400,
+                     "invalid_request", words)
+    assert _session_ids(client, alice) == ["src"]
+
+
+def test_a_write_that_fails_stores_no_turn(client, alice, engine, store):
+    import torch
+
+    client.post("/sessions", json={"session_id": "s"}, headers=alice)
+    state = engine.new_memory().doc_state
+    broken = engine.to_bytes(engine.new_memory().__class__(doc_state=torch.zeros(*state.shape[:-1], 3, dtype=state.dtype)))
+    store.put_memory("alice", "s", broken, [], through_turn=0)  # e.g. written by a buggy older release
+    assert_error(client.post("/sessions/s/write", json={"text": "hello"}, headers=alice), 400, "invalid_request", "shape")
+    assert_error(client.post("/sessions/s/write", content=b'{"text": "bad \\udcff here"}',
+                             headers={**alice, "content-type": "application/json"}), 422, "invalid_request", "text")
+    assert client.get("/sessions/s/turns", headers=alice).json() == {"turns": []}
+    assert client.get("/sessions/s", headers=alice).json()["turn_count"] == 0
+
+
+def test_imported_session_keeps_writing_into_memory(client, alice):
+    exported = _exported(client, alice, "src", texts=("One.", "Two."))
+    version = exported["memory"]["version"]
+    assert client.post("/sessions/import", params={"session_id": "imp"}, json=exported, headers=alice).status_code == 201
+    w = client.post("/sessions/imp/write", json={"text": "Three."}, headers=alice).json()
+    assert w["turn"]["index"] == 3 and w["memory_version"] == version + 1
+    info = client.get("/sessions/imp", headers=alice).json()["memory"]
+    assert info["through_turn"] == 3 and info["version"] == version + 1
+
+
+def _mutations():
+    from hypothesis import strategies as st
+
+    edge = st.sampled_from([2**31, 2**63, 10**30, -1, 0, 10**9, float("inf"), float("-inf"), float("nan"), "\ud800",
+                            "a/b", "..", "", "AAAA", "x" * 300, None, [], {}])
+    odd = st.one_of(edge, st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
+                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
+                    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+    odd = st.one_of(edge, edge, odd)  # edges of every range most often: that is where imports broke
+    paths = st.sampled_from([(), ("format",), ("format_version",), ("session",), ("session", "session_id"),
+                             ("session", "meta"), ("session", "created_at"), ("session", "turn_count"), ("turns",),
+                             ("turns", 0), ("turns", 0, "index"), ("turns", 0, "text"), ("turns", 0, "speaker"),
+                             ("turns", 0, "timestamp"), ("memory",), ("memory", "blob_b64"), ("memory", "blob_sha256"),
+                             ("memory", "version"), ("memory", "through_turn"), ("memory", "updated_at"),
+                             ("memory", "slots"), ("memory", "slots", 0), ("memory", "slots", 0, "start"),
+                             ("memory", "slots", 0, "level"), ("memory", "slots", 0, "turn_id")])
+    return st.lists(st.tuples(paths, odd), min_size=1, max_size=3)
+
+
+def test_fuzzed_imports_never_500_nor_write_partially(client, alice):
+    from hypothesis import HealthCheck, given, settings
+
+    exported = _exported(client, alice, "src")
+    before = _session_ids(client, alice)
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(_mutations())
+    def check(mutations):
+        data = exported
+        for path, value in mutations:
+            data = _mutate(data, path, value)
+        r = post_json(client, "/sessions/import", data, alice, params={"session_id": "fz"})
+        assert r.status_code in (201, 400, 409, 422), r.text
+        assert "\n" not in r.json().get("message", "")
+        if r.status_code == 201:
+            got = client.get("/sessions/fz", headers=alice).json()
+            assert isinstance(got["created_at"], float) and got["memory"]["through_turn"] <= got["turn_count"], got
+            assert client.get("/sessions/fz/export", headers=alice).status_code == 200
+            assert client.delete("/sessions/fz", headers=alice).status_code == 204
+        assert _session_ids(client, alice) == before
+
+    check()
+
+
+def _mutate(data, path, value):
+    """`data` with the item at `path` replaced by `value` (the whole of it for `()`); unchanged when an
+    earlier mutation removed the place `path` leads to."""
+    if not path:
+        return value
+    target = data
+    for key in path:
+        fits = isinstance(target, dict) and isinstance(key, str) or isinstance(target, list) and isinstance(key, int)
+        if not fits or (isinstance(target, list) and key >= len(target)) or (isinstance(target, dict) and key not in target):
+            return data
+        target = target[key]
+    return _set(data, path, value)
+
+
+PG_URL = os.environ.get("R3MEM_TEST_PG_URL")
+
+
+@pytest.fixture
+def pg_store_url():
+    """A PostgreSQL store URL on a throw-away schema of the CI's server (see tests/test_store.py)."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    base = make_url(PG_URL)
+    base = base.set(drivername="postgresql+psycopg") if base.drivername in ("postgresql", "postgres") else base
+    name = f"r3mem_replicas_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{name}"'))
+    try:
+        yield base.update_query_dict({"options": f"-csearch_path={name}"}).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.mark.skipif(not PG_URL, reason="R3MEM_TEST_PG_URL not set (eval \"$(bash scripts/ci_postgres.sh)\")")
+def test_two_replicas_on_one_postgres_store(pg_store_url):
+    """Two `r3mem serve` processes on one database, writes to one session through both: no lost or
+    duplicated turn, the memory covers every acknowledged turn in order, versions increase."""
+    with MemoryStore(pg_store_url) as store:  # schema created once, before the replicas start
+        store.create_user("alice", token="alice-token")
+        store.create_session("alice", "s")
+    ports = [_free_port(), _free_port()]
+    procs = [_serve(pg_store_url, port) for port in ports]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    acked, failures = [], []
+    try:
+        for proc, url in zip(procs, urls):
+            _wait_healthy(proc, url, timeout=180)
+
+        def writer(w):
+            mine = []
+            with httpx.Client(timeout=120, headers=bearer("alice-token")) as c:
+                for i in range(4):  # alternate replicas, as a round-robin load balancer would
+                    r = c.post(f"{urls[(w + i) % 2]}/sessions/s/write", json={"text": f"writer {w} line {i}"})
+                    (mine if r.status_code == 201 else failures).append(r.json())
+            acked.append(mine)
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert not any(t.is_alive() for t in threads), "writers did not finish"
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert failures == [] and sum(map(len, acked)) == 16
+    turns = [a["turn"] for mine in acked for a in mine]
+    assert sorted(t["index"] for t in turns) == list(range(1, 17))  # none lost, none duplicated
+    for mine in acked:  # a writer's next write is covered by a strictly newer memory
+        versions = [a["memory_version"] for a in mine]
+        assert versions == sorted(set(versions)), versions
+    with MemoryStore(pg_store_url) as store:
+        texts = {t.index: t.text for t in store.list_turns("alice", "s")}
+        stored = store.get_memory("alice", "s")
+    assert all(texts[t["index"]] == t["text"] for t in turns) and len(texts) == 16
+    assert stored.through_turn == 16 and stored.version >= max(a["memory_version"] for m in acked for a in m)
+    assert [r.turn_id for r in stored.slots if r.level == "paragraph"] == list(range(1, 17))

@@ -590,3 +590,21 @@ def test_default_path_honours_r3mem_home(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.delenv("R3MEM_HOME")
     default = MemoryStore.default_path()
     assert default.name == "store.db" and "r3mem" in default.parts
+
+
+def test_new_sqlite_store_files_are_owner_only(tmp_path: Path) -> None:
+    old = os.umask(0o022)  # the usual umask, under which files would be created 0644
+    try:
+        path = tmp_path / "new" / "store.db"
+        with MemoryStore(path) as store:
+            _populate(store, "alice", sessions=1)
+            files = [p for p in path.parent.iterdir() if p.name.startswith("store.db")]
+            assert {p.name for p in files} >= {"store.db", "store.db-wal"}
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}
+        assert set(modes.values()) == {0o600}, modes  # -wal and -shm take the database file's mode
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        path.chmod(0o640)  # an existing file keeps the mode its owner chose
+        MemoryStore(path).close()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)

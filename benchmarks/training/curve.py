@@ -56,7 +56,7 @@ def score(folder: Path, run: str, n: int, ratios: list[float]) -> dict:
     return {"run": run, "step": step, "examples_seen": seen, "adapter_hash": engine.adapter_hash,
             "memory_mode": engine.config.memory_mode, "n_paragraphs": len(paras), "date": datetime.date.today().isoformat(),
             "commit": _versions()["commit"], "wall_s": round(time.perf_counter() - t0, 1),
-            "ratios": {r: {k: v[k] for k in ("token_exact_match", "paragraph_exact_match", "bleu", "rouge_l", "mean_memory_tokens")}
+            "ratios": {r: {k: v[k] for k in ("token_exact_match", "paragraph_exact_match", "bleu", "rouge_l", "mean_memory_tokens", "confidence")}
                        | {"example": v["examples"][0]} for r, v in rec.items()}}
 
 

@@ -169,7 +169,8 @@ class ChatAgent:
         items = [(speaker, _check_text("text", text)) for speaker, text in turns]  # all checked before any is stored
         if items:
             self.memory()
-        stored = [self.store.append_turn(self.user_id, self.session_id, text, speaker) for speaker, text in items]
+        # One transaction: a failure stores none of them, so a rerun does not store any twice.
+        stored = self.store.append_turns(self.user_id, self.session_id, items) if items else []
         if stored:
             self._sync_stored(stored, progress)
         return stored

@@ -81,7 +81,8 @@ class R3MemModel(nn.Module):
         self.memory = VirtualMemory(hidden, cfg.num_mem_tokens, cfg.max_slot_tokens, len(layers),
                                     cfg.memory_mode == "layerwise", emb_rms, gen, cfg.layer_gate_init,
                                     read_map=not self.kv)
-        self._rot = kv.rotary_of(self.body) if self.kv else None
+        # The body's own rotary module, referenced (not a submodule of ours: it is already the body's).
+        object.__setattr__(self, "_rot", kv.rotary_of(self.body) if self.kv else None)
         self.couplings = (nn.ModuleList(Coupling(hidden, cfg.coupling_hidden, gen) for _ in layers)
                           if cfg.reversible_mode == "coupling" else None)
         self._ctx: _CallContext | None = None
@@ -267,8 +268,13 @@ class R3MemModel(nn.Module):
     def decode(self, state: torch.Tensor, max_new_tokens: int, eos_id: int | None,
                query: tuple[torch.Tensor, torch.Tensor] | None = None, direction: str = EXPAND,
                marker: int = EXPAND_MARK, prompt: tuple[torch.Tensor, torch.Tensor] | None = None,
-               temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> list[list[int]]:
-        """Greedy (temperature 0) or nucleus-sampled decoding with a key/value cache."""
+               temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None,
+               probs: list[list[float]] | None = None) -> list[list[int]]:
+        """Greedy (temperature 0) or nucleus-sampled decoding with a key/value cache.
+
+        `probs`, if given a list, receives per row the probability the model gave each token it
+        produced (softmax of the logits at temperature 1), from the same pass: no extra forward.
+        """
         if prompt is not None and self.kv:  # LM continuation: [memory as cache] + prompt tokens
             x, m, k = self.embed(prompt[0]), prompt[1], 0
         elif prompt is not None:  # LM continuation: [memory] + prompt tokens
@@ -284,14 +290,19 @@ class R3MemModel(nn.Module):
         done = torch.zeros(B, dtype=torch.bool, device=x.device)
         pos = mp.sum(1, keepdim=True) - 1
         last = hidden[:, -1]
+        p_out: list[list[float]] = [[] for _ in range(B)]
         for _ in range(max_new_tokens):
-            nxt = self._pick(self.logits(last).float(), temperature, top_p, generator)
+            logits = self.logits(last).float()
+            nxt = self._pick(logits, temperature, top_p, generator)
+            p_nxt = torch.softmax(logits, -1).gather(-1, nxt[:, None])[:, 0].tolist() if probs is not None else None
             for b in range(B):
                 if not done[b]:
                     if eos_id is not None and nxt[b].item() == eos_id:
                         done[b] = True
                     else:
                         out[b].append(int(nxt[b]))
+                        if p_nxt is not None:
+                            p_out[b].append(p_nxt[b])
             if bool(done.all()):
                 break
             pos = pos + 1
@@ -304,6 +315,8 @@ class R3MemModel(nn.Module):
             finally:
                 self._ctx = None
             cache, last = o.past_key_values, o.last_hidden_state[:, -1]
+        if probs is not None:
+            probs.extend(p_out)
         return out
 
     @staticmethod

@@ -7,6 +7,7 @@ by the backward model, conditioned on the query.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -17,7 +18,7 @@ from r3mem.model import COMPRESS, QUERY, R3MemModel
 from r3mem.data.spans import paragraph_spans
 from r3mem.writer import compress_texts, effective_doc_state, pad_batch, tokenize
 
-__all__ = ["Recalled", "recall", "recall_many", "score_query", "reconstruct", "LEVELS"]
+__all__ = ["Recalled", "Reconstruction", "recall", "recall_many", "score_query", "reconstruct", "reconstruct_scored", "LEVELS"]
 
 LEVELS = ("document", "paragraph", "entity")
 _BATCH = 8
@@ -27,10 +28,18 @@ _BATCH = 8
 class Recalled:
     text: str
     level: str
-    slots: list[dict] = field(default_factory=list)  # level, key, start, end, score, text (this slot's expansion)
+    # level, key, start, end, score, text (this slot's expansion), confidence {geo_mean, min} and
+    # tokens [{text, p}]: each produced token with the probability the model gave it
+    slots: list[dict] = field(default_factory=list)
+
+    @property
+    def confidence(self) -> float | None:
+        """How far to trust the recall: the least confident slot's geometric-mean token probability."""
+        vals = [s["confidence"]["geo_mean"] for s in self.slots if s.get("confidence", {}).get("geo_mean") is not None]
+        return min(vals) if vals else None
 
     def to_dict(self) -> dict:
-        return {"text": self.text, "level": self.level, "slots": self.slots}
+        return {"text": self.text, "level": self.level, "confidence": self.confidence, "slots": self.slots}
 
 
 def _groups(states: list[torch.Tensor]) -> dict[int, list[int]]:
@@ -63,15 +72,32 @@ def score_query(model: R3MemModel, tok, states: list[torch.Tensor], query: str) 
     return scores
 
 
+@dataclass
+class Reconstruction:
+    """One backward expansion: its text, the tokens produced and the probability the model gave each."""
+
+    text: str
+    token_ids: list[int]
+    token_probs: list[float]
+
+    def confidence(self) -> dict[str, float | None]:
+        """Slot-level confidence: geometric mean and minimum of the token probabilities (None: no token)."""
+        if not self.token_probs:
+            return {"geo_mean": None, "min": None}
+        logs = [math.log(max(p, 1e-12)) for p in self.token_probs]
+        return {"geo_mean": math.exp(sum(logs) / len(logs)), "min": min(self.token_probs)}
+
+
 @torch.no_grad()
-def reconstruct(model: R3MemModel, tok, states: list[torch.Tensor], max_tokens: list[int],
-                query: str | list[str | None] | None = None, temperature: float = 0.0, top_p: float = 1.0,
-                generator: torch.Generator | None = None) -> list[str]:
-    """Backward expansion of each memory into text (greedy unless temperature > 0).
+def reconstruct_scored(model: R3MemModel, tok, states: list[torch.Tensor], max_tokens: list[int],
+                       query: str | list[str | None] | None = None, temperature: float = 0.0, top_p: float = 1.0,
+                       generator: torch.Generator | None = None) -> list[Reconstruction]:
+    """Backward expansion of each memory into text (greedy unless temperature > 0), with per-token
+    probabilities from the same decoding pass.
 
     `query` conditions every expansion, or, as a list, each memory on its own query (None: none).
     """
-    out = [""] * len(states)
+    out: list[Reconstruction | None] = [None] * len(states)
     queries = query if isinstance(query, list) else [query] * len(states)
     qids = [query_ids(model, tok, q) if q else [] for q in queries]
     for _, chunks in _groups(states).items():
@@ -79,11 +105,20 @@ def reconstruct(model: R3MemModel, tok, states: list[torch.Tensor], max_tokens: 
             st = torch.stack([states[i] for i in chunk])
             rows = [qids[i] for i in chunk]
             qb = pad_batch(rows, tok.pad_token_id, st.device) if any(rows) else None
+            probs: list[list[float]] = []
             ids = model.decode(st, max(max_tokens[i] for i in chunk), tok.eos_token_id, query=qb,
-                               temperature=temperature, top_p=top_p, generator=generator)
+                               temperature=temperature, top_p=top_p, generator=generator, probs=probs)
             for j, i in enumerate(chunk):
-                out[i] = tok.decode(ids[j][:max_tokens[i]], skip_special_tokens=True)
-    return out
+                got = ids[j][:max_tokens[i]]
+                out[i] = Reconstruction(tok.decode(got, skip_special_tokens=True), got, probs[j][:len(got)])
+    return out  # type: ignore[return-value]
+
+
+def reconstruct(model: R3MemModel, tok, states: list[torch.Tensor], max_tokens: list[int],
+                query: str | list[str | None] | None = None, temperature: float = 0.0, top_p: float = 1.0,
+                generator: torch.Generator | None = None) -> list[str]:
+    """The texts of `reconstruct_scored`."""
+    return [r.text for r in reconstruct_scored(model, tok, states, max_tokens, query, temperature, top_p, generator)]
 
 
 def _pending_slot(model: R3MemModel, tok, mem: Memory) -> list[Slot]:
@@ -154,15 +189,30 @@ def recall_many(model: R3MemModel, tok, mems: list[Memory], queries: list[str | 
     cap = max_new_tokens or model.cfg.max_recall_tokens
     picks = [_select(model, tok, m, q, level, index, top_k) for m, q in zip(mems, queries)]
     flat = [(slot, q) for (slots, _), q in zip(picks, queries) for slot in slots]
-    texts = iter(reconstruct(model, tok, [s.state for s, _ in flat], [_cap(s, cap) for s, _ in flat],
-                             [q for _, q in flat], temperature, top_p, generator))
+    recs = iter(reconstruct_scored(model, tok, [s.state for s, _ in flat], [_cap(s, cap) for s, _ in flat],
+                                   [q for _, q in flat], temperature, top_p, generator))
     out = []
     for slots, scores in picks:
-        got = [next(texts) for _ in slots]
-        meta = [{"level": c.level, "key": c.key, "start": c.start, "end": c.end, "score": sc, "text": t}
-                for c, sc, t in zip(slots, scores, got)]
-        out.append(Recalled("\n\n".join(got), level, meta))
+        got = [next(recs) for _ in slots]
+        meta = [{"level": c.level, "key": c.key, "start": c.start, "end": c.end, "score": sc, "text": r.text,
+                 "confidence": r.confidence(), "tokens": _token_pieces(tok, r)}
+                for c, sc, r in zip(slots, scores, got)]
+        out.append(Recalled("\n\n".join(r.text for r in got), level, meta))
     return out
+
+
+def _token_pieces(tok, rec: Reconstruction) -> list[dict]:
+    """Each produced token's text and probability; the pieces concatenate to the recalled text
+    (byte-level pieces that split a character are merged with the next one)."""
+    pieces, ids = [], []
+    for i, (t, p) in enumerate(zip(rec.token_ids, rec.token_probs)):
+        ids.append((t, p))
+        text = tok.decode([x for x, _ in ids], skip_special_tokens=True)
+        if "\ufffd" in text and i + 1 < len(rec.token_ids):
+            continue  # an incomplete UTF-8 sequence: wait for the rest of the character
+        pieces.append({"text": text, "p": round(min(q for _, q in ids), 6)})
+        ids = []
+    return pieces
 
 
 def recall(model: R3MemModel, tok, mem: Memory, query: str | None = None, level: str = "paragraph",

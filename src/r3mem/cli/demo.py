@@ -8,34 +8,36 @@ from typing import Annotated, Optional
 
 import typer
 
-from r3mem.cli.common import BaseOpt, JsonOpt, ModelOpt, emit_json, load_engine, out, user_errors
+from r3mem.cli.common import (DEFAULT_ENCODING, BaseOpt, EncodingOpt, JsonOpt, ModelOpt, decode_text, emit_json, load_engine,
+                              out, read_bytes, user_errors)
 
 
-def _demo_text(path: Path | None) -> tuple[str, str]:
-    from r3mem.data.text import read_text, strip_gutenberg
+def _demo_text(path: Path | None, encoding: str = DEFAULT_ENCODING) -> tuple[str, str]:
+    from r3mem.data.text import strip_gutenberg
 
     if path is None:
         ref = resources.files("r3mem") / "assets" / "pg19_10356_excerpt.txt"
         return ref.read_text(encoding="utf-8"), "PG-19 #10356 excerpt (held out from training)"
-    return strip_gutenberg(read_text(path)), str(path)
+    return strip_gutenberg(decode_text(read_bytes(path), str(path), encoding)), str(path)
 
 
 @user_errors
 def demo(
-    text: Annotated[Optional[Path], typer.Option("--text", help="Text file to memorise (default: bundled PG-19 excerpt).")] = None,
+    text: Annotated[Optional[Path], typer.Option("--text", readable=False, help="Text file to memorise (default: bundled PG-19 excerpt).")] = None,
     paragraph: Annotated[int, typer.Option("--paragraph", help="Index of the paragraph to recall.")] = 1,
     max_chars: Annotated[int, typer.Option("--max-chars", help="Only write the first N characters.")] = 6000,
-    save: Annotated[Optional[Path], typer.Option("--save", help="Also save the memory file here.")] = None,
+    save: Annotated[Optional[Path], typer.Option("--save", readable=False, help="Also save the memory file here.")] = None,
     model: ModelOpt = None,
     base_model: BaseOpt = None,
     json_out: JsonOpt = False,
+    encoding: EncodingOpt = DEFAULT_ENCODING,
 ) -> None:
     """Write a PG-19 book excerpt into memory and recall one paragraph from it."""
     from r3mem.eval.metrics import reconstruction_scores, token_exact_match
     from r3mem.writer import tokenize
 
+    body, source = _demo_text(text, encoding)  # a bad file is refused before the model loads
     engine = load_engine(model, base_model)
-    body, source = _demo_text(text)
     body = body[:max_chars]
     mem = engine.flush(engine.write(body))
     if not mem.paragraphs:

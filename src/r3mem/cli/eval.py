@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from r3mem.cli.common import ModelOpt, console, emit_json, load_engine, user_errors
+from r3mem.cli.common import EncodingOpt, ModelOpt, check_encoding, console, emit_json, load_engine, user_errors
 
 
 def _numbers(name: str, spec: str | None, kind: type) -> tuple | None:
@@ -22,12 +22,12 @@ def _numbers(name: str, spec: str | None, kind: type) -> tuple | None:
 @user_errors
 def evaluate(
     task: Annotated[str, typer.Argument(help="lm | recon | rag | kv | locomo | needle")],
-    data: Annotated[Path, typer.Option("--data", help="Data file or folder in the task's format (see benchmarks/README.md).")],
+    data: Annotated[Path, typer.Option("--data", readable=False, help="Data file or folder in the task's format (see benchmarks/README.md).")],
     model: ModelOpt = None,
     base_model: Annotated[Optional[str], typer.Option("--base-model", envvar="R3MEM_BASE_MODEL",
                                                       help="Base model for every method (registry name or HF folder).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="First N examples (books, paragraphs, questions, needle cells).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Also write the JSON here, and a PNG plot beside it.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", readable=False, help="Also write the JSON here, and a PNG plot beside it.")] = None,
     methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (default: all).")] = None,
     method_model: Annotated[Optional[list[str]], typer.Option("--method-model", help="NAME=DIR adapter for an ablation or "
                                                               "baseline (repeatable).")] = None,
@@ -42,28 +42,32 @@ def evaluate(
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="lm: tokens per book (default: all).")] = None,
     segment_len: Annotated[Optional[int], typer.Option("--segment-len", help="lm: segment length (default: the adapter's).")] = None,
     device: Annotated[str, typer.Option("--device", help="Torch device for every model.")] = "cpu",
+    encoding: EncodingOpt = "utf-8",
 ) -> None:
     """Evaluate a task for every method in one run; prints a JSON document (config, versions, commit, metrics)."""
-    from r3mem.engine import default_adapter_dir
-    from r3mem.evaluate.common import EvalOptions
-    from r3mem.evaluate.runner import check_inputs, parse_method_models, parse_methods, run_eval
+    from r3mem.data.text import text_encoding
 
-    opts = EvalOptions(limit=limit, budget=budget, top_k=top_k, max_new_tokens=max_new_tokens, chunk_words=chunk_words,
-                       max_tokens=max_tokens, segment_len=segment_len, device=device)
-    for name, spec, kind in (("ratios", ratios, float), ("lengths", lengths, int), ("depths", depths, float)):
-        parsed = _numbers(f"--{name}", spec, kind)
-        if parsed is not None:
-            setattr(opts, name, parsed)
-    chosen = parse_methods(methods)
-    adapters = parse_method_models(method_model)
-    checked = check_inputs(task, data, opts, model)
-    engine = load_engine(model, base_model)
-    if model is not None:
-        source = str(model)
-    elif (default_adapter_dir() / "r3mem_adapter.json").exists() and engine.trained:
-        source = str(default_adapter_dir())
-    else:
-        source = None  # untrained adapters; the JSON says adapter_trained: false
-    doc = run_eval(task, data, engine=engine, methods=chosen, opts=opts, method_models=adapters, model_source=source,
-                   base_model=base_model, out=out, checked=checked, log=lambda s: console.print(f"[dim]{s}[/]"))
-    emit_json(doc)
+    with text_encoding(check_encoding(encoding)):
+        from r3mem.engine import default_adapter_dir
+        from r3mem.evaluate.common import EvalOptions
+        from r3mem.evaluate.runner import check_inputs, parse_method_models, parse_methods, run_eval
+
+        opts = EvalOptions(limit=limit, budget=budget, top_k=top_k, max_new_tokens=max_new_tokens, chunk_words=chunk_words,
+                           max_tokens=max_tokens, segment_len=segment_len, device=device)
+        for name, spec, kind in (("ratios", ratios, float), ("lengths", lengths, int), ("depths", depths, float)):
+            parsed = _numbers(f"--{name}", spec, kind)
+            if parsed is not None:
+                setattr(opts, name, parsed)
+        chosen = parse_methods(methods)
+        adapters = parse_method_models(method_model)
+        checked = check_inputs(task, data, opts, model)
+        engine = load_engine(model, base_model)
+        if model is not None:
+            source = str(model)
+        elif (default_adapter_dir() / "r3mem_adapter.json").exists() and engine.trained:
+            source = str(default_adapter_dir())
+        else:
+            source = None  # untrained adapters; the JSON says adapter_trained: false
+        doc = run_eval(task, data, engine=engine, methods=chosen, opts=opts, method_models=adapters, model_source=source,
+                       base_model=base_model, out=out, checked=checked, log=lambda s: console.print(f"[dim]{s}[/]"))
+        emit_json(doc)

@@ -1,4 +1,5 @@
-"""`r3mem memory list|show|export|import|delete`: manage the sessions kept in a store (no model needed)."""
+"""`r3mem memory list|show|export|import|delete`: manage the sessions kept in a store (only `import`
+of a session with a memory loads the model, to check that memory)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from r3mem.cli.common import DEFAULT_USER, CLIError, JsonOpt, StoreOpt, UserOpt, console, emit_json, open_store, out, user_errors
+from r3mem.cli.common import (DEFAULT_USER, BaseOpt, CLIError, JsonOpt, ModelOpt, StoreOpt, UserOpt, console, decode_text,
+                              emit_json, load_engine, open_store, out, read_bytes, user_errors)
 
 app = typer.Typer(name="memory", help="List, show, export, import and delete stored sessions.", no_args_is_help=True,
                   add_completion=False)
@@ -69,7 +71,7 @@ def show(session: SessionArg, store: StoreOpt = None, user: UserOpt = DEFAULT_US
 @user_errors
 def export(session: SessionArg, store: StoreOpt = None, user: UserOpt = DEFAULT_USER,
            to: Annotated[str, typer.Option("--out", help="JSON file to write ('-': stdout).")] = "-",
-           memory_file: Annotated[Optional[Path], typer.Option("--memory-file", help="Also write the bare memory file (.r3mem).")] = None) -> None:
+           memory_file: Annotated[Optional[Path], typer.Option("--memory-file", readable=False, help="Also write the bare memory file (.r3mem).")] = None) -> None:
     """Export a session (turns, slots, memory file as base64) as JSON, for `memory import`."""
     from r3mem.io import atomic_write_bytes
 
@@ -89,18 +91,23 @@ def export(session: SessionArg, store: StoreOpt = None, user: UserOpt = DEFAULT_
 
 @app.command("import")
 @user_errors
-def import_(file: Annotated[Path, typer.Argument(help="JSON from `r3mem memory export` ('-': stdin).")],
+def import_(file: Annotated[Path, typer.Argument(readable=False, help="JSON from `r3mem memory export` ('-': stdin).")],
             store: StoreOpt = None, user: UserOpt = DEFAULT_USER,
             session: Annotated[Optional[str], typer.Option("--session", help="Import under this id (default: the exported one).")] = None,
-            json_out: JsonOpt = False) -> None:
-    """Recreate an exported session for the user (created if missing); an existing id is refused."""
-    from r3mem.store import Conflict
+            json_out: JsonOpt = False, model: ModelOpt = None, base_model: BaseOpt = None) -> None:
+    """Recreate an exported session for the user (created if missing); an existing id is refused.
 
-    raw = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+    The export is checked whole before anything is stored; its memory is decoded by the model
+    (identity, checksum, shapes, dtype, token ids), which is loaded only when there is a memory."""
+    from r3mem.store import Conflict, parse_export
+
     try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise CLIError(f"{file}: not JSON ({exc})") from None
+        data = json.loads(decode_text(read_bytes(file), "stdin" if str(file) == "-" else str(file)))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise CLIError(f"{file}: not JSON ({str(exc).splitlines()[0]})") from None
+    parsed = parse_export(data, session)
+    if parsed["memory"] is not None:
+        load_engine(model, base_model).from_bytes(parsed["memory"]["blob"], name=f"{file}: memory")
     with open_store(store) as st:
         try:
             st.create_user(user)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from r3mem.cli.common import (DEFAULT_USER, BaseOpt, JsonOpt, MemoryOpt, ModelOpt, SessionOpt, StoreOpt, UserOpt,
-                              emit_json, load_engine, open_store, out, user_errors)
+                              check_memory_file, emit_json, load_engine, open_store, out, user_errors)
 from r3mem.cli.write import check_target
 
 
@@ -35,6 +35,8 @@ def recall(
 ) -> None:
     """Reconstruct text from memory by running the model backward (a session, or --memory FILE)."""
     check_target(memory, store, session)
+    if memory is not None:
+        check_memory_file(memory)  # a bad file is refused before the model loads
     engine = load_engine(model, base_model)
     kw = dict(query=query, level=level, index=index, top_k=top_k)
     if memory is not None:

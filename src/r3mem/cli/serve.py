@@ -7,7 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from r3mem.cli.common import BaseOpt, ModelOpt, StoreOpt, console, load_engine, open_store, user_errors
+from r3mem.cli.common import BaseOpt, CLIError, ModelOpt, StoreOpt, console, load_engine, open_store, user_errors
+
+
+def check_listen(host: str, port: int, max_body_bytes: int) -> None:
+    """Options the server would only refuse after the model loaded, with a traceback."""
+    if not 0 <= port <= 65535:
+        raise CLIError(f"--port must be 0-65535, got {port}")
+    if not host.strip():
+        raise CLIError("--host must not be empty")
+    if max_body_bytes < 1:
+        raise CLIError(f"--max-body-bytes must be >= 1, got {max_body_bytes}")
 
 
 @user_errors
@@ -27,6 +37,7 @@ def serve(
 
     from r3mem.service import create_app
 
+    check_listen(host, port, max_body_bytes)  # before the model loads, in one line
     engine = load_engine(model, base_model)
     if not admin_token:
         admin_token = secrets.token_urlsafe(24)

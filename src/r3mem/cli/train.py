@@ -25,7 +25,7 @@ def resolve_config_path(name: str) -> Path:
 @user_errors
 def train(
     config: Annotated[str, typer.Option("--config", help="YAML/JSON config file or shipped name (tiny, smollm2-135m).")],
-    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, metrics.jsonl, losses.png, adapter/.")],
+    out: Annotated[Path, typer.Option("--out", readable=False, help="Run folder: checkpoints, metrics.jsonl, losses.png, adapter/.")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key=value (dotted keys, YAML values).")] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint in --out.")] = True,
     stop_after: Annotated[Optional[int], typer.Option("--stop-after", help="Stop after this many steps (resume later).")] = None,

@@ -8,19 +8,20 @@ from typing import Annotated
 
 import typer
 
-from r3mem.cli.common import (DEFAULT_USER, BaseOpt, CLIError, JsonOpt, MemoryOpt, ModelOpt, SessionOpt, StoreOpt, UserOpt,
-                              emit_json, load_engine, open_store, out, progress_bar, user_errors)
+from r3mem.cli.common import (DEFAULT_ENCODING, DEFAULT_USER, BaseOpt, CLIError, EncodingOpt, JsonOpt, MemoryOpt, ModelOpt,
+                              SessionOpt, StoreOpt, UserOpt, check_memory_file, decode_text, emit_json, load_engine,
+                              open_store, out, progress_bar, read_bytes, user_errors)
 
 PIECE_CHARS = 4000  # memory-file form: write in pieces for the progress bar (write(a)+write(b) == write(a+b))
 
 
-def read_input(path: Path) -> str:
-    """The text of FILE ('-' for stdin), with a Project Gutenberg header/footer stripped."""
-    from r3mem.data.text import read_text, strip_gutenberg
+def read_input(path: Path, encoding: str = DEFAULT_ENCODING) -> str:
+    """The text of FILE ('-' for stdin), decoded strictly (a bad byte is refused with its offset, before
+    anything is stored), with a Project Gutenberg header/footer stripped from files."""
+    from r3mem.data.text import strip_gutenberg
 
-    if str(path) == "-":
-        return sys.stdin.read()
-    return strip_gutenberg(read_text(path))
+    text = decode_text(read_bytes(path), "stdin" if str(path) == "-" else str(path), encoding)
+    return text if str(path) == "-" else strip_gutenberg(text)
 
 
 def check_target(memory: Path | None, store: str | None, session: str | None) -> None:
@@ -65,7 +66,7 @@ def write_session(engine, store, user: str, session: str, text: str, speaker: st
 
 @user_errors
 def write(
-    file: Annotated[Path, typer.Argument(help="Text file to write into memory ('-' for stdin).")],
+    file: Annotated[Path, typer.Argument(readable=False, help="Text file to write into memory ('-' for stdin).")],
     memory: MemoryOpt = None,
     store: StoreOpt = None,
     session: SessionOpt = None,
@@ -74,12 +75,15 @@ def write(
     model: ModelOpt = None,
     base_model: BaseOpt = None,
     json_out: JsonOpt = False,
+    encoding: EncodingOpt = DEFAULT_ENCODING,
 ) -> None:
     """Append a text file to a store session (one turn per paragraph) or to a memory file (--memory)."""
     check_target(memory, store, session)
-    text = read_input(file)
+    text = read_input(file, encoding)  # all input is checked before the model loads or anything is stored
     if not text.strip():
         raise CLIError(f"{file}: nothing to write (empty input)")
+    if memory is not None and memory.exists():
+        check_memory_file(memory)
     engine = load_engine(model, base_model)
     if memory is not None:
         info = write_memory_file(engine, text, memory)

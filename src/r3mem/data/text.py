@@ -7,12 +7,33 @@ returns exactly the same string for the same file (``"".join(iter_text_chunks(p,
 """
 
 import codecs
+import contextlib
+import contextvars
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["read_text", "strip_gutenberg", "iter_text_chunks"]
+__all__ = ["read_text", "strip_gutenberg", "iter_text_chunks", "text_encoding", "current_encoding"]
+
+# The encoding corpus files are read in: UTF-8 unless a caller (the CLI's --encoding) says otherwise
+# for the duration of a task, so that every loader below it reads the same way.
+_ENCODING: contextvars.ContextVar[str] = contextvars.ContextVar("r3mem_text_encoding", default="utf-8")
+
+
+@contextlib.contextmanager
+def text_encoding(encoding: str):
+    """Read corpus files in `encoding` (a codec name, e.g. "latin-1") inside this block."""
+    name = codecs.lookup(encoding).name  # LookupError for an unknown name, before anything is read
+    token = _ENCODING.set(name)
+    try:
+        yield name
+    finally:
+        _ENCODING.reset(token)
+
+
+def current_encoding() -> str:
+    return _ENCODING.get()
 
 _BOM = codecs.BOM_UTF8
 # "***START OF THE PROJECT GUTENBERG EBOOK X***" and "*** START OF THIS PROJECT GUTENBERG EBOOK X ***";
@@ -26,8 +47,10 @@ _BLOCK_BYTES = 1 << 16  # bytes read per step by iter_text_chunks
 
 
 def _decode_error(path: str | os.PathLike, offset: int, err: UnicodeDecodeError) -> ValueError:
+    enc = _ENCODING.get()
     return ValueError(
-        f"{path}: invalid UTF-8 at byte {offset} ({err.reason}); pass errors='replace' to substitute U+FFFD"
+        f"{path}: invalid {'UTF-8' if enc == 'utf-8' else enc} at byte {offset} ({err.reason}); if the text is in "
+        "another encoding, pass it with --encoding (e.g. --encoding latin-1)"
     )
 
 
@@ -37,7 +60,8 @@ def _normalise_newlines(text: str) -> str:
 
 
 def read_text(path: str | os.PathLike, errors: str = "strict") -> str:
-    """Read a whole file as UTF-8 with the BOM dropped and newlines normalised to ``\\n``.
+    """Read a whole file as UTF-8 (or the `text_encoding` in force) with the BOM dropped and newlines
+    normalised to ``\\n``.
 
     Args:
         path: File to read.
@@ -48,9 +72,10 @@ def read_text(path: str | os.PathLike, errors: str = "strict") -> str:
         ValueError: The file is not valid UTF-8 (message names the file and the byte offset).
     """
     data = Path(path).read_bytes()
-    skip = len(_BOM) if data.startswith(_BOM) else 0
+    enc = _ENCODING.get()
+    skip = len(_BOM) if enc == "utf-8" and data.startswith(_BOM) else 0
     try:
-        text = data[skip:].decode("utf-8", errors)
+        text = data[skip:].decode(enc, errors)
     except UnicodeDecodeError as err:
         raise _decode_error(path, skip + err.start, err) from None
     return _normalise_newlines(text)
@@ -67,11 +92,12 @@ def iter_text_chunks(path: str | os.PathLike, chunk_chars: int = 1 << 20, errors
     """
     if chunk_chars < 1:
         raise ValueError(f"chunk_chars must be >= 1, got {chunk_chars}")
-    decoder = codecs.getincrementaldecoder("utf-8")(errors)
+    enc = _ENCODING.get()
+    decoder = codecs.getincrementaldecoder(enc)(errors)
     buffer = ""
     with open(path, "rb") as f:
         head = f.read(len(_BOM))
-        offset = len(head) if head == _BOM else 0  # file offset of the first byte of `block`
+        offset = len(head) if head == _BOM and enc == "utf-8" else 0  # file offset of the first byte of `block`
         block = head[offset:] + f.read(_BLOCK_BYTES)
         while True:
             final = not block

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from r3mem.data.text import read_text, strip_gutenberg
+from r3mem.data.text import current_encoding, read_text, strip_gutenberg
 
 __all__ = [
     "Pg19Book",
@@ -81,10 +81,12 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
     gz = _is_gzip(path)
     opener = gzip.open if gz else open
     try:
-        with opener(path, "rt", encoding="utf-8-sig") as fh:
+        enc = current_encoding()
+        with opener(path, "rt", encoding="utf-8-sig" if enc == "utf-8" else enc) as fh:
             yield from enumerate(fh, start=1)
     except UnicodeDecodeError:
-        raise ValueError(f"{path.name}: not UTF-8 text") from None
+        raise ValueError(f"{path.name}: not {'UTF-8' if current_encoding() == 'utf-8' else current_encoding()} text; "
+                         "if it is in another encoding, pass it with --encoding (e.g. --encoding latin-1)") from None
     except (gzip.BadGzipFile, EOFError, zlib.error):
         raise ValueError(f"{path.name}: corrupt or truncated gzip data") from None
 

@@ -27,9 +27,8 @@ requests finish) loses no acknowledged write.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
+import re
 import secrets
 import threading
 from typing import Annotated, Any
@@ -39,10 +38,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from r3mem import __version__
 from r3mem.agent import ChatAgent
-from r3mem.memfile import MemoryFileError
 from r3mem.service import schemas as S
-from r3mem.service.errors import ApiError, BodyLimit, install_error_handlers
-from r3mem.store import MemoryStore, Session, StoreError, Turn
+from r3mem.service.errors import ApiError, BodyLimit, NoEncodedSlash, install_error_handlers
+from r3mem.store import MemoryStore, Session, Turn, parse_export
 
 __all__ = ["create_app"]
 
@@ -68,22 +66,25 @@ def _session_out(s: Session, memory: S.MemoryInfo | None = None) -> S.SessionOut
                         turn_count=s.turn_count, memory=memory)
 
 
-def _check_export(engine, data: dict[str, Any]) -> None:
-    """Refuse an export that is malformed or whose memory this engine cannot read, before any write."""
-    from r3mem.store.store import _parse_export  # validation only; raises StoreError on malformed input
+def _check_session_id(session_id: str) -> str:
+    """Ids reachable in every route: the service decodes %2F before routing, so an id with '/'
+    (or '.', '..', which clients normalise away) could be created but never addressed."""
+    if not re.fullmatch(S.SESSION_ID_PATTERN, session_id):
+        raise ApiError(422, "invalid_request", f"session_id {session_id[:40]!r} is not allowed: {S.SESSION_ID_RULE}")
+    return session_id
 
-    try:
-        _parse_export(data)
-    except StoreError as exc:
-        raise ApiError(400, "invalid_request", str(exc).splitlines()[0]) from None
-    memory = data.get("memory")
+
+def _check_export(engine, data: dict[str, Any], session_id: str | None) -> dict[str, Any]:
+    """Refuse an export that is malformed or whose memory this engine cannot use, before any write.
+
+    The memory is decoded as the engine will decode it on the next write (identity, checksum,
+    shapes, dtype, token ids), so an imported session can always be written to and recalled."""
+    parsed = parse_export(data, session_id)  # InvalidExport (a ValueError): 400
+    _check_session_id(parsed["session_id"])
+    memory = parsed["memory"]
     if memory is not None:
-        try:
-            engine.from_bytes(base64.b64decode(memory["blob_b64"], validate=True), name="imported memory")
-        except (MemoryFileError, binascii.Error) as exc:
-            raise ApiError(400, "invalid_request", str(exc).splitlines()[0]) from None
-
-
+        engine.from_bytes(memory["blob"], name="imported memory")  # MemoryFileError (a ValueError): 400
+    return parsed
 class _Service:
     """The state every handler shares: engine, store, the model lock and the shared dense encoder."""
 
@@ -140,6 +141,7 @@ def create_app(engine, store: MemoryStore, *, max_body_bytes: int = 1_000_000, a
     app.state.service = svc
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(NoEncodedSlash)
     _system_routes(app, svc)
     _session_routes(app, svc)
     _memory_routes(app, svc)
@@ -181,15 +183,17 @@ def _session_routes(app: FastAPI, svc: _Service) -> None:
 
     @app.post("/sessions", status_code=201, response_model=S.SessionOut, tags=["sessions"])
     def create_session(body: S.SessionIn, creds: Creds) -> S.SessionOut:
+        """Create a session; `session_id` and `meta` are checked before anything is stored."""
         return _session_out(svc.store.create_session(svc.user(creds), body.session_id, body.meta))
 
     @app.post("/sessions/import", status_code=201, response_model=S.SessionOut, tags=["sessions"])
     def import_session(body: dict[str, Any], creds: Creds,
-                       session_id: Annotated[str | None, Query(description="Import under this id.")] = None) -> S.SessionOut:
+                       session_id: Annotated[str | None, Query(pattern=S.SESSION_ID_PATTERN,
+                                                               description=f"Import under this id. {S.SESSION_ID_RULE}.")] = None) -> S.SessionOut:
         """Recreate a session from `GET /sessions/{id}/export` output (its memory must fit this model)."""
         user = svc.user(creds)
-        _check_export(svc.engine, body)
-        session = svc.store.import_session(user, body, session_id)
+        parsed = _check_export(svc.engine, body, session_id)
+        session = svc.store.import_session(user, body, parsed["session_id"])
         return _session_out(session, svc.memory_info(user, session.session_id))
 
     @app.get("/sessions/{session_id}", response_model=S.SessionOut, tags=["sessions"])

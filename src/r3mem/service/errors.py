@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from r3mem.store import Conflict, NotFound, StoreError
 
-__all__ = ["ApiError", "install_error_handlers", "BodyLimit"]
+__all__ = ["ApiError", "install_error_handlers", "BodyLimit", "NoEncodedSlash"]
 
 log = logging.getLogger("r3mem.service")
 
@@ -94,7 +94,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return error_response(500, "internal_error", "internal server error")
+        # The server drops the connection after an unhandled error: say so, or the client's next
+        # request on this keep-alive connection fails with "connection reset".
+        return error_response(500, "internal_error", "internal server error", {"Connection": "close"})
 
 
 class BodyLimit:
@@ -138,6 +140,24 @@ class BodyLimit:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": payload})
+
+
+class NoEncodedSlash:
+    """ASGI middleware refusing a path with an encoded '/' (%2F) with 404.
+
+    The server decodes %2F before routing, so `/sessions/a%2Fturns` would reach the turns of
+    session `a`: a request for an id holding '/' (which no session may have) must not land on
+    another route."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and b"%2f" in (scope.get("raw_path") or b"").lower():
+            await BodyLimit._reply(send, 404, "not_found", "no such route: a path segment may not contain an "
+                                   "encoded '/' (%2F); session ids never contain '/'")
+            return
+        await self.app(scope, receive, send)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -27,9 +27,16 @@ class UserOut(BaseModel):
     token: str = Field(description="The user's API token; shown only this once.")
 
 
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,127}$"
+SESSION_ID_RULE = ("1-128 characters from A-Z a-z 0-9 - . _ ~ (URL-safe, so every id round-trips in a path), "
+                   "not starting with '.'")
+META_RULE = "Free-form JSON object: at most 32 levels deep and 64 KiB as UTF-8 JSON, valid Unicode, finite numbers."
+
+
 class SessionIn(_Strict):
-    session_id: Optional[str] = Field(None, min_length=1, max_length=128, description="Omit for a random id.")
-    meta: dict[str, Any] = Field(default_factory=dict, description="Free-form JSON metadata.")
+    session_id: Optional[str] = Field(None, pattern=SESSION_ID_PATTERN,
+                                      description=f"Omit for a random id. {SESSION_ID_RULE}.")
+    meta: dict[str, Any] = Field(default_factory=dict, description=META_RULE)
 
 
 class MemoryInfo(BaseModel):

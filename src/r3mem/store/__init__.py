@@ -5,6 +5,7 @@ Independent of the neural model: memories are stored as opaque blobs with slot m
 
 from .store import (
     Conflict,
+    InvalidExport,
     MemoryStore,
     NotFound,
     SchemaTooNew,
@@ -14,10 +15,12 @@ from .store import (
     StoreError,
     Turn,
     User,
+    parse_export,
 )
 
 __all__ = [
     "Conflict",
+    "InvalidExport",
     "MemoryStore",
     "NotFound",
     "SchemaTooNew",
@@ -27,4 +30,5 @@ __all__ = [
     "StoredMemory",
     "Turn",
     "User",
+    "parse_export",
 ]

@@ -41,6 +41,12 @@ from . import migrations
 from . import schema as S
 
 BUSY_TIMEOUT_S = 30.0
+MAX_INT = 2**31 - 1
+"""Largest turn index, version or slot offset: PostgreSQL's INTEGER is 32-bit (SQLite's is wider)."""
+MAX_META_DEPTH = 32
+"""Deepest nesting of a session's ``meta`` (JSON objects and arrays)."""
+MAX_META_BYTES = 64 * 1024
+"""Largest ``meta`` as UTF-8 JSON."""
 """How long an SQLite writer waits for another writer before giving up with a StoreError."""
 
 EXPORT_FORMAT = "r3mem.session"
@@ -66,6 +72,11 @@ class Conflict(StoreError):
 
 class SchemaTooNew(StoreError):
     """The database was written by a newer r3mem whose schema this code does not know."""
+
+
+class InvalidExport(ValueError, StoreError):
+    """An export to import is malformed; nothing was written. A ValueError first (a 400 in the
+    service), a StoreError for callers that catch every store failure."""
 
 
 # --------------------------------------------------------------------------- records
@@ -343,18 +354,25 @@ class MemoryStore:
         self, user_id: str, session_id: str, text: str, speaker: str = "user", timestamp: float | None = None
     ) -> Turn:
         """Append a turn with the next index of its session (safe under concurrent writers)."""
-        if not isinstance(text, str):
-            raise ValueError(f"turn text must be a str, not {type(text).__name__}")
-        _check_speaker(speaker)
+        return self.append_turns(user_id, session_id, [(speaker, text)], timestamp)[0]
+
+    def append_turns(
+        self, user_id: str, session_id: str, items: Sequence[tuple[str, str]], timestamp: float | None = None
+    ) -> list[Turn]:
+        """Append (speaker, text) turns with consecutive indices in one transaction: all or none."""
+        items = [(_check_speaker(speaker), _check_text("turn text", text)) for speaker, text in items]
         stamp = time.time() if timestamp is None else _check_time(timestamp)
-        with self._tx(f"append a turn to session {session_id!r} of user {user_id!r}", write=True) as conn:
-            index = _allocate_turn_index(conn, user_id, session_id, stamp)
-            conn.execute(
-                insert(S.turns).values(
-                    user_id=user_id, session_id=session_id, idx=index, speaker=speaker, text=text, timestamp=stamp
+        turns = []
+        with self._tx(f"append turns to session {session_id!r} of user {user_id!r}", write=True) as conn:
+            for speaker, text in items:
+                index = _allocate_turn_index(conn, user_id, session_id, stamp)
+                conn.execute(
+                    insert(S.turns).values(
+                        user_id=user_id, session_id=session_id, idx=index, speaker=speaker, text=text, timestamp=stamp
+                    )
                 )
-            )
-        return Turn(user_id, session_id, index, speaker, text, stamp)
+                turns.append(Turn(user_id, session_id, index, speaker, text, stamp))
+        return turns
 
     def list_turns(self, user_id: str, session_id: str, since: int | None = None) -> list[Turn]:
         """Turns in index order; with ``since=n`` only those with index > n (i.e. not yet in a
@@ -466,9 +484,8 @@ class MemoryStore:
 
     def import_session(self, user_id: str, data: dict[str, Any], session_id: str | None = None) -> Session:
         """Recreate an exported session for ``user_id`` (under ``session_id`` if given), in one transaction."""
-        parsed = _parse_export(data)
-        session_id = parsed["session"]["session_id"] if session_id is None else session_id
-        _check_id("session_id", session_id)
+        parsed = parse_export(data, session_id)
+        session_id = parsed["session_id"]
         with self._tx(f"import session {session_id!r} for user {user_id!r}", write=True) as conn:
             _require_user(conn, user_id)
             if _session_row(conn, user_id, session_id) is not None:
@@ -511,9 +528,10 @@ def _sqlite_engine(path: Path, read_only: bool | None) -> tuple[Engine, str]:
         read_only = path.exists() and not _writable(path)
     if not read_only:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _create_private(path)
         except OSError as exc:
-            raise StoreError(f"cannot create the directory of store {path}: {exc.strerror}") from exc
+            raise StoreError(f"cannot create store {path}: {exc.strerror}") from exc
     elif not path.exists():
         raise StoreError(f"cannot open store {path} read-only: no such file")
     uri = path.as_uri() + ("?mode=ro" if read_only else "")
@@ -530,6 +548,15 @@ def _sqlite_engine(path: Path, read_only: bool | None) -> tuple[Engine, str]:
     engine = create_engine("sqlite://", creator=connect, poolclass=QueuePool, pool_size=5, max_overflow=20)
     event.listen(engine, "begin", _sqlite_begin)
     return engine, f"sqlite:///{path}"
+
+
+def _create_private(path: Path) -> None:
+    """Create a new store file readable by its owner only (0600, like memory files); SQLite gives its
+    -wal and -shm files the database file's mode. An existing file keeps the mode its owner chose."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
 
 
 def _sqlite_begin(conn: Connection) -> None:
@@ -571,37 +598,80 @@ def _describe_failure(exc: DBAPIError, action: str, url: str) -> str:
 # --------------------------------------------------------------------------- validation
 
 
+def _check_text(kind: str, value: object) -> str:
+    """A str the databases can store: UTF-8 encodable, so no lone surrogate (SQLite would fail
+    mid-transaction, and a stored one breaks every JSON response that includes it)."""
+    if not isinstance(value, str):
+        raise ValueError(f"{kind} must be a str, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{kind} is not valid Unicode (lone surrogate at character {exc.start})") from None
+    return value
+
+
 def _check_id(kind: str, value: object) -> None:
     """Ids are non-empty strings that fit the column; refuse anything else early and clearly."""
     if not isinstance(value, str) or not value or len(value) > S.ID_LENGTH:
         raise ValueError(f"{kind} must be a non-empty str of at most {S.ID_LENGTH} characters, got {value!r}")
+    _check_text(kind, value)
 
 
-def _check_speaker(speaker: object) -> None:
+def _check_speaker(speaker: object) -> str:
     if not isinstance(speaker, str) or not speaker or len(speaker) > 64:
         raise ValueError(f"speaker must be a non-empty str of at most 64 characters, got {speaker!r}")
+    return _check_text("speaker", speaker)
 
 
-def _check_time(value: object) -> float:
+def _check_time(value: object, kind: str = "timestamp") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"timestamp must be a finite number of seconds (UTC), got {value!r}")
+        raise ValueError(f"{kind} must be a finite number of seconds (UTC), got {value!r}")
     return float(value)
 
 
-def _check_count(kind: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{kind} must be an int >= 0, got {value!r}")
+def _check_count(kind: str, value: object, low: int = 0) -> int:
+    """An int that fits every backend's INTEGER column (PostgreSQL's is 32-bit)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_INT:
+        raise ValueError(f"{kind} must be an int in {low}..{MAX_INT}, got {_short(value)}")
+    return value
+
+
+def _short(value: object) -> str:
+    """repr of a value, cut so that a huge number or string still gives a one-line message."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else f"{str(value)[:12]}… ({len(str(value))} digits)"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _json_depth(value: Any) -> int:
+    """Nesting depth of a JSON value (iterative: a deep value must not exhaust the stack)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > MAX_META_DEPTH:
+                return depth
+            todo.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _check_meta(meta: dict[str, Any] | None) -> dict[str, Any]:
-    """Session metadata must survive a JSON round trip, identically on both backends."""
+    """Session metadata must survive a JSON round trip, identically on both backends, and every
+    response that carries it must serialise: bounded depth and size, valid Unicode, finite numbers."""
     meta = {} if meta is None else meta
     if not isinstance(meta, dict):
         raise ValueError(f"meta must be a dict, got {type(meta).__name__}")
+    if _json_depth(meta) > MAX_META_DEPTH:
+        raise ValueError(f"meta is nested deeper than {MAX_META_DEPTH} levels")
     try:
-        return json.loads(json.dumps(meta, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"meta must be JSON-serialisable: {exc}") from exc
+        encoded = json.dumps(meta, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"meta is not valid Unicode (lone surrogate at character {exc.start})") from None
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"meta must be JSON-serialisable: {str(exc).splitlines()[0]}") from None
+    if len(encoded) > MAX_META_BYTES:
+        raise ValueError(f"meta is {len(encoded)} bytes as JSON, more than the limit of {MAX_META_BYTES}")
+    return json.loads(encoded)
 
 
 def _check_blob(blob: object) -> bytes:
@@ -615,16 +685,18 @@ def _check_slots(slots: Sequence[SlotRecord]) -> Sequence[SlotRecord]:
     for i, slot in enumerate(slots):
         if not isinstance(slot, SlotRecord):
             raise ValueError(f"slot {i} must be a SlotRecord, got {type(slot).__name__}")
-        if not isinstance(slot.level, str) or not slot.level or not isinstance(slot.key, str):
-            raise ValueError(f"slot {i} needs a non-empty str level and a str key")
-        if any(isinstance(v, bool) or not isinstance(v, int) for v in (slot.start, slot.end)):
-            raise ValueError(f"slot {i} start and end must be ints")
-        if slot.turn_id is not None and (isinstance(slot.turn_id, bool) or not isinstance(slot.turn_id, int)):
-            raise ValueError(f"slot {i} turn_id must be an int or None")
-        if slot.text is not None and not isinstance(slot.text, str):
-            raise ValueError(f"slot {i} text must be a str or None")
+        if not isinstance(slot.level, str) or not slot.level or len(slot.level) > 64:
+            raise ValueError(f"slot {i} level must be a non-empty str of at most 64 characters")
+        _check_text(f"slot {i} level", slot.level)
+        _check_text(f"slot {i} key", slot.key)
+        _check_count(f"slot {i} start", slot.start)
+        _check_count(f"slot {i} end", slot.end)
+        if slot.turn_id is not None:
+            _check_count(f"slot {i} turn_id", slot.turn_id)
+        if slot.text is not None:
+            _check_text(f"slot {i} text", slot.text)
         if slot.timestamp is not None:
-            _check_time(slot.timestamp)
+            _check_time(slot.timestamp, f"slot {i} timestamp")
     return slots
 
 
@@ -752,47 +824,88 @@ def _export_memory(memory: StoredMemory) -> dict[str, Any]:
     }
 
 
-def _parse_export(data: Any) -> dict[str, Any]:
-    """Validate an export fully before touching the database; errors name what is wrong."""
+def parse_export(data: Any, session_id: str | None = None) -> dict[str, Any]:
+    """Validate an export fully before touching the database; errors name what is wrong.
+
+    Returns the parsed export with the id it will be imported under (``session_id`` if given,
+    else the exported one). Raises :class:`InvalidExport`, one line, for any malformed input.
+    """
     try:
-        if data.get("format") != EXPORT_FORMAT:
-            raise ValueError(f"format is {data.get('format')!r}, expected {EXPORT_FORMAT!r}")
-        if data.get("format_version") != EXPORT_FORMAT_VERSION:
-            raise ValueError(f"format_version {data.get('format_version')!r} is not supported")
-        session = dict(data["session"])
-        session["meta"] = _check_meta(session.get("meta"))
-        turns = [_parse_turn(t) for t in data["turns"]]
-        indices = [t["idx"] for t in turns]
-        if len(set(indices)) != len(indices):
-            raise ValueError("turn indices are not unique")
-        memory = None if data.get("memory") is None else _parse_memory(data["memory"])
-        turn_count = max([int(session.get("turn_count", 0)), *indices])
+        parsed = _parse_export(data)
+        if session_id is None:
+            session_id = parsed["session"].get("session_id")
+            if session_id is None:
+                raise ValueError("session.session_id is missing: give the id to import under")
+        _check_id("session_id", session_id)
     except (AttributeError, KeyError, TypeError, ValueError, binascii.Error) as exc:
-        raise StoreError(f"not a valid r3mem session export: {exc}") from exc
+        raise InvalidExport(f"not a valid r3mem session export: {_reason_of(exc)}") from None
+    return dict(parsed, session_id=session_id)
+
+
+def _reason_of(exc: Exception) -> str:
+    """What was wrong, one line; a bare KeyError names the missing field."""
+    if isinstance(exc, KeyError):
+        return f"missing field {exc.args[0]!r}" if exc.args else "missing field"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _parse_export(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise TypeError(f"an export is a JSON object, got {type(data).__name__}")
+    if data.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"format is {_short(data.get('format'))}, expected {EXPORT_FORMAT!r}")
+    if data.get("format_version") != EXPORT_FORMAT_VERSION:
+        raise ValueError(f"format_version {_short(data.get('format_version'))} is not supported")
+    if not isinstance(data.get("session"), dict):
+        raise ValueError("session must be an object")
+    session = dict(data["session"])
+    session["meta"] = _check_meta(session.get("meta"))
+    if session.get("created_at") is not None:
+        session["created_at"] = _check_time(session["created_at"], "session.created_at")
+    if not isinstance(data.get("turns"), list):
+        raise ValueError("turns must be a list")
+    turns = [_parse_turn(i, t) for i, t in enumerate(data["turns"])]
+    indices = [t["idx"] for t in turns]
+    if len(set(indices)) != len(indices):
+        raise ValueError("turn indices are not unique")
+    turn_count = max([_check_count("session.turn_count", session.get("turn_count", 0)), *indices])
+    memory = None if data.get("memory") is None else _parse_memory(data["memory"])
+    if memory is not None and memory["through_turn"] > turn_count:
+        # Later writes would believe the memory already covers their turns and never write them.
+        raise ValueError(f"memory.through_turn {memory['through_turn']} is beyond the last turn ({turn_count})")
     return {"session": session, "turns": turns, "memory": memory, "turn_count": turn_count}
 
 
-def _parse_turn(turn: dict[str, Any]) -> dict[str, Any]:
-    _check_count("turn index", turn["index"])
-    _check_speaker(turn["speaker"])
-    if not isinstance(turn["text"], str):
-        raise ValueError("turn text must be a str")
-    stamp = _check_time(turn["timestamp"])
-    return {"idx": turn["index"], "speaker": turn["speaker"], "text": turn["text"], "timestamp": stamp}
+def _parse_turn(i: int, turn: Any) -> dict[str, Any]:
+    if not isinstance(turn, dict):
+        raise ValueError(f"turns[{i}] must be an object")
+    index = _check_count(f"turns[{i}].index", turn.get("index"), low=1)
+    speaker = _check_speaker(turn.get("speaker"))
+    text = _check_text(f"turns[{i}].text", turn.get("text"))
+    stamp = _check_time(turn.get("timestamp"), f"turns[{i}].timestamp")
+    return {"idx": index, "speaker": speaker, "text": text, "timestamp": stamp}
 
 
-def _parse_memory(memory: dict[str, Any]) -> dict[str, Any]:
+def _parse_memory(memory: Any) -> dict[str, Any]:
+    if not isinstance(memory, dict):
+        raise ValueError("memory must be an object or null")
+    if not isinstance(memory.get("blob_b64"), str):
+        raise ValueError("memory.blob_b64 must be a base64 str")
     blob = base64.b64decode(memory["blob_b64"], validate=True)
     if "blob_sha256" in memory and hashlib.sha256(blob).hexdigest() != memory["blob_sha256"]:
         raise ValueError("memory blob does not match its sha256")
+    if not isinstance(memory.get("slots"), list) or not all(isinstance(x, dict) for x in memory["slots"]):
+        raise ValueError("memory.slots must be a list of objects")
     slots = list(_check_slots([SlotRecord(**slot) for slot in memory["slots"]]))
-    for kind in ("version", "through_turn"):
-        _check_count(kind, memory[kind])
+    version = _check_count("memory.version", memory.get("version"), low=1)
+    through = _check_count("memory.through_turn", memory.get("through_turn"))
+    stamp = memory.get("updated_at")
     return {
         "blob": blob,
-        "version": memory["version"],
-        "through_turn": memory["through_turn"],
-        "updated_at": float(memory.get("updated_at") or time.time()),
+        "version": version,
+        "through_turn": through,
+        "updated_at": time.time() if stamp is None else _check_time(stamp, "memory.updated_at"),
         "slots": slots,
     }
 
@@ -804,7 +917,7 @@ def _insert_imported(conn: Connection, user_id: str, session_id: str, parsed: di
         insert(S.sessions).values(
             user_id=user_id,
             session_id=session_id,
-            created_at=float(session.get("created_at") or now),
+            created_at=session.get("created_at") or now,
             updated_at=now,
             meta=session["meta"],
             turn_count=parsed["turn_count"],
