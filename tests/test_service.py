@@ -122,6 +122,10 @@ def test_write_recall_answer_chat(client, alice):
     client.post("/sessions/s/write", json={"text": "The river froze in winter."}, headers=alice)
     rec = client.post("/sessions/s/recall", json={"query": "stone house", "top_k": 2}, headers=alice).json()
     assert rec["level"] == "paragraph" and sorted(s["turn_id"] for s in rec["slots"]) == [1, 2]
+    for slot in rec["slots"]:  # recall confidence travels with every slot
+        assert "".join(t["text"] for t in slot["tokens"]) == slot["text"]
+        assert 0 < slot["confidence"]["min"] <= slot["confidence"]["geo_mean"] <= 1
+    assert rec["confidence"] == min(s["confidence"]["geo_mean"] for s in rec["slots"])
     by_index = client.post("/sessions/s/recall", json={"index": 1}, headers=alice).json()
     assert by_index["slots"][0]["key"] == "p1" and by_index["slots"][0]["turn_id"] == 2
     ans = client.post("/sessions/s/answer", json={"question": "Who built the house?", "max_new_tokens": 4,

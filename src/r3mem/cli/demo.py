@@ -57,6 +57,7 @@ def demo(
         "paragraph_memory_tokens": mem_tokens, "compression_ratio": round(mem.n_tokens / max(mem_tokens, 1), 2),
         "recalled_paragraph": idx, "token_exact_match": round(token_exact_match(ref_ids, hyp_ids), 4),
         "rouge_l": round(scores.rouge_l, 4), "original": original, "recalled": rec.text,
+        "recall_confidence": rec.slots[0]["confidence"],
     }
     if save:
         engine.save(mem, save)
@@ -70,3 +71,6 @@ def demo(
     out.print(f"compression ratio : {result['compression_ratio']}x (paragraph level: {mem.n_tokens} tokens -> {mem_tokens} memory tokens)")
     out.print(f"\n--- original text of paragraph slot {idx} ({slot.key}) ---\n{original}\n\n--- recalled from memory ---\n{rec.text}\n")
     out.print(f"reconstruction    : token exact match {result['token_exact_match']:.3f}, ROUGE-L {result['rouge_l']:.3f}")
+    conf = result["recall_confidence"]
+    if conf["geo_mean"] is not None:
+        out.print(f"recall confidence : geometric-mean token probability {conf['geo_mean']:.3f}, lowest {conf['min']:.3f}")

@@ -87,6 +87,16 @@ class RecallIn(_Strict):
     top_k: int = Field(1, ge=1, le=32)
 
 
+class Confidence(BaseModel):
+    geo_mean: Optional[float] = Field(None, description="Geometric mean of the recalled tokens' probabilities.")
+    min: Optional[float] = Field(None, description="Probability of the least likely recalled token.")
+
+
+class TokenOut(BaseModel):
+    text: str
+    p: float = Field(description="Probability the memory's decoder gave this token.")
+
+
 class SlotOut(BaseModel):
     level: str
     key: str
@@ -95,11 +105,14 @@ class SlotOut(BaseModel):
     score: Optional[float] = None
     text: Optional[str] = None
     turn_id: Optional[int] = None
+    confidence: Optional[Confidence] = Field(None, description="How sure the decoder was of this slot's reconstruction.")
+    tokens: Optional[list[TokenOut]] = Field(None, description="The reconstruction token by token, with probabilities.")
 
 
 class RecallOut(BaseModel):
     text: str
     level: str
+    confidence: Optional[float] = Field(None, description="The least confident slot's geometric-mean token probability.")
     slots: list[SlotOut]
 
 
