@@ -1,0 +1,327 @@
+"""An MCP (Model Context Protocol) server over a memory store: `r3mem mcp` runs it.
+
+    from r3mem.mcp_server import create_server
+    server = create_server(engine, MemoryStore("chats.db"), user_id="local")
+    server.run("stdio")                      # or: server.run("streamable-http", host="127.0.0.1", port=8765)
+
+An MCP-capable agent (a desktop chat app, an IDE assistant) gets tools to write text or conversation
+turns into a session's memory, recall text back from it (with the model's confidence), answer a question
+from it, list its sessions and delete one. Every tool is a thin layer over `ChatAgent` and `MemoryStore`,
+acting for one user of the store (`user_id`, like `r3mem chat --user`). Library errors (unknown session,
+bad slot index, store unavailable) come back as tool errors with the library's one-line message, so the
+agent can read and correct them.
+
+Needs the optional `mcp` extra: `pip install 'r3mem[mcp]'`.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from typing import Annotated, Any, ContextManager, Literal, Optional, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from r3mem import __version__
+from r3mem.agent import ChatAgent, _make_retriever, ensure_session
+from r3mem.store import MemoryStore, NotFound, Session, StoreError, Turn
+
+try:
+    from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver.exceptions import ToolError
+    from mcp.types import ToolAnnotations
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise ImportError("the MCP server needs the 'mcp' extra: pip install 'r3mem[mcp]'") from e
+
+__all__ = ["create_server", "TRANSPORTS", "INSTRUCTIONS"]
+
+TRANSPORTS = ("stdio", "streamable-http")
+DEFAULT_SESSION = "default"
+
+INSTRUCTIONS = """\
+Long-term memory for this conversation partner, kept by r3mem. Text written to a session is compressed
+into a reversible neural memory; recall runs the model backward to reconstruct the text, so a recall is a
+reconstruction, not a copy: check its `confidence` (0-1, the geometric mean of the probabilities the model
+gave the tokens it produced; below about 0.5 treat the text as unreliable).
+Use `write_memory` for each user message or fact worth keeping (or `write_conversation` for several turns),
+`recall_memory` to get back what was said about a topic, `answer_from_memory` to answer a question from
+memory in one step, `list_sessions` to see which sessions exist and `delete_session` to forget one.
+Sessions are created on first write; omit `session_id` to use the default session."""
+
+_T = TypeVar("_T")
+
+
+# ----------------------------------------------------------------------------------- result models
+# extra="allow": whatever else the library adds to a result is passed through, not dropped.
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class TurnResult(_Open):
+    index: int = Field(description="1-based position of the turn in its session.")
+    speaker: str
+    text: str
+    timestamp: float = Field(description="Seconds since the epoch (UTC).")
+
+
+class WriteResult(_Open):
+    session_id: str
+    turns: list[TurnResult] = Field(description="The turns stored, in order.")
+    memory_version: int = Field(description="Version of the session memory that covers these turns (committed).")
+
+
+class Confidence(_Open):
+    geo_mean: Optional[float] = Field(None, description="Geometric mean of the token probabilities (0-1).")
+    min: Optional[float] = Field(None, description="Probability of the least likely token produced (0-1).")
+
+
+class TokenProb(_Open):
+    text: str = Field(description="A piece of the reconstructed text (the pieces concatenate to the slot's text).")
+    p: float = Field(description="Probability the model gave this piece when reconstructing it.")
+
+
+class SlotResult(_Open):
+    level: str = Field(description="document, paragraph or entity.")
+    key: str = Field(description="Slot id within the session memory, e.g. p0.")
+    start: int = Field(description="Character offset where the slot's source text starts.")
+    end: int
+    score: Optional[float] = Field(None, description="Relevance to the query (mean log-probability; higher is better).")
+    text: Optional[str] = Field(None, description="This slot's reconstructed text.")
+    turn_id: Optional[int] = Field(None, description="Index of the turn the slot's text came from.")
+    confidence: Optional[Confidence] = None
+    tokens: Optional[list[TokenProb]] = Field(None, description="Each reconstructed piece with its probability.")
+
+
+class RecallResult(_Open):
+    session_id: str
+    text: str = Field(description="The recalled slots' texts joined by blank lines.")
+    level: str
+    confidence: Optional[float] = Field(None, description="The least confident slot's geometric-mean token "
+                                                          "probability (0-1); null when nothing was recalled.")
+    slots: list[SlotResult]
+
+
+class AnswerResult(_Open):
+    session_id: str
+    text: str = Field(description="The answer.")
+    recalled: str = Field(description="The memory text the answer was based on.")
+    confidence: Optional[float] = Field(None, description="How sure the memory was of the recalled text (0-1), "
+                                                          "as in recall_memory.")
+    slots: list[SlotResult] = Field(description="The recalled passages the answer relied on.")
+
+
+class SessionResult(_Open):
+    session_id: str
+    turn_count: int = Field(description="Number of turns written (the index of the last one).")
+    created_at: float
+    updated_at: float
+    meta: dict[str, Any]
+
+
+class SessionListResult(_Open):
+    sessions: list[SessionResult] = Field(description="This user's sessions, oldest first.")
+
+
+class DeleteResult(_Open):
+    session_id: str
+    deleted: bool
+
+
+class TurnIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    speaker: str = Field(min_length=1, max_length=64, description="Who said it: user, assistant or a name.")
+    text: str = Field(min_length=1, description="What was said.")
+
+
+# ----------------------------------------------------------------------------------- input types
+
+SessionArg = Annotated[Optional[str], Field(
+    default=None, min_length=1, max_length=128,
+    description="Session to use (any short name, e.g. a project or conversation id); omit for the default session.")]
+QueryArg = Annotated[Optional[str], Field(
+    default=None, min_length=1,
+    description="What to look for: the `top_k` slots most likely to produce this text are recalled. Omit it "
+                "(and `index`) to reconstruct every slot of the level, which can be long.")]
+LevelArg = Annotated[Literal["document", "paragraph", "entity"], Field(
+    description="Granularity: paragraph (one per written turn or paragraph; the usual choice), entity (short "
+                "spans about one name) or document (a summary of the whole session).")]
+IndexArg = Annotated[Optional[int], Field(
+    default=None, description="Recall exactly this slot (0-based, negative counts from the end) instead of searching.")]
+TopKArg = Annotated[int, Field(ge=1, le=32, description="How many slots to recall for `query` (1-32).")]
+
+
+def _turn(t: Turn) -> dict[str, Any]:
+    return {"index": t.index, "speaker": t.speaker, "text": t.text, "timestamp": t.timestamp}
+
+
+def _session(s: Session) -> dict[str, Any]:
+    return {"session_id": s.session_id, "turn_count": s.turn_count, "created_at": s.created_at,
+            "updated_at": s.updated_at, "meta": s.meta}
+
+
+def _confidence(slots: list[dict[str, Any]]) -> float | None:
+    vals = [(s.get("confidence") or {}).get("geo_mean") for s in slots]
+    vals = [v for v in vals if v is not None]
+    return min(vals) if vals else None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _tool_errors(fn: Callable[..., _T]) -> Callable[..., _T]:
+    """Library errors become tool errors with their one-line message (the agent sees it and can retry)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> _T:
+        try:
+            return fn(*args, **kwargs)
+        except (StoreError, ValueError, IndexError) as exc:  # NotFound, Conflict, MemoryFileError, bad index…
+            raise ToolError(_one_line(exc)) from exc
+
+    return wrapper
+
+
+def create_server(engine, store: MemoryStore, user_id: str = "local", *, default_session: str = DEFAULT_SESSION,
+                  name: str = "r3mem", lock: ContextManager | None = None) -> MCPServer:
+    """An `MCPServer` whose tools act on `user_id`'s sessions in `store` through `engine`.
+
+    `lock` is held around every model call (a `threading.Lock` by default: tools run in worker threads
+    and one torch model must not run in several at once). The caller owns and closes engine and store.
+    """
+    model_lock = lock if lock is not None else threading.Lock()
+    server = MCPServer(name, title="r3mem memory", version=__version__, instructions=INSTRUCTIONS,
+                       description="Reversible compressed long-term memory for an LLM agent.")
+
+    retrievers: dict[str, Any] = {}  # one per kind, shared (agents use it under model_lock): loaded once
+
+    def agent(session_id: str | None, *, create: bool = False, retrieval: str | None = None,
+              top_k: int = 2) -> ChatAgent:
+        sid = session_id or default_session
+        if create:
+            ensure_session(store, user_id, sid)
+        else:
+            store.get_session(user_id, sid)  # unknown session: NotFound before any model work
+        if retrieval is not None and retrieval not in retrievers:
+            with model_lock:
+                retrievers.setdefault(retrieval, _make_retriever(retrieval))
+        return ChatAgent(engine, store, user_id, sid, retrieval, top_k=top_k, lock=model_lock,
+                         retriever=retrievers.get(retrieval) if retrieval else None)
+
+    writes = ToolAnnotations(title="Write to memory", read_only_hint=False, destructive_hint=False,
+                             idempotent_hint=False, open_world_hint=False)
+    reads = dict(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
+
+    @server.tool(annotations=writes)
+    @_tool_errors
+    def write_memory(
+        text: Annotated[str, Field(min_length=1, description="The text to remember: a conversation turn, a fact "
+                                                             "or a note. One paragraph per call works best.")],
+        speaker: Annotated[str, Field(min_length=1, max_length=64,
+                                      description="Who said it: user, assistant, a person's name, or note for "
+                                                  "text nobody said.")] = "user",
+        session_id: SessionArg = None,
+    ) -> WriteResult:
+        """Write text (or one conversation turn) into a session's long-term memory.
+
+        The text is stored as a turn and compressed into the session memory before this returns; the
+        session is created if it does not exist. Call it for every user message or fact worth keeping."""
+        a = agent(session_id, create=True)
+        turn, version = a.write(text, speaker)
+        return WriteResult(session_id=a.session_id, turns=[_turn(turn)], memory_version=version)
+
+    @server.tool(annotations=writes.model_copy(update={"title": "Write a conversation to memory"}))
+    @_tool_errors
+    def write_conversation(
+        turns: Annotated[list[TurnIn], Field(min_length=1, max_length=256,
+                                             description="The turns in the order they were said.")],
+        session_id: SessionArg = None,
+    ) -> WriteResult:
+        """Write several conversation turns into a session's memory at once (faster than one call each).
+
+        Each turn is {"speaker": "user" | "assistant" | a name, "text": "..."}. The session is created if
+        it does not exist; all turns are in memory when this returns."""
+        a = agent(session_id, create=True)
+        stored = a.add_turns([(t.speaker, t.text) for t in turns])
+        version = a.sync()
+        return WriteResult(session_id=a.session_id, turns=[_turn(t) for t in stored], memory_version=version)
+
+    @server.tool(annotations=ToolAnnotations(title="Recall from memory", **reads))
+    @_tool_errors
+    def recall_memory(
+        query: QueryArg = None,
+        level: LevelArg = "paragraph",
+        top_k: TopKArg = 1,
+        index: IndexArg = None,
+        session_id: SessionArg = None,
+    ) -> RecallResult:
+        """Reconstruct text from a session's memory: what was written about `query`.
+
+        Returns the reconstructed text of the `top_k` best-matching slots, each with the turn it came
+        from, its relevance score and the model's confidence (0-1) overall and per token. Low confidence
+        (below about 0.5) means the reconstruction may be wrong. Nothing is changed."""
+        a = agent(session_id)
+        rec = a.recall(query, level, index, top_k).to_dict()
+        rec.setdefault("confidence", _confidence(rec["slots"]))
+        return RecallResult(session_id=a.session_id, **rec)
+
+    @server.tool(annotations=ToolAnnotations(title="Answer from memory", **reads))
+    @_tool_errors
+    def answer_from_memory(
+        question: Annotated[str, Field(min_length=1, description="The question to answer from memory.")],
+        top_k: Annotated[int, Field(ge=1, le=32, description="How many memory slots to base the answer on.")] = 2,
+        max_new_tokens: Annotated[int, Field(ge=1, le=512, description="Longest answer, in tokens.")] = 64,
+        retrieval: Annotated[Optional[Literal["bm25", "embedding"]], Field(
+            default=None, description="Also re-rank recalled slots with keyword (bm25) or embedding search; "
+                                      "omit to use the memory's own ranking.")] = None,
+        session_id: SessionArg = None,
+    ) -> AnswerResult:
+        """Answer a question from a session's memory with the memory's own small language model.
+
+        Recalls the most relevant slots, answers from them, and returns the answer with the recalled
+        passages and how confident the memory was of them. Nothing is stored. For a stronger answer,
+        call recall_memory and answer yourself."""
+        a = agent(session_id, retrieval=retrieval, top_k=top_k)
+        reply = a.respond(question, max_new_tokens).to_dict()
+        reply.pop("turns", None)
+        reply.setdefault("confidence", _confidence(reply["slots"]))
+        return AnswerResult(session_id=a.session_id, **reply)
+
+    @server.tool(annotations=ToolAnnotations(title="List sessions", **reads))
+    @_tool_errors
+    def list_sessions() -> SessionListResult:
+        """List the sessions that have memory, oldest first, with how many turns each holds."""
+        try:
+            sessions = store.list_sessions(user_id)
+        except NotFound:  # the user does not exist yet: nothing was ever written
+            sessions = []
+        return SessionListResult(sessions=[_session(s) for s in sessions])
+
+    @server.tool(annotations=ToolAnnotations(title="Delete a session", read_only_hint=False, destructive_hint=True,
+                                             idempotent_hint=True, open_world_hint=False))
+    @_tool_errors
+    def delete_session(
+        session_id: Annotated[str, Field(min_length=1, max_length=128,
+                                         description="The session to delete (see list_sessions).")],
+    ) -> DeleteResult:
+        """Permanently delete a session: its turns and its memory. Cannot be undone."""
+        store.delete_session(user_id, session_id)
+        return DeleteResult(session_id=session_id, deleted=True)
+
+    return server
+
+
+def run(server: MCPServer, transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765,
+        path: str = "/mcp") -> None:
+    """Serve over stdio (the client starts this process) or streamable HTTP at http://host:port/path."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+    if transport == "stdio":
+        server.run("stdio")
+    else:
+        server.run("streamable-http", host=host, port=port, streamable_http_path=path)
+
