@@ -319,3 +319,42 @@ def test_library_noise_is_hidden_unless_debugging(monkeypatch):
     finally:
         hf_logging.enable_progress_bar()
         hf_logging.set_verbosity_warning()
+
+
+def test_fuzzed_memory_import_is_one_error_or_a_whole_session(tmp_path, text_file):
+    """Random mutations of a real export through `r3mem memory import`: a one-line error and nothing
+    stored, or the whole session; the session list always loads afterwards."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    exported = _cli_export(tmp_path, text_file)
+    db = tmp_path / "fuzz.db"
+    edge = st.sampled_from([2**31, 2**63, 10**30, -1, 0, float("inf"), float("nan"), "\ud800", "", None, [], {}, "x/y"])
+    paths = st.sampled_from([("session", "session_id"), ("session", "turn_count"), ("session", "created_at"),
+                             ("session", "meta"), ("turns", 0, "index"), ("turns", 0, "text"), ("memory", "version"),
+                             ("memory", "through_turn"), ("memory", "blob_b64"), ("memory", "slots"), ("format_version",)])
+    n = [0]
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(st.lists(st.tuples(paths, edge), min_size=1, max_size=2))
+    def check(edits):
+        data = json.loads(json.dumps(exported))
+        for path, value in edits:
+            node = data
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+        n[0] += 1
+        f = tmp_path / f"m{n[0]}.json"
+        f.write_text(json.dumps(data))  # NaN/Infinity/lone surrogates written as Python's json writes them
+        before = json.loads(ok("memory", "list", "--store", db, "--user", "u", "--json").stdout) if db.exists() else []
+        r = run("memory", "import", f, "--store", db, "--user", "u", "--session", f"s{n[0]}")
+        after = json.loads(ok("memory", "list", "--store", db, "--user", "u", "--json").stdout) if db.exists() else []
+        assert "Traceback" not in r.output
+        if r.exit_code == 0:
+            assert len(after) == len(before) + 1
+        else:
+            one_error(r)
+            assert after == before
+
+    check()

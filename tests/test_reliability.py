@@ -601,6 +601,10 @@ class StoreModel(RuleBasedStateMachine):
             return
         current = s["memory"][1] if s["memory"] else 0
         version = {"none": None, "current": current, "stale": current + 1}[expected]
+        if through > s["count"]:  # a memory cannot cover turns that do not exist
+            with pytest.raises(ValueError, match="beyond the last turn"):
+                self.store.put_memory(user, sid, blob, slots, through, expected_version=version)
+            return
         if expected == "stale":
             with pytest.raises(Conflict):
                 self.store.put_memory(user, sid, blob, slots, through, expected_version=version)

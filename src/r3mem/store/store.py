@@ -411,6 +411,7 @@ class MemoryStore:
         Raises:
             Conflict: ``expected_version`` differs from the stored version (nothing written).
             NotFound: Unknown user or session.
+            ValueError: ``through_turn`` is beyond the session's last turn (nothing written).
         """
         blob = _check_blob(blob)
         slot_rows = [_slot_values(user_id, session_id, i, slot) for i, slot in enumerate(_check_slots(slots))]
@@ -421,6 +422,9 @@ class MemoryStore:
         now = time.time()
         with self._tx(f"write the memory of {where}", write=True) as conn:
             _touch_session(conn, user_id, session_id, now)
+            count = conn.execute(select(S.sessions.c.turn_count).where(*_session_key(S.sessions, user_id, session_id))).scalar_one()
+            if through_turn > count:  # the same rule an import is held to
+                raise ValueError(f"through_turn {through_turn} is beyond the last turn ({count}) of {where}")
             current = _memory_version(conn, user_id, session_id)
             if expected_version is not None and expected_version != (current or 0):
                 raise Conflict(
