@@ -267,7 +267,7 @@ def test_baseline_configs_are_valid_and_keep_the_budget():
     assert rec.model.w_bwd == 0 and rec.model.hierarchy_levels == ("document",)
     assert {lvl for p in rec.curriculum for lvl in p.levels} == {"document"}
     assert ae.model.w_fwd == 0 and ae.query_dropout == 1.0
-    assert {lvl for p in ae.curriculum for lvl in p.levels} == {"paragraph"}
+    assert {lvl for p in ae.curriculum for lvl in p.levels} == {"recon"}  # autoencoding only, on the new pathway
     assert _baseline_config("no_hierarchy").model.hierarchy_levels == ("document",)
     assert _baseline_config("no_backward").model.w_bwd == 0 and _baseline_config("no_cycle").model.w_cyc == 0
     for name in ("recurrent", "autoencoder", "no_hierarchy", "no_backward", "no_cycle", "coupling"):

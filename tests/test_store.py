@@ -263,6 +263,7 @@ def test_another_users_session_is_not_found(store: MemoryStore) -> None:
 def test_put_and_get_memory_with_versions(store: MemoryStore) -> None:
     store.create_user("alice")
     store.create_session("alice", "s")
+    store.append_turns("alice", "s", [("user", f"turn {i}") for i in range(5)])
     assert store.get_memory("alice", "s") is None
     assert store.put_memory("alice", "s", b"\x00first", _slots(5, "v1"), through_turn=2) == 1
     got = store.get_memory("alice", "s")
@@ -294,6 +295,8 @@ def test_failure_between_memory_row_and_slots_leaves_previous_memory(
     store.create_user("alice")
     store.create_session("alice", "s")
     store.create_session("alice", "empty")
+    for session_id in ("s", "empty"):
+        store.append_turns("alice", session_id, [("user", "one"), ("user", "two")])
 
     def crash(conn, slot_rows):  # noqa: ARG001 - same signature as the real method
         raise RuntimeError("injected failure after the memory row")
