@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from r3mem.eval import metrics as M
 from r3mem.eval.metrics import (
     best_over_answers,
     bleu,
@@ -163,3 +164,31 @@ def test_recall_at_k() -> None:
     assert recall_at_k([3, 1], [], k=1) is None
     with pytest.raises(ValueError, match="k must be positive"):
         recall_at_k([1], [1], k=0)
+
+
+def test_auroc_counts_pairs_and_ties():
+    assert M.auroc([0.9, 0.8, 0.1], [True, True, False]) == 1.0
+    assert M.auroc([0.1, 0.9], [True, False]) == 0.0
+    assert M.auroc([0.5, 0.5], [True, False]) == 0.5
+    assert M.auroc([0.3, 0.9, 0.6, 0.2], [True, True, False, False]) == 0.75  # 3 of 4 pairs ordered right
+    assert M.auroc([0.3], [True]) is None
+
+
+def test_confidence_calibration_separates_sure_from_unsure_slots():
+    refs = [[1, 2, 3, 4], [5, 6, 7, 8], [1, 1, 1, 1], [2, 2, 2, 2]]
+    produced = [[1, 2, 3, 4], [5, 6, 7, 8], [9, 9, 9, 1], [9, 9, 2, 2]]
+    probs = [[0.95] * 4, [0.9] * 4, [0.2, 0.25, 0.3, 0.8], [0.2, 0.3, 0.7, 0.75]]
+    c = M.confidence_calibration(refs, produced, probs, bins=4)
+    assert c["n_tokens"] == 16 and c["n_slots"] == 4 and c["token_auroc"] == 1.0
+    assert c["token_accuracy_most_confident_quartile"] == 1.0
+    assert c["token_accuracy_least_confident_quartile"] == 0.25  # slot 3: one of four right
+    by_bin = {r["lo"]: r for r in c["reliability"]}
+    assert by_bin[0.0]["n_tokens"] == 2 and by_bin[0.0]["accuracy"] == 0.0  # the two 0.2s (0.25 opens bin 1)
+    assert by_bin[0.25]["n_tokens"] == 3 and by_bin[0.25]["accuracy"] == 0.0
+    assert by_bin[0.75]["n_tokens"] == 10 and by_bin[0.75]["accuracy"] == 1.0  # 0.95, 0.9, 0.8, 0.75
+    assert sum(r["n_tokens"] for r in c["reliability"]) == 16
+    assert c["expected_calibration_error"] == pytest.approx(
+        sum(r["n_tokens"] * abs(r["mean_prob"] - r["accuracy"]) for r in c["reliability"] if r["n_tokens"]) / 16)
+    # produced past the reference's end is wrong; a longer reference counts its missing tokens as errors
+    short = M.confidence_calibration([[1]], [[1, 2]], [[0.9, 0.8]])
+    assert short["mean_token_prob_wrong"] == 0.8 and short["token_accuracy_most_confident_quartile"] == 1.0

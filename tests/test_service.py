@@ -619,3 +619,36 @@ def test_two_replicas_on_one_postgres_store(pg_store_url):
     assert all(texts[t["index"]] == t["text"] for t in turns) and len(texts) == 16
     assert stored.through_turn == 16 and stored.version >= max(a["memory_version"] for m in acked for a in m)
     assert [r.turn_id for r in stored.slots if r.level == "paragraph"] == list(range(1, 17))
+
+
+def test_memory_detail_shows_each_slot_with_its_source(client, alice, engine):
+    client.post("/sessions", json={"session_id": "s"}, headers=alice)
+    assert client.get("/sessions/s/memory", headers=alice).json()["slots"] == []  # nothing written yet
+    texts = ["Henry Sibley built a stone house.", "The river froze in winter."]
+    for text in texts:
+        client.post("/sessions/s/write", json={"text": text, "speaker": "Caroline"}, headers=alice)
+    detail = client.get("/sessions/s/memory", headers=alice).json()
+    exported = client.get("/sessions/s/export", headers=alice).json()
+    mem = engine.from_bytes(base64.b64decode(exported["memory"]["blob_b64"]))
+    assert detail["version"] == 2 and detail["through_turn"] == 2 and detail["memory_mode"] == engine.config.memory_mode
+    assert detail["document"]["shape"] == list(mem.doc_state.shape)
+    assert detail["document"]["bytes"] == mem.doc_state.numel() * mem.doc_state.element_size()
+    paragraphs = [s for s in detail["slots"] if s["level"] == "paragraph"]
+    assert [s["index"] for s in paragraphs] == list(range(len(mem.paragraphs))) and len(paragraphs) == len(texts)
+    for slot, text, turn_id in zip(paragraphs, texts, (1, 2)):
+        assert slot["source"].strip() == f"Caroline: {text}" and slot["turn_id"] == turn_id
+        assert "".join(slot["source_tokens"]) == slot["source"] and len(slot["source_tokens"]) == slot["n_tokens"]
+        # the index is the one recall takes
+        assert client.post("/sessions/s/recall", json={"index": slot["index"]}, headers=alice).json()["slots"][0]["key"] == slot["key"]
+    assert_error(client.get("/sessions/s/memory"), 401, "unauthorized", "missing bearer token")
+    bob = new_user(client, "bob")
+    assert_error(client.get("/sessions/s/memory", headers=bob), 404, "not_found", "'s'")
+
+
+def test_ui_is_served_as_static_files(client):
+    page = client.get("/ui/")
+    assert page.status_code == 200 and "r3mem inspector" in page.text
+    assert "http" not in page.text.replace("http-equiv", "")  # no external URLs
+    script = client.get("/ui/app.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert "innerHTML" not in script.text  # stored text is only ever set as textContent

@@ -26,7 +26,7 @@ import torch
 from r3mem.data.spans import paragraph_spans
 from r3mem.data.text import read_text, strip_gutenberg
 from r3mem.engine import R3Mem
-from r3mem.eval.metrics import reconstruction_scores, token_exact_match
+from r3mem.eval.metrics import confidence_calibration, reconstruction_scores, token_exact_match
 from r3mem.recall import reconstruct_scored
 from r3mem.writer import compress_texts, pad_batch, tokenize
 
@@ -57,45 +57,12 @@ def reconstruction(engine: R3Mem, paras: list[list[int]], ratios: list[float]) -
             "token_exact_match": sum(em) / len(em), "paragraph_exact_match": sum(full) / len(full),
             "rouge_l": sum(s.rouge_l for s in sc) / len(sc), "bleu": sum(s.bleu for s in sc) / len(sc),
             "mean_tokens": sum(map(len, paras)) / len(paras),
-            "confidence": confidence_calibration(paras, recs),
+            "confidence": confidence_calibration(paras, [x.token_ids for x in recs], [x.token_probs for x in recs]),
             "mean_memory_tokens": sum(s.shape[-2] for s in states) / len(states),
             "examples": [{"reference": tok.decode(paras[i]), "recalled": hyps[i]} for i in range(min(3, len(paras)))],
             "wall_s": round(time.perf_counter() - t0, 1),
         }
     return res
-
-
-def _auroc(scores: list[float], labels: list[bool]) -> float | None:
-    """Probability that a random correct token got a higher score than a random wrong one (ties: 1/2)."""
-    pos = sorted(s for s, y in zip(scores, labels) if y)
-    neg = sorted(s for s, y in zip(scores, labels) if not y)
-    if not pos or not neg:
-        return None
-    import bisect
-
-    wins = sum(bisect.bisect_left(neg, p) + 0.5 * (bisect.bisect_right(neg, p) - bisect.bisect_left(neg, p)) for p in pos)
-    return wins / (len(pos) * len(neg))
-
-
-def confidence_calibration(paras: list[list[int]], recs) -> dict:
-    """Does recall confidence predict correctness? A produced token is correct when it equals the
-    reference token at its position. Reports the AUROC of per-token probability for correctness and
-    the token accuracy of the most and least confident quartile of slots (by geometric-mean probability)."""
-    probs, correct, slots = [], [], []
-    for ref, rec in zip(paras, recs):
-        ok = [i < len(ref) and t == ref[i] for i, t in enumerate(rec.token_ids)]
-        probs += rec.token_probs
-        correct += ok
-        acc = sum(ok[:len(ref)]) / len(ref)
-        slots.append((rec.confidence()["geo_mean"] or 0.0, acc))
-    slots.sort()
-    q = max(1, len(slots) // 4)
-    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
-    return {"token_auroc": _auroc(probs, correct), "n_tokens": len(probs),
-            "token_accuracy_least_confident_quartile": mean([a for _, a in slots[:q]]),
-            "token_accuracy_most_confident_quartile": mean([a for _, a in slots[-q:]]),
-            "mean_token_prob_correct": mean([p for p, c in zip(probs, correct) if c]),
-            "mean_token_prob_wrong": mean([p for p, c in zip(probs, correct) if not c])}
 
 
 @torch.no_grad()

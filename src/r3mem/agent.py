@@ -27,8 +27,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ContextManager
 
 from r3mem.memory import Memory
-from r3mem.recall import Recalled
+from r3mem.recall import Recalled, token_pieces
 from r3mem.store import Conflict, MemoryStore, NotFound, Session, SlotRecord, StoredMemory, StoreError, Turn
+from r3mem.writer import tokenize
 
 __all__ = ["ChatAgent", "Reply", "RETRIEVALS", "CHAT_PROMPT", "QA_PROMPT", "format_turn", "ensure_session"]
 
@@ -241,6 +242,37 @@ class ChatAgent:
         """The session's current memory (a fresh one if nothing was written) and its store record."""
         stored = self.store.get_memory(self.user_id, self.session_id)
         return self._decode(stored), stored
+
+    def describe(self, max_slots: int = 500) -> dict[str, Any]:
+        """What the session memory holds, for inspection: its size, the document state, and each slot
+        (at most `max_slots`) with the text span it was written from, as the tokenizer splits it.
+
+        Slot `index` is its position within its level, as `recall(level=..., index=...)` takes it;
+        `source` is the span of the turns' stream (each turn formatted by `format_turn`)."""
+        mem, stored = self.memory()
+        turns = self.store.list_turns(self.user_id, self.session_id)
+        through = stored.through_turn if stored else 0
+        stream = "".join(format_turn(t.speaker, t.text) for t in turns if t.index <= through)
+        turn_ids = {(r.level, r.key): r.turn_id for r in (stored.slots if stored else [])}
+        tok = self.engine.tokenizer
+        doc = mem.doc_state
+        listed = [(level, i, s) for level, items in (("paragraph", mem.paragraphs), ("entity", mem.entities))
+                  for i, s in enumerate(items)][:max_slots]
+        slots = []
+        for level, i, s in listed:
+            source = stream[s.start:s.end]
+            with self._lock:  # the tokenizer is shared with the model's users
+                pieces = [text for text, _ in token_pieces(tok, tokenize(tok, source))]
+            slots.append({"level": level, "index": i, "key": s.key, "start": s.start, "end": s.end,
+                          "turn_id": turn_ids.get((level, s.key)), "n_tokens": s.n_tokens,
+                          "mem_tokens": s.n_mem_tokens, "source": source, "source_tokens": pieces})
+        return {"version": stored.version if stored else 0, "through_turn": through,
+                "bytes": len(stored.blob) if stored else 0, "memory_mode": self.engine.config.memory_mode,
+                "document": {"shape": list(doc.shape), "dtype": str(doc.dtype).removeprefix("torch."),
+                             "bytes": doc.numel() * doc.element_size(), "n_tokens": mem.n_tokens,
+                             "n_segments": mem.n_segments},
+                "state_bytes": mem.state_bytes(), "paragraphs": len(mem.paragraphs), "entities": len(mem.entities),
+                "slots": slots}
 
     def recall(self, query: str | None = None, level: str = "paragraph", index: int | None = None,
                top_k: int = 1) -> Recalled:

@@ -240,6 +240,10 @@ class Client:
         return self._json("POST", f"/sessions/{_sid(session_id)}/write", idempotent=False,
                           json={"text": text, "speaker": speaker})
 
+    def memory(self, session_id: str) -> dict[str, Any]:
+        """`GET /sessions/{id}/memory`: document state size and every slot with the source text it holds."""
+        return self._json("GET", f"/sessions/{_sid(session_id)}/memory", idempotent=True)
+
     def recall(self, session_id: str, query: str | None = None, level: str = "paragraph",
                index: int | None = None, top_k: int = 1) -> dict[str, Any]:
         """`POST /sessions/{id}/recall`: reconstructed text, with per-slot text, turn and confidence."""

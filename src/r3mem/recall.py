@@ -8,6 +8,7 @@ by the backward model, conditioned on the query.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -201,18 +202,24 @@ def recall_many(model: R3MemModel, tok, mems: list[Memory], queries: list[str | 
     return out
 
 
-def _token_pieces(tok, rec: Reconstruction) -> list[dict]:
-    """Each produced token's text and probability; the pieces concatenate to the recalled text
-    (byte-level pieces that split a character are merged with the next one)."""
-    pieces, ids = [], []
-    for i, (t, p) in enumerate(zip(rec.token_ids, rec.token_probs)):
-        ids.append((t, p))
-        text = tok.decode([x for x, _ in ids], skip_special_tokens=True)
-        if "\ufffd" in text and i + 1 < len(rec.token_ids):
+def token_pieces(tok, ids: Sequence[int]) -> list[tuple[str, list[int]]]:
+    """`ids` as decodable pieces: (text, positions in `ids`); the texts concatenate to the decoded
+    ids (byte-level tokens that split a character are merged with the next one)."""
+    pieces, group = [], []
+    for i in range(len(ids)):
+        group.append(i)
+        text = tok.decode([ids[j] for j in group], skip_special_tokens=True)
+        if "\ufffd" in text and i + 1 < len(ids):
             continue  # an incomplete UTF-8 sequence: wait for the rest of the character
-        pieces.append({"text": text, "p": round(min(q for _, q in ids), 6)})
-        ids = []
+        pieces.append((text, group))
+        group = []
     return pieces
+
+
+def _token_pieces(tok, rec: Reconstruction) -> list[dict]:
+    """Each produced token's text and probability (a merged piece gets its least likely token's)."""
+    return [{"text": text, "p": round(min(rec.token_probs[j] for j in group), 6)}
+            for text, group in token_pieces(tok, rec.token_ids)]
 
 
 def recall(model: R3MemModel, tok, mem: Memory, query: str | None = None, level: str = "paragraph",

@@ -38,6 +38,8 @@ __all__ = [
     "reconstruction_scores",
     "perplexity",
     "recall_at_k",
+    "auroc",
+    "confidence_calibration",
 ]
 
 Tokens = str | Sequence[str] | Sequence[int]
@@ -283,3 +285,63 @@ def recall_at_k(retrieved: Sequence[Hashable], relevant: Iterable[Hashable], k: 
     if not gold:
         return None
     return len(gold & set(retrieved[:k])) / len(gold)
+
+
+# --------------------------------------------------------------------------------------------
+# Recall confidence: does the decoder's probability predict a correct reconstruction?
+# --------------------------------------------------------------------------------------------
+
+
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """Probability that a random positive scores higher than a random negative (ties count 1/2);
+    ``None`` when either class is empty."""
+    import bisect
+
+    pos = sorted(s for s, y in zip(scores, labels) if y)
+    neg = sorted(s for s, y in zip(scores, labels) if not y)
+    if not pos or not neg:
+        return None
+    wins = 0.0
+    for p in pos:
+        below, upto = bisect.bisect_left(neg, p), bisect.bisect_right(neg, p)
+        wins += below + 0.5 * (upto - below)
+    return wins / (len(pos) * len(neg))
+
+
+def confidence_calibration(references: Sequence[Sequence[int]], produced: Sequence[Sequence[int]],
+                           probs: Sequence[Sequence[float]], bins: int = 10) -> dict:
+    """How well per-token probabilities of reconstructions predict correctness.
+
+    A produced token is correct when it equals the reference token at its position. Reports the
+    AUROC of token probability for correctness; token accuracy of the least and most confident
+    quartile of slots (slots ranked by the geometric mean of their token probabilities); and a
+    reliability table: for `bins` equal-width probability bins, the tokens' mean probability and
+    their accuracy (a calibrated decoder has the two equal).
+    """
+    flat_p, flat_ok, slots = [], [], []
+    for ref, ids, ps in zip(references, produced, probs, strict=True):
+        ok = [i < len(ref) and t == ref[i] for i, t in enumerate(ids)]
+        flat_p += list(ps)
+        flat_ok += ok
+        geo = math.exp(sum(math.log(max(p, 1e-12)) for p in ps) / len(ps)) if ps else 0.0
+        slots.append((geo, sum(ok[: len(ref)]) / len(ref) if ref else 0.0))
+    slots.sort()
+    q = max(1, len(slots) // 4)
+
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else None
+
+    table = []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        members = [(p, ok) for p, ok in zip(flat_p, flat_ok) if lo <= p < hi or (b == bins - 1 and p == 1.0)]
+        table.append({"lo": lo, "hi": hi, "n_tokens": len(members), "mean_prob": mean([p for p, _ in members]),
+                      "accuracy": mean([float(ok) for _, ok in members])})
+    filled = [r for r in table if r["n_tokens"]]
+    ece = sum(r["n_tokens"] * abs(r["mean_prob"] - r["accuracy"]) for r in filled) / max(1, len(flat_p))
+    return {"token_auroc": auroc(flat_p, flat_ok), "n_tokens": len(flat_p), "n_slots": len(slots),
+            "token_accuracy_least_confident_quartile": mean([a for _, a in slots[:q]]) if slots else None,
+            "token_accuracy_most_confident_quartile": mean([a for _, a in slots[-q:]]) if slots else None,
+            "mean_token_prob_correct": mean([p for p, c in zip(flat_p, flat_ok) if c]),
+            "mean_token_prob_wrong": mean([p for p, c in zip(flat_p, flat_ok) if not c]),
+            "expected_calibration_error": ece if flat_p else None, "reliability": table}

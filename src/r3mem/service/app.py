@@ -17,6 +17,8 @@ Endpoints (all JSON; errors are `{"error", "message"}`, see `errors.py`):
     POST   /sessions/{id}/answer            answer a question from recalled memory (nothing stored)
     POST   /sessions/{id}/chat              write the message, answer it, store the reply
     GET    /sessions/{id}/export            turns + memory file (base64) as JSON
+    GET    /sessions/{id}/memory            what the memory holds: document state, slots with their source text
+    GET    /ui                              the memory inspector (static page over this API; see ui/)
 
 Auth is a bearer token per user; a user reaches only their own sessions (others' are 404). Handlers
 are synchronous, so they run in the server's thread pool; every model call holds one lock (one torch
@@ -31,10 +33,12 @@ import hmac
 import re
 import secrets
 import threading
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 
 from r3mem import __version__
 from r3mem.agent import ChatAgent
@@ -42,7 +46,9 @@ from r3mem.service import schemas as S
 from r3mem.service.errors import ApiError, BodyLimit, NoEncodedSlash, install_error_handlers
 from r3mem.store import MemoryStore, Session, Turn, parse_export
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "UI_DIR"]
+
+UI_DIR = Path(__file__).with_name("ui")  # plain HTML/CSS/JS, no build step, no external URLs
 
 _bearer = HTTPBearer(auto_error=False, description="A user's API token (from POST /users), or the admin token.")
 Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
@@ -145,6 +151,7 @@ def create_app(engine, store: MemoryStore, *, max_body_bytes: int = 1_000_000, a
     _system_routes(app, svc)
     _session_routes(app, svc)
     _memory_routes(app, svc)
+    app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
     return app
 
 
@@ -222,6 +229,11 @@ def _memory_routes(app: FastAPI, svc: _Service) -> None:
         """Store a turn and write it into the session memory; answered after both are committed."""
         turn, version = svc.agent(svc.user(creds), session_id).write(body.text, body.speaker)
         return S.WriteOut(turn=_turn_out(turn), memory_version=version)
+
+    @app.get("/sessions/{session_id}/memory", response_model=S.MemoryDetail, tags=["memory"])
+    def describe(session_id: str, creds: Creds) -> dict[str, Any]:
+        """What the memory holds: document state size, and each slot with the text span it came from."""
+        return svc.agent(svc.user(creds), session_id).describe()
 
     @app.post("/sessions/{session_id}/recall", response_model=S.RecallOut, tags=["memory"])
     def recall(session_id: str, body: S.RecallIn, creds: Creds) -> dict[str, Any]:

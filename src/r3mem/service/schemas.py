@@ -46,6 +46,39 @@ class MemoryInfo(BaseModel):
     bytes: int
 
 
+class DocumentState(BaseModel):
+    shape: list[int] = Field(description="Tensor shape of the document memory, e.g. [layers, 2, kv_heads, k, head_dim].")
+    dtype: str
+    bytes: int
+    n_tokens: int = Field(description="Tokens folded into the document memory.")
+    n_segments: int
+
+
+class SlotDetail(BaseModel):
+    level: Literal["paragraph", "entity"]
+    index: int = Field(description="Position within its level: `POST /recall` with this level and index recalls it.")
+    key: str
+    start: int = Field(description="Character span of the source in the session's turn stream.")
+    end: int
+    turn_id: Optional[int] = None
+    n_tokens: int = Field(description="Source tokens compressed into this slot.")
+    mem_tokens: int = Field(description="Memory tokens the slot holds.")
+    source: str = Field(description="The text the slot was written from.")
+    source_tokens: list[str] = Field(description="`source` as the tokenizer splits it.")
+
+
+class MemoryDetail(BaseModel):
+    version: int
+    through_turn: int
+    bytes: int = Field(description="Size of the stored memory file.")
+    memory_mode: str
+    document: DocumentState
+    state_bytes: int = Field(description="Bytes of tensor state held (document state and distinct slot states).")
+    paragraphs: int
+    entities: int
+    slots: list[SlotDetail]
+
+
 class SessionOut(BaseModel):
     session_id: str
     created_at: float
