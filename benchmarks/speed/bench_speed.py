@@ -105,6 +105,19 @@ def memory_cost(engine: R3Mem, mem, text: str, n_tokens: int) -> dict:
             "text_bytes": len(text.encode()), "file_over_text": file_bytes / max(len(text.encode()), 1)}
 
 
+def costs(engine: R3Mem, source: str, lengths: list[int]) -> list[dict]:
+    """`memory_cost` alone (no timings, so it may run beside other work): one full write per length."""
+    rows = []
+    for n in lengths:
+        text = _text_of(engine, source, n)
+        mem = engine.write(text)
+        row = {"tokens": n, "paragraph_slots": len(mem.paragraphs), "entity_slots": len(mem.entities),
+               "doc_state_shape": list(mem.doc_state.shape), **memory_cost(engine, mem, text, n)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def run(engine: R3Mem, source: str, lengths: list[int], batch_sizes: list[int], repeats: int = 3) -> list[dict]:
     rows = []
     doc_only = R3Mem(engine.model, engine.tokenizer)
@@ -177,12 +190,17 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,4")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="recall timings: median of this many runs")
+    ap.add_argument("--cost-only", action="store_true", help="only what memories cost on disk (no timings)")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     cfg = R3MemConfig(base_model=a.base_model) if a.base_model else None
     engine = R3Mem.from_pretrained(a.model, base_model=a.base_model, config=cfg)
-    rows = run(engine, a.source, [int(x) for x in a.lengths.split(",")], [int(x) for x in a.batch_sizes.split(",")], a.repeats)
+    lengths = [int(x) for x in a.lengths.split(",")]
+    if a.cost_only:
+        rows = costs(engine, a.source, lengths)
+    else:
+        rows = run(engine, a.source, lengths, [int(x) for x in a.batch_sizes.split(",")], a.repeats)
     import subprocess
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or None
@@ -191,7 +209,8 @@ def main() -> None:
               "torch": torch.__version__, "adapter_hash": engine.adapter_hash, "config": engine.config.to_dict(), "rows": rows}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2))
-    plot(rows, a.out.with_suffix(".png"))
+    if not a.cost_only:
+        plot(rows, a.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
