@@ -12,7 +12,7 @@ torch.set_num_threads(1)
 from r3mem.config import R3MemConfig  # noqa: E402
 from r3mem.engine import R3Mem  # noqa: E402
 from r3mem.model import R3MemModel  # noqa: E402
-from r3mem.testing import SAMPLE_TEXT, tiny_model, tiny_tokenizer  # noqa: E402
+from r3mem.tiny import SAMPLE_TEXT, tiny_model, tiny_tokenizer  # noqa: E402
 
 ALL_LINEAR = {
     "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),

@@ -10,7 +10,7 @@ from r3mem.agent import QA_PROMPT, ChatAgent, Reply, ensure_session, format_turn
 from r3mem.engine import R3Mem
 from r3mem.memfile import MemoryFileError
 from r3mem.store import MemoryStore, NotFound
-from r3mem.testing import tiny_model, tiny_tokenizer
+from r3mem.tiny import tiny_model, tiny_tokenizer
 
 TURNS = [
     ("Caroline", "Henry Sibley built a stone house near the ferry."),

@@ -21,7 +21,7 @@ from conftest import tiny_cfg
 from r3mem.cli.main import app
 from r3mem.engine import R3Mem
 from r3mem.evaluate import METHODS
-from r3mem.testing import tiny_model, tiny_tokenizer
+from r3mem.tiny import tiny_model, tiny_tokenizer
 from r3mem.train.config import TrainConfig, apply_overrides
 
 ROOT = Path(__file__).parents[1]

@@ -9,7 +9,7 @@ from r3mem.engine import R3Mem
 from r3mem.losses import recon_losses
 from r3mem.memfile import MemoryFileError, encode_memory
 from r3mem.model import COMPRESS, R3MemModel
-from r3mem.testing import FAMILIES, SAMPLE_TEXT, tiny_model, tiny_tokenizer
+from r3mem.tiny import FAMILIES, SAMPLE_TEXT, tiny_model, tiny_tokenizer
 from r3mem.writer import pad_batch
 
 

@@ -8,7 +8,7 @@ import torch
 from conftest import perturb_trainables, tiny_cfg
 from r3mem.engine import R3Mem
 from r3mem.memfile import FORMAT_VERSION, MemoryFileError, encode_memory
-from r3mem.testing import SAMPLE_TEXT, tiny_model
+from r3mem.tiny import SAMPLE_TEXT, tiny_model
 
 
 def _same(m1, m2):

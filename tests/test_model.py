@@ -6,7 +6,7 @@ import torch
 from conftest import perturb_trainables, tiny_cfg, tiny_r3
 from r3mem.coupling import Coupling
 from r3mem.model import R3MemModel
-from r3mem.testing import FAMILIES, tiny_model, tiny_tokenizer
+from r3mem.tiny import FAMILIES, tiny_model, tiny_tokenizer
 
 
 def _ids(n: int, batch: int = 1, seed: int = 0) -> torch.Tensor:

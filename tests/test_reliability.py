@@ -47,12 +47,12 @@ from r3mem import writer
 from r3mem.adapter import META, WEIGHTS, AdapterError, adapter_hash, read_adapter
 from r3mem.cli.main import app as cli
 from r3mem.config import ConfigError
-from r3mem.data.text import iter_text_chunks
+from r3mem.text import iter_text_chunks
 from r3mem.engine import R3Mem
 from r3mem.memfile import MemoryFileError
 from r3mem.service import create_app
 from r3mem.store import Conflict, MemoryStore, NotFound, SlotRecord, StoreError
-from r3mem.testing import SAMPLE_TEXT, tiny_model, tiny_tokenizer
+from r3mem.tiny import SAMPLE_TEXT, tiny_model, tiny_tokenizer
 
 torch.set_num_threads(1)
 
@@ -915,7 +915,7 @@ def test_small_load_run_passes_its_own_checks(tmp_path):
 _WRITER = """
 import json, sys, torch
 torch.set_num_threads(1)
-from r3mem.data.text import iter_text_chunks
+from r3mem.text import iter_text_chunks
 from r3mem.engine import R3Mem
 adapter, text, out = sys.argv[1:4]
 eng = R3Mem.from_pretrained(adapter)

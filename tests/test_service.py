@@ -22,7 +22,7 @@ from conftest import tiny_cfg
 from r3mem.engine import R3Mem
 from r3mem.service import create_app
 from r3mem.store import MemoryStore
-from r3mem.testing import tiny_model, tiny_tokenizer
+from r3mem.tiny import tiny_model, tiny_tokenizer
 
 ADMIN = "admin-secret"
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -59,7 +59,7 @@ def test_resume_equals_uninterrupted(tiny_cfg_train, tmp_path):
 
 def test_curriculum_starts_with_reconstruction_at_its_phase_ratios(tiny_cfg_train, tmp_path):
     from r3mem.backbone import load_base
-    from r3mem.train.data import TrainingData
+    from r3mem.train.mixture import TrainingData
 
     _, tok = load_base(tiny_cfg_train.model.base_model)
     data = TrainingData(tiny_cfg_train, tok)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from r3mem.config import R3MemConfig
-from r3mem.data.text import read_text, strip_gutenberg
+from r3mem.text import read_text, strip_gutenberg
 from r3mem.engine import R3Mem
 
 

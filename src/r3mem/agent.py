@@ -90,7 +90,7 @@ def _check_text(kind: str, text: object) -> str:
 
 
 def _make_retriever(kind: str | None):
-    from r3mem.eval.retrieval import BM25Retriever, EmbeddingRetriever
+    from r3mem.retrieval import BM25Retriever, EmbeddingRetriever
 
     if kind == "bm25":
         return BM25Retriever()
@@ -108,7 +108,7 @@ def _slot_records(mem: Memory, known: dict[tuple[str, str], SlotRecord]) -> list
 def _fuse(question: str, slots: list[dict[str, Any]], k: int, retriever) -> list[dict[str, Any]]:
     """Reciprocal-rank fusion of the memory's own ranking (query likelihood) and a retriever's
     ranking over the recalled texts; returns the best k slots in text order."""
-    from r3mem.eval.retrieval import bm25_tokenize
+    from r3mem.retrieval import bm25_tokenize
 
     texts = [s.get("text") or "" for s in slots]
     by_memory = sorted(range(len(slots)), key=lambda i: -(slots[i].get("score") or 0.0))

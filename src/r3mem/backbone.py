@@ -96,7 +96,7 @@ def load_base(name_or_path: str, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name_or_path.startswith("tiny-"):  # in-memory random models for tests and the tiny config
-        from r3mem.testing import tiny_model, tiny_tokenizer
+        from r3mem.tiny import tiny_model, tiny_tokenizer
 
         return tiny_model(name_or_path[len("tiny-"):]).to(dtype), tiny_tokenizer()
     path = resolve_base_path(name_or_path)

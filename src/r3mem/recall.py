@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from r3mem.memory import Memory, Slot
 from r3mem.model import COMPRESS, QUERY, R3MemModel
-from r3mem.data.spans import paragraph_spans
+from r3mem.hierarchy import paragraph_spans
 from r3mem.writer import compress_texts, effective_doc_state, pad_batch, tokenize
 
 __all__ = ["Recalled", "Reconstruction", "recall", "recall_many", "score_query", "reconstruct", "reconstruct_scored", "LEVELS"]

@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from r3mem.data.spans import Span, entity_spans, paragraph_spans, sentence_spans
+from r3mem.hierarchy import Span, entity_spans, paragraph_spans, sentence_spans
 from r3mem.memory import Memory, Slot
 from r3mem.model import R3MemModel
 from r3mem.recurrence import fold

@@ -13,7 +13,7 @@ from r3mem.cli.common import (DEFAULT_ENCODING, BaseOpt, EncodingOpt, JsonOpt, M
 
 
 def _demo_text(path: Path | None, encoding: str = DEFAULT_ENCODING) -> tuple[str, str]:
-    from r3mem.data.text import strip_gutenberg
+    from r3mem.text import strip_gutenberg
 
     if path is None:
         ref = resources.files("r3mem") / "assets" / "pg19_10356_excerpt.txt"
@@ -33,7 +33,7 @@ def demo(
     encoding: EncodingOpt = DEFAULT_ENCODING,
 ) -> None:
     """Write a PG-19 book excerpt into memory and recall one paragraph from it."""
-    from r3mem.eval.metrics import reconstruction_scores, token_exact_match
+    from r3mem.evaluate.metrics import reconstruction_scores, token_exact_match
     from r3mem.writer import tokenize
 
     body, source = _demo_text(text, encoding)  # a bad file is refused before the model loads

@@ -45,7 +45,7 @@ def evaluate(
     encoding: EncodingOpt = "utf-8",
 ) -> None:
     """Evaluate a task for every method in one run; prints a JSON document (config, versions, commit, metrics)."""
-    from r3mem.data.text import text_encoding
+    from r3mem.text import text_encoding
 
     with text_encoding(check_encoding(encoding)):
         from r3mem.engine import default_adapter_dir

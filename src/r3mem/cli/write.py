@@ -18,7 +18,7 @@ PIECE_CHARS = 4000  # memory-file form: write in pieces for the progress bar (wr
 def read_input(path: Path, encoding: str = DEFAULT_ENCODING) -> str:
     """The text of FILE ('-' for stdin), decoded strictly (a bad byte is refused with its offset, before
     anything is stored), with a Project Gutenberg header/footer stripped from files."""
-    from r3mem.data.text import strip_gutenberg
+    from r3mem.text import strip_gutenberg
 
     text = decode_text(read_bytes(path), "stdin" if str(path) == "-" else str(path), encoding)
     return text if str(path) == "-" else strip_gutenberg(text)
@@ -49,7 +49,7 @@ def write_memory_file(engine, text: str, path: Path) -> dict:
 def write_session(engine, store, user: str, session: str, text: str, speaker: str) -> dict:
     """Append each paragraph of `text` as a turn of the session (created if missing), then update its memory."""
     from r3mem.agent import ChatAgent, ensure_session
-    from r3mem.data.spans import paragraph_spans
+    from r3mem.hierarchy import paragraph_spans
 
     paragraphs = [p.text for p in paragraph_spans(text)]
     if not paragraphs:

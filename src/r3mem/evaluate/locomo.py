@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from r3mem.eval.metrics import f1
+from r3mem.evaluate.metrics import f1
 from r3mem.evaluate.common import EvalOptions, mean
 from r3mem.evaluate.qa import QADoc, QAQuestion, aggregate, context_tokens, make_doc, run_qa, samples
 
@@ -28,7 +28,7 @@ def _unit(t) -> str:
 
 
 def load(path: Path, opts: EvalOptions) -> list[QADoc]:
-    from r3mem.eval.datasets import load_locomo
+    from r3mem.evaluate.datasets import load_locomo
 
     convs = load_locomo(path)
     docs, left = [], opts.limit

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from r3mem.data.spans import Span, paragraph_spans
+from r3mem.hierarchy import Span, paragraph_spans
 from r3mem.evaluate.common import EvalOptions, Skip
 from r3mem.recurrence import fold
 from r3mem.writer import tokenize
@@ -316,7 +316,7 @@ class FullContext(Method):
 
 def _qa_chunks(context: str, words: int) -> list[Span]:
     """Paragraphs (the units memory methods write as slots) cut into chunks of at most ``words``."""
-    from r3mem.eval.retrieval import chunk_text
+    from r3mem.retrieval import chunk_text
 
     out = []
     for p in paragraph_spans(context):
@@ -326,7 +326,7 @@ def _qa_chunks(context: str, words: int) -> list[Span]:
 
 @functools.lru_cache(maxsize=1)
 def _minilm():
-    from r3mem.eval.retrieval import load_minilm
+    from r3mem.retrieval import load_minilm
 
     return load_minilm()
 
@@ -410,14 +410,14 @@ class _Retrieval(Method):
 
 class BM25(_Retrieval):
     def _retriever(self):
-        from r3mem.eval.retrieval import BM25Retriever
+        from r3mem.retrieval import BM25Retriever
 
         return BM25Retriever()
 
 
 class Embedding(_Retrieval):
     def _retriever(self):
-        from r3mem.eval.retrieval import EmbeddingRetriever
+        from r3mem.retrieval import EmbeddingRetriever
 
         try:
             return EmbeddingRetriever(model=_minilm())

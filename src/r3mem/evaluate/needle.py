@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from r3mem.eval.metrics import f1, subspan_exact_match
+from r3mem.evaluate.metrics import f1, subspan_exact_match
 from r3mem.evaluate.common import EvalOptions
 from r3mem.evaluate.qa import QADoc, QAQuestion, aggregate, context_tokens, make_doc, run_qa, samples
 from r3mem.writer import tokenize
@@ -29,7 +29,7 @@ class NeedleData:
 
 
 def load(path: Path, opts: EvalOptions) -> NeedleData:
-    from r3mem.eval.datasets import load_needle
+    from r3mem.evaluate.datasets import load_needle
 
     hay = load_needle(path)
     cells = [(n, d) for n in opts.lengths for d in opts.depths]

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from r3mem.data.spans import paragraph_spans
-from r3mem.eval.metrics import corpus_bleu, reconstruction_scores, token_accuracy, token_exact_match
+from r3mem.hierarchy import paragraph_spans
+from r3mem.evaluate.metrics import corpus_bleu, reconstruction_scores, token_accuracy, token_exact_match
 from r3mem.evaluate.common import EvalOptions, mean
 from r3mem.writer import tokenize
 
@@ -34,7 +34,7 @@ def _key(r: float) -> str:
 
 
 def load(path: Path, opts: EvalOptions) -> ReconData:
-    from r3mem.eval.datasets import load_pg19
+    from r3mem.evaluate.datasets import load_pg19
 
     docs, left = [], opts.limit
     for book in load_pg19(path):

@@ -24,7 +24,7 @@ from r3mem.config import save_config
 from r3mem.losses import LossTerms, lm_losses, pair_losses, recon_losses
 from r3mem.model import R3MemModel
 from r3mem.train.config import TrainConfig
-from r3mem.train.data import TrainingData
+from r3mem.train.mixture import TrainingData
 
 __all__ = ["train", "TrainResult", "step_losses", "lr_factor", "dist_info"]
 

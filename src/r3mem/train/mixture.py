@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from r3mem.data.builder import build_examples
-from r3mem.data.spans import paragraph_spans
-from r3mem.data.lm_stream import lm_windows, tokenize_text
-from r3mem.data.text import read_text, strip_gutenberg
-from r3mem.testing import SAMPLE_TEXT
+from r3mem.train.pairs import build_examples
+from r3mem.hierarchy import paragraph_spans
+from r3mem.train.windows import lm_windows, tokenize_text
+from r3mem.text import read_text, strip_gutenberg
+from r3mem.tiny import SAMPLE_TEXT
 from r3mem.train.config import TrainConfig
 from r3mem.writer import pad_batch, tokenize
 

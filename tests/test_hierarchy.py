@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r3mem.data.spans import Span, entity_spans, paragraph_spans, sentence_spans
+from r3mem.hierarchy import Span, entity_spans, paragraph_spans, sentence_spans
 
 
 def _texts(spans: list[Span]) -> list[str]:

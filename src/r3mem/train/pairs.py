@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from r3mem.data.spans import Span, entity_spans, paragraph_spans, sentence_spans
-from r3mem.data.text import read_text, strip_gutenberg
+from r3mem.hierarchy import Span, entity_spans, paragraph_spans, sentence_spans
+from r3mem.text import read_text, strip_gutenberg
 
 __all__ = [
     "LEVELS",

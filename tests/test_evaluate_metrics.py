@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from r3mem.eval.metrics import (
+from r3mem.evaluate.metrics import (
     best_over_answers,
     bleu,
     corpus_bleu,

@@ -5,7 +5,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from r3mem.data.lm_stream import (
+from r3mem.train.windows import (
     Window,
     _split_at_whitespace,
     lm_batches,

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from r3mem.data.text import iter_text_chunks
+from r3mem.text import iter_text_chunks
 
 __all__ = ["Window", "tokenize_text", "tokenize_file", "tokenize_documents", "lm_windows", "lm_batches"]
 

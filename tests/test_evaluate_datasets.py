@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from r3mem.eval.datasets import (
+from r3mem.evaluate.datasets import (
     DEFAULT_NEEDLE,
     load_hotpotqa,
     load_kv,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from r3mem.eval.datasets import load_nq_oracle
-from r3mem.eval.retrieval import BM25Retriever, EmbeddingRetriever, bm25_tokenize, chunk_text, load_minilm
+from r3mem.evaluate.datasets import load_nq_oracle
+from r3mem.retrieval import BM25Retriever, EmbeddingRetriever, bm25_tokenize, chunk_text, load_minilm
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from r3mem.data.spans import Span
+from r3mem.hierarchy import Span
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

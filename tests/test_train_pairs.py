@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r3mem.data.builder import (
+from r3mem.train.pairs import (
     LEVELS,
     Example,
     LLMQueryGenerator,
@@ -19,8 +19,8 @@ from r3mem.data.builder import (
     build_examples,
     hf_generate_fn,
 )
-from r3mem.data import text as text_module
-from r3mem.data.text import iter_text_chunks, read_text, strip_gutenberg
+from r3mem import text as text_module
+from r3mem.text import iter_text_chunks, read_text, strip_gutenberg
 
 PG19 = Path(__file__).parents[2] / "shared" / "data" / "pg19"
 # Lines strictly between the markers, from shared/data/pg19/README.md (start/end marker line numbers).

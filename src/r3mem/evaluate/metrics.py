@@ -18,7 +18,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from r3mem.data.spans import entity_spans
+from r3mem.hierarchy import entity_spans
 
 __all__ = [
     "normalize_answer",

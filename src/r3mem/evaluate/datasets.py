@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from r3mem.data.text import current_encoding, read_text, strip_gutenberg
+from r3mem.text import current_encoding, read_text, strip_gutenberg
 
 __all__ = [
     "Pg19Book",
