@@ -10,7 +10,7 @@ from r3mem.losses import recon_losses
 from r3mem.memfile import MemoryFileError, encode_memory
 from r3mem.model import COMPRESS, R3MemModel
 from r3mem.tiny import FAMILIES, SAMPLE_TEXT, tiny_model, tiny_tokenizer
-from r3mem.writer import pad_batch
+from r3mem.tokens import pad_batch
 
 
 def _ids(n: int, batch: int = 1, seed: int = 0) -> torch.Tensor:

@@ -208,7 +208,7 @@ def test_determinism_same_bytes_and_recall(tok):
 
 
 def test_special_token_strings_in_text_stay_plain_text(trained_like, tok):
-    from r3mem.writer import tokenize
+    from r3mem.tokens import tokenize
 
     eos = tok.eos_token  # "<|end|>" in the tiny tokenizer
     assert tok.eos_token_id not in tokenize(tok, f"before {eos} after")

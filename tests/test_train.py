@@ -14,7 +14,7 @@ from r3mem.config import ConfigError, load_config
 from r3mem.losses import lm_losses, pair_losses
 from r3mem.train.config import TrainConfig, apply_overrides
 from r3mem.train.loop import lr_factor, train
-from r3mem.writer import pad_batch
+from r3mem.tokens import pad_batch
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from r3mem.train.pairs import (
-    LEVELS,
+    PAIR_LEVELS,
     Example,
     LLMQueryGenerator,
     QueryGenerator,
@@ -25,7 +25,7 @@ from r3mem.text import iter_text_chunks, read_text, strip_gutenberg
 PG19 = Path(__file__).parents[2] / "shared" / "data" / "pg19"
 # Lines strictly between the markers, from shared/data/pg19/README.md (start/end marker line numbers).
 PG19_KEPT_LINES = {"10146": 4466 - 26, "10321": 6804 - 19, "10356": 5433 - 19, "10762": 5518 - 22}
-_LEVEL_RANK = {level: i for i, level in enumerate(LEVELS)}
+_LEVEL_RANK = {level: i for i, level in enumerate(PAIR_LEVELS)}
 
 SAMPLE = """\
 A Tale of St. Paul
@@ -44,7 +44,7 @@ def assert_valid(text: str, examples: list[Example]) -> None:
         ts, te = ex.target_span
         assert text[cs:ce] == ex.context and ex.context.strip()
         assert text[ts:te] == ex.target and cs <= ts <= te <= ce
-        assert ex.level in LEVELS and ex.query.strip()
+        assert ex.level in PAIR_LEVELS and ex.query.strip()
         if ex.level != "entity":
             assert ex.target_span == ex.context_span
         if ex.parent is not None:
@@ -55,7 +55,7 @@ def assert_valid(text: str, examples: list[Example]) -> None:
 
 
 def test_levels_nest_with_expected_queries():
-    examples = build_examples(SAMPLE, "tale", levels=LEVELS)
+    examples = build_examples(SAMPLE, "tale", levels=PAIR_LEVELS)
     assert_valid(SAMPLE, examples)
     doc = examples[0]
     assert (doc.level, doc.parent) == ("document", None)
@@ -114,7 +114,7 @@ def test_document_query_uses_first_sentence_without_title():
 
 
 def test_same_input_gives_identical_examples():
-    assert build_examples(SAMPLE, "tale", levels=LEVELS) == build_examples(SAMPLE, "tale", levels=LEVELS)
+    assert build_examples(SAMPLE, "tale", levels=PAIR_LEVELS) == build_examples(SAMPLE, "tale", levels=PAIR_LEVELS)
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\n\t \r\n"])
@@ -134,7 +134,7 @@ def test_bad_arguments_are_refused():
 
 def test_one_word_document():
     text = "  Hello\n"
-    examples = build_examples(text, "tiny", levels=LEVELS)
+    examples = build_examples(text, "tiny", levels=PAIR_LEVELS)
     assert_valid(text, examples)
     assert [(e.level, e.context_span) for e in examples] == [
         ("document", (2, 7)),
@@ -225,9 +225,9 @@ def test_random_documents_give_valid_nested_examples(text):
         with pytest.raises(ValueError, match="is empty"):
             build_examples(text, "r")
         return
-    examples = build_examples(text, "r", levels=LEVELS, max_doc_chars=60)
+    examples = build_examples(text, "r", levels=PAIR_LEVELS, max_doc_chars=60)
     assert_valid(text, examples)
-    assert examples == build_examples(text, "r", levels=LEVELS, max_doc_chars=60)
+    assert examples == build_examples(text, "r", levels=PAIR_LEVELS, max_doc_chars=60)
 
 
 # --- reading text -----------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ from r3mem.text import read_text, strip_gutenberg
 from r3mem.engine import R3Mem
 from r3mem.evaluate.metrics import reconstruction_scores, token_exact_match
 from r3mem.recall import reconstruct_scored
-from r3mem.writer import compress_texts, pad_batch, tokenize
+from r3mem.tokens import pad_batch, tokenize
+from r3mem.writer import compress_texts
 
 
 def _paragraph_ids(engine: R3Mem, text: str, n: int, min_tokens: int, max_tokens: int) -> list[list[int]]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ContextManager
 
 from r3mem.memory import Memory
+from r3mem.prompts import QA_PROMPT
 from r3mem.recall import Recalled
 from r3mem.store import Conflict, MemoryStore, NotFound, Session, SlotRecord, StoredMemory, StoreError, Turn
 
@@ -34,7 +35,6 @@ __all__ = ["ChatAgent", "Reply", "RETRIEVALS", "CHAT_PROMPT", "QA_PROMPT", "form
 
 RETRIEVALS = (None, "bm25", "embedding")
 CHAT_PROMPT = "Relevant memory of our conversation:\n{context}\n\n{question}"
-QA_PROMPT = "Context:\n{context}\n\nQuestion: {question}\nAnswer in a few words."
 MAX_SYNC_ATTEMPTS = 200  # conflicts only happen when another writer made progress, so this is never reached in practice
 WRITE_BATCH = 64  # turns per engine.write when catching up (their paragraphs are compressed in shared batches)
 POOL_FACTOR = 3  # with a retriever, recall this many times top_k slots and let the retriever re-rank them
@@ -87,16 +87,6 @@ def _check_text(kind: str, text: object) -> str:
     if not text.strip():
         raise ValueError(f"{kind} must not be empty")
     return text
-
-
-def _make_retriever(kind: str | None):
-    from r3mem.retrieval import BM25Retriever, EmbeddingRetriever
-
-    if kind == "bm25":
-        return BM25Retriever()
-    if kind == "embedding":
-        return EmbeddingRetriever()
-    return None
 
 
 def _slot_records(mem: Memory, known: dict[tuple[str, str], SlotRecord]) -> list[SlotRecord]:
@@ -262,7 +252,9 @@ class ChatAgent:
             return slots
         with self._lock:  # the retriever is stateful (index, then search) and may run a model
             if self._retriever is None:
-                self._retriever = _make_retriever(self.retrieval)
+                from r3mem.retrieval import make_retriever
+
+                self._retriever = make_retriever(self.retrieval)
             return _fuse(question, slots, k, self._retriever)
 
     def respond(self, question: str, max_new_tokens: int = 64, top_k: int | None = None) -> Reply:

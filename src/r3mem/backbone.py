@@ -16,7 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["BaseModelError", "DEFAULT_BASE", "load_base", "decoder_layers", "inner_model", "base_model_id", "cache_dir"]
+__all__ = [
+    "BaseModelError", "DEFAULT_BASE", "load_base", "decoder_layers", "inner_model", "base_model_id", "cache_dir",
+    "max_positions",
+]
 
 DEFAULT_BASE = "smollm2-135m"
 
@@ -130,3 +133,9 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
         if isinstance(layers, nn.ModuleList):
             return layers
     raise BaseModelError(f"{type(model).__name__}: cannot find the decoder layer list")
+
+
+def max_positions(lm) -> int:
+    """The base model's context window in tokens (`max_position_embeddings`, GPT-2's `n_positions`, else 2048)."""
+    cfg = lm.config
+    return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048))

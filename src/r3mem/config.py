@@ -14,9 +14,10 @@ from typing import Any
 
 import yaml
 
+from r3mem.hierarchy import LEVELS
+
 __all__ = ["ConfigError", "R3MemConfig", "load_config", "save_config"]
 
-LEVELS = ("document", "paragraph", "entity")
 MEMORY_MODES = ("kv", "input", "layerwise")
 MEMORY_DTYPES = ("float16", "bfloat16", "float32")
 

@@ -16,13 +16,15 @@ from typing import Any, Iterable
 import torch
 
 from r3mem.adapter import AdapterError, adapter_hash, read_adapter, save_adapter
-from r3mem.backbone import base_model_id, load_base
+from r3mem.backbone import base_model_id, load_base, max_positions
 from r3mem.config import R3MemConfig
 from r3mem.memfile import MemorySpec, check_memory, decode_memory, encode_memory, load_memory, save_memory
 from r3mem.memory import Memory
 from r3mem.model import COMPRESS, R3MemModel
+from r3mem.prompts import answer_prompt
 from r3mem.recall import Recalled, recall, recall_many
-from r3mem.writer import effective_doc_state, flush, pad_batch, tokenize, write_text, write_texts
+from r3mem.tokens import pad_batch, tokenize
+from r3mem.writer import effective_doc_state, flush, write_text, write_texts
 
 __all__ = ["R3Mem", "default_adapter_dir"]
 
@@ -204,8 +206,7 @@ class R3Mem:
         """
         tok = self.tokenizer
         ids = self.prompt_ids(prompt)
-        cfg = self.model.lm.config
-        room = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048)) - max_new_tokens
+        room = max_positions(self.model.lm) - max_new_tokens
         if ids.shape[1] > room > 0:
             ids = ids[:, -room:]
         with self.model.adapters_disabled():
@@ -216,8 +217,7 @@ class R3Mem:
     def answer(self, question: str, memory: Memory, top_k: int = 2, max_new_tokens: int = 32) -> tuple[str, Recalled]:
         """Recall the slots most relevant to the question, then answer from the recalled text."""
         rec = self.recall(memory, query=question, top_k=top_k)
-        prompt = f"Context:\n{rec.text}\n\nQuestion: {question}\nAnswer in a few words."
-        return self.read(prompt, max_new_tokens).split("\n")[0].strip(), rec
+        return self.read(answer_prompt(rec.text, question), max_new_tokens).split("\n")[0].strip(), rec
 
     def save(self, memory: Memory, path: str | Path) -> None:
         save_memory(path, memory, self.identity)

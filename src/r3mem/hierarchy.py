@@ -20,7 +20,10 @@ Rules (no model download, linear time):
 import re
 from dataclasses import dataclass
 
-__all__ = ["Span", "paragraph_spans", "sentence_spans", "entity_spans"]
+__all__ = ["LEVELS", "Span", "paragraph_spans", "sentence_spans", "entity_spans"]
+
+# The levels a Memory holds and recall reads, coarse to fine (the one definition in the package).
+LEVELS = ("document", "paragraph", "entity")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from r3mem.model import COMPRESS, QUERY, R3MemModel
 from r3mem.recurrence import fold
-from r3mem.writer import slot_tokens
+from r3mem.tokens import slot_tokens
 
 __all__ = ["LossTerms", "lm_losses", "pair_losses", "recon_losses", "combine"]
 

@@ -24,7 +24,7 @@ from typing import Annotated, Any, ContextManager, Literal, Optional, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from r3mem import __version__
-from r3mem.agent import ChatAgent, _make_retriever, ensure_session
+from r3mem.agent import ChatAgent, ensure_session
 from r3mem.store import MemoryStore, NotFound, Session, StoreError, Turn
 
 try:
@@ -208,7 +208,9 @@ def create_server(engine, store: MemoryStore, user_id: str = "local", *, default
             store.get_session(user_id, sid)  # unknown session: NotFound before any model work
         if retrieval is not None and retrieval not in retrievers:
             with model_lock:
-                retrievers.setdefault(retrieval, _make_retriever(retrieval))
+                from r3mem.retrieval import make_retriever
+
+                retrievers.setdefault(retrieval, make_retriever(retrieval))
         return ChatAgent(engine, store, user_id, sid, retrieval, top_k=top_k, lock=model_lock,
                          retriever=retrievers.get(retrieval) if retrieval else None)
 

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 
 from r3mem.memory import Memory, Slot
 from r3mem.model import COMPRESS, QUERY, R3MemModel
-from r3mem.hierarchy import paragraph_spans
-from r3mem.writer import compress_texts, effective_doc_state, pad_batch, tokenize
+from r3mem.hierarchy import LEVELS, paragraph_spans
+from r3mem.tokens import pad_batch, tokenize
+from r3mem.writer import compress_texts, effective_doc_state
 
-__all__ = ["Recalled", "Reconstruction", "recall", "recall_many", "score_query", "reconstruct", "reconstruct_scored", "LEVELS"]
+__all__ = ["Recalled", "Reconstruction", "recall", "recall_many", "score_query", "reconstruct", "reconstruct_scored"]
 
-LEVELS = ("document", "paragraph", "entity")
 _BATCH = 8
 
 

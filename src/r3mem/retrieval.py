@@ -13,6 +13,7 @@ The dense model is ``sentence-transformers/all-MiniLM-L6-v2`` as shipped inside 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -23,7 +24,12 @@ from r3mem.hierarchy import Span
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-__all__ = ["chunk_text", "bm25_tokenize", "BM25Retriever", "load_minilm", "EmbeddingRetriever"]
+__all__ = [
+    "RETRIEVERS", "chunk_text", "bm25_tokenize", "BM25Retriever", "load_minilm", "shared_encoder", "EmbeddingRetriever",
+    "make_retriever",
+]
+
+RETRIEVERS = ("bm25", "embedding")
 
 _WORD = re.compile(r"\S+")
 _TERM = re.compile(r"\w+", re.UNICODE)
@@ -148,3 +154,28 @@ class EmbeddingRetriever:
             raise RuntimeError("EmbeddingRetriever.search called before index()")
         scores = self._embeddings @ self._encode([query])[0]
         return _ranked(scores.astype(np.float64), k)
+
+
+_encoder_lock = threading.Lock()
+_encoder: "SentenceTransformer | None" = None
+
+
+def shared_encoder() -> "SentenceTransformer":
+    """The process's one MiniLM encoder, loaded on first use; safe to call from several threads."""
+    global _encoder
+    with _encoder_lock:
+        if _encoder is None:
+            _encoder = load_minilm()
+        return _encoder
+
+
+def make_retriever(kind: str | None, encoder: "SentenceTransformer | None" = None):
+    """A new, empty retriever of `kind`: "bm25", "embedding" (over `encoder`, by default the shared
+    MiniLM) or None for no retriever. Raises ImportError when the embedding packages are missing."""
+    if kind is None:
+        return None
+    if kind == "bm25":
+        return BM25Retriever()
+    if kind == "embedding":
+        return EmbeddingRetriever(model=encoder if encoder is not None else shared_encoder())
+    raise ValueError(f"retriever must be one of {RETRIEVERS} or None, got {kind!r}")

@@ -6,7 +6,6 @@ depend on how the text was split across `write` calls.
 
 from __future__ import annotations
 
-import math
 import re
 
 import torch
@@ -15,34 +14,13 @@ from r3mem.hierarchy import Span, entity_spans, paragraph_spans, sentence_spans
 from r3mem.memory import Memory, Slot
 from r3mem.model import R3MemModel
 from r3mem.recurrence import fold
+from r3mem.tokens import pad_batch, slot_tokens, tokenize
 
-__all__ = ["write_text", "write_texts", "flush", "effective_doc_state", "slot_tokens", "compress_texts", "pad_batch", "tokenize"]
+__all__ = ["write_text", "write_texts", "flush", "effective_doc_state", "compress_texts"]
 
 _TRAILING_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*$")
 _SLOT_BATCH = 8
 _DECODE_LOOKBACK = 16  # tokens re-decoded before a split point (more than any character's bytes)
-
-
-def slot_tokens(n_tokens: int, ratio: float, max_slot: int) -> int:
-    """Memory tokens for a slot of `n_tokens` at a compression ratio, within [1, max_slot]."""
-    return max(1, min(max_slot, math.ceil(n_tokens / ratio)))
-
-
-def pad_batch(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists into (ids, mask)."""
-    T = max(1, max(len(s) for s in seqs))
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long, device=device)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return ids, mask
-
-
-def tokenize(tok, text: str) -> list[int]:
-    """Token ids of user text. Special-token strings in the text (e.g. "<|im_end|>") are split into
-    ordinary tokens, so text can never inject control tokens into a memory or a prompt."""
-    return tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
 @torch.no_grad()

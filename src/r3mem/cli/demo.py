@@ -34,7 +34,7 @@ def demo(
 ) -> None:
     """Write a PG-19 book excerpt into memory and recall one paragraph from it."""
     from r3mem.evaluate.metrics import reconstruction_scores, token_exact_match
-    from r3mem.writer import tokenize
+    from r3mem.tokens import tokenize
 
     body, source = _demo_text(text, encoding)  # a bad file is refused before the model loads
     engine = load_engine(model, base_model)

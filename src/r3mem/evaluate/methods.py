@@ -24,21 +24,22 @@ How a memory method answers depends on what its adapter was trained for (read fr
 from __future__ import annotations
 
 import contextlib
-import functools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from r3mem.hierarchy import Span, paragraph_spans
+from r3mem.backbone import max_positions
 from r3mem.evaluate.common import EvalOptions, Skip
+from r3mem.hierarchy import Span, paragraph_spans
+from r3mem.prompts import answer_prompt
 from r3mem.recurrence import fold
-from r3mem.writer import tokenize
+from r3mem.tokens import tokenize
 
 __all__ = [
     "METHODS", "ADAPTER_METHODS", "DESCRIPTIONS", "Method", "MemoryMethod", "NoMemory", "FullContext", "BM25",
-    "Embedding", "qa_prompt", "Answer",
+    "Embedding", "Answer",
 ]
 
 METHODS = ("r3mem", "r3mem_no_hierarchy", "r3mem_no_backward", "r3mem_no_cycle", "r3mem_coupling", "recurrent",
@@ -60,11 +61,6 @@ DESCRIPTIONS = {
 _GEN_PROMPT = "Question: {question}\nAnswer:"
 
 
-def qa_prompt(context: str, question: str) -> str:
-    """The reader prompt of :meth:`R3Mem.answer`, shared by every method."""
-    return f"Context:\n{context}\n\nQuestion: {question}\nAnswer in a few words."
-
-
 def _first_line(text: str) -> str:
     return text.split("\n")[0].strip()
 
@@ -80,11 +76,6 @@ def _tail_start(tok, text: str, n: int) -> int:
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     offsets = enc["offset_mapping"]
     return 0 if len(offsets) <= n else int(offsets[len(offsets) - n][0])
-
-
-def _max_positions(engine) -> int:
-    cfg = engine.model.lm.config
-    return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048))
 
 
 @torch.no_grad()
@@ -211,7 +202,7 @@ class MemoryMethod(Method):
         level = "paragraph" if self.mode == "recall" else "document"
         rec = e.recall(mem, query=question, level=level, top_k=self.opts.top_k)
         context = _head(self.tok, rec.text, budget)
-        pred = _first_line(e.read(qa_prompt(context, question), self.opts.max_new_tokens))
+        pred = _first_line(e.read(answer_prompt(context, question), self.opts.max_new_tokens))
         spans = [(s["start"], s["end"]) for s in rec.slots] if level == "paragraph" else None
         return Answer(pred, spans)
 
@@ -275,7 +266,7 @@ class NoMemory(Method):
     def qa_answer(self, doc, _doc, question: str, budget: int) -> Answer:
         start = _tail_start(self.tok, doc.context, budget)
         window = doc.context[start:]
-        return Answer(_first_line(self.reader.read(qa_prompt(window, question), self.opts.max_new_tokens)),
+        return Answer(_first_line(self.reader.read(answer_prompt(window, question), self.opts.max_new_tokens)),
                       [(start, len(doc.context))])
 
     def qa_memory(self, doc, _doc, budget: int) -> tuple[int, int]:
@@ -291,17 +282,17 @@ class NoMemory(Method):
 
 class FullContext(Method):
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "window": _max_positions(self.reader)}
+        return {**super().info(), "window": max_positions(self.reader.model.lm)}
 
     def qa_answer(self, doc, _doc, question: str, budget: int) -> Answer:
-        prompt = qa_prompt(doc.context, question)
-        need, window = self.reader.prompt_ids(prompt).shape[1] + self.opts.max_new_tokens, _max_positions(self.reader)
+        prompt = answer_prompt(doc.context, question)
+        need, window = self.reader.prompt_ids(prompt).shape[1] + self.opts.max_new_tokens, max_positions(self.reader.model.lm)
         if need > window:
             raise Skip(f"context does not fit the base model's window ({need} > {window} positions)")
         return Answer(_first_line(self.reader.read(prompt, self.opts.max_new_tokens)), [(0, len(doc.context))])
 
     def lm_score(self, ids: list[int], seg_len: int, budget: int) -> list[tuple[int, float, int]]:
-        window = _max_positions(self.reader)
+        window = max_positions(self.reader.model.lm)
         out = []
         for s in range(0, len(ids), seg_len):
             end = min(len(ids), s + seg_len)
@@ -310,7 +301,7 @@ class FullContext(Method):
         return out
 
     def lm_memory(self, ids: list[int], budget: int) -> tuple[int, int]:
-        tail = ids[-_max_positions(self.reader):]
+        tail = ids[-max_positions(self.reader.model.lm):]
         return len(self.tok.decode(tail).encode()), len(tail)
 
 
@@ -322,13 +313,6 @@ def _qa_chunks(context: str, words: int) -> list[Span]:
     for p in paragraph_spans(context):
         out += [Span(p.start + c.start, p.start + c.end, c.text) for c in chunk_text(p.text, words)]
     return out
-
-
-@functools.lru_cache(maxsize=1)
-def _minilm():
-    from r3mem.retrieval import load_minilm
-
-    return load_minilm()
 
 
 @dataclass
@@ -374,7 +358,7 @@ class _Retrieval(Method):
         else:
             ranked = [i for i, _ in index.retriever.search(question, k=min(self.opts.top_k, len(index.spans)))]
             context, spans = self._fill(index.spans, ranked, budget)
-        return Answer(_first_line(self.reader.read(qa_prompt(context, question), self.opts.max_new_tokens)), spans)
+        return Answer(_first_line(self.reader.read(answer_prompt(context, question), self.opts.max_new_tokens)), spans)
 
     def qa_memory(self, index: _Index, doc, budget: int) -> tuple[int, int]:
         raw = sum(len(s.text.encode()) for s in index.spans)
@@ -410,17 +394,17 @@ class _Retrieval(Method):
 
 class BM25(_Retrieval):
     def _retriever(self):
-        from r3mem.retrieval import BM25Retriever
+        from r3mem.retrieval import make_retriever
 
-        return BM25Retriever()
+        return make_retriever("bm25")
 
 
 class Embedding(_Retrieval):
     def _retriever(self):
-        from r3mem.retrieval import EmbeddingRetriever
+        from r3mem.retrieval import make_retriever
 
         try:
-            return EmbeddingRetriever(model=_minilm())
+            return make_retriever("embedding")
         except ImportError as e:
             raise Skip(f"embedding model unavailable: {e}") from None
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from r3mem.evaluate.common import EvalOptions, Skip, mean, overlaps
 from r3mem.evaluate.methods import Method
-from r3mem.writer import tokenize
+from r3mem.tokens import tokenize
 
 __all__ = ["QAQuestion", "QADoc", "run_qa", "evidence_recall"]
 

@@ -19,7 +19,7 @@ from typing import Any
 from r3mem.hierarchy import paragraph_spans
 from r3mem.evaluate.metrics import corpus_bleu, reconstruction_scores, token_accuracy, token_exact_match
 from r3mem.evaluate.common import EvalOptions, mean
-from r3mem.writer import tokenize
+from r3mem.tokens import tokenize
 
 NAME = "recon"
 

@@ -201,6 +201,6 @@ def run_eval(task: str, data: str | Path, *, engine, methods: list[str] | None =
 
 
 def _window(engine) -> int:
-    from r3mem.evaluate.methods import _max_positions
+    from r3mem.backbone import max_positions
 
-    return _max_positions(engine)
+    return max_positions(engine.model.lm)

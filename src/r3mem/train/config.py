@@ -10,8 +10,6 @@ from r3mem.config import ConfigError, R3MemConfig, _check, dataclass_from_dict
 
 __all__ = ["TrainConfig", "Phase", "apply_overrides"]
 
-_LEVELS = ("document", "paragraph", "entity")
-
 
 @dataclass
 class Phase:

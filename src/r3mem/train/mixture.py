@@ -17,7 +17,7 @@ from r3mem.train.windows import lm_windows, tokenize_text
 from r3mem.text import read_text, strip_gutenberg
 from r3mem.tiny import SAMPLE_TEXT
 from r3mem.train.config import TrainConfig
-from r3mem.writer import pad_batch, tokenize
+from r3mem.tokens import pad_batch, tokenize
 
 __all__ = ["TrainingData", "load_sources"]
 

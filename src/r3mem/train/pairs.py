@@ -30,7 +30,7 @@ from r3mem.hierarchy import Span, entity_spans, paragraph_spans, sentence_spans
 from r3mem.text import read_text, strip_gutenberg
 
 __all__ = [
-    "LEVELS",
+    "PAIR_LEVELS",
     "Example",
     "QueryGenerator",
     "RuleQueryGenerator",
@@ -40,7 +40,8 @@ __all__ = [
     "build_corpus",
 ]
 
-LEVELS = ("document", "paragraph", "sentence", "entity")
+# Training pairs also come at sentence level, between paragraph and entity (`hierarchy.LEVELS` has no sentence slots).
+PAIR_LEVELS = ("document", "paragraph", "sentence", "entity")
 Level = Literal["document", "paragraph", "sentence", "entity"]
 
 
@@ -49,7 +50,7 @@ class Example:
     """One context–query pair.
 
     Attributes:
-        level: Granularity, one of :data:`LEVELS`.
+        level: Granularity, one of :data:`PAIR_LEVELS`.
         context: Source text compressed into memory; ``text[context_span[0]:context_span[1]]``.
         query: Short key the forward model learns to produce from ``context`` (and the backward model
             expands from).
@@ -120,7 +121,7 @@ class RuleQueryGenerator:
         if level == "entity":
             name = " ".join(focus.split())
             return f"Who or what is {name}?" if self.entity_style == "question" else name
-        raise ValueError(f"unknown level {level!r}; expected one of {LEVELS}")
+        raise ValueError(f"unknown level {level!r}; expected one of {PAIR_LEVELS}")
 
     def _document(self, context: str) -> str:
         # Only the head matters, so the cost does not grow with the document.
@@ -191,9 +192,9 @@ def hf_generate_fn(model: Any, tokenizer: Any, max_new_tokens: int = 32) -> Call
 
 
 def _check_levels(levels: Sequence[str]) -> None:
-    unknown = [lv for lv in levels if lv not in LEVELS]
+    unknown = [lv for lv in levels if lv not in PAIR_LEVELS]
     if unknown or not levels:
-        raise ValueError(f"levels must be a non-empty subset of {LEVELS}, got {tuple(levels)}")
+        raise ValueError(f"levels must be a non-empty subset of {PAIR_LEVELS}, got {tuple(levels)}")
 
 
 def _document_windows(paragraphs: list[Span], max_doc_chars: int | None) -> list[tuple[int, int, int]]:
@@ -291,7 +292,7 @@ def build_examples(
     Args:
         text: The document; all spans index into it.
         doc_id: Identifier stored in every example.
-        levels: Which of :data:`LEVELS` to emit; missing levels are skipped and children point at the
+        levels: Which of :data:`PAIR_LEVELS` to emit; missing levels are skipped and children point at the
             nearest emitted ancestor.
         generator: Query generator; defaults to :class:`RuleQueryGenerator`.
         max_doc_chars: If set, the document level is a sequence of windows of whole paragraphs, each
