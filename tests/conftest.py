@@ -12,7 +12,7 @@ torch.set_num_threads(1)
 from r3mem.config import R3MemConfig  # noqa: E402
 from r3mem.engine import R3Mem  # noqa: E402
 from r3mem.model import R3MemModel  # noqa: E402
-from r3mem.tiny import SAMPLE_TEXT, tiny_model, tiny_tokenizer  # noqa: E402
+from r3mem.tiny import SAMPLE_TEXT, tiny_config, tiny_model, tiny_tokenizer  # noqa: E402
 
 ALL_LINEAR = {
     "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
@@ -22,10 +22,7 @@ ALL_LINEAR = {
 
 
 def tiny_cfg(**kw) -> R3MemConfig:
-    base = dict(base_model="tiny", num_mem_tokens=4, segment_len=16, max_slot_tokens=16, max_recall_tokens=24,
-                max_paragraph_tokens=64, coupling_hidden=16)
-    base.update(kw)
-    return R3MemConfig(**base)
+    return tiny_config(**{"base_model": "tiny", **kw})
 
 
 def tiny_r3(family: str = "llama", **kw) -> R3MemModel:

@@ -29,6 +29,7 @@ from typing import Any, ContextManager
 from r3mem.memory import Memory
 from r3mem.prompts import QA_PROMPT
 from r3mem.recall import Recalled
+from r3mem.text import check_text, without_nul
 from r3mem.store import Conflict, MemoryStore, NotFound, Session, SlotRecord, StoredMemory, StoreError, Turn
 
 __all__ = ["ChatAgent", "Reply", "RETRIEVALS", "CHAT_PROMPT", "QA_PROMPT", "format_turn", "ensure_session"]
@@ -60,7 +61,7 @@ class Reply:
 
 def format_turn(speaker: str, text: str) -> str:
     """The text a turn contributes to memory: one paragraph "Speaker: text" (its own slot)."""
-    return f"{speaker}: {text.replace(chr(0), '').strip()}\n\n"  # NUL is dropped here so slot offsets stay exact
+    return f"{speaker}: {without_nul(text).strip()}\n\n"  # NUL is dropped here so slot offsets stay exact
 
 
 def ensure_session(store: MemoryStore, user_id: str, session_id: str | None = None) -> Session:
@@ -79,14 +80,6 @@ def ensure_session(store: MemoryStore, user_id: str, session_id: str | None = No
         return store.create_session(user_id, session_id)
     except Conflict:
         return store.get_session(user_id, session_id)  # type: ignore[arg-type]
-
-
-def _check_text(kind: str, text: object) -> str:
-    if not isinstance(text, str):
-        raise ValueError(f"{kind} must be a str, got {type(text).__name__}")
-    if not text.strip():
-        raise ValueError(f"{kind} must not be empty")
-    return text
 
 
 def _slot_records(mem: Memory, known: dict[tuple[str, str], SlotRecord]) -> list[SlotRecord]:
@@ -149,14 +142,14 @@ class ChatAgent:
 
     def write(self, text: str, speaker: str = "user", timestamp: float | None = None) -> tuple[Turn, int]:
         """`turn`, also returning the committed memory version that covers the new turn."""
-        text = _check_text("text", text)
+        text = check_text("text", text, non_empty=True)
         self.memory()  # a memory this engine cannot read (another model) fails here, before the turn is stored
         turn = self.store.append_turn(self.user_id, self.session_id, text, speaker, timestamp)
         return turn, self._sync_stored([turn])
 
     def add_turns(self, turns: Iterable[tuple[str, str]], progress: Progress | None = None) -> list[Turn]:
         """Store many (speaker, text) turns, then bring the memory up to date in one write."""
-        items = [(speaker, _check_text("text", text)) for speaker, text in turns]  # all checked before any is stored
+        items = [(speaker, check_text("text", text, non_empty=True)) for speaker, text in turns]  # all checked before any is stored
         if items:
             self.memory()
         # One transaction: a failure stores none of them, so a rerun does not store any twice.
@@ -259,7 +252,7 @@ class ChatAgent:
 
     def respond(self, question: str, max_new_tokens: int = 64, top_k: int | None = None) -> Reply:
         """Answer with the base model from the memory recalled for `question` (nothing is stored)."""
-        _check_text("question", question)
+        check_text("question", question, non_empty=True)
         slots = self.recall_for(question, top_k)
         context = "\n\n".join(s.get("text") or "" for s in slots)
         prompt = self.prompt.format(context=context or "(nothing remembered yet)", question=question.strip())

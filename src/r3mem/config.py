@@ -16,7 +16,7 @@ import yaml
 
 from r3mem.hierarchy import LEVELS
 
-__all__ = ["ConfigError", "R3MemConfig", "load_config", "save_config"]
+__all__ = ["ConfigError", "R3MemConfig", "load_config", "save_config", "apply_overrides"]
 
 MEMORY_MODES = ("kv", "input", "layerwise")
 MEMORY_DTYPES = ("float16", "bfloat16", "float32")
@@ -133,7 +133,11 @@ def save_config(cfg: Any, path: str | Path) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def load_config(path: str | Path, cls: type = R3MemConfig) -> Any:
+def load_config(path: str | Path, cls: type = R3MemConfig, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """A config dataclass `cls` from a YAML (.yaml/.yml) or JSON file, after `key=value` overrides.
+
+    Every failure (unreadable file, bad syntax, unknown field, invalid value) is a one-line `ConfigError`.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -143,4 +147,31 @@ def load_config(path: str | Path, cls: type = R3MemConfig) -> Any:
         data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
     except (yaml.YAMLError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'} ({str(e).splitlines()[0]})") from None
-    return cls.from_dict(data or {})
+    return cls.from_dict(apply_overrides(data or {}, list(overrides)))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key=value` (dotted keys for nesting, values parsed as YAML) to a config mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {part} is not a section")
+        node[parts[-1]] = _parse_value(raw)
+    return data
+
+
+def _parse_value(raw: str) -> Any:
+    """YAML scalar/list parsing, plus numbers YAML 1.1 leaves as strings ("1e-3")."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value

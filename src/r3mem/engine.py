@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import torch
 
-from r3mem.adapter import AdapterError, adapter_hash, read_adapter, save_adapter
+from r3mem.adapter import AdapterError, adapter_hash, load_trainable_state, read_adapter, save_adapter
 from r3mem.backbone import base_model_id, load_base, max_positions
 from r3mem.config import R3MemConfig
 from r3mem.memfile import MemorySpec, check_memory, decode_memory, encode_memory, load_memory, save_memory
@@ -23,6 +23,7 @@ from r3mem.memory import Memory
 from r3mem.model import COMPRESS, R3MemModel
 from r3mem.prompts import answer_prompt
 from r3mem.recall import Recalled, recall, recall_many
+from r3mem.text import check_text, without_nul
 from r3mem.tokens import pad_batch, tokenize
 from r3mem.writer import effective_doc_state, flush, write_text, write_texts
 
@@ -31,17 +32,6 @@ __all__ = ["R3Mem", "default_adapter_dir"]
 
 def default_adapter_dir() -> Path:
     return Path(__file__).parent / "pretrained" / "smollm2-135m"
-
-
-def _checked(kind: str, text: object) -> str:
-    """`text` if it is a str the tokenizer can take; one clear error otherwise (before any model work)."""
-    if not isinstance(text, str):
-        raise TypeError(f"{kind}: text must be str, got {type(text).__name__}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:  # a lone surrogate, e.g. from surrogateescape decoding or bad JSON
-        raise ValueError(f"{kind}: not valid Unicode text (lone surrogate {text[e.start]!r} at character {e.start})") from None
-    return text
 
 
 class R3Mem:
@@ -90,17 +80,8 @@ class R3Mem:
         return engine
 
     def load_adapter_state(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
-        own = dict(self.model.named_parameters())
-        expected = {n for n, p in own.items() if p.requires_grad}
-        if set(state) != expected:
-            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-            raise AdapterError(f"{source}: does not fit this model (missing {missing[:2]}, unexpected {extra[:2]})")
-        with torch.no_grad():
-            for n, t in state.items():
-                if own[n].shape != t.shape:
-                    raise AdapterError(f"{source}: tensor {n} has shape {tuple(t.shape)}, model expects {tuple(own[n].shape)}")
-            for n, t in state.items():
-                own[n].copy_(t)
+        """Load trained tensors (names and shapes checked, see `adapter.load_trainable_state`)."""
+        load_trainable_state(self.model, state, source)
         self._refresh_identity()
 
     def save_adapter(self, path: str | Path, **extra: Any) -> str:
@@ -132,25 +113,22 @@ class R3Mem:
         mem = memory if memory is not None else self.new_memory()
         chunks = [text] if isinstance(text, str) else text
         for chunk in chunks:
-            _checked("write", chunk)
-            if "\x00" in chunk:
-                chunk = chunk.replace("\x00", "")  # NUL carries no meaning for a tokenizer
-            mem = write_text(self.model, self.tokenizer, mem, chunk)
+            mem = write_text(self.model, self.tokenizer, mem, without_nul(check_text("write", chunk)))
         return mem
 
     def write_many(self, texts: list[str], memories: list[Memory] | None = None) -> list[Memory]:
         """Batched write: many documents at once (slots and segment recurrence share batches)."""
         mems = memories if memories is not None else [self.new_memory() for _ in texts]
         for t in texts:
-            _checked("write", t)
-        return write_texts(self.model, self.tokenizer, mems, [t.replace("\x00", "") for t in texts])
+            check_text("write", t)
+        return write_texts(self.model, self.tokenizer, mems, [without_nul(t) for t in texts])
 
     def flush(self, memory: Memory) -> Memory:
         return flush(self.model, self.tokenizer, memory)
 
     def recall(self, memory: Memory, query: str | None = None, level: str = "paragraph", **kw: Any) -> Recalled:
         if query is not None:
-            _checked("query", query)
+            check_text("query", query)
         return recall(self.model, self.tokenizer, memory, query, level, **kw)
 
     def recall_many(self, memories: list[Memory], queries: list[str | None] | None = None, level: str = "paragraph",
@@ -158,14 +136,14 @@ class R3Mem:
         """Batched recall: the slots chosen in every memory are expanded together."""
         for q in queries or []:
             if q is not None:
-                _checked("query", q)
+                check_text("query", q)
         return recall_many(self.model, self.tokenizer, memories, queries, level, **kw)
 
     @torch.no_grad()
     def generate(self, prompt: str, memory: Memory | None = None, max_new_tokens: int = 64, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None) -> str:
         """Continue `prompt` with the document memory as extra context (forward direction)."""
-        _checked("prompt", prompt)
+        check_text("prompt", prompt)
         mem = memory if memory is not None else self.new_memory()
         state = effective_doc_state(self.model, self.tokenizer, mem).unsqueeze(0)
         ids = tokenize(self.tokenizer, prompt)
@@ -183,7 +161,7 @@ class R3Mem:
 
     def prompt_ids(self, prompt: str) -> torch.Tensor:
         """Reader prompt as token ids [1, T] on the model's device (chat template when the model has one)."""
-        _checked("prompt", prompt)
+        check_text("prompt", prompt)
         tok = self.tokenizer
         if getattr(tok, "chat_template", None):
             # Render the template around a marker and tokenize the user's text on its own, so control

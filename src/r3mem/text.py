@@ -14,7 +14,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["read_text", "strip_gutenberg", "iter_text_chunks", "text_encoding", "current_encoding"]
+__all__ = ["read_text", "strip_gutenberg", "iter_text_chunks", "text_encoding", "current_encoding", "check_text",
+           "without_nul"]
 
 # The encoding corpus files are read in: UTF-8 unless a caller (the CLI's --encoding) says otherwise
 # for the duration of a task, so that every loader below it reads the same way.
@@ -150,3 +151,26 @@ def strip_gutenberg(text: str) -> str:
     begin = 0 if start is None else start
     end = _END.search(text, begin)
     return text[begin : len(text) if end is None else end.start()]
+
+
+def check_text(kind: str, text: object, *, non_empty: bool = False) -> str:
+    """`text` if it is a str the tokenizer and the store can take; one clear error otherwise.
+
+    Raises TypeError for a non-str and ValueError for text that is not valid Unicode (a lone surrogate,
+    e.g. from surrogateescape decoding or bad JSON) or, with `non_empty`, is only whitespace.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"{kind}: text must be str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start]
+        raise ValueError(f"{kind}: not valid Unicode text (lone surrogate {bad!r} at character {e.start})") from None
+    if non_empty and not text.strip():
+        raise ValueError(f"{kind} must not be empty")
+    return text
+
+
+def without_nul(text: str) -> str:
+    """`text` without NUL characters, which carry no meaning for a tokenizer (dropped before writing)."""
+    return text.replace("\x00", "") if "\x00" in text else text

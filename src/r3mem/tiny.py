@@ -9,7 +9,7 @@ import functools
 
 import torch
 
-__all__ = ["tiny_tokenizer", "tiny_model", "FAMILIES", "SAMPLE_TEXT"]
+__all__ = ["tiny_tokenizer", "tiny_model", "tiny_config", "FAMILIES", "SAMPLE_TEXT"]
 
 FAMILIES = ("llama", "gpt2", "qwen2")
 
@@ -57,3 +57,17 @@ def tiny_model(family: str = "llama", vocab_size: int | None = None, hidden: int
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     model.config._r3mem_model_id = f"tiny-{family}"
     return model.eval()
+
+
+def tiny_config(base_model: str = "tiny-llama", **overrides):
+    """The small R3MemConfig for the `tiny-*` models: the `model` section of the shipped
+    `configs/tiny.yaml`, with `base_model` and any field overridden."""
+    from importlib import resources
+
+    import yaml
+
+    from r3mem.config import R3MemConfig
+
+    shipped = resources.files("r3mem") / "configs" / "tiny.yaml"
+    fields = yaml.safe_load(shipped.read_text(encoding="utf-8"))["model"]
+    return R3MemConfig(**{**fields, "base_model": base_model, **overrides})

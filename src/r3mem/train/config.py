@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from r3mem.config import ConfigError, R3MemConfig, _check, dataclass_from_dict
+from r3mem.config import ConfigError, R3MemConfig, _check, apply_overrides, dataclass_from_dict
 
 __all__ = ["TrainConfig", "Phase", "apply_overrides"]
 
@@ -110,32 +110,3 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         return dataclass_from_dict(cls, data)
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `key=value` (dotted keys for nesting, values parsed as YAML) to a config mapping."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{key}: {part} is not a section")
-        node[parts[-1]] = _parse_value(raw)
-    return data
-
-
-def _parse_value(raw: str) -> Any:
-    """YAML scalar/list parsing, plus numbers YAML 1.1 leaves as strings ("1e-3")."""
-    import yaml
-
-    value = yaml.safe_load(raw)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
