@@ -8,7 +8,7 @@ import click
 import typer
 
 from r3mem.cli.common import (DEFAULT_USER, BaseOpt, ModelOpt, SessionOpt, StoreOpt, UserOpt, console, load_engine,
-                              open_store, out, user_errors)
+                              open_store, out)
 
 QUIT = ("/quit", "/exit")
 
@@ -38,7 +38,6 @@ def repl(agent, max_new_tokens: int, show_recall: bool) -> int:
     return answered
 
 
-@user_errors
 def chat(
     session: SessionOpt = None,
     store: StoreOpt = None,

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
 
@@ -35,14 +35,15 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 1."""
 
 
-def user_errors(fn: Callable) -> Callable:
-    """Turn library errors into one-line messages; tracebacks only with R3MEM_DEBUG=1."""
+class OneLineErrors(TyperGroup):
+    """The root command group. Every error a command raises is printed here, once, as one line
+    ("error: …", exit code 1); R3MEM_DEBUG=1 shows the traceback instead. Usage errors keep click's
+    own message and exit code 2."""
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
-            return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException, KeyboardInterrupt):  # TyperException: usage errors
             raise
         except Exception as e:  # noqa: BLE001 - the one place errors become messages
             if debug():
@@ -50,8 +51,6 @@ def user_errors(fn: Callable) -> Callable:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             console.print(f"[bold red]error:[/] {escape(msg)}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
-
-    return wrapper
 
 
 def debug() -> bool:
@@ -126,14 +125,6 @@ def quiet_libraries() -> None:
         pass
 
 
-def tiny_config(base_model: str):
-    """A small R3MemConfig for the in-memory `tiny-*` test models (no download, CPU seconds)."""
-    from r3mem.config import R3MemConfig
-
-    return R3MemConfig(base_model=base_model, num_mem_tokens=4, segment_len=16, max_slot_tokens=16, max_recall_tokens=24,
-                       max_paragraph_tokens=64, coupling_hidden=16)
-
-
 def load_engine(model: Path | None, base_model: str | None = None):
     """The engine for a command: `--model`/$R3MEM_MODEL adapter, `--base-model`/$R3MEM_BASE_MODEL base model.
 
@@ -143,6 +134,7 @@ def load_engine(model: Path | None, base_model: str | None = None):
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     quiet_libraries()
     from r3mem.engine import R3Mem
+    from r3mem.tiny import tiny_config
 
     if model is None and os.environ.get("R3MEM_MODEL"):
         model = Path(os.environ["R3MEM_MODEL"])

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from r3mem.cli.common import (DEFAULT_ENCODING, BaseOpt, EncodingOpt, JsonOpt, ModelOpt, decode_text, emit_json, load_engine,
-                              out, read_bytes, user_errors)
+                              out, read_bytes)
 
 
 def _demo_text(path: Path | None, encoding: str = DEFAULT_ENCODING) -> tuple[str, str]:
@@ -21,7 +21,6 @@ def _demo_text(path: Path | None, encoding: str = DEFAULT_ENCODING) -> tuple[str
     return strip_gutenberg(decode_text(read_bytes(path), str(path), encoding)), str(path)
 
 
-@user_errors
 def demo(
     text: Annotated[Optional[Path], typer.Option("--text", readable=False, help="Text file to memorise (default: bundled PG-19 excerpt).")] = None,
     paragraph: Annotated[int, typer.Option("--paragraph", help="Index of the paragraph to recall.")] = 1,

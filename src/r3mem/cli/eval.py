@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from r3mem.cli.common import EncodingOpt, ModelOpt, check_encoding, console, emit_json, load_engine, user_errors
+from r3mem.cli.common import EncodingOpt, ModelOpt, check_encoding, console, emit_json, load_engine
 
 
 def _numbers(name: str, spec: str | None, kind: type) -> tuple | None:
@@ -19,7 +19,6 @@ def _numbers(name: str, spec: str | None, kind: type) -> tuple | None:
         raise ValueError(f"{name}: expected comma-separated {'integers' if kind is int else 'numbers'}, got {spec!r}") from None
 
 
-@user_errors
 def evaluate(
     task: Annotated[str, typer.Argument(help="lm | recon | rag | kv | locomo | needle")],
     data: Annotated[Path, typer.Option("--data", readable=False, help="Data file or folder in the task's format (see benchmarks/README.md).")],

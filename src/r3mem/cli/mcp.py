@@ -9,10 +9,9 @@ from typing import Annotated
 import typer
 
 from r3mem.cli.common import (DEFAULT_USER, BaseOpt, CLIError, ModelOpt, StoreOpt, UserOpt, console, load_engine,
-                              open_store, user_errors)
+                              open_store)
 
 
-@user_errors
 def mcp(
     transport: Annotated[str, typer.Option(
         "--transport", help="stdio (the client starts this command) | streamable-http (a long-running server).")] = "stdio",

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from r3mem.cli.common import (DEFAULT_USER, BaseOpt, CLIError, JsonOpt, ModelOpt, StoreOpt, UserOpt, console, decode_text,
-                              emit_json, load_engine, open_store, out, read_bytes, user_errors)
+                              emit_json, load_engine, open_store, out, read_bytes)
 
 app = typer.Typer(name="memory", help="List, show, export, import and delete stored sessions.", no_args_is_help=True,
                   add_completion=False)
@@ -29,7 +29,6 @@ def session_summary(store, user: str, session) -> dict[str, Any]:
 
 
 @app.command("list")
-@user_errors
 def list_(store: StoreOpt = None, user: UserOpt = DEFAULT_USER, json_out: JsonOpt = False) -> None:
     """The user's sessions with their turn count and memory size."""
     with open_store(store) as st:
@@ -45,7 +44,6 @@ def list_(store: StoreOpt = None, user: UserOpt = DEFAULT_USER, json_out: JsonOp
 
 
 @app.command("show")
-@user_errors
 def show(session: SessionArg, store: StoreOpt = None, user: UserOpt = DEFAULT_USER,
          last: Annotated[int, typer.Option("--last", help="Show this many latest turns (0: all).")] = 20,
          json_out: JsonOpt = False) -> None:
@@ -68,7 +66,6 @@ def show(session: SessionArg, store: StoreOpt = None, user: UserOpt = DEFAULT_US
 
 
 @app.command("export")
-@user_errors
 def export(session: SessionArg, store: StoreOpt = None, user: UserOpt = DEFAULT_USER,
            to: Annotated[str, typer.Option("--out", help="JSON file to write ('-': stdout).")] = "-",
            memory_file: Annotated[Optional[Path], typer.Option("--memory-file", readable=False, help="Also write the bare memory file (.r3mem).")] = None) -> None:
@@ -90,7 +87,6 @@ def export(session: SessionArg, store: StoreOpt = None, user: UserOpt = DEFAULT_
 
 
 @app.command("import")
-@user_errors
 def import_(file: Annotated[Path, typer.Argument(readable=False, help="JSON from `r3mem memory export` ('-': stdin).")],
             store: StoreOpt = None, user: UserOpt = DEFAULT_USER,
             session: Annotated[Optional[str], typer.Option("--session", help="Import under this id (default: the exported one).")] = None,
@@ -120,7 +116,6 @@ def import_(file: Annotated[Path, typer.Argument(readable=False, help="JSON from
 
 
 @app.command("delete")
-@user_errors
 def delete(session: Annotated[Optional[str], typer.Argument(help="Session id (omit with --all).")] = None,
            store: StoreOpt = None, user: UserOpt = DEFAULT_USER,
            all_: Annotated[bool, typer.Option("--all", help="Delete the user with all their sessions.")] = False,

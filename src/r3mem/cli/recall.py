@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from r3mem.cli.common import (DEFAULT_USER, BaseOpt, JsonOpt, MemoryOpt, ModelOpt, SessionOpt, StoreOpt, UserOpt,
-                              check_memory_file, emit_json, load_engine, open_store, out, user_errors)
+                              check_memory_file, emit_json, load_engine, open_store, out)
 from r3mem.cli.write import check_target
 
 
@@ -19,7 +19,6 @@ def recall_session(engine, store, user: str, session: str, **kw):
     return ChatAgent(engine, store, user, session).recall(**kw)
 
 
-@user_errors
 def recall(
     memory: MemoryOpt = None,
     store: StoreOpt = None,

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from r3mem.cli.common import BaseOpt, CLIError, ModelOpt, StoreOpt, console, load_engine, open_store, user_errors
+from r3mem.cli.common import BaseOpt, CLIError, ModelOpt, StoreOpt, console, load_engine, open_store
 
 
 def check_listen(host: str, port: int, max_body_bytes: int) -> None:
@@ -20,7 +20,6 @@ def check_listen(host: str, port: int, max_body_bytes: int) -> None:
         raise CLIError(f"--max-body-bytes must be >= 1, got {max_body_bytes}")
 
 
-@user_errors
 def serve(
     store: StoreOpt = None,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",

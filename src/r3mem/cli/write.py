@@ -10,7 +10,7 @@ import typer
 
 from r3mem.cli.common import (DEFAULT_ENCODING, DEFAULT_USER, BaseOpt, CLIError, EncodingOpt, JsonOpt, MemoryOpt, ModelOpt,
                               SessionOpt, StoreOpt, UserOpt, check_memory_file, decode_text, emit_json, load_engine,
-                              open_store, out, progress_bar, read_bytes, user_errors)
+                              open_store, out, progress_bar, read_bytes)
 
 PIECE_CHARS = 4000  # memory-file form: write in pieces for the progress bar (write(a)+write(b) == write(a+b))
 
@@ -64,7 +64,6 @@ def write_session(engine, store, user: str, session: str, text: str, speaker: st
             "last_turn": turns[-1].index, "memory_version": stored.version, "slots": len(stored.slots)}
 
 
-@user_errors
 def write(
     file: Annotated[Path, typer.Argument(readable=False, help="Text file to write into memory ('-' for stdin).")],
     memory: MemoryOpt = None,
