@@ -4,8 +4,8 @@ import threading
 
 import pytest
 import torch
-
 from conftest import tiny_cfg
+
 from r3mem.agent import QA_PROMPT, ChatAgent, Reply, ensure_session, format_turn
 from r3mem.engine import R3Mem
 from r3mem.memfile import MemoryFileError
@@ -56,7 +56,9 @@ def test_turns_are_written_incrementally_with_turn_ids(engine, store, agent):
 
 
 def test_batched_catch_up_attributes_slots_to_turns(engine, store, agent):
-    turns = agent.add_turns([("Caroline", "First part.\n\nSecond part about Mendota."), ("Melanie", "A\x00 short reply.")])
+    turns = agent.add_turns(
+        [("Caroline", "First part.\n\nSecond part about Mendota."), ("Melanie", "A\x00 short reply.")]
+    )
     stored = _stored(store)
     assert [t.index for t in turns] == [1, 2] and stored.version == 1 and stored.through_turn == 2
     assert [(r.key, r.turn_id) for r in stored.slots if r.level == "paragraph"] == [("p0", 1), ("p1", 1), ("p2", 2)]

@@ -13,8 +13,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from r3mem.client import (ApiError, BadRequest, Client, Conflict, Forbidden, NotFound, ServiceUnavailable,
-                          ServiceUnreachable, Unauthorized)
+from r3mem.client import (
+    ApiError,
+    BadRequest,
+    Client,
+    Conflict,
+    Forbidden,
+    NotFound,
+    ServiceUnavailable,
+    ServiceUnreachable,
+    Unauthorized,
+)
 
 ADMIN = "admin-secret"
 SRC = Path(__file__).resolve().parents[1] / "src"

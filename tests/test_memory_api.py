@@ -4,8 +4,8 @@ import struct
 
 import pytest
 import torch
-
 from conftest import perturb_trainables, tiny_cfg
+
 from r3mem.engine import R3Mem
 from r3mem.memfile import FORMAT_VERSION, MemoryFileError, encode_memory
 from r3mem.tiny import SAMPLE_TEXT, tiny_model
@@ -34,7 +34,11 @@ def test_write_streams_chunks_and_does_not_mutate_input(trained_like):
     chunks = [SAMPLE_TEXT[i:i + 37] for i in range(0, len(SAMPLE_TEXT), 37)]
     _same(eng.write(iter(chunks)), eng.write(SAMPLE_TEXT))
     eng.write(SAMPLE_TEXT[150:], first)
-    assert torch.equal(first.doc_state, snapshot[0]) and first.pending_ids == snapshot[1] and len(first.paragraphs) == snapshot[2]
+    assert (
+        torch.equal(first.doc_state, snapshot[0])
+        and first.pending_ids == snapshot[1]
+        and len(first.paragraphs) == snapshot[2]
+    )
 
 
 def test_hierarchy_slots_link_to_their_spans(trained_like):
@@ -257,7 +261,9 @@ def test_repeated_slot_text_is_compressed_once_with_the_same_state(trained_like,
     states = {id(s.state): s.state for s in mem.paragraphs + mem.entities}
     assert len(states) == 1
     one = mem.paragraphs[0].state
-    assert mem.state_bytes() == (mem.doc_state.numel() * mem.doc_state.element_size() + one.numel() * one.element_size())
+    assert mem.state_bytes() == (
+        mem.doc_state.numel() * mem.doc_state.element_size() + one.numel() * one.element_size()
+    )
     back = eng.from_bytes(eng.to_bytes(mem))
     assert len({id(s.state) for s in back.paragraphs + back.entities}) == 1
     with pytest.raises(ValueError, match="ratios"):

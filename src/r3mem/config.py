@@ -74,17 +74,29 @@ class R3MemConfig:
         self.validate()
 
     def validate(self) -> None:
-        _check(isinstance(self.base_model, str) and self.base_model.strip() != "", "base_model", "must be a non-empty string", self.base_model)
+        _check(
+            isinstance(self.base_model, str) and self.base_model.strip() != "",
+            "base_model",
+            "must be a non-empty string",
+            self.base_model,
+        )
         for name in ("num_mem_tokens", "segment_len", "bptt_depth", "max_slot_tokens", "max_paragraph_tokens",
                      "coupling_hidden", "lora_rank", "lora_alpha", "max_recall_tokens"):
             v = getattr(self, name)
             _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "must be an integer >= 1", v)
         _check(self.memory_mode in MEMORY_MODES, "memory_mode", f"must be one of {MEMORY_MODES}", self.memory_mode)
         _check(self.memory_dtype in MEMORY_DTYPES, "memory_dtype", f"must be one of {MEMORY_DTYPES}", self.memory_dtype)
-        _check(self.reversible_mode in ("adapters", "coupling"), "reversible_mode", "must be 'adapters' or 'coupling'", self.reversible_mode)
+        _check(
+            self.reversible_mode in ("adapters", "coupling"),
+            "reversible_mode",
+            "must be 'adapters' or 'coupling'",
+            self.reversible_mode,
+        )
         _check(len(self.hierarchy_levels) > 0 and set(self.hierarchy_levels) <= set(LEVELS), "hierarchy_levels",
                f"must be a non-empty subset of {LEVELS}", self.hierarchy_levels)
-        _check("document" in self.hierarchy_levels, "hierarchy_levels", "must include 'document'", self.hierarchy_levels)
+        _check(
+            "document" in self.hierarchy_levels, "hierarchy_levels", "must include 'document'", self.hierarchy_levels
+        )
         for name in ("paragraph_ratio", "entity_ratio"):
             v = getattr(self, name)
             _check(isinstance(v, (int, float)) and v >= 1.0, name, "must be a number >= 1", v)
@@ -92,7 +104,12 @@ class R3MemConfig:
             v = getattr(self, name)
             _check(isinstance(v, (int, float)) and v >= 0.0, name, "must be a number >= 0", v)
         _check(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)", self.lora_dropout)
-        _check(self.num_mem_tokens <= self.max_slot_tokens, "num_mem_tokens", "must be <= max_slot_tokens", self.num_mem_tokens)
+        _check(
+            self.num_mem_tokens <= self.max_slot_tokens,
+            "num_mem_tokens",
+            "must be <= max_slot_tokens",
+            self.num_mem_tokens,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -102,10 +119,10 @@ class R3MemConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "R3MemConfig":
+    def from_dict(cls, data: dict[str, Any]) -> R3MemConfig:
         return dataclass_from_dict(cls, data)
 
-    def replace(self, **changes: Any) -> "R3MemConfig":
+    def replace(self, **changes: Any) -> R3MemConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -146,7 +163,9 @@ def load_config(path: str | Path, cls: type = R3MemConfig, overrides: list[str] 
     try:
         data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
     except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'} ({str(e).splitlines()[0]})") from None
+        raise ConfigError(
+            f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'} ({str(e).splitlines()[0]})"
+        ) from None
     return cls.from_dict(apply_overrides(data or {}, list(overrides)))
 
 

@@ -10,8 +10,9 @@ Memories are plain values passed in and out; the engine never keeps per-user sta
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -35,7 +36,9 @@ def default_adapter_dir() -> Path:
 
 
 class R3Mem:
-    def __init__(self, model: R3MemModel, tokenizer, *, trained: bool = False, meta: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, model: R3MemModel, tokenizer, *, trained: bool = False, meta: dict[str, Any] | None = None
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
@@ -50,13 +53,13 @@ class R3Mem:
 
     # ----- construction ---------------------------------------------------------------------
     @classmethod
-    def from_base(cls, base, tokenizer, config: R3MemConfig | None = None) -> "R3Mem":
+    def from_base(cls, base, tokenizer, config: R3MemConfig | None = None) -> R3Mem:
         """Fresh (untrained) adapters over an already loaded base model."""
         return cls(R3MemModel(base, config or R3MemConfig()), tokenizer)
 
     @classmethod
     def from_pretrained(cls, adapter_dir: str | Path | None = None, base_model: str | None = None,
-                        config: R3MemConfig | None = None, levels: Iterable[str] | None = None) -> "R3Mem":
+                        config: R3MemConfig | None = None, levels: Iterable[str] | None = None) -> R3Mem:
         """Load base model + adapter folder. With no folder: the shipped adapter, else untrained adapters.
 
         `levels` overrides which hierarchy levels `write` builds, e.g. `("document",)` for the
@@ -65,7 +68,12 @@ class R3Mem:
         built with other levels."""
         if adapter_dir is None and config is None and (default_adapter_dir() / "r3mem_adapter.json").exists():
             adapter_dir = default_adapter_dir()
-        over = {k: v for k, v in (("base_model", base_model), ("hierarchy_levels", (levels,) if isinstance(levels, str) else tuple(levels or ()))) if v}
+        over: dict[str, Any] = {}  # what the arguments change in the adapter's (or the given) config
+        if base_model:
+            over["base_model"] = base_model
+        levels = (levels,) if isinstance(levels, str) else tuple(levels or ())
+        if levels:
+            over["hierarchy_levels"] = levels
         if adapter_dir is None:
             cfg = (config or R3MemConfig()).replace(**over)
             base, tok = load_base(cfg.base_model)
@@ -74,7 +82,9 @@ class R3Mem:
         cfg = cfg.replace(**over)
         base, tok = load_base(cfg.base_model)
         if base_model_id(base) != meta.get("base_model_id"):  # refused before any adapter tensor is used
-            raise AdapterError(f"{adapter_dir}: trained for base model {meta.get('base_model_id')!r}, got {base_model_id(base)!r}")
+            raise AdapterError(
+                f"{adapter_dir}: trained for base model {meta.get('base_model_id')!r}, got {base_model_id(base)!r}"
+            )
         engine = cls(R3MemModel(base, cfg), tok, trained=bool(meta.get("trained", True)), meta=meta)
         engine.load_adapter_state(state, source=str(adapter_dir))
         return engine
@@ -97,9 +107,16 @@ class R3Mem:
     def identity(self) -> dict[str, Any]:
         """What a memory file must match to be loaded by this engine."""
         c = self.model.cfg
-        return {"base_model_id": self.base_model_id, "adapter_hash": self.adapter_hash,
-                "memory_layout": {"mode": c.memory_mode, "num_mem_tokens": c.num_mem_tokens, "levels": list(c.hierarchy_levels),
-                                  "dtype": c.memory_dtype}}
+        return {
+            "base_model_id": self.base_model_id,
+            "adapter_hash": self.adapter_hash,
+            "memory_layout": {
+                "mode": c.memory_mode,
+                "num_mem_tokens": c.num_mem_tokens,
+                "levels": list(c.hierarchy_levels),
+                "dtype": c.memory_dtype,
+            },
+        }
 
     # ----- memory API -----------------------------------------------------------------------
     def new_memory(self) -> Memory:
@@ -167,7 +184,9 @@ class R3Mem:
             # Render the template around a marker and tokenize the user's text on its own, so control
             # tokens written inside the text stay plain text (no prompt injection via "<|im_end|>").
             marker = "\x00R3MEM_PROMPT\x00"
-            rendered = tok.apply_chat_template([{"role": "user", "content": marker}], add_generation_prompt=True, tokenize=False)
+            rendered = tok.apply_chat_template(
+                [{"role": "user", "content": marker}], add_generation_prompt=True, tokenize=False
+            )
             head, _, tail = rendered.partition(marker)
             ids = torch.tensor([tok(head, add_special_tokens=False)["input_ids"] + tokenize(tok, prompt)
                                 + tok(tail, add_special_tokens=False)["input_ids"]])
@@ -188,8 +207,14 @@ class R3Mem:
         if ids.shape[1] > room > 0:
             ids = ids[:, -room:]
         with self.model.adapters_disabled():
-            out = self.model.lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                         do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            out = self.model.lm.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
         return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
     def answer(self, question: str, memory: Memory, top_k: int = 2, max_new_tokens: int = 32) -> tuple[str, Recalled]:

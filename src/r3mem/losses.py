@@ -52,7 +52,9 @@ def cycle_term(model: R3MemModel, state: torch.Tensor, hidden: torch.Tensor, mas
     return (1 - F.cosine_similarity(again[:, 0], state[:, 0].detach(), dim=-1)).mean()
 
 
-def lm_losses(model: R3MemModel, ids: torch.Tensor, mask: torch.Tensor, w_fwd: float, w_bwd: float, w_cyc: float) -> LossTerms:
+def lm_losses(
+    model: R3MemModel, ids: torch.Tensor, mask: torch.Tensor, w_fwd: float, w_bwd: float, w_cyc: float
+) -> LossTerms:
     """Retention on a long window: segment recurrence with LM loss; each segment is then expanded back."""
     bwd, cyc, n_seg = [_zero(model)], [_zero(model)], [0]
 

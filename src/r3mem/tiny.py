@@ -43,13 +43,40 @@ def tiny_model(family: str = "llama", vocab_size: int | None = None, hidden: int
 
     vocab = vocab_size or len(tiny_tokenizer())
     if family == "llama":
-        cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True, initializer_range=0.1)
+        cfg = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+            tie_word_embeddings=True,
+            initializer_range=0.1,
+        )
     elif family == "qwen2":
-        cfg = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True, initializer_range=0.1)
+        cfg = Qwen2Config(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+            tie_word_embeddings=True,
+            initializer_range=0.1,
+        )
     elif family == "gpt2":
-        cfg = GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=4, n_positions=1024, bos_token_id=0, eos_token_id=0, initializer_range=0.1)
+        cfg = GPT2Config(
+            vocab_size=vocab,
+            n_embd=hidden,
+            n_layer=layers,
+            n_head=4,
+            n_positions=1024,
+            bos_token_id=0,
+            eos_token_id=0,
+            initializer_range=0.1,
+        )
     else:
         raise ValueError(f"family: unknown tiny model family {family!r}; choose from {FAMILIES}")
     cfg._attn_implementation = "eager"

@@ -6,25 +6,45 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 console = Console(stderr=True)
 out = Console(highlight=False, soft_wrap=True)
 
 # Paths are declared readable=False: click's own readability check answers with a usage box and exit
 # code 2; the commands' readers (`read_bytes`) give the same one-line error as for a missing file.
-ModelOpt = Annotated[Optional[Path], typer.Option("--model", readable=False, help="Adapter folder (default: $R3MEM_MODEL, else the shipped trained adapter).")]
-BaseOpt = Annotated[Optional[str], typer.Option("--base-model", help="Registry name, local HF checkpoint folder or tiny-llama (default: $R3MEM_BASE_MODEL, else smollm2-135m).")]
+ModelOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model", readable=False, help="Adapter folder (default: $R3MEM_MODEL, else the shipped trained adapter)."
+    ),
+]
+BaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--base-model",
+        help="Registry name, local HF checkpoint folder or tiny-llama (default: $R3MEM_BASE_MODEL, else smollm2-135m).",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-StoreOpt = Annotated[Optional[str], typer.Option("--store", help="Store file or URL (sqlite:///…, postgresql://…); default: the embedded SQLite store in your data dir ($R3MEM_HOME/store.db if set).")]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="Store file or URL (sqlite:///…, postgresql://…); default: the embedded SQLite store in your data dir "
+        "($R3MEM_HOME/store.db if set).",
+    ),
+]
 UserOpt = Annotated[str, typer.Option("--user", envvar="R3MEM_USER", help="User whose sessions to use.")]
-SessionOpt = Annotated[Optional[str], typer.Option("--session", help="Session id in the store.")]
-MemoryOpt = Annotated[Optional[Path], typer.Option("--memory", readable=False, help="Memory file (.r3mem) instead of a store session.")]
+SessionOpt = Annotated[str | None, typer.Option("--session", help="Session id in the store.")]
+MemoryOpt = Annotated[
+    Path | None, typer.Option("--memory", readable=False, help="Memory file (.r3mem) instead of a store session.")
+]
 EncodingOpt = Annotated[str, typer.Option("--encoding", help="Text encoding of the input, e.g. latin-1 or cp1252 "
                                            "(many Project Gutenberg files are Latin-1).")]
 DEFAULT_USER = "local"
@@ -88,8 +108,10 @@ def decode_text(data: bytes, name: str, encoding: str = DEFAULT_ENCODING) -> str
         text = data[skip:].decode(encoding)
     except UnicodeDecodeError as exc:
         shown = "UTF-8" if encoding == "utf-8" else encoding
-        raise CLIError(f"{name}: invalid {shown} at byte {skip + exc.start} ({exc.reason}); "
-                       f"if the text is in another encoding, pass it with --encoding (e.g. --encoding latin-1)") from None
+        raise CLIError(
+            f"{name}: invalid {shown} at byte {skip + exc.start} ({exc.reason}); "
+            f"if the text is in another encoding, pass it with --encoding (e.g. --encoding latin-1)"
+        ) from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -143,8 +165,10 @@ def load_engine(model: Path | None, base_model: str | None = None):
     with console.status("loading model…"):
         engine = R3Mem.from_pretrained(model, base_model=base_model, config=config)
     if not engine.trained:
-        console.print("[yellow]note:[/] adapters are UNTRAINED (no trained adapter found); recall will not be faithful.",
-                      soft_wrap=True)
+        console.print(
+            "[yellow]note:[/] adapters are UNTRAINED (no trained adapter found); recall will not be faithful.",
+            soft_wrap=True,
+        )
     return engine
 
 

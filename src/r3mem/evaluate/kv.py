@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from r3mem.evaluate.metrics import subspan_exact_match
 from r3mem.evaluate.common import EvalOptions, mean
+from r3mem.evaluate.metrics import subspan_exact_match
 from r3mem.evaluate.qa import QADoc, QAQuestion, aggregate, context_tokens, make_doc, run_qa, samples
 
 NAME = "kv"

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from r3mem.evaluate.metrics import perplexity
 from r3mem.evaluate.common import EvalOptions, bucket_label, mean, position_buckets
+from r3mem.evaluate.metrics import perplexity
 
 NAME = "lm"
 

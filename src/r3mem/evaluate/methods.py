@@ -244,11 +244,17 @@ class MemoryMethod(Method):
             slots = mem.paragraphs
             cap = e.config.max_recall_tokens
             # Batched form of e.recall(mem, index=i) for every slot (same caps, no query).
-            hyps = reconstruct(e.model, e.tokenizer, [s.state for s in slots], [min(cap, s.n_tokens + 8) for s in slots])
+            hyps = reconstruct(
+                e.model, e.tokenizer, [s.state for s in slots], [min(cap, s.n_tokens + 8) for s in slots]
+            )
         refs = [text[s.start:s.end] for s in slots]
         slot_bytes = sum(s.state.numel() * s.state.element_size() for s in slots)
-        return {"pairs": list(zip(refs, hyps)), "memory_bytes": slot_bytes, "memory_tokens": sum(s.n_mem_tokens for s in slots),
-                "source_tokens": sum(s.n_tokens for s in slots)}
+        return {
+            "pairs": list(zip(refs, hyps)),
+            "memory_bytes": slot_bytes,
+            "memory_tokens": sum(s.n_mem_tokens for s in slots),
+            "source_tokens": sum(s.n_tokens for s in slots),
+        }
 
     def close(self) -> None:
         self.engine = None  # type: ignore[assignment]
@@ -274,7 +280,10 @@ class NoMemory(Method):
         return len(doc.context[start:].encode()), min(budget, len(tokenize(self.tok, doc.context)))
 
     def lm_score(self, ids: list[int], seg_len: int, budget: int) -> list[tuple[int, float, int]]:
-        return [(s, *_score_tail(self.reader, ids[s:s + seg_len], len(ids[s:s + seg_len]))) for s in range(0, len(ids), seg_len)]
+        return [
+            (s, *_score_tail(self.reader, ids[s : s + seg_len], len(ids[s : s + seg_len])))
+            for s in range(0, len(ids), seg_len)
+        ]
 
     def recon(self, text: str, ratio: float) -> dict[str, Any]:
         raise Skip("keeps no memory: nothing to reconstruct")
@@ -286,7 +295,10 @@ class FullContext(Method):
 
     def qa_answer(self, doc, _doc, question: str, budget: int) -> Answer:
         prompt = answer_prompt(doc.context, question)
-        need, window = self.reader.prompt_ids(prompt).shape[1] + self.opts.max_new_tokens, max_positions(self.reader.model.lm)
+        need, window = (
+            self.reader.prompt_ids(prompt).shape[1] + self.opts.max_new_tokens,
+            max_positions(self.reader.model.lm),
+        )
         if need > window:
             raise Skip(f"context does not fit the base model's window ({need} > {window} positions)")
         return Answer(_first_line(self.reader.read(prompt, self.opts.max_new_tokens)), [(0, len(doc.context))])

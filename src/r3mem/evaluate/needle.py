@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from r3mem.evaluate.metrics import f1, subspan_exact_match
 from r3mem.evaluate.common import EvalOptions
+from r3mem.evaluate.metrics import f1, subspan_exact_match
 from r3mem.evaluate.qa import QADoc, QAQuestion, aggregate, context_tokens, make_doc, run_qa, samples
 from r3mem.tokens import tokenize
 
@@ -71,8 +71,12 @@ def run(method, data: NeedleData, opts: EvalOptions, budget: int) -> dict[str, A
 
 
 def stats(data: NeedleData, tok) -> dict[str, Any]:
-    return {"n_documents": len(data.docs or []), "n_examples": len(data.docs or []), "essays": len(data.haystack.essays),
-            "context_tokens_per_doc": context_tokens(tok, data.docs or [])}
+    return {
+        "n_documents": len(data.docs or []),
+        "n_examples": len(data.docs or []),
+        "essays": len(data.haystack.essays),
+        "context_tokens_per_doc": context_tokens(tok, data.docs or []),
+    }
 
 
 def plot(results: dict[str, Any], png: Path, opts: EvalOptions) -> bool:

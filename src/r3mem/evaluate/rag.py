@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from r3mem.evaluate.metrics import best_over_answers, exact_match, f1, subspan_exact_match
 from r3mem.evaluate.common import EvalOptions
+from r3mem.evaluate.metrics import best_over_answers, exact_match, f1, subspan_exact_match
 from r3mem.evaluate.qa import QADoc, QAQuestion, aggregate, context_tokens, make_doc, run_qa, samples
 
 NAME = "rag"

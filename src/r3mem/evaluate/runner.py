@@ -16,9 +16,10 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from r3mem.evaluate.common import EvalOptions, Skip, round_metrics
 from r3mem.evaluate.methods import ADAPTER_METHODS, METHODS, TEXT_METHODS, MemoryMethod
@@ -62,7 +63,9 @@ def parse_method_models(items: list[str] | None) -> dict[str, Path]:
         if name == "r3mem":
             raise ValueError("--method-model r3mem=...: give the full method's adapter with --model")
         if name not in ADAPTER_METHODS:
-            raise ValueError(f"--method-model {name}: not a method with an adapter; choose from {', '.join(ADAPTER_METHODS[1:])}")
+            raise ValueError(
+                f"--method-model {name}: not a method with an adapter; choose from {', '.join(ADAPTER_METHODS[1:])}"
+            )
         if name in out:
             raise ValueError(f"--method-model {name}: given twice")
         out[name] = Path(path.strip()).expanduser()
@@ -108,7 +111,9 @@ def environment() -> dict[str, Any]:
 def git_info() -> dict[str, Any]:
     here = Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if commit.returncode != 0:
             return {"commit": None, "dirty": None}
         dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
@@ -140,9 +145,20 @@ def _load_adapter_engine(name: str, path: Path, base_model: str | None, reader, 
     return engine
 
 
-def run_eval(task: str, data: str | Path, *, engine, methods: list[str] | None = None, opts: EvalOptions | None = None,
-             method_models: dict[str, Path] | None = None, model_source: str | None = None, base_model: str | None = None,
-             out: Path | None = None, checked: tuple | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_eval(
+    task: str,
+    data: str | Path,
+    *,
+    engine,
+    methods: list[str] | None = None,
+    opts: EvalOptions | None = None,
+    method_models: dict[str, Path] | None = None,
+    model_source: str | None = None,
+    base_model: str | None = None,
+    out: Path | None = None,
+    checked: tuple | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Evaluate and return the result document (also written to ``out`` with a PNG beside it)."""
     opts = opts or EvalOptions()
     methods = methods or list(METHODS)
@@ -152,7 +168,9 @@ def run_eval(task: str, data: str | Path, *, engine, methods: list[str] | None =
     engine.model.to(opts.device)
     if hasattr(mod, "prepare"):
         loaded = mod.prepare(loaded, engine, opts)
-    budget = opts.budget or (mod.default_budget(engine) if hasattr(mod, "default_budget") else getattr(mod, "DEFAULT_BUDGET", None))
+    budget = opts.budget or (
+        mod.default_budget(engine) if hasattr(mod, "default_budget") else getattr(mod, "DEFAULT_BUDGET", None)
+    )
     results: dict[str, Any] = {}
     for name in methods:
         log(f"{task}: {name}")
@@ -164,8 +182,12 @@ def run_eval(task: str, data: str | Path, *, engine, methods: list[str] | None =
             elif name in ADAPTER_METHODS:
                 if name not in method_models:
                     raise Skip(NO_ADAPTER)
-                method = MemoryMethod(name, _load_adapter_engine(name, method_models[name], base_model, engine, opts.device),
-                                      opts, str(method_models[name]))
+                method = MemoryMethod(
+                    name,
+                    _load_adapter_engine(name, method_models[name], base_model, engine, opts.device),
+                    opts,
+                    str(method_models[name]),
+                )
             else:
                 method = TEXT_METHODS[name](name, engine, opts)
             load_s = time.perf_counter() - t0

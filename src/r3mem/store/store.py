@@ -422,7 +422,9 @@ class MemoryStore:
         now = time.time()
         with self._tx(f"write the memory of {where}", write=True) as conn:
             _touch_session(conn, user_id, session_id, now)
-            count = conn.execute(select(S.sessions.c.turn_count).where(*_session_key(S.sessions, user_id, session_id))).scalar_one()
+            count = conn.execute(
+                select(S.sessions.c.turn_count).where(*_session_key(S.sessions, user_id, session_id))
+            ).scalar_one()
             if through_turn > count:  # the same rule an import is held to
                 raise ValueError(f"through_turn {through_turn} is beyond the last turn ({count}) of {where}")
             current = _memory_version(conn, user_id, session_id)
@@ -642,7 +644,11 @@ def _check_count(kind: str, value: object, low: int = 0) -> int:
 
 def _short(value: object) -> str:
     """repr of a value, cut so that a huge number or string still gives a one-line message."""
-    text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else f"{str(value)[:12]}… ({len(str(value))} digits)"
+    text = (
+        repr(value)
+        if not isinstance(value, int) or abs(value) < 10**30
+        else f"{str(value)[:12]}… ({len(str(value))} digits)"
+    )
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from r3mem.train.pairs import build_examples
 from r3mem.hierarchy import paragraph_spans
-from r3mem.train.windows import lm_windows, tokenize_text
 from r3mem.text import read_text, strip_gutenberg
 from r3mem.tiny import SAMPLE_TEXT
-from r3mem.train.config import TrainConfig
 from r3mem.tokens import pad_batch, tokenize
+from r3mem.train.config import TrainConfig
+from r3mem.train.pairs import build_examples
+from r3mem.train.windows import lm_windows, tokenize_text
 
 __all__ = ["TrainingData", "load_sources"]
 
@@ -128,7 +128,9 @@ def _source_names(sources: tuple[str, ...]) -> list[str]:
     return names
 
 
-def _recon_pools(docs: list[tuple[str, str]], tok, max_tokens: int, sources: list[str] | None = None) -> list[list[list[int]]]:
+def _recon_pools(
+    docs: list[tuple[str, str]], tok, max_tokens: int, sources: list[str] | None = None
+) -> list[list[list[int]]]:
     """Token lists to reconstruct, one length-sorted pool per source (a folder, or a file).
 
     Every paragraph is taken with its whitespace collapsed (as the held-out benchmark reads it) and,
