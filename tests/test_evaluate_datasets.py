@@ -10,10 +10,8 @@ import pytest
 
 from r3mem.evaluate.datasets import (
     DEFAULT_NEEDLE,
-    load_hotpotqa,
     load_kv,
     load_locomo,
-    load_msc,
     load_needle,
     load_nq_oracle,
     load_pg19,
@@ -210,41 +208,6 @@ def test_locomo_errors(tmp_path: Path) -> None:
     no_text.write_text(json.dumps([{"sample_id": "x", "conversation": conv, "qa": []}]))
     with pytest.raises(ValueError, match=r"^t\.json: item 0: missing key 'text'$"):
         load_locomo(no_text)
-
-
-# --- MSC and HotpotQA -----------------------------------------------------------------------------
-
-
-def test_msc_fixture() -> None:
-    episodes = load_msc(FIXTURES / "msc_synthetic.jsonl")
-    assert [e.episode_id for e in episodes] == ["test_0", "test_1"]
-    first = episodes[0]
-    assert first.session_id == 2 and len(first.previous) == 2
-    assert first.previous[0].time_back == "9 days ago"
-    third = first.previous[0].turns[2]
-    assert (third.speaker, third.text) == ("Speaker 1", "I have a beagle named Pepper.")
-    assert first.dialog.turns[1].speaker == "Speaker 2"
-    assert episodes[1].dialog.turns[0].speaker == "Speaker 1"  # worker id replaced by position
-    assert first.personas == (("I have a beagle.",), ("I do pottery.",))
-
-
-@needs_shared
-def test_msc_and_hotpotqa_real_files() -> None:
-    episodes = load_msc(SHARED / "msc" / "msc_dialogue_session_3_test.jsonl.gz")
-    assert len(episodes) == 501 and all(len(e.previous) == 2 for e in episodes)
-    items = load_hotpotqa(SHARED / "hotpotqa" / "camera_ready_nd8_dev_sample100.json")
-    assert len(items) == 100 and all(p.is_gold for ex in items for p in ex.paragraphs[:2])
-
-
-def test_hotpotqa_fixture() -> None:
-    items = load_hotpotqa(FIXTURES / "hotpotqa_sample2.json")
-    assert len(items) == 2
-    first = items[0]
-    assert first.answer == "video game"
-    assert [p.title for p in first.paragraphs[:2]] == ["Hot Pixel", "PlayStation Portable"]
-    assert first.paragraphs[1].supporting == (3,)
-    assert len(first.paragraphs) == 10 and not first.paragraphs[2].is_gold
-    assert first.paragraphs[1].text.startswith("The PlayStation Portable (PSP)")
 
 
 # --- Needle in a haystack ----------------------------------------------------------------------------

@@ -95,7 +95,7 @@ def test_generate_answer_reset(trained_like):
         eng.generate("The river", mem, max_new_tokens=4, temperature=1.0, seed=3)
     ans, rec = eng.answer("Who built a stone house?", mem, max_new_tokens=4)
     assert isinstance(ans, str) and rec.slots
-    fresh = eng.reset()
+    fresh = eng.new_memory()
     assert fresh.paragraphs == [] and fresh.offset == 0
     assert torch.equal(fresh.doc_state, eng.new_memory().doc_state)
 

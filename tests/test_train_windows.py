@@ -1,17 +1,13 @@
-"""Segment-recurrent LM batches: shapes, contiguity, padding, determinism; chunked tokenisation."""
+"""Segment-recurrent LM windows and chunked tokenisation."""
 
 import pytest
-import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from r3mem.train.windows import (
     Window,
     _split_at_whitespace,
-    lm_batches,
     lm_windows,
-    tokenize_documents,
-    tokenize_file,
     tokenize_text,
 )
 
@@ -70,15 +66,6 @@ def test_chunks_are_small_and_cut_before_whitespace_runs():
     assert max(len(p) for p in pieces) <= len(max(text.split(), key=len)) + 4
 
 
-def test_tokenize_file_streams_normalised_text(tmp_path, bpe_tokenizer):
-    path = tmp_path / "book.txt"
-    text = "\n".join(SENTENCES * 20).replace("\r\n", "\n")
-    path.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
-    expected = bpe_tokenizer(text, add_special_tokens=False)["input_ids"]
-    assert tokenize_file(path, bpe_tokenizer, chunk_chars=50) == expected
-    assert tokenize_documents(["", SENTENCES[0]], bpe_tokenizer) == [[], tokenize_text(SENTENCES[0], bpe_tokenizer)]
-
-
 def test_tokenize_rejects_bad_chunk(bpe_tokenizer):
     with pytest.raises(ValueError, match="chunk_chars"):
         tokenize_text("x", bpe_tokenizer, chunk_chars=0)
@@ -96,66 +83,3 @@ def test_windows_tile_documents_and_drop_short_tails():
         Window(0, 20, 5),
         Window(2, 0, 10),
     ]
-
-
-def test_batches_have_contiguous_rows_and_padding():
-    docs = _docs(100, 37, 5, 64)
-    batches = list(lm_batches(docs, seg_len=4, n_segments=4, batch_size=3, seed=1))
-    rows = []
-    for batch in batches:
-        assert set(batch) == {"input_ids", "attention_mask"}
-        assert batch["input_ids"].dtype == torch.long and batch["attention_mask"].dtype == torch.long
-        assert batch["input_ids"].shape == batch["attention_mask"].shape and batch["input_ids"].shape[1] == 16
-        for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
-            n = int(mask.sum())
-            assert mask[:n].all() and not mask[n:].any(), "mask must be 1s then 0s (right padding)"
-            assert (ids[n:] == 0).all()
-            assert (ids[1:n] - ids[: n - 1] == 1).all(), "row is not a contiguous slice of one document"
-            rows.append((int(ids[0]), n))
-    sizes = [b["input_ids"].shape[0] for b in batches]
-    assert sizes[:-1] == [3] * (len(sizes) - 1) and 1 <= sizes[-1] <= 3
-    expected = {(d * 1000 + w.start, w.length) for d, w in ((w.doc, w) for w in lm_windows(docs, 16, 4))}
-    assert sorted(rows) == sorted(expected), "each window must appear exactly once per epoch"
-
-
-def test_batches_are_deterministic_and_seeded():
-    docs = _docs(300, 200, 90)
-
-    def run(seed: int) -> list[torch.Tensor]:
-        return [b["input_ids"] for b in lm_batches(docs, seg_len=5, n_segments=2, batch_size=4, seed=seed, epochs=2)]
-
-    torch.manual_seed(123)
-    before = torch.get_rng_state()
-    first, again, other = run(0), run(0), run(1)
-    assert torch.equal(before, torch.get_rng_state()), "must not touch the global RNG"
-    assert len(first) == len(again) and all(torch.equal(a, b) for a, b in zip(first, again))
-    assert any(not torch.equal(a, b) for a, b in zip(first, other))
-    half = len(first) // 2
-    assert any(not torch.equal(a, b) for a, b in zip(first[:half], first[half:])), "each epoch reshuffles"
-
-
-def test_drop_last_pad_id_and_endless_epochs():
-    docs = _docs(7 * 8)
-    batches = list(lm_batches(docs, seg_len=4, n_segments=2, batch_size=3, drop_last=True))
-    assert [b["input_ids"].shape for b in batches] == [torch.Size([3, 8])] * 2
-    short = next(lm_batches([[5, 6, 7]], seg_len=2, n_segments=3, batch_size=2, pad_id=-1))
-    assert short["input_ids"].tolist() == [[5, 6, 7, -1, -1, -1]]
-    assert short["attention_mask"].tolist() == [[1, 1, 1, 0, 0, 0]]
-    endless = lm_batches(docs, seg_len=4, n_segments=2, batch_size=3, epochs=None)
-    assert len([next(endless) for _ in range(25)]) == 25
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"seg_len": 0}, "seg_len"),
-        ({"n_segments": -1}, "n_segments"),
-        ({"batch_size": 0}, "batch_size"),
-        ({"min_tokens": 0}, "min_tokens"),
-        ({"seg_len": 50}, "no document has at least min_tokens=50"),
-    ],
-)
-def test_bad_batch_arguments_are_refused(kwargs, message):
-    args = {"seg_len": 4, "n_segments": 2, "batch_size": 2} | kwargs
-    with pytest.raises(ValueError, match=message):
-        next(lm_batches(_docs(20, 30), **args))

@@ -123,7 +123,6 @@ class R3Mem:
         with torch.no_grad():
             return Memory(doc_state=self.model.initial_state(1)[0].to(self.model.store_dtype).clone())
 
-    reset = new_memory
 
     def write(self, text: str | Iterable[str], memory: Memory | None = None) -> Memory:
         """Append text (a string or an iterable of chunks, e.g. a file streamed in pieces)."""

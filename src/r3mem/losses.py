@@ -17,7 +17,7 @@ from r3mem.model import COMPRESS, QUERY, R3MemModel
 from r3mem.recurrence import fold
 from r3mem.tokens import slot_tokens
 
-__all__ = ["LossTerms", "lm_losses", "pair_losses", "recon_losses", "combine"]
+__all__ = ["LossTerms", "lm_losses", "pair_losses", "recon_losses"]
 
 
 @dataclass
@@ -102,6 +102,3 @@ def recon_losses(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], targ
     cyc = cycle_term(model, state, hidden, target[1]) if w_cyc > 0 else _zero(model)
     return LossTerms(_zero(model), _mean_ce(model, hidden, lab), cyc)
 
-
-def combine(*terms: LossTerms) -> LossTerms:
-    return LossTerms(*(sum(getattr(t, f) for t in terms) / len(terms) for f in ("forward", "backward", "cycle")))

@@ -36,7 +36,6 @@ __all__ = [
 FORMAT = "r3mem-memory"
 # 2: memories stored in 16-bit (`memory_dtype`), key/value memories; version 1 files (float32) are refused.
 FORMAT_VERSION = 2
-_SLOT_FIELDS = ("level", "key", "start", "end", "n_tokens", "parent", "mentions")
 
 
 class MemoryFileError(ValueError):

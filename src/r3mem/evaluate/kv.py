@@ -11,7 +11,6 @@ from r3mem.evaluate.common import EvalOptions, mean
 from r3mem.evaluate.metrics import subspan_exact_match
 from r3mem.evaluate.qa import QADoc, QAQuestion, aggregate, context_tokens, make_doc, run_qa, samples
 
-NAME = "kv"
 DEFAULT_BUDGET = 256
 N_POSITION_BINS = 5
 

@@ -26,8 +26,6 @@ from typing import Any
 from r3mem.evaluate.common import EvalOptions, bucket_label, mean, position_buckets
 from r3mem.evaluate.metrics import perplexity
 
-NAME = "lm"
-
 
 @dataclass
 class Book:

@@ -16,7 +16,6 @@ from r3mem.evaluate.common import EvalOptions, mean
 from r3mem.evaluate.metrics import f1
 from r3mem.evaluate.qa import QADoc, QAQuestion, aggregate, context_tokens, make_doc, run_qa, samples
 
-NAME = "locomo"
 DEFAULT_BUDGET = 256
 CATEGORIES = (1, 2, 3, 4)
 

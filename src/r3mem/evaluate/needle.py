@@ -17,7 +17,6 @@ from r3mem.evaluate.metrics import f1, subspan_exact_match
 from r3mem.evaluate.qa import QADoc, QAQuestion, aggregate, context_tokens, make_doc, run_qa, samples
 from r3mem.tokens import tokenize
 
-NAME = "needle"
 DEFAULT_BUDGET = 256
 
 

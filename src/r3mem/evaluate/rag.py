@@ -10,7 +10,6 @@ from r3mem.evaluate.common import EvalOptions
 from r3mem.evaluate.metrics import best_over_answers, exact_match, f1, subspan_exact_match
 from r3mem.evaluate.qa import QADoc, QAQuestion, aggregate, context_tokens, make_doc, run_qa, samples
 
-NAME = "rag"
 DEFAULT_BUDGET = 256
 METRICS = ["em", "f1", "accuracy", "evidence_recall"]
 

@@ -21,8 +21,6 @@ from r3mem.evaluate.metrics import corpus_bleu, reconstruction_scores, token_acc
 from r3mem.hierarchy import paragraph_spans
 from r3mem.tokens import tokenize
 
-NAME = "recon"
-
 
 @dataclass
 class ReconData:

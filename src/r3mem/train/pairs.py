@@ -1,4 +1,4 @@
-"""Hierarchical context–query pairs for R³Mem training (paper digest §4.2, blueprint step 4).
+"""Hierarchical context–query pairs for R³Mem training.
 
 A document yields pairs at several granularities, each recording the exact character spans it came
 from, so losses, curricula and ablations can filter on ``level`` and evaluation can check
@@ -15,34 +15,27 @@ unit it summarises). Context spans nest: entity ⊆ sentence ⊆ paragraph ⊆ d
 points at the enclosing example of the nearest requested level. Examples come in document order,
 parents before children (pre-order), so the output is deterministic for a given input.
 
-How queries were generated for the paper is unknown (digest §4.2, UNRESOLVED), hence the
-:class:`QueryGenerator` interface with an offline rule-based default and an LLM-backed option.
+The paper does not say how its queries were generated, hence the :class:`QueryGenerator` interface;
+the default, :class:`RuleQueryGenerator`, is rule-based and offline.
 """
 
 import bisect
-import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from r3mem.hierarchy import Span, entity_spans, paragraph_spans, sentence_spans
-from r3mem.text import read_text, strip_gutenberg
 
 __all__ = [
     "PAIR_LEVELS",
     "Example",
     "QueryGenerator",
     "RuleQueryGenerator",
-    "LLMQueryGenerator",
-    "hf_generate_fn",
     "build_examples",
-    "build_corpus",
 ]
 
 # Training pairs also come at sentence level, between paragraph and entity (`hierarchy.LEVELS` has no sentence slots).
 PAIR_LEVELS = ("document", "paragraph", "sentence", "entity")
-Level = Literal["document", "paragraph", "sentence", "entity"]
 
 
 @dataclass(frozen=True)
@@ -130,65 +123,6 @@ class RuleQueryGenerator:
         if len(first) <= self.title_max_chars and "\n" not in first and first[-1] not in ".!?,;:":
             return "Summarise the document titled: " + " ".join(first.split())
         return "Summarise the document beginning: " + _words(sentence_spans(first)[0].text, self.max_words)
-
-
-_DEFAULT_PROMPTS = {
-    "document": "Write a one-sentence question or title that this document answers.\n\n{context}\n\nQuery:",
-    "paragraph": "Write a short question that this paragraph answers.\n\n{context}\n\nQuestion:",
-    "sentence": "Write a short question that this sentence answers.\n\n{context}\n\nQuestion:",
-    "entity": "Text: {context}\n\nWrite a short question about {focus} that the text answers.\n\nQuestion:",
-}
-
-
-@dataclass
-class LLMQueryGenerator:
-    """Queries from any text generator, e.g. a wrapped Hugging Face ``model.generate``.
-
-    The first non-empty line of the output is the query; an empty output falls back to ``fallback``
-    so every example still gets a query.
-
-    Example:
-        >>> gen = LLMQueryGenerator(lambda prompt: "Where did the pioneers settle?")  # or hf_generate_fn(model, tok)
-        >>> gen.query("paragraph", "The pioneers settled in St. Paul.", "The pioneers settled in St. Paul.")
-        'Where did the pioneers settle?'
-
-    Attributes:
-        generate_fn: Callable mapping a prompt to generated text (the continuation only).
-        prompts: Per-level templates with ``{context}`` and ``{focus}`` placeholders.
-        fallback: Generator used when ``generate_fn`` returns nothing.
-        max_context_chars: Context is cut to this many characters before prompting.
-    """
-
-    generate_fn: Callable[[str], str]
-    prompts: dict[str, str] = field(default_factory=lambda: dict(_DEFAULT_PROMPTS))
-    fallback: QueryGenerator = field(default_factory=RuleQueryGenerator)
-    max_context_chars: int = 4000
-
-    def query(self, level: str, context: str, focus: str) -> str:
-        """Prompt the generator for ``level``; empty output uses the fallback generator."""
-        if level not in self.prompts:
-            raise ValueError(f"no prompt for level {level!r}; have {sorted(self.prompts)}")
-        prompt = self.prompts[level].format(context=context[: self.max_context_chars], focus=focus)
-        lines = [line.strip() for line in (self.generate_fn(prompt) or "").splitlines()]
-        answer = next((line for line in lines if line), "")
-        return answer or self.fallback.query(level, context, focus)
-
-
-def hf_generate_fn(model: Any, tokenizer: Any, max_new_tokens: int = 32) -> Callable[[str], str]:
-    """Wrap a Hugging Face causal LM as ``prompt -> continuation`` for :class:`LLMQueryGenerator`.
-
-    Decoding is greedy so the generated data set is reproducible; only the new tokens are returned.
-    """
-    import torch  # deferred: the rule-based path needs no torch
-
-    def generate(prompt: str) -> str:
-        enc = tokenizer(prompt, return_tensors="pt").to(model.device)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id)
-        return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-
-    return generate
 
 
 def _check_levels(levels: Sequence[str]) -> None:
@@ -324,26 +258,3 @@ def build_examples(
         for para, para_sentences, ents in zip(paras, sentences, entities):
             builder.paragraph(para, para_sentences, ents, d_idx)
     return builder.examples
-
-
-def build_corpus(
-    paths: Iterable[str | os.PathLike],
-    levels: Sequence[str] = ("document", "paragraph", "entity"),
-    generator: QueryGenerator | None = None,
-    max_doc_chars: int | None = None,
-    errors: str = "strict",
-) -> Iterator[Example]:
-    """Yield the examples of several text files, one file at a time.
-
-    Each file is read with :func:`read_text` and passed through :func:`strip_gutenberg`; spans index
-    into that stripped text and ``doc_id`` is the file name without its suffix. ``parent`` indices
-    are relative to the file's own examples (as returned by :func:`build_examples`).
-
-    Raises:
-        ValueError: A file is not valid UTF-8 or has no text left after stripping (message names it).
-    """
-    for path in paths:
-        text = strip_gutenberg(read_text(path, errors=errors))
-        if not text.strip():
-            raise ValueError(f"{path}: document is empty (after removing any Project Gutenberg header)")
-        yield from build_examples(text, Path(path).stem, levels, generator, max_doc_chars)

@@ -1,25 +1,19 @@
-"""Segment-recurrent language-modelling batches for the retention objective (paper digest §4.1, §4.4).
+"""Segment-recurrent language-modelling windows for the retention objective.
 
 The forward LM loss scores segment t given the memory written from segments < t, so a training row
 must be ``n_segments`` *contiguous* segments of one document. This module cuts documents (token-id
-lists) into such windows and batches them reproducibly: the order comes from a private
-``torch.Generator`` seeded by the caller, never from the global RNG.
+lists) into such windows; `train.mixture` batches them.
 
 Tokenisation streams long texts in chunks cut at whitespace, so a whole book is never handed to the
 tokenizer at once; with a byte-level or whitespace pre-tokenizer the ids equal those of a single call.
 """
 
-import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from r3mem.text import iter_text_chunks
-
-__all__ = ["Window", "tokenize_text", "tokenize_file", "tokenize_documents", "lm_windows", "lm_batches"]
+__all__ = ["Window", "tokenize_text", "lm_windows"]
 
 
 def _split_at_whitespace(chunks: Iterable[str], chunk_chars: int) -> Iterator[str]:
@@ -77,18 +71,6 @@ def tokenize_text(text: str, tokenizer: Any, chunk_chars: int = 1 << 16) -> list
     return _encode_pieces(_split_at_whitespace(slices, chunk_chars), tokenizer)
 
 
-def tokenize_file(path: str | os.PathLike, tokenizer: Any, chunk_chars: int = 1 << 16) -> list[int]:
-    """Token ids of a file read in a stream (UTF-8, BOM dropped, newlines normalised; see ``text``)."""
-    if chunk_chars < 1:
-        raise ValueError(f"chunk_chars must be >= 1, got {chunk_chars}")
-    return _encode_pieces(_split_at_whitespace(iter_text_chunks(path, chunk_chars), chunk_chars), tokenizer)
-
-
-def tokenize_documents(texts: Iterable[str], tokenizer: Any, chunk_chars: int = 1 << 16) -> list[list[int]]:
-    """Token ids of each text (see :func:`tokenize_text`), ready for :func:`lm_batches`."""
-    return [tokenize_text(text, tokenizer, chunk_chars) for text in texts]
-
-
 @dataclass(frozen=True)
 class Window:
     """A contiguous slice ``documents[doc][start:start+length]`` used as one batch row."""
@@ -110,73 +92,3 @@ def lm_windows(documents: Sequence[Sequence[int]], window_len: int, min_tokens: 
         for start in range(0, len(doc), window_len)
         if len(doc) - start >= min_tokens
     ]
-
-
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _collate(documents: Sequence[Sequence[int]], rows: list[Window], window_len: int, pad_id: int) -> dict:
-    input_ids = torch.full((len(rows), window_len), pad_id, dtype=torch.long)  # (B, n_segments * seg_len)
-    attention_mask = torch.zeros((len(rows), window_len), dtype=torch.long)  # (B, n_segments * seg_len)
-    for i, w in enumerate(rows):
-        input_ids[i, : w.length] = torch.as_tensor(documents[w.doc][w.start : w.start + w.length], dtype=torch.long)
-        attention_mask[i, : w.length] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
-
-
-def lm_batches(
-    documents: Sequence[Sequence[int]],
-    seg_len: int,
-    n_segments: int,
-    batch_size: int,
-    seed: int = 0,
-    epochs: int | None = 1,
-    pad_id: int = 0,
-    min_tokens: int | None = None,
-    drop_last: bool = False,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Yield shuffled batches of contiguous ``n_segments * seg_len``-token windows.
-
-    Each epoch visits every window of :func:`lm_windows` once, in an order drawn from a
-    ``torch.Generator`` seeded with ``seed`` (same arguments → same batches; global RNG untouched).
-
-    Args:
-        documents: Token-id lists, e.g. from :func:`tokenize_documents`.
-        seg_len: Tokens per segment.
-        n_segments: Segments per row (the recurrence depth seen in training).
-        batch_size: Rows per batch.
-        seed: Seed of the shuffling generator.
-        epochs: Passes over the windows; ``None`` repeats forever (reshuffling each pass).
-        pad_id: Id written into padded positions of short windows (masked out anyway).
-        min_tokens: Shortest window kept; defaults to ``seg_len`` (at least one full segment).
-        drop_last: Skip a final batch smaller than ``batch_size`` in each epoch.
-
-    Yields:
-        ``{"input_ids": LongTensor (B, n_segments * seg_len), "attention_mask": LongTensor (same)}``,
-        right-padded, mask 1 on real tokens.
-
-    Raises:
-        ValueError: A size is not a positive int, or no document has ``min_tokens`` tokens.
-    """
-    _check_positive(seg_len=seg_len, n_segments=n_segments, batch_size=batch_size)
-    if epochs is not None and epochs < 0:
-        raise ValueError(f"epochs must be >= 0 or None, got {epochs}")
-    window_len = seg_len * n_segments
-    min_tokens = seg_len if min_tokens is None else min_tokens
-    _check_positive(min_tokens=min_tokens)
-    windows = lm_windows(documents, window_len, min_tokens)
-    if not windows:
-        raise ValueError(f"no document has at least min_tokens={min_tokens} tokens ({len(documents)} documents)")
-    generator = torch.Generator().manual_seed(seed)
-    epoch = 0
-    while epochs is None or epoch < epochs:
-        order = torch.randperm(len(windows), generator=generator).tolist()
-        for i in range(0, len(order), batch_size):
-            rows = [windows[j] for j in order[i : i + batch_size]]
-            if drop_last and len(rows) < batch_size:
-                break
-            yield _collate(documents, rows, window_len, pad_id)
-        epoch += 1
