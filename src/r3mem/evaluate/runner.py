@@ -10,7 +10,6 @@ main engine stays loaded: its base model, adapters disabled, is the reader for e
 from __future__ import annotations
 
 import datetime as _dt
-import importlib
 import math
 import platform
 import subprocess
@@ -23,20 +22,20 @@ from typing import Any
 
 from r3mem.evaluate.common import EvalOptions, Skip, round_metrics
 from r3mem.evaluate.methods import ADAPTER_METHODS, METHODS, TEXT_METHODS, MemoryMethod
+from r3mem.evaluate.tasks import TASKS, Task
 
 __all__ = ["TASKS", "run_eval", "parse_method_models", "parse_methods", "check_inputs", "environment", "RESULT_FORMAT"]
 
-TASKS = ("lm", "recon", "rag", "kv", "locomo", "needle")
 RESULT_FORMAT = 1
 NO_ADAPTER = "no trained adapter given"
 _PACKAGES = ("r3mem", "torch", "transformers", "peft", "safetensors", "numpy", "sentence-transformers", "rank-bm25",
              "sacrebleu", "rouge-score", "matplotlib")
 
 
-def task_module(task: str):
+def task_of(task: str) -> Task:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
-    return importlib.import_module(f"r3mem.evaluate.{task}")
+    return TASKS[task]
 
 
 def parse_methods(spec: str | None) -> list[str]:
@@ -74,10 +73,10 @@ def parse_method_models(items: list[str] | None) -> dict[str, Path]:
 
 
 def check_inputs(task: str, data: str | Path, opts: EvalOptions, model: Path | None = None):
-    """Everything that can be checked without a model; returns (task module, loaded data)."""
+    """Everything that can be checked without a model; returns (task, loaded data)."""
     from r3mem.adapter import read_adapter
 
-    mod = task_module(task)
+    mod = task_of(task)
     opts.validate()
     if model is not None:
         read_adapter(model)
@@ -85,13 +84,13 @@ def check_inputs(task: str, data: str | Path, opts: EvalOptions, model: Path | N
     if not data.exists():
         raise ValueError(f"{data}: no such file or folder")
     loaded = mod.load(data, opts)
-    n = _n_items(mod, loaded)
+    n = _n_items(loaded)
     if n == 0 and opts.limit != 0:
         raise ValueError(f"{data}: no examples for task {task} in this file")
     return mod, loaded
 
 
-def _n_items(mod, loaded) -> int:
+def _n_items(loaded) -> int:
     for attr in ("books", "docs", "cells"):
         if hasattr(loaded, attr) and getattr(loaded, attr) is not None:
             return len(getattr(loaded, attr))
@@ -166,11 +165,8 @@ def run_eval(
     log = log or (lambda s: None)
     mod, loaded = checked or check_inputs(task, data, opts)
     engine.model.to(opts.device)
-    if hasattr(mod, "prepare"):
-        loaded = mod.prepare(loaded, engine, opts)
-    budget = opts.budget or (
-        mod.default_budget(engine) if hasattr(mod, "default_budget") else getattr(mod, "DEFAULT_BUDGET", None)
-    )
+    loaded = mod.prepare(loaded, engine, opts)
+    budget = opts.budget or mod.default_budget(engine)
     results: dict[str, Any] = {}
     for name in methods:
         log(f"{task}: {name}")
