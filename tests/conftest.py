@@ -1,5 +1,9 @@
 import os
+import socket
+import subprocess
+import time
 
+import httpx
 import pytest
 import torch
 
@@ -12,6 +16,7 @@ torch.set_num_threads(1)
 from r3mem.config import R3MemConfig  # noqa: E402
 from r3mem.engine import R3Mem  # noqa: E402
 from r3mem.model import R3MemModel  # noqa: E402
+from r3mem.store import MemoryStore  # noqa: E402
 from r3mem.tiny import SAMPLE_TEXT, tiny_config, tiny_model, tiny_tokenizer  # noqa: E402
 
 ALL_LINEAR = {
@@ -60,3 +65,34 @@ def perturb_trainables(model, scale: float = 0.05, seed: int = 1) -> None:
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+@pytest.fixture
+def store(tmp_path):
+    """An empty SQLite MemoryStore in the test's folder (closed at the end)."""
+    with MemoryStore(tmp_path / "store.db") as opened:
+        yield opened
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, timeout: float, output=lambda: "") -> None:
+    """Poll `url`/health until a live `r3mem serve` answers 200; fail if `timeout` seconds pass, or with
+    `output()` (the server's log, read once it has exited) if the process exits first."""
+    deadline = time.time() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"r3mem serve exited with {proc.returncode}: {output()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.time() > deadline:
+            pytest.fail(f"r3mem serve did not start within {timeout} s")
+        time.sleep(0.2)

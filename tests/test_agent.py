@@ -20,12 +20,6 @@ TURNS = [
 
 
 @pytest.fixture
-def store(tmp_path):
-    with MemoryStore(tmp_path / "store.db") as opened:
-        yield opened
-
-
-@pytest.fixture
 def agent(engine, store):
     ensure_session(store, "alice", "s1")
     return ChatAgent(engine, store, "alice", "s1")

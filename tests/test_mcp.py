@@ -33,12 +33,6 @@ DEADLINE_S = 240  # the whole stdio conversation, model loading included
 
 
 @pytest.fixture
-def store(tmp_path):
-    with MemoryStore(tmp_path / "mcp.db") as opened:
-        yield opened
-
-
-@pytest.fixture
 def server(engine, store):
     return create_server(engine, store, user_id="ann")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from conftest import tiny_cfg
+from conftest import free_port, tiny_cfg, wait_healthy
 from fastapi.testclient import TestClient
 
 from r3mem.engine import R3Mem
@@ -26,12 +26,6 @@ from r3mem.tiny import tiny_model, tiny_tokenizer
 
 ADMIN = "admin-secret"
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-@pytest.fixture
-def store(tmp_path):
-    with MemoryStore(tmp_path / "store.db") as opened:
-        yield opened
 
 
 @pytest.fixture
@@ -271,12 +265,6 @@ def test_parallel_writers_over_http_lose_no_turn(app, store):
     assert all(texts[a["turn"]["index"]] == a["turn"]["text"] for a in acked)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(store: str, port: int) -> subprocess.Popen:
     """`r3mem serve` on 127.0.0.1:port over `store`, tiny model, in a subprocess."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
@@ -286,25 +274,12 @@ def _serve(store: str, port: int) -> subprocess.Popen:
                             stderr=subprocess.PIPE)
 
 
-def _wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while True:
-        assert proc.poll() is None, proc.stderr.read().decode()
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.2)
-
-
 def test_serve_stops_gracefully_without_losing_acknowledged_writes(tmp_path):
-    db, port = tmp_path / "served.db", _free_port()
+    db, port = tmp_path / "served.db", free_port()
     proc = _serve(str(db), port)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(proc, url)
+        wait_healthy(proc, url, 90, lambda: proc.stderr.read().decode())
         token = httpx.post(f"{url}/users", json={"user_id": "alice"}, headers=bearer(ADMIN)).json()["token"]
         httpx.post(f"{url}/sessions", json={"session_id": "s"}, headers=bearer(token))
         acked, stop = [], threading.Event()
@@ -609,13 +584,13 @@ def test_two_replicas_on_one_postgres_store(pg_store_url):
     with MemoryStore(pg_store_url) as store:  # schema created once, before the replicas start
         store.create_user("alice", token="alice-token")
         store.create_session("alice", "s")
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     procs = [_serve(pg_store_url, port) for port in ports]
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     acked, failures = [], []
     try:
         for proc, url in zip(procs, urls):
-            _wait_healthy(proc, url, timeout=180)
+            wait_healthy(proc, url, 180, lambda p=proc: p.stderr.read().decode())
 
         def writer(w):
             mine = []
