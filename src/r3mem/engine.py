@@ -36,6 +36,19 @@ def default_adapter_dir() -> Path:
 
 
 class R3Mem:
+    """The user-facing API: write text into a `Memory`, recall text from it, answer from it, save it.
+
+        engine = R3Mem.from_pretrained()            # the shipped adapter over SmolLM2-135M
+        mem = engine.write("First paragraph.\n\nSecond one.")
+        engine.recall(mem, query="What came first?").text
+        engine.save(mem, "notes.r3mem")
+
+    Memories are values: every call takes one and returns a new one (`doc_state` [levels, m, d], or
+    [L, 2, H, m, hd] for a kv memory, plus one slot per paragraph and entity; see `Memory`). The
+    engine keeps no per-user state, so one engine serves many memories; `write_many` and
+    `recall_many` batch several at once with the same results as separate calls.
+    """
+
     def __init__(
         self, model: R3MemModel, tokenizer, *, trained: bool = False, meta: dict[str, Any] | None = None
     ) -> None:

@@ -99,6 +99,11 @@ class MemoryStore:
 
     All methods are thread-safe; several processes may share one SQLite file.
 
+    The store does not know the model. A memory is kept as an opaque blob (the bytes of a memory
+    file, `R3Mem.to_bytes`: the document state, [levels, m, d] or [L, 2, H, m, hd], and every slot
+    state) with a version, the last turn it covers, and one `SlotRecord` (level, key, character
+    span, turn) per slot, so slots can be listed and traced to their turn without loading tensors.
+
     Errors, uniformly: :class:`NotFound` for an unknown user or session (another user's
     session counts as unknown, so ids leak nothing), :class:`Conflict` for duplicates and
     stale versions, :class:`StoreError` for database failures (read-only, full, locked,
