@@ -5,10 +5,11 @@
     python benchmarks/make_table.py --stdout   # print it instead
     python benchmarks/make_table.py --root DIR --readme FILE
 
-Every row is one method of one result file (the "run" column is the file's name) (written by `r3mem eval ... --out`), with the headline
-numbers of that method, its memory per document, the data file, and the commit and date of the run
-that produced the figure. Skipped methods are not listed. Works with zero or more result files;
-files that are not r3mem eval results are reported on stderr and ignored. Standard library only.
+Every row is one method of one result file (written by `r3mem eval ... --out`; the "run" column is
+the file's name), with the headline numbers of that method, its memory per document, the data file,
+and the commit and date of the run that produced the figure. Skipped methods are not listed. Works
+with zero or more result files; files that are not r3mem eval results are reported on stderr and
+ignored. Standard library only.
 """
 
 from __future__ import annotations
@@ -69,8 +70,11 @@ def rows(results: list[tuple[Path, dict]], root: Path) -> list[str]:
             if gain is not None:  # lm: what carried memory adds over the same adapter with memory reset
                 summary["memory gain (nats/token)"] = gain
             result = ", ".join(f"{k} {_fmt(v)}" for k, v in summary.items()) or "–"
-            lines.append(f"| {doc.get('task', '?')} | {path.stem} | {method} | {result} | {_fmt(res.get('memory_tokens_per_doc'))} | "
-                         f"{data} | {_fmt(res.get('n_examples'))} | {commit} | [{date}]({rel}) |")
+            lines.append(
+                f"| {doc.get('task', '?')} | {path.stem} | {method} | {result} | "
+                f"{_fmt(res.get('memory_tokens_per_doc'))} | "
+                f"{data} | {_fmt(res.get('n_examples'))} | {commit} | [{date}]({rel}) |"
+            )
     return lines
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from r3mem.agent import QA_PROMPT, ChatAgent, ensure_session
 from r3mem.cli.common import load_engine
-from r3mem.eval.datasets import LocomoConversation, load_locomo
-from r3mem.eval.metrics import f1
+from r3mem.evaluate.datasets import LocomoConversation, load_locomo
+from r3mem.evaluate.metrics import f1
 from r3mem.store import MemoryStore
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "locomo" / "locomo_dev8.json"

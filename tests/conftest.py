@@ -1,7 +1,14 @@
 import os
+import socket
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
 
+import httpx
 import pytest
 import torch
+import uvicorn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -12,7 +19,8 @@ torch.set_num_threads(1)
 from r3mem.config import R3MemConfig  # noqa: E402
 from r3mem.engine import R3Mem  # noqa: E402
 from r3mem.model import R3MemModel  # noqa: E402
-from r3mem.testing import SAMPLE_TEXT, tiny_model, tiny_tokenizer  # noqa: E402
+from r3mem.store import MemoryStore  # noqa: E402
+from r3mem.tiny import SAMPLE_TEXT, tiny_config, tiny_model, tiny_tokenizer  # noqa: E402
 
 ALL_LINEAR = {
     "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
@@ -22,10 +30,7 @@ ALL_LINEAR = {
 
 
 def tiny_cfg(**kw) -> R3MemConfig:
-    base = dict(base_model="tiny", num_mem_tokens=4, segment_len=16, max_slot_tokens=16, max_recall_tokens=24,
-                max_paragraph_tokens=64, coupling_hidden=16)
-    base.update(kw)
-    return R3MemConfig(**base)
+    return tiny_config(**{"base_model": "tiny", **kw})
 
 
 def tiny_r3(family: str = "llama", **kw) -> R3MemModel:
@@ -63,3 +68,53 @@ def perturb_trainables(model, scale: float = 0.05, seed: int = 1) -> None:
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+@pytest.fixture
+def store(tmp_path):
+    """An empty SQLite MemoryStore in the test's folder (closed at the end)."""
+    with MemoryStore(tmp_path / "store.db") as opened:
+        yield opened
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, timeout: float, output=lambda: "") -> None:
+    """Poll `url`/health until a live `r3mem serve` answers 200; fail if `timeout` seconds pass, or with
+    `output()` (the server's log, read once it has exited) if the process exits first."""
+    deadline = time.time() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"r3mem serve exited with {proc.returncode}: {output()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.time() > deadline:
+            pytest.fail(f"r3mem serve did not start within {timeout} s")
+        time.sleep(0.2)
+
+
+@contextmanager
+def uvicorn_server(app):
+    """`app` served by uvicorn in a thread on a free loopback port; yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()

@@ -4,25 +4,19 @@ import threading
 
 import pytest
 import torch
-
 from conftest import tiny_cfg
+
 from r3mem.agent import QA_PROMPT, ChatAgent, Reply, ensure_session, format_turn
 from r3mem.engine import R3Mem
 from r3mem.memfile import MemoryFileError
 from r3mem.store import MemoryStore, NotFound
-from r3mem.testing import tiny_model, tiny_tokenizer
+from r3mem.tiny import tiny_model, tiny_tokenizer
 
 TURNS = [
     ("Caroline", "Henry Sibley built a stone house near the ferry."),
     ("Melanie", "In winter the river froze and the settlers crossed on foot."),
     ("Caroline", "Traders came by canoe and steamboat to Saint Paul."),
 ]
-
-
-@pytest.fixture
-def store(tmp_path):
-    with MemoryStore(tmp_path / "store.db") as opened:
-        yield opened
 
 
 @pytest.fixture
@@ -56,7 +50,9 @@ def test_turns_are_written_incrementally_with_turn_ids(engine, store, agent):
 
 
 def test_batched_catch_up_attributes_slots_to_turns(engine, store, agent):
-    turns = agent.add_turns([("Caroline", "First part.\n\nSecond part about Mendota."), ("Melanie", "A\x00 short reply.")])
+    turns = agent.add_turns(
+        [("Caroline", "First part.\n\nSecond part about Mendota."), ("Melanie", "A\x00 short reply.")]
+    )
     stored = _stored(store)
     assert [t.index for t in turns] == [1, 2] and stored.version == 1 and stored.through_turn == 2
     assert [(r.key, r.turn_id) for r in stored.slots if r.level == "paragraph"] == [("p0", 1), ("p1", 1), ("p2", 2)]

@@ -85,7 +85,9 @@ def test_default_store_and_user(tmp_path, text_file):
 
 def test_chat_repl(tmp_path):
     db = tmp_path / "chat.db"
-    r = ok("chat", "--store", db, "--session", "talk", "--max-new-tokens", "4", input="hello there\n\n/quit\nnot read\n")
+    r = ok(
+        "chat", "--store", db, "--session", "talk", "--max-new-tokens", "4", input="hello there\n\n/quit\nnot read\n"
+    )
     assert r.stdout.count("assistant>") == 1 and "you> " in r.stdout
     assert "session 'talk'" in r.stderr and "1 messages answered" in r.stderr
     with MemoryStore(db) as store:
@@ -110,7 +112,9 @@ def test_memory_show_export_import_delete(tmp_path, text_file):
     assert json.loads(exported.read_text())["format"] == "r3mem.session" and bare.stat().st_size > 0
     rec = json.loads(ok("recall", "--memory", bare, "--index", "0", "--json").stdout)  # the bare file is a memory file
     assert rec["slots"][0]["key"] == "p0"
-    imported = json.loads(ok("memory", "import", exported, "--store", db, "--user", "bob", "--session", "copy", "--json").stdout)
+    imported = json.loads(
+        ok("memory", "import", exported, "--store", db, "--user", "bob", "--session", "copy", "--json").stdout
+    )
     assert imported == {"user": "bob", "session": "copy", "turns": 3}
     assert json.loads(ok("memory", "list", "--store", db, "--user", "bob", "--json").stdout)[0]["memory_version"] == 1
     ok("memory", "delete", "a", "--store", db, "--yes")
@@ -313,7 +317,7 @@ def test_library_noise_is_hidden_unless_debugging(monkeypatch):
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
             quiet_libraries()
-            warnings.warn("`is_gradient_checkpointing` is deprecated", FutureWarning)
+            warnings.warn("`is_gradient_checkpointing` is deprecated", FutureWarning, stacklevel=1)
         assert seen == [] and not hf_logging.is_progress_bar_enabled()
         assert hf_logging.get_verbosity() == hf_logging.ERROR
     finally:
@@ -330,9 +334,21 @@ def test_fuzzed_memory_import_is_one_error_or_a_whole_session(tmp_path, text_fil
     exported = _cli_export(tmp_path, text_file)
     db = tmp_path / "fuzz.db"
     edge = st.sampled_from([2**31, 2**63, 10**30, -1, 0, float("inf"), float("nan"), "\ud800", "", None, [], {}, "x/y"])
-    paths = st.sampled_from([("session", "session_id"), ("session", "turn_count"), ("session", "created_at"),
-                             ("session", "meta"), ("turns", 0, "index"), ("turns", 0, "text"), ("memory", "version"),
-                             ("memory", "through_turn"), ("memory", "blob_b64"), ("memory", "slots"), ("format_version",)])
+    paths = st.sampled_from(
+        [
+            ("session", "session_id"),
+            ("session", "turn_count"),
+            ("session", "created_at"),
+            ("session", "meta"),
+            ("turns", 0, "index"),
+            ("turns", 0, "text"),
+            ("memory", "version"),
+            ("memory", "through_turn"),
+            ("memory", "blob_b64"),
+            ("memory", "slots"),
+            ("format_version",),
+        ]
+    )
     n = [0]
 
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

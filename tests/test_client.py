@@ -12,26 +12,30 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import free_port, wait_healthy
 
-from r3mem.client import (ApiError, BadRequest, Client, Conflict, Forbidden, NotFound, ServiceUnavailable,
-                          ServiceUnreachable, Unauthorized)
+from r3mem.client import (
+    ApiError,
+    BadRequest,
+    Client,
+    Conflict,
+    Forbidden,
+    NotFound,
+    ServiceUnavailable,
+    ServiceUnreachable,
+    Unauthorized,
+)
 
 ADMIN = "admin-secret"
 SRC = Path(__file__).resolve().parents[1] / "src"
 START_DEADLINE_S = 120
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     """`r3mem serve` in a subprocess on a free loopback port; (url, store path). SIGINT at the end."""
     tmp = tmp_path_factory.mktemp("served")
-    db, port = tmp / "served.db", _free_port()
+    db, port = tmp / "served.db", free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
            "R3MEM_BASE_MODEL": "tiny-llama", "R3MEM_ADMIN_TOKEN": ADMIN, "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "R3MEM_HOME": str(tmp / "home")}
@@ -39,19 +43,12 @@ def service(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "r3mem.cli.main", "serve", "--store", str(db), "--host", "127.0.0.1",
                              "--port", str(port), "--log-level", "warning"], env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
+    def output() -> str:
+        log.seek(0)
+        return log.read()
+
     try:
-        deadline = time.time() + START_DEADLINE_S
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"r3mem serve exited with {proc.returncode}: {log.read()}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline, "r3mem serve did not start"
-            time.sleep(0.2)
+        wait_healthy(proc, url, START_DEADLINE_S, output)
         yield url, db
     finally:
         if proc.poll() is None:
@@ -252,7 +249,7 @@ def test_timeout_and_unreachable_service():
                                                                                        match="timed out"):
             c.health()
         assert time.monotonic() - started < 10
-    with Client(f"http://127.0.0.1:{_free_port()}", "tok", retries=0) as c, pytest.raises(ServiceUnreachable,
+    with Client(f"http://127.0.0.1:{free_port()}", "tok", retries=0) as c, pytest.raises(ServiceUnreachable,
                                                                                           match="failed"):
         c.health()  # nothing listens there
 

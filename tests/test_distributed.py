@@ -17,7 +17,9 @@ from r3mem.train.loop import train
 def _run_cli(args, tmp):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
-    r = subprocess.run([sys.executable, "-m", "r3mem.cli.main", *args], env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "r3mem.cli.main", *args], env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return r
 

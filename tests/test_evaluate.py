@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_cfg
 from typer.testing import CliRunner
 
-from conftest import tiny_cfg
 from r3mem.cli.main import app
 from r3mem.engine import R3Mem
 from r3mem.evaluate import METHODS
-from r3mem.testing import tiny_model, tiny_tokenizer
+from r3mem.tiny import tiny_model, tiny_tokenizer
 from r3mem.train.config import TrainConfig, apply_overrides
 
 ROOT = Path(__file__).parents[1]
@@ -180,7 +180,9 @@ def test_lm_perplexity_by_position(adapters, tmp_path):
     # memory methods are also scored with memory reset per segment; the gain is the NLL difference
     for m in ("r3mem", "r3mem_coupling", "recurrent"):
         mm = res[m]["metrics"]
-        assert mm["memory_gain_nll_per_token"] == pytest.approx(math.log(mm["ppl_memory_reset"]) - math.log(mm["ppl"]), abs=1e-3)
+        assert mm["memory_gain_nll_per_token"] == pytest.approx(
+            math.log(mm["ppl_memory_reset"]) - math.log(mm["ppl"]), abs=1e-3
+        )
         assert mm["memory_gain_nll_per_token"] != 0  # carried memory changes the scores
     assert all("ppl_memory_reset" not in res[m]["metrics"] for m in ("no_memory", "full_context", "bm25"))
     # layerwise memory keeps one state per layer besides the input one: more bytes for the same tokens
@@ -237,7 +239,9 @@ def test_bad_inputs(tmp_path):
     not_adapter = tmp_path / "folder"
     not_adapter.mkdir()
     (not_adapter / "weights.bin").write_bytes(b"x")
-    assert f"{not_adapter}: not an r3mem adapter folder" in _fails("rag", "--data", str(NQ), "--model", str(not_adapter))
+    assert f"{not_adapter}: not an r3mem adapter folder" in _fails(
+        "rag", "--data", str(NQ), "--model", str(not_adapter)
+    )
     assert f"{not_adapter}: not an r3mem adapter folder" in _fails(
         "rag", "--data", str(NQ), "--method-model", f"recurrent={not_adapter}")
     assert "expected NAME=DIR" in _fails("rag", "--data", str(NQ), "--method-model", "recurrent")
@@ -277,8 +281,9 @@ def test_baseline_configs_are_valid_and_keep_the_budget():
 
 def test_train_baselines_script_passes_the_overrides():
     env = {**os.environ, "R3MEM": "echo", "PYTHON": sys.executable}
-    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "train_baselines.sh")], env=env, capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "train_baselines.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 6
@@ -313,7 +318,11 @@ def test_make_table_with_zero_and_more_results(tmp_path):
     (res / "junk.json").write_text("{")
     assert mt.main(["--root", str(tmp_path)]) == 0
     text = readme.read_text()
-    assert "| rag | run | r3mem | em 0.250, f1 0.500 | 40.000 | nq.jsonl.gz | 4 | 01234567 | [2026-11-24](rag/results/run.json) |" in text
+    assert (
+        "| rag | run | r3mem | em 0.250, f1 0.500 | 40.000 | nq.jsonl.gz | 4 | 01234567 | "
+        "[2026-11-24](rag/results/run.json) |"
+        in text
+    )
     assert "recurrent" not in text and "old" not in text
 
 

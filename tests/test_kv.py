@@ -2,15 +2,15 @@
 
 import pytest
 import torch
-
 from conftest import ALL_LINEAR, perturb_trainables, tiny_cfg
+
 from r3mem import kv
 from r3mem.engine import R3Mem
 from r3mem.losses import recon_losses
 from r3mem.memfile import MemoryFileError, encode_memory
 from r3mem.model import COMPRESS, R3MemModel
-from r3mem.testing import FAMILIES, SAMPLE_TEXT, tiny_model, tiny_tokenizer
-from r3mem.writer import pad_batch
+from r3mem.tiny import FAMILIES, SAMPLE_TEXT, tiny_model, tiny_tokenizer
+from r3mem.tokens import pad_batch
 
 
 def _ids(n: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
@@ -68,7 +68,9 @@ def test_gradients_reach_write_tokens_and_compress_adapter_through_the_cache(tok
     comp = {n: p.grad for n, p in model.named_parameters() if ".compress." in n and "lora_B" in n}
     reach = {n: g for n, g in comp.items() if last not in n or any(k in n for k in ("k_proj", "v_proj"))}
     assert len(reach) > len(comp) // 2
-    assert all(g is not None and g.abs().sum() > 0 for g in reach.values()), [n for n, g in reach.items() if g is None or not g.abs().sum()]
+    assert all(g is not None and g.abs().sum() > 0 for g in reach.values()), [
+        n for n, g in reach.items() if g is None or not g.abs().sum()
+    ]
 
 
 def test_state_shape_is_layers_kv_heads_tokens_head_dim():
@@ -113,7 +115,9 @@ def test_old_format_version_is_refused_naming_both_versions(kv_engine, monkeypat
     monkeypatch.setattr(memfile, "FORMAT_VERSION", 1)
     old = encode_memory(mem, kv_engine.identity)
     monkeypatch.undo()
-    with pytest.raises(MemoryFileError, match=r"format version 1 is no longer supported \(this r3mem reads version 2\)"):
+    with pytest.raises(
+        MemoryFileError, match=r"format version 1 is no longer supported \(this r3mem reads version 2\)"
+    ):
         kv_engine.from_bytes(old)
 
 
@@ -125,7 +129,11 @@ def test_memory_of_the_wrong_shape_dtype_or_ids_is_refused_at_load(kv_engine):
     bad_dtype.doc_state = mem.doc_state.float()
     bad_ids = mem.copy()
     bad_ids.pending_ids = [10**12]
-    for m, msg in ((bad_shape, "doc_state has shape"), (bad_dtype, "doc_state is float32"), (bad_ids, "outside the vocabulary")):
+    for m, msg in (
+        (bad_shape, "doc_state has shape"),
+        (bad_dtype, "doc_state is float32"),
+        (bad_ids, "outside the vocabulary"),
+    ):
         data = encode_memory(m, kv_engine.identity)  # checksum recomputed: only the content check can refuse it
         with pytest.raises(MemoryFileError, match=msg):
             kv_engine.from_bytes(data)

@@ -17,8 +17,8 @@ import pytest
 pytest.importorskip("mcp")
 
 import uvicorn  # noqa: E402
-from mcp import ClientSession, StdioServerParameters, stdio_client  # noqa: E402
 from mcp import Client as InProcessClient  # noqa: E402
+from mcp import ClientSession, StdioServerParameters, stdio_client  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
@@ -30,12 +30,6 @@ from r3mem.store import MemoryStore  # noqa: E402
 SRC = Path(__file__).resolve().parents[1] / "src"
 TOOLS = {"write_memory", "write_conversation", "recall_memory", "answer_from_memory", "list_sessions", "delete_session"}
 DEADLINE_S = 240  # the whole stdio conversation, model loading included
-
-
-@pytest.fixture
-def store(tmp_path):
-    with MemoryStore(tmp_path / "mcp.db") as opened:
-        yield opened
 
 
 @pytest.fixture
@@ -72,9 +66,14 @@ def error_text(result, one_line=True):
 
 def test_stdio_end_to_end_with_the_sdk_client(tmp_path):
     db = tmp_path / "served.db"
-    env = {"PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]), "R3MEM_BASE_MODEL": "tiny-llama",
-           "R3MEM_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+        "R3MEM_BASE_MODEL": "tiny-llama",
+        "R3MEM_HOME": str(tmp_path / "home"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     params = StdioServerParameters(command=sys.executable, env=env,
                                    args=["-m", "r3mem.cli.main", "mcp", "--store", str(db), "--user", "ann"])
     errlog = open(tmp_path / "server.log", "w+")
@@ -114,7 +113,9 @@ def test_stdio_end_to_end_with_the_sdk_client(tmp_path):
     assert set(results["tools"]) == TOOLS
     w = structured(results["write"])
     assert w["session_id"] == "trip" and w["memory_version"] == 1
-    assert [(t["index"], t["speaker"], t["text"]) for t in w["turns"]] == [(1, "Caroline", "Henry Sibley built a stone house.")]
+    assert [(t["index"], t["speaker"], t["text"]) for t in w["turns"]] == [
+        (1, "Caroline", "Henry Sibley built a stone house.")
+    ]
     conv = structured(results["conv"])
     assert [t["index"] for t in conv["turns"]] == [2, 3] and conv["memory_version"] == 2
     assert structured(results["note"])["session_id"] == "default"
@@ -122,7 +123,9 @@ def test_stdio_end_to_end_with_the_sdk_client(tmp_path):
     assert rec["level"] == "paragraph" and len(rec["slots"]) == 2 and {s["turn_id"] for s in rec["slots"]} <= {1, 2, 3}
     for slot in rec["slots"]:  # the model's confidence reaches the agent: per slot and per token
         assert 0 < slot["confidence"]["min"] <= slot["confidence"]["geo_mean"] <= 1
-        assert "".join(t["text"] for t in slot["tokens"]) == slot["text"] and all(0 < t["p"] <= 1 for t in slot["tokens"])
+        assert "".join(t["text"] for t in slot["tokens"]) == slot["text"] and all(
+            0 < t["p"] <= 1 for t in slot["tokens"]
+        )
     assert rec["confidence"] == min(s["confidence"]["geo_mean"] for s in rec["slots"])
     ans = structured(results["answer"])
     assert isinstance(ans["text"], str) and len(ans["slots"]) == 1 and ans["recalled"] == ans["slots"][0]["text"]
@@ -134,8 +137,11 @@ def test_stdio_end_to_end_with_the_sdk_client(tmp_path):
     assert structured(results["deleted"]) == {"session_id": "default", "deleted": True}
     assert "not found" in error_text(results["deleted_again"])
     with MemoryStore(db) as st:  # everything the tools reported is in the store the command was pointed at
-        assert [t.text for t in st.list_turns("ann", "trip")] == ["Henry Sibley built a stone house.",
-                                                                  "The river froze in winter.", "Noted: the river froze."]
+        assert [t.text for t in st.list_turns("ann", "trip")] == [
+            "Henry Sibley built a stone house.",
+            "The river froze in winter.",
+            "Noted: the river froze.",
+        ]
         assert st.get_memory("ann", "trip").through_turn == 3
         assert [s.session_id for s in st.list_sessions("ann")] == ["trip"]
 

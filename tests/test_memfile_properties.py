@@ -10,7 +10,11 @@ from hypothesis import strategies as st
 from r3mem.memfile import MemoryFileError, decode_memory, encode_memory
 from r3mem.memory import Memory, Slot
 
-IDENTITY = {"base_model_id": "m", "adapter_hash": "h", "memory_layout": {"mode": "input", "num_mem_tokens": 2, "levels": ["document"]}}
+IDENTITY = {
+    "base_model_id": "m",
+    "adapter_hash": "h",
+    "memory_layout": {"mode": "input", "num_mem_tokens": 2, "levels": ["document"]},
+}
 
 texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
 
@@ -24,7 +28,10 @@ def memories(draw):
     def slot(level):
         k = draw(st.integers(1, 3))
         s = draw(st.integers(0, 1000))
-        mentions = [tuple(sorted(draw(st.tuples(st.integers(0, 999), st.integers(0, 999))))) for _ in range(draw(st.integers(0, 2)))]
+        mentions = [
+            tuple(sorted(draw(st.tuples(st.integers(0, 999), st.integers(0, 999)))))
+            for _ in range(draw(st.integers(0, 2)))
+        ]
         return Slot(level, draw(texts), s, s + draw(st.integers(0, 50)), draw(st.integers(0, 500)), tensor(k),
                     parent=draw(st.none() | st.integers(0, 5)), mentions=mentions)
     return Memory(doc_state=tensor(2), pending_ids=draw(st.lists(st.integers(0, 50000), max_size=10)),
@@ -93,6 +100,8 @@ def test_malformed_tensor_entries_in_header_are_refused(entry):
     """Regression: a bit flip that renamed 'data_offsets' once escaped as a KeyError."""
     import json
 
-    header = json.dumps({"__metadata__": {"r3mem": json.dumps({"format": "r3mem-memory"})}, "doc_state": entry}).encode()
+    header = json.dumps(
+        {"__metadata__": {"r3mem": json.dumps({"format": "r3mem-memory"})}, "doc_state": entry}
+    ).encode()
     with pytest.raises(MemoryFileError, match="not an r3mem memory file"):
         decode_memory(struct.pack("<Q", len(header)) + header, IDENTITY)

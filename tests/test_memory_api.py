@@ -4,11 +4,11 @@ import struct
 
 import pytest
 import torch
-
 from conftest import perturb_trainables, tiny_cfg
+
 from r3mem.engine import R3Mem
 from r3mem.memfile import FORMAT_VERSION, MemoryFileError, encode_memory
-from r3mem.testing import SAMPLE_TEXT, tiny_model
+from r3mem.tiny import SAMPLE_TEXT, tiny_model
 
 
 def _same(m1, m2):
@@ -34,7 +34,11 @@ def test_write_streams_chunks_and_does_not_mutate_input(trained_like):
     chunks = [SAMPLE_TEXT[i:i + 37] for i in range(0, len(SAMPLE_TEXT), 37)]
     _same(eng.write(iter(chunks)), eng.write(SAMPLE_TEXT))
     eng.write(SAMPLE_TEXT[150:], first)
-    assert torch.equal(first.doc_state, snapshot[0]) and first.pending_ids == snapshot[1] and len(first.paragraphs) == snapshot[2]
+    assert (
+        torch.equal(first.doc_state, snapshot[0])
+        and first.pending_ids == snapshot[1]
+        and len(first.paragraphs) == snapshot[2]
+    )
 
 
 def test_hierarchy_slots_link_to_their_spans(trained_like):
@@ -91,7 +95,7 @@ def test_generate_answer_reset(trained_like):
         eng.generate("The river", mem, max_new_tokens=4, temperature=1.0, seed=3)
     ans, rec = eng.answer("Who built a stone house?", mem, max_new_tokens=4)
     assert isinstance(ans, str) and rec.slots
-    fresh = eng.reset()
+    fresh = eng.new_memory()
     assert fresh.paragraphs == [] and fresh.offset == 0
     assert torch.equal(fresh.doc_state, eng.new_memory().doc_state)
 
@@ -208,7 +212,7 @@ def test_determinism_same_bytes_and_recall(tok):
 
 
 def test_special_token_strings_in_text_stay_plain_text(trained_like, tok):
-    from r3mem.writer import tokenize
+    from r3mem.tokens import tokenize
 
     eos = tok.eos_token  # "<|end|>" in the tiny tokenizer
     assert tok.eos_token_id not in tokenize(tok, f"before {eos} after")
@@ -257,7 +261,9 @@ def test_repeated_slot_text_is_compressed_once_with_the_same_state(trained_like,
     states = {id(s.state): s.state for s in mem.paragraphs + mem.entities}
     assert len(states) == 1
     one = mem.paragraphs[0].state
-    assert mem.state_bytes() == (mem.doc_state.numel() * mem.doc_state.element_size() + one.numel() * one.element_size())
+    assert mem.state_bytes() == (
+        mem.doc_state.numel() * mem.doc_state.element_size() + one.numel() * one.element_size()
+    )
     back = eng.from_bytes(eng.to_bytes(mem))
     assert len({id(s.state) for s in back.paragraphs + back.entities}) == 1
     with pytest.raises(ValueError, match="ratios"):

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-
 from conftest import perturb_trainables, tiny_cfg, tiny_r3
+
 from r3mem.coupling import Coupling
 from r3mem.model import R3MemModel
-from r3mem.testing import FAMILIES, tiny_model, tiny_tokenizer
+from r3mem.tiny import FAMILIES, tiny_model, tiny_tokenizer
 
 
 def _ids(n: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
@@ -36,7 +36,11 @@ def test_parity_with_adapters_disabled(family, mode):
 def _expected_trainable(model: R3MemModel, family: str) -> int:
     cfg, base = model.cfg, model.lm.config
     d, L = base.hidden_size, base.num_hidden_layers
-    kv = d // base.num_attention_heads * getattr(base, "num_key_value_heads", base.num_attention_heads) if family != "gpt2" else d
+    kv = (
+        d // base.num_attention_heads * getattr(base, "num_key_value_heads", base.num_attention_heads)
+        if family != "gpt2"
+        else d
+    )
     r = cfg.lora_rank
     if family == "gpt2":  # peft default for GPT-2: c_attn (d -> 3d)
         per_layer = r * (d + 3 * d)
@@ -53,7 +57,9 @@ def _expected_trainable(model: R3MemModel, family: str) -> int:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("mode,memory_mode", [("adapters", "input"), ("coupling", "layerwise"), ("adapters", "kv"), ("coupling", "kv")])
+@pytest.mark.parametrize(
+    "mode,memory_mode", [("adapters", "input"), ("coupling", "layerwise"), ("adapters", "kv"), ("coupling", "kv")]
+)
 def test_only_adapters_and_memory_train(family, mode, memory_mode):
     model = tiny_r3(family, reversible_mode=mode, memory_mode=memory_mode)
     assert model.num_trainable() == _expected_trainable(model, family)
@@ -172,7 +178,9 @@ def test_bptt_depth_cuts_gradients_on_the_training_path(memory_mode):
     mask = torch.ones_like(ids)
 
     def grads(depth, manual):
-        model = R3MemModel(tiny_model("llama", layers=4), tiny_cfg(segment_len=8, memory_mode=memory_mode, bptt_depth=depth))
+        model = R3MemModel(
+            tiny_model("llama", layers=4), tiny_cfg(segment_len=8, memory_mode=memory_mode, bptt_depth=depth)
+        )
         perturb_trainables(model)
         if manual:
             state, total, n = model.initial_state(1), 0.0, 0
@@ -209,7 +217,9 @@ def test_coupling_inverse_recovers_input():
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("memory_mode", ["kv", "input", "layerwise"])
 def test_batch_of_two_equals_two_batches_of_one(family, memory_mode):
-    model = tiny_r3(family, segment_len=8, memory_mode=memory_mode, reversible_mode="coupling" if family == "qwen2" else "adapters")
+    model = tiny_r3(
+        family, segment_len=8, memory_mode=memory_mode, reversible_mode="coupling" if family == "qwen2" else "adapters"
+    )
     perturb_trainables(model)
     a, b = _ids(20, seed=4)[0], _ids(13, seed=5)[0]
     ids = torch.zeros(2, 20, dtype=torch.long)

@@ -2,13 +2,13 @@
 
 import pytest
 import torch
-
 from conftest import ALL_LINEAR, tiny_cfg
+
 from r3mem.losses import pair_losses
 from r3mem.model import R3MemModel
 from r3mem.recall import reconstruct
-from r3mem.testing import tiny_model
-from r3mem.writer import pad_batch
+from r3mem.tiny import tiny_model
+from r3mem.tokens import pad_batch
 
 PARA = "Henry Sibley built a stone house near the ferry."
 

@@ -3,12 +3,12 @@
 import math
 
 import torch
-
 from conftest import perturb_trainables, tiny_cfg
+
 from r3mem.engine import R3Mem
 from r3mem.model import R3MemModel
 from r3mem.recall import reconstruct_scored
-from r3mem.testing import SAMPLE_TEXT, tiny_model
+from r3mem.tiny import SAMPLE_TEXT, tiny_model
 
 
 def _engine(tok):

@@ -5,33 +5,24 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
+from conftest import free_port, tiny_cfg, uvicorn_server, wait_healthy
 from fastapi.testclient import TestClient
 
-from conftest import tiny_cfg
 from r3mem.engine import R3Mem
 from r3mem.service import create_app
 from r3mem.store import MemoryStore
-from r3mem.testing import tiny_model, tiny_tokenizer
+from r3mem.tiny import tiny_model, tiny_tokenizer
 
 ADMIN = "admin-secret"
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-@pytest.fixture
-def store(tmp_path):
-    with MemoryStore(tmp_path / "store.db") as opened:
-        yield opened
 
 
 @pytest.fixture
@@ -118,7 +109,9 @@ def test_write_recall_answer_chat(client, alice):
     w = client.post("/sessions/s/write", json={"text": "Henry Sibley built a stone house.", "speaker": "Caroline"},
                     headers=alice)
     assert w.status_code == 201
-    assert w.json()["turn"]["index"] == 1 and w.json()["turn"]["speaker"] == "Caroline" and w.json()["memory_version"] == 1
+    assert (
+        w.json()["turn"]["index"] == 1 and w.json()["turn"]["speaker"] == "Caroline" and w.json()["memory_version"] == 1
+    )
     client.post("/sessions/s/write", json={"text": "The river froze in winter."}, headers=alice)
     rec = client.post("/sessions/s/recall", json={"query": "stone house", "top_k": 2}, headers=alice).json()
     assert rec["level"] == "paragraph" and sorted(s["turn_id"] for s in rec["slots"]) == [1, 2]
@@ -131,7 +124,9 @@ def test_write_recall_answer_chat(client, alice):
     ans = client.post("/sessions/s/answer", json={"question": "Who built the house?", "max_new_tokens": 4,
                                                    "top_k": 1, "retrieval": "bm25"}, headers=alice).json()
     assert isinstance(ans["text"], str) and len(ans["slots"]) == 1 and ans["recalled"] == ans["slots"][0]["text"]
-    chat = client.post("/sessions/s/chat", json={"text": "Remember the ferry.", "max_new_tokens": 4}, headers=alice).json()
+    chat = client.post(
+        "/sessions/s/chat", json={"text": "Remember the ferry.", "max_new_tokens": 4}, headers=alice
+    ).json()
     assert chat["turns"][0] == {**chat["turns"][0], "index": 3, "speaker": "user", "text": "Remember the ferry."}
     turns = client.get("/sessions/s/turns", headers=alice).json()["turns"]
     assert [t["index"] for t in turns] == list(range(1, 3 + len(chat["turns"])))
@@ -156,8 +151,12 @@ def test_export_import_round_trip(client, alice, engine):
     assert_error(client.post("/sessions/import", json={"format": "zip"}, headers=alice), 400, "invalid_request",
                  "not a valid r3mem session export")
     other = R3Mem.from_base(tiny_model("gpt2"), tiny_tokenizer(), tiny_cfg())
-    foreign = dict(exported, memory=dict(exported["memory"], blob_b64=base64.b64encode(other.to_bytes(other.new_memory())).decode(),
-                                         blob_sha256=None))
+    foreign = dict(
+        exported,
+        memory=dict(
+            exported["memory"], blob_b64=base64.b64encode(other.to_bytes(other.new_memory())).decode(), blob_sha256=None
+        ),
+    )
     foreign["memory"].pop("blob_sha256")
     assert_error(client.post("/sessions/import", params={"session_id": "f"}, json=foreign, headers=alice), 400,
                  "invalid_request", "base_model_id")
@@ -199,10 +198,14 @@ def test_bad_bodies_get_clear_json_errors(client, alice):
                  "text: Field required")
     assert_error(client.post("/sessions/s/write", json={"text": ""}, headers=alice), 422, "invalid_request", "text")
     assert_error(client.post("/sessions/s/write", json={"text": "   "}, headers=alice), 400, "invalid_request", "empty")
-    assert_error(client.post("/sessions/s/recall", json={"level": "chapter"}, headers=alice), 422, "invalid_request", "level")
+    assert_error(
+        client.post("/sessions/s/recall", json={"level": "chapter"}, headers=alice), 422, "invalid_request", "level"
+    )
     assert_error(client.post("/sessions/s/answer", json={"question": "q", "top_k": 0}, headers=alice), 422,
                  "invalid_request", "top_k")
-    assert_error(client.post("/sessions/s/write", json={"text": "x" * 70_000}, headers=alice), 413, "payload_too_large", "64000")
+    assert_error(
+        client.post("/sessions/s/write", json={"text": "x" * 70_000}, headers=alice), 413, "payload_too_large", "64000"
+    )
     streamed = client.post("/sessions/s/write", content=iter([b'{"text": "', b"x" * 40_000, b"y" * 40_000, b'"}']),
                            headers=json_headers)  # chunked: no Content-Length, counted while reading
     assert_error(streamed, 413, "payload_too_large")
@@ -212,24 +215,6 @@ def test_bad_bodies_get_clear_json_errors(client, alice):
 
 
 # ----------------------------------------------------------------------------------- real servers
-
-
-@contextmanager
-def uvicorn_server(app):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 def test_parallel_writers_over_http_lose_no_turn(app, store):
@@ -259,12 +244,6 @@ def test_parallel_writers_over_http_lose_no_turn(app, store):
     assert all(texts[a["turn"]["index"]] == a["turn"]["text"] for a in acked)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(store: str, port: int) -> subprocess.Popen:
     """`r3mem serve` on 127.0.0.1:port over `store`, tiny model, in a subprocess."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
@@ -274,25 +253,12 @@ def _serve(store: str, port: int) -> subprocess.Popen:
                             stderr=subprocess.PIPE)
 
 
-def _wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while True:
-        assert proc.poll() is None, proc.stderr.read().decode()
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.2)
-
-
 def test_serve_stops_gracefully_without_losing_acknowledged_writes(tmp_path):
-    db, port = tmp_path / "served.db", _free_port()
+    db, port = tmp_path / "served.db", free_port()
     proc = _serve(str(db), port)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(proc, url)
+        wait_healthy(proc, url, 90, lambda: proc.stderr.read().decode())
         token = httpx.post(f"{url}/users", json={"user_id": "alice"}, headers=bearer(ADMIN)).json()["token"]
         httpx.post(f"{url}/sessions", json={"session_id": "s"}, headers=bearer(token))
         acked, stop = [], threading.Event()
@@ -344,7 +310,9 @@ def _exported(client, alice, sid="src", texts=("Henry Sibley built a stone house
 
 def post_json(client, path, data, headers, **kw):
     """POST `data` as ASCII JSON (httpx's json= cannot send a lone surrogate, NaN or Infinity)."""
-    return client.post(path, content=json.dumps(data).encode(), headers={**headers, "content-type": "application/json"}, **kw)
+    return client.post(
+        path, content=json.dumps(data).encode(), headers={**headers, "content-type": "application/json"}, **kw
+    )
 
 
 def _session_ids(client, headers):
@@ -451,10 +419,13 @@ def test_import_refuses_memories_the_engine_cannot_use(client, alice, engine):
     exported = _exported(client, alice, "src")
     state = engine.new_memory().doc_state
     vocab = engine.memory_spec.vocab
-    for changes, words in [({"doc_state": torch.zeros(*state.shape[:-1], state.shape[-1] + 1, dtype=state.dtype)}, "shape"),
-                           ({"doc_state": state.float()}, "float32"),
-                           ({"pending_ids": [10**12]}, "vocabulary"), ({"pending_ids": [-5]}, "vocabulary"),
-                           ({"pending_ids": [vocab]}, "vocabulary")]:
+    for changes, words in [
+        ({"doc_state": torch.zeros(*state.shape[:-1], state.shape[-1] + 1, dtype=state.dtype)}, "shape"),
+        ({"doc_state": state.float()}, "float32"),
+        ({"pending_ids": [10**12]}, "vocabulary"),
+        ({"pending_ids": [-5]}, "vocabulary"),
+        ({"pending_ids": [vocab]}, "vocabulary"),
+    ]:
         bad = _set(exported, ("memory", "blob_b64"), _edited_blob(engine, exported["memory"]["blob_b64"], **changes))
         bad["memory"].pop("blob_sha256")
         assert_error(client.post("/sessions/import", params={"session_id": "imp"}, json=bad, headers=alice), 400,
@@ -467,9 +438,13 @@ def test_a_write_that_fails_stores_no_turn(client, alice, engine, store):
 
     client.post("/sessions", json={"session_id": "s"}, headers=alice)
     state = engine.new_memory().doc_state
-    broken = engine.to_bytes(engine.new_memory().__class__(doc_state=torch.zeros(*state.shape[:-1], 3, dtype=state.dtype)))
+    broken = engine.to_bytes(
+        engine.new_memory().__class__(doc_state=torch.zeros(*state.shape[:-1], 3, dtype=state.dtype))
+    )
     store.put_memory("alice", "s", broken, [], through_turn=0)  # e.g. written by a buggy older release
-    assert_error(client.post("/sessions/s/write", json={"text": "hello"}, headers=alice), 400, "invalid_request", "shape")
+    assert_error(
+        client.post("/sessions/s/write", json={"text": "hello"}, headers=alice), 400, "invalid_request", "shape"
+    )
     assert_error(client.post("/sessions/s/write", content=b'{"text": "bad \\udcff here"}',
                              headers={**alice, "content-type": "application/json"}), 422, "invalid_request", "text")
     assert client.get("/sessions/s/turns", headers=alice).json() == {"turns": []}
@@ -479,7 +454,9 @@ def test_a_write_that_fails_stores_no_turn(client, alice, engine, store):
 def test_imported_session_keeps_writing_into_memory(client, alice):
     exported = _exported(client, alice, "src", texts=("One.", "Two."))
     version = exported["memory"]["version"]
-    assert client.post("/sessions/import", params={"session_id": "imp"}, json=exported, headers=alice).status_code == 201
+    assert (
+        client.post("/sessions/import", params={"session_id": "imp"}, json=exported, headers=alice).status_code == 201
+    )
     w = client.post("/sessions/imp/write", json={"text": "Three."}, headers=alice).json()
     assert w["turn"]["index"] == 3 and w["memory_version"] == version + 1
     info = client.get("/sessions/imp", headers=alice).json()["memory"]
@@ -491,9 +468,15 @@ def _mutations():
 
     edge = st.sampled_from([2**31, 2**63, 10**30, -1, 0, 10**9, float("inf"), float("-inf"), float("nan"), "\ud800",
                             "a/b", "..", "", "AAAA", "x" * 300, None, [], {}])
-    odd = st.one_of(edge, st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
-                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
-                    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+    odd = st.one_of(
+        edge,
+        st.booleans(),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=8),
+        st.lists(st.integers(), max_size=2),
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    )
     odd = st.one_of(edge, edge, odd)  # edges of every range most often: that is where imports broke
     paths = st.sampled_from([(), ("format",), ("format_version",), ("session",), ("session", "session_id"),
                              ("session", "meta"), ("session", "created_at"), ("session", "turn_count"), ("turns",),
@@ -538,7 +521,11 @@ def _mutate(data, path, value):
     target = data
     for key in path:
         fits = isinstance(target, dict) and isinstance(key, str) or isinstance(target, list) and isinstance(key, int)
-        if not fits or (isinstance(target, list) and key >= len(target)) or (isinstance(target, dict) and key not in target):
+        if (
+            not fits
+            or (isinstance(target, list) and key >= len(target))
+            or (isinstance(target, dict) and key not in target)
+        ):
             return data
         target = target[key]
     return _set(data, path, value)
@@ -576,13 +563,13 @@ def test_two_replicas_on_one_postgres_store(pg_store_url):
     with MemoryStore(pg_store_url) as store:  # schema created once, before the replicas start
         store.create_user("alice", token="alice-token")
         store.create_session("alice", "s")
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     procs = [_serve(pg_store_url, port) for port in ports]
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     acked, failures = [], []
     try:
         for proc, url in zip(procs, urls):
-            _wait_healthy(proc, url, timeout=180)
+            wait_healthy(proc, url, 180, lambda p=proc: p.stderr.read().decode())
 
         def writer(w):
             mine = []
@@ -639,7 +626,8 @@ def test_memory_detail_shows_each_slot_with_its_source(client, alice, engine):
         assert slot["source"].strip() == f"Caroline: {text}" and slot["turn_id"] == turn_id
         assert "".join(slot["source_tokens"]) == slot["source"] and len(slot["source_tokens"]) == slot["n_tokens"]
         # the index is the one recall takes
-        assert client.post("/sessions/s/recall", json={"index": slot["index"]}, headers=alice).json()["slots"][0]["key"] == slot["key"]
+        recalled = client.post("/sessions/s/recall", json={"index": slot["index"]}, headers=alice).json()
+        assert recalled["slots"][0]["key"] == slot["key"]
     assert_error(client.get("/sessions/s/memory"), 401, "unauthorized", "missing bearer token")
     bob = new_user(client, "bob")
     assert_error(client.get("/sessions/s/memory", headers=bob), 404, "not_found", "'s'")

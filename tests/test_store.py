@@ -31,8 +31,9 @@ from r3mem.store import (
     SchemaTooNew,
     SlotRecord,
     StoreError,
+    migrations,
+    schema,
 )
-from r3mem.store import migrations, schema
 
 PG_URL = os.environ.get("R3MEM_TEST_PG_URL")
 SRC = Path(__file__).resolve().parents[1] / "src"

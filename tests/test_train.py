@@ -4,17 +4,17 @@ import json
 
 import pytest
 import torch
+from conftest import perturb_trainables, tiny_r3
 from typer.testing import CliRunner
 
-from conftest import perturb_trainables, tiny_r3
 from r3mem.adapter import read_adapter
 from r3mem.cli.main import app
 from r3mem.cli.train import resolve_config_path
 from r3mem.config import ConfigError, load_config
 from r3mem.losses import lm_losses, pair_losses
+from r3mem.tokens import pad_batch
 from r3mem.train.config import TrainConfig, apply_overrides
 from r3mem.train.loop import lr_factor, train
-from r3mem.writer import pad_batch
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +53,14 @@ def test_resume_equals_uninterrupted(tiny_cfg_train, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     log_a = (full / "metrics.jsonl").read_text().splitlines()
     log_b = (part / "metrics.jsonl").read_text().splitlines()
-    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k not in ("tokens_per_s", "elapsed_s")} for r in rows]
+    def strip(rows):
+        return [{k: v for k, v in json.loads(r).items() if k not in ("tokens_per_s", "elapsed_s")} for r in rows]
     assert strip(log_a) == strip(log_b)
 
 
 def test_curriculum_starts_with_reconstruction_at_its_phase_ratios(tiny_cfg_train, tmp_path):
     from r3mem.backbone import load_base
-    from r3mem.train.data import TrainingData
+    from r3mem.train.mixture import TrainingData
 
     _, tok = load_base(tiny_cfg_train.model.base_model)
     data = TrainingData(tiny_cfg_train, tok)
@@ -68,7 +69,11 @@ def test_curriculum_starts_with_reconstruction_at_its_phase_ratios(tiny_cfg_trai
     for b in first:  # rows of a batch are length neighbours, each target its context + <eos>
         lens = b["ctx"][1].sum(1)
         assert torch.equal(b["target"][1].sum(1), lens + 1)
-    later = {(b["level"], b["ratio"]) for b in (data.batch(s, m) for s in range(3, 5) for m in range(2)) if b["level"] == "recon"}
+    later = {
+        (b["level"], b["ratio"])
+        for b in (data.batch(s, m) for s in range(3, 5) for m in range(2))
+        if b["level"] == "recon"
+    }
     assert later <= {("recon", 4.0)}
     train(tiny_cfg_train, tmp_path, progress=False, stop_after=2)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -114,7 +119,11 @@ def test_train_config_validation():
 def _grads(model, fn):
     model.zero_grad()
     fn().backward()
-    return {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p) for n, p in model.named_parameters() if p.requires_grad}
+    return {
+        n: p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
 
 
 @pytest.mark.parametrize("term", ["forward", "backward", "cycle"])
@@ -129,7 +138,7 @@ def test_zero_weight_removes_that_terms_gradient(tok, term):
     w_off = {**w, term: 0.0}
     for losses in ("pair", "lm"):
         def run(weights):
-            if losses == "pair":
+            if losses == "pair":  # noqa: B023 - run() is called within this iteration
                 t = pair_losses(model, ctx, query, tgt, 4.0, weights["forward"], weights["backward"], weights["cycle"])
             else:
                 t = lm_losses(model, ctx[0], ctx[1], weights["forward"], weights["backward"], weights["cycle"])
@@ -143,6 +152,6 @@ def test_zero_weight_removes_that_terms_gradient(tok, term):
         diff = sum(float((g_all[n] - g_off[n]).abs().sum()) for n in g_all)
         assert diff > 0, f"{term} term had no gradient to remove ({losses})"
         only_others = {k: v for k, v in w_off.items()}
-        g_again = _grads(model, lambda: run(only_others)[0])
+        g_again = _grads(model, lambda: run(only_others)[0])  # noqa: B023 - called at once
         for n in g_off:
             torch.testing.assert_close(g_again[n], g_off[n])

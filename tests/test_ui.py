@@ -7,11 +7,11 @@ import os
 import shutil
 
 import pytest
+from conftest import uvicorn_server
 
 from r3mem.agent import ChatAgent
 from r3mem.service import create_app
 from r3mem.store import MemoryStore
-from test_service import uvicorn_server
 
 TOKEN = "alice-token-for-the-browser"
 TURNS = ["We landed in Tangier on a windy Tuesday.", "The market sold figs, mint and copper lamps.",

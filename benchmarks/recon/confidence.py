@@ -16,7 +16,8 @@ from pathlib import Path
 def report(evaluation: dict) -> dict:
     recon = evaluation["reconstruction"]
     return {"adapter": evaluation.get("adapter"), "adapter_hash": evaluation.get("adapter_hash"),
-            "adapter_step": (evaluation.get("adapter_meta") or {}).get("step"), "n_paragraphs": evaluation.get("n_paragraphs"),
+            "adapter_step": (evaluation.get("adapter_meta") or {}).get("step"),
+            "n_paragraphs": evaluation.get("n_paragraphs"),
             "book": evaluation.get("book"), "date": evaluation.get("date"),
             "question": "does the decoder's per-token probability predict that the token is right?",
             "by_ratio": {r: {"token_exact_match": v["token_exact_match"], **v["confidence"]} for r, v in recon.items()}}

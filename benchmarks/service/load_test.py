@@ -189,7 +189,9 @@ def setup_users(url: str, plan: Plan, admin_token: str) -> dict[str, str]:
             r.raise_for_status()
             tokens[u] = r.json()["token"]
             for s in plan.sessions[u]:
-                c.post("/sessions", json={"session_id": s}, headers={"Authorization": f"Bearer {tokens[u]}"}).raise_for_status()
+                c.post(
+                    "/sessions", json={"session_id": s}, headers={"Authorization": f"Bearer {tokens[u]}"}
+                ).raise_for_status()
     return tokens
 
 
@@ -212,12 +214,20 @@ def run_plan(url: str, plan: Plan, tokens: dict[str, str], clients: int, max_sec
                     return
                 t0 = time.perf_counter()
                 try:
-                    r = c.request(req.method, req.path, json=req.body, headers={"Authorization": f"Bearer {tokens[req.user]}"})
+                    r = c.request(
+                        req.method, req.path, json=req.body, headers={"Authorization": f"Bearer {tokens[req.user]}"}
+                    )
                     res = Result(req, r.status_code, (time.perf_counter() - t0) * 1000, _json(r))
                     if not res.ok:
-                        res.error = f"{req.kind} {req.method} {req.path}: expected {req.expect}, got {r.status_code} {r.text[:200]}"
+                        got = f"{r.status_code} {r.text[:200]}"
+                        res.error = f"{req.kind} {req.method} {req.path}: expected {req.expect}, got {got}"
                 except httpx.HTTPError as e:
-                    res = Result(req, 0, (time.perf_counter() - t0) * 1000, error=f"{req.kind} {req.path}: {type(e).__name__}: {e}")
+                    res = Result(
+                        req,
+                        0,
+                        (time.perf_counter() - t0) * 1000,
+                        error=f"{req.kind} {req.path}: {type(e).__name__}: {e}",
+                    )
                 with lock:
                     results.append(res)
 
@@ -251,11 +261,19 @@ def verify(url: str, plan: Plan, tokens: dict[str, str], results: list[Result]) 
             else:
                 failed_writes[(res.req.user, res.req.session)] += 1
     cross = [r for r in results if r.req.kind == "cross"]
-    report = {"acked_writes": sum(map(len, acked.values())), "missing_writes": 0, "wrong_text": 0,
-              "foreign_or_intruder_turns": 0, "non_contiguous_sessions": 0, "unexplained_turns": 0,
-              "memory_not_covering_turns": 0, "cross_user_requests": len(cross),
-              "cross_user_not_404": sum(1 for r in cross if r.status != 404 or (r.body or {}).get("error") != "not_found"),
-              "unreadable_sessions": 0, "problems": []}
+    report = {
+        "acked_writes": sum(map(len, acked.values())),
+        "missing_writes": 0,
+        "wrong_text": 0,
+        "foreign_or_intruder_turns": 0,
+        "non_contiguous_sessions": 0,
+        "unexplained_turns": 0,
+        "memory_not_covering_turns": 0,
+        "cross_user_requests": len(cross),
+        "cross_user_not_404": sum(1 for r in cross if r.status != 404 or (r.body or {}).get("error") != "not_found"),
+        "unreadable_sessions": 0,
+        "problems": [],
+    }
     with httpx.Client(base_url=url, timeout=120) as c:
         for u in plan.users:
             h = {"Authorization": f"Bearer {tokens[u]}"}
@@ -286,7 +304,9 @@ def verify(url: str, plan: Plan, tokens: dict[str, str], results: list[Result]) 
                 info = c.get(f"/sessions/{s}", headers=h).json()
                 if turns and info["memory"]["through_turn"] != info["turn_count"]:
                     report["memory_not_covering_turns"] += 1
-                    report["problems"].append(f"{u}/{s}: memory covers {info['memory']['through_turn']} of {info['turn_count']} turns")
+                    report["problems"].append(
+                        f"{u}/{s}: memory covers {info['memory']['through_turn']} of {info['turn_count']} turns"
+                    )
     report["problems"] = report["problems"][:20]
     counters = [k for k in report if k not in ("acked_writes", "cross_user_requests", "problems")]
     report["passed"] = all(report[k] == 0 for k in counters)
@@ -347,7 +367,9 @@ def plot(results: list[Result], path: Path, title: str) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--base-model", default="tiny-llama", help="Base model of the served engine (default: tiny-llama).")
     p.add_argument("--model", default=None, help="Adapter folder for the served engine.")
     p.add_argument("--clients", type=int, default=8, help="Concurrent client threads.")
@@ -414,16 +436,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a.out.write_text(json.dumps(doc, indent=2) + "\n")
     if not a.no_plot:
         e = doc["endpoints"]
-        plot(results, a.out.with_suffix(".png"),
-             f"r3mem serve ({a.base_model if not a.url else a.url}): {a.clients} clients, {doc['requests_done']} requests, "
-             f"{doc['throughput_rps']} req/s, error rate {doc['error_rate']}\n"
-             + ", ".join(f"{k} p50 {v['p50_ms']:.0f} ms" for k, v in e.items()))
+        plot(
+            results,
+            a.out.with_suffix(".png"),
+            f"r3mem serve ({a.base_model if not a.url else a.url}): {a.clients} clients, "
+            f"{doc['requests_done']} requests, "
+            f"{doc['throughput_rps']} req/s, error rate {doc['error_rate']}\n"
+            + ", ".join(f"{k} p50 {v['p50_ms']:.0f} ms" for k, v in e.items()),
+        )
     return doc
 
 
 if __name__ == "__main__":
     d = main()
-    print(json.dumps({k: d[k] for k in ("requests_done", "duration_s", "throughput_rps", "error_rate", "endpoints")}, indent=2))
+    print(
+        json.dumps(
+            {k: d[k] for k in ("requests_done", "duration_s", "throughput_rps", "error_rate", "endpoints")}, indent=2
+        )
+    )
     v = d["verification"]
     print(f"verification: {'passed' if v['passed'] else 'FAILED'} ({v['acked_writes']} acknowledged writes, "
           f"{v['cross_user_requests']} cross-user requests)" + "".join(f"\n  {p}" for p in v["problems"]))

@@ -7,7 +7,9 @@
   history as prompt where it fits the window (full context: prefill + per-token);
 - memory-state bytes (constant document state + linearly growing slots) and peak RSS vs length.
 
-Usage: python benchmarks/speed/bench_speed.py --lengths 1024,4096,16384 --batch-sizes 1,4 --out benchmarks/speed/results/cpu.json
+Usage:
+    python benchmarks/speed/bench_speed.py --lengths 1024,4096,16384 --batch-sizes 1,4 \
+        --out benchmarks/speed/results/cpu.json
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from pathlib import Path
 import torch
 
 from r3mem.config import R3MemConfig
-from r3mem.data.text import read_text, strip_gutenberg
 from r3mem.engine import R3Mem
+from r3mem.text import read_text, strip_gutenberg
 
 
 def _text_of(engine: R3Mem, source: str, n_tokens: int) -> str:
@@ -131,16 +133,25 @@ def run(engine: R3Mem, source: str, lengths: list[int], batch_sizes: list[int], 
             texts = [text] * b
             t_base = _base_forward(engine, texts)
             engine.model.cfg.hierarchy_levels = ("document",)
-            _, t_doc = _timed(lambda: doc_only.write_many(texts))
+            _, t_doc = _timed(lambda: doc_only.write_many(texts))  # noqa: B023 - called at once
             engine.model.cfg.hierarchy_levels = ("document", "paragraph", "entity")
-            mems, t_full = _timed(lambda: engine.write_many(texts))
+            mems, t_full = _timed(lambda: engine.write_many(texts))  # noqa: B023 - called at once
             mem = mems[0]
-            row = {"tokens": n, "batch": b, "base_forward_tok_s": n * b / t_base, "r3mem_doc_write_tok_s": n * b / t_doc,
-                   "r3mem_full_write_tok_s": n * b / t_full, "ratio_doc_vs_base": t_base / t_doc,
-                   "ratio_full_vs_base": t_base / t_full, "doc_state_bytes": mem.doc_state.numel() * mem.doc_state.element_size(),
-                   "total_state_bytes": mem.state_bytes(), "paragraph_slots": len(mem.paragraphs), "entity_slots": len(mem.entities),
-                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                   **memory_cost(engine, mem, text, n)}
+            row = {
+                "tokens": n,
+                "batch": b,
+                "base_forward_tok_s": n * b / t_base,
+                "r3mem_doc_write_tok_s": n * b / t_doc,
+                "r3mem_full_write_tok_s": n * b / t_full,
+                "ratio_doc_vs_base": t_base / t_doc,
+                "ratio_full_vs_base": t_base / t_full,
+                "doc_state_bytes": mem.doc_state.numel() * mem.doc_state.element_size(),
+                "total_state_bytes": mem.state_bytes(),
+                "paragraph_slots": len(mem.paragraphs),
+                "entity_slots": len(mem.entities),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                **memory_cost(engine, mem, text, n),
+            }
             if b == 1:
                 row["recall"] = _recall_latency(engine, mem, text, 32, repeats)
             rows.append(row)
@@ -170,10 +181,16 @@ def plot(rows: list[dict], path: Path) -> None:
     xr = [r["tokens"] for r in rec]
     ax[2].plot(xr, [r["recall"]["r3mem_s_per_token"] * 1e3 for r in rec], "o-", label="r3mem recall")
     ax[2].plot(xr, [r["recall"]["base_s_per_token"] * 1e3 for r in rec], "^--", label="base, no memory")
-    full = [(r["tokens"], r["recall"]["full_context"]["s_per_token"] * 1e3) for r in rec if "s_per_token" in r["recall"]["full_context"]]
+    full = [
+        (r["tokens"], r["recall"]["full_context"]["s_per_token"] * 1e3)
+        for r in rec
+        if "s_per_token" in r["recall"]["full_context"]
+    ]
     if full:
         ax[2].plot(*zip(*full), "s:", label="base, full context")
-    ax[2].set(xscale="log", xlabel="history tokens", ylabel="ms per generated token", title="recall / generation latency")
+    ax[2].set(
+        xscale="log", xlabel="history tokens", ylabel="ms per generated token", title="recall / generation latency"
+    )
     ax[2].set_ylim(bottom=0)
     ax[2].legend(fontsize=8)
     fig.tight_layout()
@@ -203,10 +220,19 @@ def main() -> None:
         rows = run(engine, a.source, lengths, [int(x) for x in a.batch_sizes.split(",")], a.repeats)
     import subprocess
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or None
-    result = {"benchmark": "speed", "date": datetime.date.today().isoformat(), "commit": commit,
-              "device": f"cpu x{a.threads} threads ({platform.processor() or platform.machine()})",
-              "torch": torch.__version__, "adapter_hash": engine.adapter_hash, "config": engine.config.to_dict(), "rows": rows}
+    commit = (
+        subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or None
+    )
+    result = {
+        "benchmark": "speed",
+        "date": datetime.date.today().isoformat(),
+        "commit": commit,
+        "device": f"cpu x{a.threads} threads ({platform.processor() or platform.machine()})",
+        "torch": torch.__version__,
+        "adapter_hash": engine.adapter_hash,
+        "config": engine.config.to_dict(),
+        "rows": rows,
+    }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2))
     if not a.cost_only:

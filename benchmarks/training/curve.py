@@ -25,7 +25,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from evaluate_adapter import _paragraph_ids, _versions, reconstruction  # noqa: E402
 
-from r3mem.data.text import read_text, strip_gutenberg  # noqa: E402
+from r3mem.text import read_text, strip_gutenberg  # noqa: E402
 from r3mem.engine import R3Mem  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

@@ -23,12 +23,13 @@ from pathlib import Path
 
 import torch
 
-from r3mem.data.spans import paragraph_spans
-from r3mem.data.text import read_text, strip_gutenberg
+from r3mem.hierarchy import paragraph_spans
+from r3mem.text import read_text, strip_gutenberg
 from r3mem.engine import R3Mem
-from r3mem.eval.metrics import confidence_calibration, reconstruction_scores, token_exact_match
+from r3mem.evaluate.metrics import confidence_calibration, reconstruction_scores, token_exact_match
 from r3mem.recall import reconstruct_scored
-from r3mem.writer import compress_texts, pad_batch, tokenize
+from r3mem.tokens import pad_batch, tokenize
+from r3mem.writer import compress_texts
 
 
 def _paragraph_ids(engine: R3Mem, text: str, n: int, min_tokens: int, max_tokens: int) -> list[list[int]]:

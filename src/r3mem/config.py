@@ -14,9 +14,10 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "R3MemConfig", "load_config", "save_config"]
+from r3mem.hierarchy import LEVELS
 
-LEVELS = ("document", "paragraph", "entity")
+__all__ = ["ConfigError", "R3MemConfig", "load_config", "save_config", "apply_overrides"]
+
 MEMORY_MODES = ("kv", "input", "layerwise")
 MEMORY_DTYPES = ("float16", "bfloat16", "float32")
 
@@ -73,17 +74,29 @@ class R3MemConfig:
         self.validate()
 
     def validate(self) -> None:
-        _check(isinstance(self.base_model, str) and self.base_model.strip() != "", "base_model", "must be a non-empty string", self.base_model)
+        _check(
+            isinstance(self.base_model, str) and self.base_model.strip() != "",
+            "base_model",
+            "must be a non-empty string",
+            self.base_model,
+        )
         for name in ("num_mem_tokens", "segment_len", "bptt_depth", "max_slot_tokens", "max_paragraph_tokens",
                      "coupling_hidden", "lora_rank", "lora_alpha", "max_recall_tokens"):
             v = getattr(self, name)
             _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "must be an integer >= 1", v)
         _check(self.memory_mode in MEMORY_MODES, "memory_mode", f"must be one of {MEMORY_MODES}", self.memory_mode)
         _check(self.memory_dtype in MEMORY_DTYPES, "memory_dtype", f"must be one of {MEMORY_DTYPES}", self.memory_dtype)
-        _check(self.reversible_mode in ("adapters", "coupling"), "reversible_mode", "must be 'adapters' or 'coupling'", self.reversible_mode)
+        _check(
+            self.reversible_mode in ("adapters", "coupling"),
+            "reversible_mode",
+            "must be 'adapters' or 'coupling'",
+            self.reversible_mode,
+        )
         _check(len(self.hierarchy_levels) > 0 and set(self.hierarchy_levels) <= set(LEVELS), "hierarchy_levels",
                f"must be a non-empty subset of {LEVELS}", self.hierarchy_levels)
-        _check("document" in self.hierarchy_levels, "hierarchy_levels", "must include 'document'", self.hierarchy_levels)
+        _check(
+            "document" in self.hierarchy_levels, "hierarchy_levels", "must include 'document'", self.hierarchy_levels
+        )
         for name in ("paragraph_ratio", "entity_ratio"):
             v = getattr(self, name)
             _check(isinstance(v, (int, float)) and v >= 1.0, name, "must be a number >= 1", v)
@@ -91,7 +104,12 @@ class R3MemConfig:
             v = getattr(self, name)
             _check(isinstance(v, (int, float)) and v >= 0.0, name, "must be a number >= 0", v)
         _check(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)", self.lora_dropout)
-        _check(self.num_mem_tokens <= self.max_slot_tokens, "num_mem_tokens", "must be <= max_slot_tokens", self.num_mem_tokens)
+        _check(
+            self.num_mem_tokens <= self.max_slot_tokens,
+            "num_mem_tokens",
+            "must be <= max_slot_tokens",
+            self.num_mem_tokens,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -101,10 +119,10 @@ class R3MemConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "R3MemConfig":
+    def from_dict(cls, data: dict[str, Any]) -> R3MemConfig:
         return dataclass_from_dict(cls, data)
 
-    def replace(self, **changes: Any) -> "R3MemConfig":
+    def replace(self, **changes: Any) -> R3MemConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -132,7 +150,11 @@ def save_config(cfg: Any, path: str | Path) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def load_config(path: str | Path, cls: type = R3MemConfig) -> Any:
+def load_config(path: str | Path, cls: type = R3MemConfig, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """A config dataclass `cls` from a YAML (.yaml/.yml) or JSON file, after `key=value` overrides.
+
+    Every failure (unreadable file, bad syntax, unknown field, invalid value) is a one-line `ConfigError`.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -141,5 +163,34 @@ def load_config(path: str | Path, cls: type = R3MemConfig) -> Any:
     try:
         data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
     except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'} ({str(e).splitlines()[0]})") from None
-    return cls.from_dict(data or {})
+        raise ConfigError(
+            f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'} ({str(e).splitlines()[0]})"
+        ) from None
+    return cls.from_dict(apply_overrides(data or {}, list(overrides)))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key=value` (dotted keys for nesting, values parsed as YAML) to a config mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {part} is not a section")
+        node[parts[-1]] = _parse_value(raw)
+    return data
+
+
+def _parse_value(raw: str) -> Any:
+    """YAML scalar/list parsing, plus numbers YAML 1.1 leaves as strings ("1e-3")."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value

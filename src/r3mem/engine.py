@@ -10,19 +10,23 @@ Memories are plain values passed in and out; the engine never keeps per-user sta
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
-from r3mem.adapter import AdapterError, adapter_hash, read_adapter, save_adapter
-from r3mem.backbone import base_model_id, load_base
+from r3mem.adapter import AdapterError, adapter_hash, load_trainable_state, read_adapter, save_adapter
+from r3mem.backbone import base_model_id, load_base, max_positions
 from r3mem.config import R3MemConfig
 from r3mem.memfile import MemorySpec, check_memory, decode_memory, encode_memory, load_memory, save_memory
 from r3mem.memory import Memory
 from r3mem.model import COMPRESS, R3MemModel
+from r3mem.prompts import answer_prompt
 from r3mem.recall import Recalled, recall, recall_many
-from r3mem.writer import effective_doc_state, flush, pad_batch, tokenize, write_text, write_texts
+from r3mem.text import check_text, without_nul
+from r3mem.tokens import pad_batch, tokenize
+from r3mem.writer import effective_doc_state, flush, write_text, write_texts
 
 __all__ = ["R3Mem", "default_adapter_dir"]
 
@@ -31,19 +35,23 @@ def default_adapter_dir() -> Path:
     return Path(__file__).parent / "pretrained" / "smollm2-135m"
 
 
-def _checked(kind: str, text: object) -> str:
-    """`text` if it is a str the tokenizer can take; one clear error otherwise (before any model work)."""
-    if not isinstance(text, str):
-        raise TypeError(f"{kind}: text must be str, got {type(text).__name__}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:  # a lone surrogate, e.g. from surrogateescape decoding or bad JSON
-        raise ValueError(f"{kind}: not valid Unicode text (lone surrogate {text[e.start]!r} at character {e.start})") from None
-    return text
-
-
 class R3Mem:
-    def __init__(self, model: R3MemModel, tokenizer, *, trained: bool = False, meta: dict[str, Any] | None = None) -> None:
+    """The user-facing API: write text into a `Memory`, recall text from it, answer from it, save it.
+
+        engine = R3Mem.from_pretrained()            # the shipped adapter over SmolLM2-135M
+        mem = engine.write("First paragraph.\n\nSecond one.")
+        engine.recall(mem, query="What came first?").text
+        engine.save(mem, "notes.r3mem")
+
+    Memories are values: every call takes one and returns a new one (`doc_state` [levels, m, d], or
+    [L, 2, H, m, hd] for a kv memory, plus one slot per paragraph and entity; see `Memory`). The
+    engine keeps no per-user state, so one engine serves many memories; `write_many` and
+    `recall_many` batch several at once with the same results as separate calls.
+    """
+
+    def __init__(
+        self, model: R3MemModel, tokenizer, *, trained: bool = False, meta: dict[str, Any] | None = None
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
@@ -58,13 +66,13 @@ class R3Mem:
 
     # ----- construction ---------------------------------------------------------------------
     @classmethod
-    def from_base(cls, base, tokenizer, config: R3MemConfig | None = None) -> "R3Mem":
+    def from_base(cls, base, tokenizer, config: R3MemConfig | None = None) -> R3Mem:
         """Fresh (untrained) adapters over an already loaded base model."""
         return cls(R3MemModel(base, config or R3MemConfig()), tokenizer)
 
     @classmethod
     def from_pretrained(cls, adapter_dir: str | Path | None = None, base_model: str | None = None,
-                        config: R3MemConfig | None = None, levels: Iterable[str] | None = None) -> "R3Mem":
+                        config: R3MemConfig | None = None, levels: Iterable[str] | None = None) -> R3Mem:
         """Load base model + adapter folder. With no folder: the shipped adapter, else untrained adapters.
 
         `levels` overrides which hierarchy levels `write` builds, e.g. `("document",)` for the
@@ -73,7 +81,12 @@ class R3Mem:
         built with other levels."""
         if adapter_dir is None and config is None and (default_adapter_dir() / "r3mem_adapter.json").exists():
             adapter_dir = default_adapter_dir()
-        over = {k: v for k, v in (("base_model", base_model), ("hierarchy_levels", (levels,) if isinstance(levels, str) else tuple(levels or ()))) if v}
+        over: dict[str, Any] = {}  # what the arguments change in the adapter's (or the given) config
+        if base_model:
+            over["base_model"] = base_model
+        levels = (levels,) if isinstance(levels, str) else tuple(levels or ())
+        if levels:
+            over["hierarchy_levels"] = levels
         if adapter_dir is None:
             cfg = (config or R3MemConfig()).replace(**over)
             base, tok = load_base(cfg.base_model)
@@ -82,23 +95,16 @@ class R3Mem:
         cfg = cfg.replace(**over)
         base, tok = load_base(cfg.base_model)
         if base_model_id(base) != meta.get("base_model_id"):  # refused before any adapter tensor is used
-            raise AdapterError(f"{adapter_dir}: trained for base model {meta.get('base_model_id')!r}, got {base_model_id(base)!r}")
+            raise AdapterError(
+                f"{adapter_dir}: trained for base model {meta.get('base_model_id')!r}, got {base_model_id(base)!r}"
+            )
         engine = cls(R3MemModel(base, cfg), tok, trained=bool(meta.get("trained", True)), meta=meta)
         engine.load_adapter_state(state, source=str(adapter_dir))
         return engine
 
     def load_adapter_state(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
-        own = dict(self.model.named_parameters())
-        expected = {n for n, p in own.items() if p.requires_grad}
-        if set(state) != expected:
-            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-            raise AdapterError(f"{source}: does not fit this model (missing {missing[:2]}, unexpected {extra[:2]})")
-        with torch.no_grad():
-            for n, t in state.items():
-                if own[n].shape != t.shape:
-                    raise AdapterError(f"{source}: tensor {n} has shape {tuple(t.shape)}, model expects {tuple(own[n].shape)}")
-            for n, t in state.items():
-                own[n].copy_(t)
+        """Load trained tensors (names and shapes checked, see `adapter.load_trainable_state`)."""
+        load_trainable_state(self.model, state, source)
         self._refresh_identity()
 
     def save_adapter(self, path: str | Path, **extra: Any) -> str:
@@ -114,41 +120,44 @@ class R3Mem:
     def identity(self) -> dict[str, Any]:
         """What a memory file must match to be loaded by this engine."""
         c = self.model.cfg
-        return {"base_model_id": self.base_model_id, "adapter_hash": self.adapter_hash,
-                "memory_layout": {"mode": c.memory_mode, "num_mem_tokens": c.num_mem_tokens, "levels": list(c.hierarchy_levels),
-                                  "dtype": c.memory_dtype}}
+        return {
+            "base_model_id": self.base_model_id,
+            "adapter_hash": self.adapter_hash,
+            "memory_layout": {
+                "mode": c.memory_mode,
+                "num_mem_tokens": c.num_mem_tokens,
+                "levels": list(c.hierarchy_levels),
+                "dtype": c.memory_dtype,
+            },
+        }
 
     # ----- memory API -----------------------------------------------------------------------
     def new_memory(self) -> Memory:
         with torch.no_grad():
             return Memory(doc_state=self.model.initial_state(1)[0].to(self.model.store_dtype).clone())
 
-    reset = new_memory
 
     def write(self, text: str | Iterable[str], memory: Memory | None = None) -> Memory:
         """Append text (a string or an iterable of chunks, e.g. a file streamed in pieces)."""
         mem = memory if memory is not None else self.new_memory()
         chunks = [text] if isinstance(text, str) else text
         for chunk in chunks:
-            _checked("write", chunk)
-            if "\x00" in chunk:
-                chunk = chunk.replace("\x00", "")  # NUL carries no meaning for a tokenizer
-            mem = write_text(self.model, self.tokenizer, mem, chunk)
+            mem = write_text(self.model, self.tokenizer, mem, without_nul(check_text("write", chunk)))
         return mem
 
     def write_many(self, texts: list[str], memories: list[Memory] | None = None) -> list[Memory]:
         """Batched write: many documents at once (slots and segment recurrence share batches)."""
         mems = memories if memories is not None else [self.new_memory() for _ in texts]
         for t in texts:
-            _checked("write", t)
-        return write_texts(self.model, self.tokenizer, mems, [t.replace("\x00", "") for t in texts])
+            check_text("write", t)
+        return write_texts(self.model, self.tokenizer, mems, [without_nul(t) for t in texts])
 
     def flush(self, memory: Memory) -> Memory:
         return flush(self.model, self.tokenizer, memory)
 
     def recall(self, memory: Memory, query: str | None = None, level: str = "paragraph", **kw: Any) -> Recalled:
         if query is not None:
-            _checked("query", query)
+            check_text("query", query)
         return recall(self.model, self.tokenizer, memory, query, level, **kw)
 
     def recall_many(self, memories: list[Memory], queries: list[str | None] | None = None, level: str = "paragraph",
@@ -156,14 +165,14 @@ class R3Mem:
         """Batched recall: the slots chosen in every memory are expanded together."""
         for q in queries or []:
             if q is not None:
-                _checked("query", q)
+                check_text("query", q)
         return recall_many(self.model, self.tokenizer, memories, queries, level, **kw)
 
     @torch.no_grad()
     def generate(self, prompt: str, memory: Memory | None = None, max_new_tokens: int = 64, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None) -> str:
         """Continue `prompt` with the document memory as extra context (forward direction)."""
-        _checked("prompt", prompt)
+        check_text("prompt", prompt)
         mem = memory if memory is not None else self.new_memory()
         state = effective_doc_state(self.model, self.tokenizer, mem).unsqueeze(0)
         ids = tokenize(self.tokenizer, prompt)
@@ -181,13 +190,15 @@ class R3Mem:
 
     def prompt_ids(self, prompt: str) -> torch.Tensor:
         """Reader prompt as token ids [1, T] on the model's device (chat template when the model has one)."""
-        _checked("prompt", prompt)
+        check_text("prompt", prompt)
         tok = self.tokenizer
         if getattr(tok, "chat_template", None):
             # Render the template around a marker and tokenize the user's text on its own, so control
             # tokens written inside the text stay plain text (no prompt injection via "<|im_end|>").
             marker = "\x00R3MEM_PROMPT\x00"
-            rendered = tok.apply_chat_template([{"role": "user", "content": marker}], add_generation_prompt=True, tokenize=False)
+            rendered = tok.apply_chat_template(
+                [{"role": "user", "content": marker}], add_generation_prompt=True, tokenize=False
+            )
             head, _, tail = rendered.partition(marker)
             ids = torch.tensor([tok(head, add_special_tokens=False)["input_ids"] + tokenize(tok, prompt)
                                 + tok(tail, add_special_tokens=False)["input_ids"]])
@@ -204,20 +215,24 @@ class R3Mem:
         """
         tok = self.tokenizer
         ids = self.prompt_ids(prompt)
-        cfg = self.model.lm.config
-        room = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048)) - max_new_tokens
+        room = max_positions(self.model.lm) - max_new_tokens
         if ids.shape[1] > room > 0:
             ids = ids[:, -room:]
         with self.model.adapters_disabled():
-            out = self.model.lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                         do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            out = self.model.lm.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
         return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
     def answer(self, question: str, memory: Memory, top_k: int = 2, max_new_tokens: int = 32) -> tuple[str, Recalled]:
         """Recall the slots most relevant to the question, then answer from the recalled text."""
         rec = self.recall(memory, query=question, top_k=top_k)
-        prompt = f"Context:\n{rec.text}\n\nQuestion: {question}\nAnswer in a few words."
-        return self.read(prompt, max_new_tokens).split("\n")[0].strip(), rec
+        return self.read(answer_prompt(rec.text, question), max_new_tokens).split("\n")[0].strip(), rec
 
     def save(self, memory: Memory, path: str | Path) -> None:
         save_memory(path, memory, self.identity)

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 from r3mem.model import COMPRESS, QUERY, R3MemModel
 from r3mem.recurrence import fold
-from r3mem.writer import slot_tokens
+from r3mem.tokens import slot_tokens
 
-__all__ = ["LossTerms", "lm_losses", "pair_losses", "recon_losses", "combine"]
+__all__ = ["LossTerms", "lm_losses", "pair_losses", "recon_losses"]
 
 
 @dataclass
@@ -52,7 +52,9 @@ def cycle_term(model: R3MemModel, state: torch.Tensor, hidden: torch.Tensor, mas
     return (1 - F.cosine_similarity(again[:, 0], state[:, 0].detach(), dim=-1)).mean()
 
 
-def lm_losses(model: R3MemModel, ids: torch.Tensor, mask: torch.Tensor, w_fwd: float, w_bwd: float, w_cyc: float) -> LossTerms:
+def lm_losses(
+    model: R3MemModel, ids: torch.Tensor, mask: torch.Tensor, w_fwd: float, w_bwd: float, w_cyc: float
+) -> LossTerms:
     """Retention on a long window: segment recurrence with LM loss; each segment is then expanded back."""
     bwd, cyc, n_seg = [_zero(model)], [_zero(model)], [0]
 
@@ -100,6 +102,3 @@ def recon_losses(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], targ
     cyc = cycle_term(model, state, hidden, target[1]) if w_cyc > 0 else _zero(model)
     return LossTerms(_zero(model), _mean_ce(model, hidden, lab), cyc)
 
-
-def combine(*terms: LossTerms) -> LossTerms:
-    return LossTerms(*(sum(getattr(t, f) for t in terms) / len(terms) for f in ("forward", "backward", "cycle")))

@@ -19,12 +19,13 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable
-from typing import Annotated, Any, ContextManager, Literal, Optional, TypeVar
+from contextlib import AbstractContextManager
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from r3mem import __version__
-from r3mem.agent import ChatAgent, _make_retriever, ensure_session
+from r3mem.agent import ChatAgent, ensure_session
 from r3mem.store import MemoryStore, NotFound, Session, StoreError, Turn
 
 try:
@@ -74,8 +75,8 @@ class WriteResult(_Open):
 
 
 class Confidence(_Open):
-    geo_mean: Optional[float] = Field(None, description="Geometric mean of the token probabilities (0-1).")
-    min: Optional[float] = Field(None, description="Probability of the least likely token produced (0-1).")
+    geo_mean: float | None = Field(None, description="Geometric mean of the token probabilities (0-1).")
+    min: float | None = Field(None, description="Probability of the least likely token produced (0-1).")
 
 
 class TokenProb(_Open):
@@ -88,18 +89,18 @@ class SlotResult(_Open):
     key: str = Field(description="Slot id within the session memory, e.g. p0.")
     start: int = Field(description="Character offset where the slot's source text starts.")
     end: int
-    score: Optional[float] = Field(None, description="Relevance to the query (mean log-probability; higher is better).")
-    text: Optional[str] = Field(None, description="This slot's reconstructed text.")
-    turn_id: Optional[int] = Field(None, description="Index of the turn the slot's text came from.")
-    confidence: Optional[Confidence] = None
-    tokens: Optional[list[TokenProb]] = Field(None, description="Each reconstructed piece with its probability.")
+    score: float | None = Field(None, description="Relevance to the query (mean log-probability; higher is better).")
+    text: str | None = Field(None, description="This slot's reconstructed text.")
+    turn_id: int | None = Field(None, description="Index of the turn the slot's text came from.")
+    confidence: Confidence | None = None
+    tokens: list[TokenProb] | None = Field(None, description="Each reconstructed piece with its probability.")
 
 
 class RecallResult(_Open):
     session_id: str
     text: str = Field(description="The recalled slots' texts joined by blank lines.")
     level: str
-    confidence: Optional[float] = Field(None, description="The least confident slot's geometric-mean token "
+    confidence: float | None = Field(None, description="The least confident slot's geometric-mean token "
                                                           "probability (0-1); null when nothing was recalled.")
     slots: list[SlotResult]
 
@@ -108,7 +109,7 @@ class AnswerResult(_Open):
     session_id: str
     text: str = Field(description="The answer.")
     recalled: str = Field(description="The memory text the answer was based on.")
-    confidence: Optional[float] = Field(None, description="How sure the memory was of the recalled text (0-1), "
+    confidence: float | None = Field(None, description="How sure the memory was of the recalled text (0-1), "
                                                           "as in recall_memory.")
     slots: list[SlotResult] = Field(description="The recalled passages the answer relied on.")
 
@@ -138,17 +139,17 @@ class TurnIn(BaseModel):
 
 # ----------------------------------------------------------------------------------- input types
 
-SessionArg = Annotated[Optional[str], Field(
+SessionArg = Annotated[str | None, Field(
     default=None, min_length=1, max_length=128,
     description="Session to use (any short name, e.g. a project or conversation id); omit for the default session.")]
-QueryArg = Annotated[Optional[str], Field(
+QueryArg = Annotated[str | None, Field(
     default=None, min_length=1,
     description="What to look for: the `top_k` slots most likely to produce this text are recalled. Omit it "
                 "(and `index`) to reconstruct every slot of the level, which can be long.")]
 LevelArg = Annotated[Literal["document", "paragraph", "entity"], Field(
     description="Granularity: paragraph (one per written turn or paragraph; the usual choice), entity (short "
                 "spans about one name) or document (a summary of the whole session).")]
-IndexArg = Annotated[Optional[int], Field(
+IndexArg = Annotated[int | None, Field(
     default=None, description="Recall exactly this slot (0-based, negative counts from the end) instead of searching.")]
 TopKArg = Annotated[int, Field(ge=1, le=32, description="How many slots to recall for `query` (1-32).")]
 
@@ -187,7 +188,7 @@ def _tool_errors(fn: Callable[..., _T]) -> Callable[..., _T]:
 
 
 def create_server(engine, store: MemoryStore, user_id: str = "local", *, default_session: str = DEFAULT_SESSION,
-                  name: str = "r3mem", lock: ContextManager | None = None) -> MCPServer:
+                  name: str = "r3mem", lock: AbstractContextManager | None = None) -> MCPServer:
     """An `MCPServer` whose tools act on `user_id`'s sessions in `store` through `engine`.
 
     `lock` is held around every model call (a `threading.Lock` by default: tools run in worker threads
@@ -208,7 +209,9 @@ def create_server(engine, store: MemoryStore, user_id: str = "local", *, default
             store.get_session(user_id, sid)  # unknown session: NotFound before any model work
         if retrieval is not None and retrieval not in retrievers:
             with model_lock:
-                retrievers.setdefault(retrieval, _make_retriever(retrieval))
+                from r3mem.retrieval import make_retriever
+
+                retrievers.setdefault(retrieval, make_retriever(retrieval))
         return ChatAgent(engine, store, user_id, sid, retrieval, top_k=top_k, lock=model_lock,
                          retriever=retrievers.get(retrieval) if retrieval else None)
 
@@ -275,7 +278,7 @@ def create_server(engine, store: MemoryStore, user_id: str = "local", *, default
         question: Annotated[str, Field(min_length=1, description="The question to answer from memory.")],
         top_k: Annotated[int, Field(ge=1, le=32, description="How many memory slots to base the answer on.")] = 2,
         max_new_tokens: Annotated[int, Field(ge=1, le=512, description="Longest answer, in tokens.")] = 64,
-        retrieval: Annotated[Optional[Literal["bm25", "embedding"]], Field(
+        retrieval: Annotated[Literal["bm25", "embedding"] | None, Field(
             default=None, description="Also re-rank recalled slots with keyword (bm25) or embedding search; "
                                       "omit to use the memory's own ranking.")] = None,
         session_id: SessionArg = None,

@@ -21,13 +21,21 @@ from r3mem import __version__
 from r3mem.io import atomic_write_bytes, sha256_hex
 from r3mem.memory import Memory, Slot
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MemoryFileError", "MemorySpec", "check_memory", "encode_memory", "decode_memory",
-           "save_memory", "load_memory"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MemoryFileError",
+    "MemorySpec",
+    "check_memory",
+    "encode_memory",
+    "decode_memory",
+    "save_memory",
+    "load_memory",
+]
 
 FORMAT = "r3mem-memory"
 # 2: memories stored in 16-bit (`memory_dtype`), key/value memories; version 1 files (float32) are refused.
 FORMAT_VERSION = 2
-_SLOT_FIELDS = ("level", "key", "start", "end", "n_tokens", "parent", "mentions")
 
 
 class MemoryFileError(ValueError):
@@ -98,10 +106,14 @@ def _check_identity(meta: dict[str, Any], identity: dict[str, Any], name: str) -
         raise MemoryFileError(f"{name}: not an r3mem memory file (format {meta.get('format')!r})")
     v = meta.get("format_version")
     if not isinstance(v, int) or v > FORMAT_VERSION:
-        raise MemoryFileError(f"{name}: format version {v} is newer than this r3mem supports ({FORMAT_VERSION}); upgrade r3mem")
+        raise MemoryFileError(
+            f"{name}: format version {v} is newer than this r3mem supports ({FORMAT_VERSION}); upgrade r3mem"
+        )
     if v < FORMAT_VERSION:
-        raise MemoryFileError(f"{name}: format version {v} is no longer supported (this r3mem reads version {FORMAT_VERSION}); "
-                              "write the text again to make a new memory")
+        raise MemoryFileError(
+            f"{name}: format version {v} is no longer supported (this r3mem reads version {FORMAT_VERSION}); "
+            "write the text again to make a new memory"
+        )
     for key in identity:
         if meta.get(key) != identity[key]:
             raise MemoryFileError(f"{name}: written with {key}={meta.get(key)!r}, but this model has {identity[key]!r}")
@@ -129,7 +141,9 @@ def check_memory(mem: Memory, spec: MemorySpec, name: str = "memory") -> Memory:
         if t.dim() != len(spec.shape) or tuple(t.shape[:-2]) != spec.shape[:-2] or t.shape[-1] != spec.shape[-1]:
             raise MemoryFileError(f"{name}: {what} has shape {tuple(t.shape)}, this model reads {want}")
         if not k_range[0] <= t.shape[-2] <= k_range[1]:
-            raise MemoryFileError(f"{name}: {what} has {t.shape[-2]} memory tokens, this model reads {k_range[0]}..{k_range[1]}")
+            raise MemoryFileError(
+                f"{name}: {what} has {t.shape[-2]} memory tokens, this model reads {k_range[0]}..{k_range[1]}"
+            )
         if t.dtype != spec.dtype:
             raise MemoryFileError(f"{name}: {what} is {str(t.dtype).removeprefix('torch.')}, this model stores "
                                   f"{str(spec.dtype).removeprefix('torch.')}")
@@ -170,9 +184,14 @@ def decode_memory(data: bytes, identity: dict[str, Any], name: str = "memory fil
         raise MemoryFileError(f"{name}: checksum mismatch, the file was modified or corrupted")
     try:
         return Memory(
-            doc_state=tensors["doc_state"], pending_ids=tensors["pending_ids"].tolist(), pending_text=meta["pending_text"],
-            offset=meta["offset"], n_tokens=meta["n_tokens"], n_segments=meta["n_segments"],
-            paragraphs=_slots(meta["paragraphs"], tensors), entities=_slots(meta["entities"], tensors),
+            doc_state=tensors["doc_state"],
+            pending_ids=tensors["pending_ids"].tolist(),
+            pending_text=meta["pending_text"],
+            offset=meta["offset"],
+            n_tokens=meta["n_tokens"],
+            n_segments=meta["n_segments"],
+            paragraphs=_slots(meta["paragraphs"], tensors),
+            entities=_slots(meta["entities"], tensors),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise MemoryFileError(f"{name}: inconsistent header ({e})") from None

@@ -20,6 +20,17 @@ __all__ = ["Slot", "Memory"]
 
 @dataclass
 class Slot:
+    """One compressed unit of the hierarchy: a paragraph (or a piece of a long one) or an entity.
+
+    Shapes (k = memory tokens of this slot, `slot_tokens(n_tokens, ratio, max_slot_tokens)`):
+
+        state   [levels, k, d]        input / layerwise memory (levels = 1, or 1 + L decoder layers)
+                [L, 2, H, k, hd]      kv memory: per layer, keys and values of the k write tokens
+
+    `start:end` is the character span of the written stream it was compressed from; an entity also
+    lists every later mention's span. States are immutable values and may be shared by several slots.
+    """
+
     level: str  # "paragraph" | "entity"
     key: str  # "p3", "p3.1" (split paragraph) or the entity name
     start: int  # character span in the written stream
@@ -36,6 +47,20 @@ class Slot:
 
 @dataclass
 class Memory:
+    """What a text leaves behind: a constant-size document state plus the slots of the hierarchy.
+
+    Shapes (m = `num_mem_tokens`, d = hidden size, L = decoder layers, H = key/value heads, hd = head dim):
+
+        doc_state   [levels, m, d]      input / layerwise memory (levels = 1, or 1 + L)
+                    [L, 2, H, m, hd]    kv memory (the default)
+        paragraphs  list[Slot]          in text order
+        entities    list[Slot]          in order of first mention
+
+    A Memory is a value: `R3Mem.write` returns a new one and never changes the one passed in.
+    `pending_ids` (tokens short of a full segment) and `pending_text` (after the last paragraph
+    break) are what make writing A then B identical to writing A + B.
+    """
+
     doc_state: torch.Tensor  # [levels, m, d], or [L, 2, H, m, hd] for a kv memory
     pending_ids: list[int] = field(default_factory=list)  # committed tokens short of a full segment
     pending_text: str = ""  # raw text after the last paragraph break
@@ -45,7 +70,7 @@ class Memory:
     paragraphs: list[Slot] = field(default_factory=list)
     entities: list[Slot] = field(default_factory=list)
 
-    def copy(self) -> "Memory":
+    def copy(self) -> Memory:
         """A new Memory sharing (immutable) tensors, so writes never mutate the caller's state."""
         new = copy.copy(self)
         new.pending_ids = list(self.pending_ids)

@@ -14,6 +14,21 @@ __all__ = ["VirtualMemory"]
 
 
 class VirtualMemory(nn.Module):
+    """The learned memory tokens of an R3MemModel (held at `model.memory`; the parameter names are
+    part of the adapter hash).
+
+    Parameters (d = hidden size, m = `num_mem_tokens`, L = decoder layers):
+
+        init_mem    [m, d]          M_0, the initial read memory
+        write_emb   [max_slot, d]   write tokens; a segment or slot written into k tokens uses the first k
+        markers     [3, d]          role markers: query (forward), expand (backward), separator
+        out_proj    d -> d          write states -> next read embeddings (not in kv mode)
+        layer_gate  [L]             layerwise mode: weight of the memory added at each layer
+
+    `initial(B)` is M_0 as [B, levels, m, d]; `write_tokens(B, k)` is [B, k, d]; `marker(B, i)` is
+    [B, 1, d]; `to_read` maps [B, k, d] write states to [B, k, d] read embeddings.
+    """
+
     def __init__(self, hidden: int, num_mem: int, max_slot: int, num_layers: int, layerwise: bool,
                  emb_rms: float, generator: torch.Generator | None = None, gate_init: float = 1.0,
                  read_map: bool = True) -> None:

@@ -19,9 +19,9 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from r3mem import kv
 from r3mem.backbone import decoder_layers, inner_model
 from r3mem.config import R3MemConfig
-from r3mem import kv
 from r3mem.coupling import Coupling
 from r3mem.memory_tokens import VirtualMemory
 
@@ -53,6 +53,20 @@ def _unpack(h: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 
 
 class R3MemModel(nn.Module):
+    """A frozen causal LM (`lm`) wrapped with LoRA adapters, memory tokens (`memory`) and, in
+    reversible variant B, invertible couplings (`couplings`); runs in two directions.
+
+    Shapes (B = batch, T = tokens, k = memory tokens, d = hidden, L = layers, H = kv heads, hd = head dim):
+
+        state (memory)   [B, levels, k, d]     input / layerwise mode (levels = 1, or 1 + L)
+                         [B, L, 2, H, k, hd]   kv mode: keys and values, read as a cache prefix
+        compress         embeds [B, T, d], mask [B, T], state -> (new state with k = n_write, loss sum, n)
+        expand           state, target [B, T] -> (hidden predicting each target token [B, T, d], labels [B, T])
+        decode           state -> generated ids, one list per row
+
+    The model keeps no state between calls: memories go in and come out as tensors.
+    """
+
     def __init__(self, base: nn.Module, cfg: R3MemConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -142,9 +156,12 @@ class R3MemModel(nn.Module):
             use_cache = True
         read = torch.zeros_like(mask, dtype=torch.bool)
         read[:, :n_read] = True
-        ctx = _CallContext(direction, read_mask=read.gather(1, order),
-                           layer_state=state[:, 1:] if state is not None and not self.kv and state.shape[1] > 1 else None,
-                           capture=capture)
+        ctx = _CallContext(
+            direction,
+            read_mask=read.gather(1, order),
+            layer_state=state[:, 1:] if state is not None and not self.kv and state.shape[1] > 1 else None,
+            capture=capture,
+        )
         self._set_direction(direction)
         self._ctx = ctx
         try:
@@ -186,13 +203,13 @@ class R3MemModel(nn.Module):
         """
         if self.kv:
             return self._compress_kv(embeds, mask, state, n_write, labels)
-        B, k = embeds.shape[0], state.shape[2]
+        B, k = embeds.shape[0], state.shape[2]  # state [B, levels, k, d]; embeds [B, T, d]
         ones = mask.new_ones
         x = torch.cat([state[:, 0].to(embeds.dtype), embeds, self.memory.write_tokens(B, n_write).to(embeds.dtype)], 1)
-        m = torch.cat([ones(B, k), mask, ones(B, n_write)], 1)
+        m = torch.cat([ones(B, k), mask, ones(B, n_write)], 1)  # x [B, k + T + n_write, d], m the same without d
         hidden, ctx, _, _ = self._run(x, m, COMPRESS, state, k, capture=n_write if state.shape[1] > 1 else 0)
-        new = self.memory.to_read(hidden[:, -n_write:]).unsqueeze(1)
-        if ctx.captured:
+        new = self.memory.to_read(hidden[:, -n_write:]).unsqueeze(1)  # [B, 1, n_write, d]
+        if ctx.captured:  # layerwise: per layer [B, n_write, d] -> new [B, 1 + L, n_write, d]
             new = torch.cat([new, torch.stack(ctx.captured, 1)], 1)
         loss, n = hidden.new_zeros(()), hidden.new_zeros(())
         if labels is not None:
@@ -222,11 +239,20 @@ class R3MemModel(nn.Module):
 
     def _ce(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.logits(hidden).float()
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum")
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+        )
         return loss, (labels != -100).sum()
 
-    def encode(self, ids: torch.Tensor, mask: torch.Tensor, state: torch.Tensor | None = None, *,
-               bptt_depth: int | None = None, with_loss: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encode(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        state: torch.Tensor | None = None,
+        *,
+        bptt_depth: int | None = None,
+        with_loss: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Segment-recurrent compression of [B, T] tokens into a constant-size state (`recurrence.fold`).
 
         Gradients flow through at most `bptt_depth` segment transitions: the state is detached
@@ -320,7 +346,9 @@ class R3MemModel(nn.Module):
         return out
 
     @staticmethod
-    def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+    def _pick(
+        logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+    ) -> torch.Tensor:
         if temperature <= 0:
             return logits.argmax(-1)
         probs = torch.softmax(logits / temperature, -1)

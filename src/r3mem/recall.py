@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from r3mem.hierarchy import LEVELS, paragraph_spans
 from r3mem.memory import Memory, Slot
 from r3mem.model import COMPRESS, QUERY, R3MemModel
-from r3mem.data.spans import paragraph_spans
-from r3mem.writer import compress_texts, effective_doc_state, pad_batch, tokenize
+from r3mem.tokens import pad_batch, tokenize
+from r3mem.writer import compress_texts, effective_doc_state
 
-__all__ = ["Recalled", "Reconstruction", "recall", "recall_many", "score_query", "reconstruct", "reconstruct_scored", "LEVELS"]
+__all__ = ["Recalled", "Reconstruction", "recall", "recall_many", "score_query", "reconstruct", "reconstruct_scored"]
 
-LEVELS = ("document", "paragraph", "entity")
 _BATCH = 8
 
 
@@ -67,7 +67,9 @@ def score_query(model: R3MemModel, tok, states: list[torch.Tensor], query: str) 
             st = torch.stack([states[i] for i in chunk])
             ids, mask = pad_batch([q] * len(chunk), tok.pad_token_id, st.device)
             hidden, labels = model.expand(st, ids, mask, direction=COMPRESS, marker=QUERY)
-            logp = -F.cross_entropy(model.logits(hidden).float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+            logp = -F.cross_entropy(
+                model.logits(hidden).float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
+            )
             for j, i in enumerate(chunk):
                 scores[i] = float(logp[j].sum() / mask[j].sum())
     return scores
@@ -145,7 +147,9 @@ def _check_args(model: R3MemModel, query: str | None, level: str, top_k: int) ->
     if level not in LEVELS:
         raise ValueError(f"level: must be one of {LEVELS}, got {level!r}")
     if level not in model.cfg.hierarchy_levels:
-        raise ValueError(f"level: {level!r} is not enabled in this model's hierarchy_levels {model.cfg.hierarchy_levels}")
+        raise ValueError(
+            f"level: {level!r} is not enabled in this model's hierarchy_levels {model.cfg.hierarchy_levels}"
+        )
     if query is not None and not query.strip():
         raise ValueError("query: must not be empty or whitespace")
     if top_k < 1:
@@ -178,9 +182,19 @@ def _cap(slot: Slot, cap: int) -> int:
     return cap if slot.level == "document" else min(cap, slot.n_tokens + 8)
 
 
-def recall_many(model: R3MemModel, tok, mems: list[Memory], queries: list[str | None] | None = None,
-                level: str = "paragraph", index: int | None = None, top_k: int = 1, max_new_tokens: int | None = None,
-                temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> list[Recalled]:
+def recall_many(
+    model: R3MemModel,
+    tok,
+    mems: list[Memory],
+    queries: list[str | None] | None = None,
+    level: str = "paragraph",
+    index: int | None = None,
+    top_k: int = 1,
+    max_new_tokens: int | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> list[Recalled]:
     """Recall from several memories at once: the chosen slots of all of them expand in shared batches."""
     queries = queries if queries is not None else [None] * len(mems)
     if len(queries) != len(mems):
@@ -225,4 +239,6 @@ def _token_pieces(tok, rec: Reconstruction) -> list[dict]:
 def recall(model: R3MemModel, tok, mem: Memory, query: str | None = None, level: str = "paragraph",
            index: int | None = None, top_k: int = 1, max_new_tokens: int | None = None,
            temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> Recalled:
-    return recall_many(model, tok, [mem], [query], level, index, top_k, max_new_tokens, temperature, top_p, generator)[0]
+    return recall_many(model, tok, [mem], [query], level, index, top_k, max_new_tokens, temperature, top_p, generator)[
+        0
+    ]

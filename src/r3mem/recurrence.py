@@ -10,8 +10,8 @@ ones (or, with `carry=False`, given M_0 only, to measure what the memory adds).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -37,7 +37,8 @@ def fold(model, state: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, *, b
     every `bptt_depth` segments); None: never detached. `with_loss`: each segment's tokens are
     scored given the memory (`score_first=False` leaves each segment's first token out).
     `carry=False` reads the initial `state` at every segment (memory reset). `store_dtype` rounds
-    the memory after every segment; `segment_len` overrides the model's. `on_segment(state, seg_ids, seg_mask)` runs after each segment.
+    the memory after every segment; `segment_len` overrides the model's. `on_segment(state, seg_ids,
+    seg_mask)` runs after each segment.
     """
     seg = segment_len or model.cfg.segment_len
     initial = state

@@ -6,47 +6,27 @@ depend on how the text was split across `write` calls.
 
 from __future__ import annotations
 
-import math
 import re
 
 import torch
 
-from r3mem.data.spans import Span, entity_spans, paragraph_spans, sentence_spans
+from r3mem.hierarchy import Span, entity_spans, paragraph_spans, sentence_spans
 from r3mem.memory import Memory, Slot
 from r3mem.model import R3MemModel
 from r3mem.recurrence import fold
+from r3mem.tokens import pad_batch, slot_tokens, tokenize
 
-__all__ = ["write_text", "write_texts", "flush", "effective_doc_state", "slot_tokens", "compress_texts", "pad_batch", "tokenize"]
+__all__ = ["write_text", "write_texts", "flush", "effective_doc_state", "compress_texts"]
 
 _TRAILING_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*$")
 _SLOT_BATCH = 8
 _DECODE_LOOKBACK = 16  # tokens re-decoded before a split point (more than any character's bytes)
 
 
-def slot_tokens(n_tokens: int, ratio: float, max_slot: int) -> int:
-    """Memory tokens for a slot of `n_tokens` at a compression ratio, within [1, max_slot]."""
-    return max(1, min(max_slot, math.ceil(n_tokens / ratio)))
-
-
-def pad_batch(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists into (ids, mask)."""
-    T = max(1, max(len(s) for s in seqs))
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long, device=device)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return ids, mask
-
-
-def tokenize(tok, text: str) -> list[int]:
-    """Token ids of user text. Special-token strings in the text (e.g. "<|im_end|>") are split into
-    ordinary tokens, so text can never inject control tokens into a memory or a prompt."""
-    return tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-
-
 @torch.no_grad()
-def compress_texts(model: R3MemModel, seqs: list[list[int]], ratio: float | list[float], pad_id: int) -> list[torch.Tensor]:
+def compress_texts(
+    model: R3MemModel, seqs: list[list[int]], ratio: float | list[float], pad_id: int
+) -> list[torch.Tensor]:
     """Compress independent token sequences from a fresh memory; returns one state per input, in the
     storage dtype ([levels, k, d], or [L, 2, H, k, hd] in kv mode).
 
@@ -60,12 +40,12 @@ def compress_texts(model: R3MemModel, seqs: list[list[int]], ratio: float | list
     if len(ratios) != len(seqs):
         raise ValueError(f"compress_texts: {len(seqs)} sequences but {len(ratios)} ratios")
     device = model.memory.init_mem.device
+    keys = [(slot_tokens(len(s), r, model.memory.max_slot), tuple(s)) for s, r in zip(seqs, ratios)]
     first: dict[tuple[int, tuple[int, ...]], int] = {}  # (k, tokens) -> index of its first occurrence
     groups: dict[int, list[int]] = {}
-    for i, (s, r) in enumerate(zip(seqs, ratios)):
-        k = slot_tokens(len(s), r, model.memory.max_slot)
-        if first.setdefault((k, tuple(s)), i) == i:
-            groups.setdefault(k, []).append(i)
+    for i, key in enumerate(keys):
+        if first.setdefault(key, i) == i:
+            groups.setdefault(key[0], []).append(i)
     done: dict[int, torch.Tensor] = {}
     for k, idx in groups.items():
         idx.sort(key=lambda i: len(seqs[i]))
@@ -77,8 +57,7 @@ def compress_texts(model: R3MemModel, seqs: list[list[int]], ratio: float | list
                 done[i] = state[j].to(model.store_dtype)
     # A repeat shares its first occurrence's tensor (states are immutable values): stored once in memory
     # and in memory files.
-    return [done[i] if i in done else done[first[(slot_tokens(len(s), r, model.memory.max_slot), tuple(s))]]
-            for i, (s, r) in enumerate(zip(seqs, ratios))]
+    return [done[i] if i in done else done[first[key]] for i, key in enumerate(keys)]
 
 
 def _split_commit(buf: str) -> tuple[list[Span], int]:
@@ -116,11 +95,10 @@ def _fold_segments(model: R3MemModel, mems: list[Memory], pad_id: int, final: bo
 def _chunk_offsets(tok, ids: list[int], limit: int, n_chunks: int) -> list[int]:
     """`len(tok.decode(ids[:j * limit]))` for j < n_chunks, in time linear in len(ids).
 
-    Decoding the whole prefix at every boundary made a long paragraph quadratic (a text without blank
-    lines: 7 s for 100k characters, about ten minutes for 1M). Decoding is local, so the prefix's growth from one boundary to the
-    next equals that of a window starting `_DECODE_LOOKBACK` tokens earlier: UTF-8 resynchronises within
-    4 bytes, and whatever the window's start decodes to (a replacement character, a stripped leading
-    space) is the same in both decodes and cancels.
+    Decoding is local, so the prefix's growth from one boundary to the next equals that of a window
+    starting `_DECODE_LOOKBACK` tokens earlier: UTF-8 resynchronises within 4 bytes, and whatever the
+    window's start decodes to (a replacement character, a stripped leading space) is the same in both
+    decodes and cancels.
     """
     offsets = [0]
     for j in range(1, n_chunks):
@@ -130,7 +108,9 @@ def _chunk_offsets(tok, ids: list[int], limit: int, n_chunks: int) -> list[int]:
     return offsets
 
 
-def _paragraph_pieces(tok, cfg, paras: list[Span], mem: Memory) -> tuple[list[tuple[str, int, int, list[int]]], list[int]]:
+def _paragraph_pieces(
+    tok, cfg, paras: list[Span], mem: Memory
+) -> tuple[list[tuple[str, int, int, list[int]]], list[int]]:
     """(key, start, end, token ids) per paragraph slot, paragraphs over the limit split; and the slot
     index of each paragraph's first slot. Keys count slots ("p5", or "p5.0", "p5.1" for a split one
     taking slots 5 and 6), so they do not depend on how the text was cut into `write` calls."""
@@ -173,7 +153,11 @@ def _entity_pieces(tok, buf: str, paras: list[Span], mem: Memory, parents: list[
 def _commit(model, tok, jobs: list[tuple[Memory, str, list[Span], int]]) -> None:
     """Commit complete paragraphs of several memories; slots of all of them are compressed together."""
     cfg, pad_id = model.cfg, tok.pad_token_id
-    para_jobs = [(m, *_paragraph_pieces(tok, cfg, paras, m)) for m, _, paras, _ in jobs] if "paragraph" in cfg.hierarchy_levels else []
+    para_jobs = (
+        [(m, *_paragraph_pieces(tok, cfg, paras, m)) for m, _, paras, _ in jobs]
+        if "paragraph" in cfg.hierarchy_levels
+        else []
+    )
     firsts = {id(m): f for m, _, f in para_jobs}  # each paragraph's first slot: the parent of its entities
 
     def parents(m: Memory, paras: list[Span]) -> list[int]:
@@ -182,7 +166,9 @@ def _commit(model, tok, jobs: list[tuple[Memory, str, list[Span], int]]) -> None
     ent_jobs = [(m, _entity_pieces(tok, buf, paras, m, parents(m, paras))) for m, buf, paras, _ in jobs] \
         if "entity" in cfg.hierarchy_levels else []
     para_seqs = [c for _, ps, _ in para_jobs for *_, c in ps]
-    ent_seqs = [tokenize(tok, buf[e.start - m.offset:e.end - m.offset]) for (m, es), (_, buf, _, _) in zip(ent_jobs, jobs) for e in es]
+    ent_seqs = []  # each new entity's sentence, cut from its memory's buffer
+    for (m, es), (_, buf, _, _) in zip(ent_jobs, jobs):
+        ent_seqs += [tokenize(tok, buf[e.start - m.offset : e.end - m.offset]) for e in es]
     # Both levels in one call, so text shared between them is compressed once.
     states = iter(compress_texts(model, para_seqs + ent_seqs,
                                  [cfg.paragraph_ratio] * len(para_seqs) + [cfg.entity_ratio] * len(ent_seqs), pad_id))

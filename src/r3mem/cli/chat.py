@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import click
 import typer
 
-from r3mem.cli.common import (DEFAULT_USER, BaseOpt, ModelOpt, SessionOpt, StoreOpt, UserOpt, console, load_engine,
-                              open_store, out, user_errors)
+from r3mem.cli.common import (
+    DEFAULT_USER,
+    BaseOpt,
+    ModelOpt,
+    SessionOpt,
+    StoreOpt,
+    UserOpt,
+    console,
+    load_engine,
+    open_store,
+    out,
+)
 
 QUIT = ("/quit", "/exit")
 
@@ -38,12 +48,13 @@ def repl(agent, max_new_tokens: int, show_recall: bool) -> int:
     return answered
 
 
-@user_errors
 def chat(
     session: SessionOpt = None,
     store: StoreOpt = None,
     user: UserOpt = DEFAULT_USER,
-    retrieval: Annotated[Optional[str], typer.Option("--retrieval", help="Re-rank recalled memory: bm25 | embedding.")] = None,
+    retrieval: Annotated[
+        str | None, typer.Option("--retrieval", help="Re-rank recalled memory: bm25 | embedding.")
+    ] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="Memory slots recalled per message.")] = 2,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest reply, in tokens.")] = 64,
     show_recall: Annotated[bool, typer.Option("--show-recall", help="Also print what memory recalled.")] = False,

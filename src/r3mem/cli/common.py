@@ -2,29 +2,49 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 console = Console(stderr=True)
 out = Console(highlight=False, soft_wrap=True)
 
 # Paths are declared readable=False: click's own readability check answers with a usage box and exit
 # code 2; the commands' readers (`read_bytes`) give the same one-line error as for a missing file.
-ModelOpt = Annotated[Optional[Path], typer.Option("--model", readable=False, help="Adapter folder (default: $R3MEM_MODEL, else the shipped trained adapter).")]
-BaseOpt = Annotated[Optional[str], typer.Option("--base-model", help="Registry name, local HF checkpoint folder or tiny-llama (default: $R3MEM_BASE_MODEL, else smollm2-135m).")]
+ModelOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model", readable=False, help="Adapter folder (default: $R3MEM_MODEL, else the shipped trained adapter)."
+    ),
+]
+BaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--base-model",
+        help="Registry name, local HF checkpoint folder or tiny-llama (default: $R3MEM_BASE_MODEL, else smollm2-135m).",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-StoreOpt = Annotated[Optional[str], typer.Option("--store", help="Store file or URL (sqlite:///…, postgresql://…); default: the embedded SQLite store in your data dir ($R3MEM_HOME/store.db if set).")]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="Store file or URL (sqlite:///…, postgresql://…); default: the embedded SQLite store in your data dir "
+        "($R3MEM_HOME/store.db if set).",
+    ),
+]
 UserOpt = Annotated[str, typer.Option("--user", envvar="R3MEM_USER", help="User whose sessions to use.")]
-SessionOpt = Annotated[Optional[str], typer.Option("--session", help="Session id in the store.")]
-MemoryOpt = Annotated[Optional[Path], typer.Option("--memory", readable=False, help="Memory file (.r3mem) instead of a store session.")]
+SessionOpt = Annotated[str | None, typer.Option("--session", help="Session id in the store.")]
+MemoryOpt = Annotated[
+    Path | None, typer.Option("--memory", readable=False, help="Memory file (.r3mem) instead of a store session.")
+]
 EncodingOpt = Annotated[str, typer.Option("--encoding", help="Text encoding of the input, e.g. latin-1 or cp1252 "
                                            "(many Project Gutenberg files are Latin-1).")]
 DEFAULT_USER = "local"
@@ -35,14 +55,15 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 1."""
 
 
-def user_errors(fn: Callable) -> Callable:
-    """Turn library errors into one-line messages; tracebacks only with R3MEM_DEBUG=1."""
+class OneLineErrors(TyperGroup):
+    """The root command group. Every error a command raises is printed here, once, as one line
+    ("error: …", exit code 1); R3MEM_DEBUG=1 shows the traceback instead. Usage errors keep click's
+    own message and exit code 2."""
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
-            return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException, KeyboardInterrupt):  # TyperException: usage errors
             raise
         except Exception as e:  # noqa: BLE001 - the one place errors become messages
             if debug():
@@ -50,8 +71,6 @@ def user_errors(fn: Callable) -> Callable:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             console.print(f"[bold red]error:[/] {escape(msg)}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
-
-    return wrapper
 
 
 def debug() -> bool:
@@ -89,8 +108,10 @@ def decode_text(data: bytes, name: str, encoding: str = DEFAULT_ENCODING) -> str
         text = data[skip:].decode(encoding)
     except UnicodeDecodeError as exc:
         shown = "UTF-8" if encoding == "utf-8" else encoding
-        raise CLIError(f"{name}: invalid {shown} at byte {skip + exc.start} ({exc.reason}); "
-                       f"if the text is in another encoding, pass it with --encoding (e.g. --encoding latin-1)") from None
+        raise CLIError(
+            f"{name}: invalid {shown} at byte {skip + exc.start} ({exc.reason}); "
+            f"if the text is in another encoding, pass it with --encoding (e.g. --encoding latin-1)"
+        ) from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -126,14 +147,6 @@ def quiet_libraries() -> None:
         pass
 
 
-def tiny_config(base_model: str):
-    """A small R3MemConfig for the in-memory `tiny-*` test models (no download, CPU seconds)."""
-    from r3mem.config import R3MemConfig
-
-    return R3MemConfig(base_model=base_model, num_mem_tokens=4, segment_len=16, max_slot_tokens=16, max_recall_tokens=24,
-                       max_paragraph_tokens=64, coupling_hidden=16)
-
-
 def load_engine(model: Path | None, base_model: str | None = None):
     """The engine for a command: `--model`/$R3MEM_MODEL adapter, `--base-model`/$R3MEM_BASE_MODEL base model.
 
@@ -143,6 +156,7 @@ def load_engine(model: Path | None, base_model: str | None = None):
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     quiet_libraries()
     from r3mem.engine import R3Mem
+    from r3mem.tiny import tiny_config
 
     if model is None and os.environ.get("R3MEM_MODEL"):
         model = Path(os.environ["R3MEM_MODEL"])
@@ -151,8 +165,10 @@ def load_engine(model: Path | None, base_model: str | None = None):
     with console.status("loading model…"):
         engine = R3Mem.from_pretrained(model, base_model=base_model, config=config)
     if not engine.trained:
-        console.print("[yellow]note:[/] adapters are UNTRAINED (no trained adapter found); recall will not be faithful.",
-                      soft_wrap=True)
+        console.print(
+            "[yellow]note:[/] adapters are UNTRAINED (no trained adapter found); recall will not be faithful.",
+            soft_wrap=True,
+        )
     return engine
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from r3mem.cli.common import EncodingOpt, ModelOpt, check_encoding, console, emit_json, load_engine, user_errors
+from r3mem.cli.common import EncodingOpt, ModelOpt, check_encoding, console, emit_json, load_engine
 
 
 def _numbers(name: str, spec: str | None, kind: type) -> tuple | None:
@@ -16,44 +16,72 @@ def _numbers(name: str, spec: str | None, kind: type) -> tuple | None:
     try:
         return tuple(kind(x) for x in spec.split(",") if x.strip())
     except ValueError:
-        raise ValueError(f"{name}: expected comma-separated {'integers' if kind is int else 'numbers'}, got {spec!r}") from None
+        raise ValueError(
+            f"{name}: expected comma-separated {'integers' if kind is int else 'numbers'}, got {spec!r}"
+        ) from None
 
 
-@user_errors
 def evaluate(
     task: Annotated[str, typer.Argument(help="lm | recon | rag | kv | locomo | needle")],
-    data: Annotated[Path, typer.Option("--data", readable=False, help="Data file or folder in the task's format (see benchmarks/README.md).")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data", readable=False, help="Data file or folder in the task's format (see benchmarks/README.md)."
+        ),
+    ],
     model: ModelOpt = None,
-    base_model: Annotated[Optional[str], typer.Option("--base-model", envvar="R3MEM_BASE_MODEL",
-                                                      help="Base model for every method (registry name or HF folder).")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="First N examples (books, paragraphs, questions, needle cells).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", readable=False, help="Also write the JSON here, and a PNG plot beside it.")] = None,
-    methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (default: all).")] = None,
-    method_model: Annotated[Optional[list[str]], typer.Option("--method-model", help="NAME=DIR adapter for an ablation or "
-                                                              "baseline (repeatable).")] = None,
-    budget: Annotated[Optional[int], typer.Option("--budget", help="Context tokens given to the reader "
-                                                  "(default: 256; lm: the memory size).")] = None,
+    base_model: Annotated[
+        str | None,
+        typer.Option(
+            "--base-model", envvar="R3MEM_BASE_MODEL", help="Base model for every method (registry name or HF folder)."
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="First N examples (books, paragraphs, questions, needle cells).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", readable=False, help="Also write the JSON here, and a PNG plot beside it.")
+    ] = None,
+    methods: Annotated[str | None, typer.Option("--methods", help="Comma-separated methods (default: all).")] = None,
+    method_model: Annotated[
+        list[str] | None,
+        typer.Option("--method-model", help="NAME=DIR adapter for an ablation or baseline (repeatable)."),
+    ] = None,
+    budget: Annotated[
+        int | None,
+        typer.Option("--budget", help="Context tokens given to the reader (default: 256; lm: the memory size)."),
+    ] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="Slots / chunks recalled per question.")] = 2,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Answer length in tokens.")] = 32,
     chunk_words: Annotated[int, typer.Option("--chunk-words", help="Retrieval chunk size in words.")] = 100,
-    ratios: Annotated[Optional[str], typer.Option("--ratios", help="recon: compression ratios, e.g. 4,8.")] = None,
-    lengths: Annotated[Optional[str], typer.Option("--lengths", help="needle: context lengths in tokens.")] = None,
-    depths: Annotated[Optional[str], typer.Option("--depths", help="needle: needle depths in [0, 1].")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="lm: tokens per book (default: all).")] = None,
-    segment_len: Annotated[Optional[int], typer.Option("--segment-len", help="lm: segment length (default: the adapter's).")] = None,
+    ratios: Annotated[str | None, typer.Option("--ratios", help="recon: compression ratios, e.g. 4,8.")] = None,
+    lengths: Annotated[str | None, typer.Option("--lengths", help="needle: context lengths in tokens.")] = None,
+    depths: Annotated[str | None, typer.Option("--depths", help="needle: needle depths in [0, 1].")] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="lm: tokens per book (default: all).")] = None,
+    segment_len: Annotated[
+        int | None, typer.Option("--segment-len", help="lm: segment length (default: the adapter's).")
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="Torch device for every model.")] = "cpu",
     encoding: EncodingOpt = "utf-8",
 ) -> None:
     """Evaluate a task for every method in one run; prints a JSON document (config, versions, commit, metrics)."""
-    from r3mem.data.text import text_encoding
+    from r3mem.text import text_encoding
 
     with text_encoding(check_encoding(encoding)):
         from r3mem.engine import default_adapter_dir
         from r3mem.evaluate.common import EvalOptions
         from r3mem.evaluate.runner import check_inputs, parse_method_models, parse_methods, run_eval
 
-        opts = EvalOptions(limit=limit, budget=budget, top_k=top_k, max_new_tokens=max_new_tokens, chunk_words=chunk_words,
-                           max_tokens=max_tokens, segment_len=segment_len, device=device)
+        opts = EvalOptions(
+            limit=limit,
+            budget=budget,
+            top_k=top_k,
+            max_new_tokens=max_new_tokens,
+            chunk_words=chunk_words,
+            max_tokens=max_tokens,
+            segment_len=segment_len,
+            device=device,
+        )
         for name, spec, kind in (("ratios", ratios, float), ("lengths", lengths, int), ("depths", depths, float)):
             parsed = _numbers(f"--{name}", spec, kind)
             if parsed is not None:
@@ -68,6 +96,17 @@ def evaluate(
             source = str(default_adapter_dir())
         else:
             source = None  # untrained adapters; the JSON says adapter_trained: false
-        doc = run_eval(task, data, engine=engine, methods=chosen, opts=opts, method_models=adapters, model_source=source,
-                       base_model=base_model, out=out, checked=checked, log=lambda s: console.print(f"[dim]{s}[/]"))
+        doc = run_eval(
+            task,
+            data,
+            engine=engine,
+            methods=chosen,
+            opts=opts,
+            method_models=adapters,
+            model_source=source,
+            base_model=base_model,
+            out=out,
+            checked=checked,
+            log=lambda s: console.print(f"[dim]{s}[/]"),
+        )
         emit_json(doc)

@@ -1,4 +1,7 @@
-"""Entry point: `r3mem COMMAND`. Each command lives in its own module."""
+"""Entry point: `r3mem COMMAND` (also `python -m r3mem`). Each command lives in its own module.
+
+Errors are formatted in one place, the root group `OneLineErrors`: one line each, exit code 1.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,11 @@ import typer
 
 from r3mem import __version__
 from r3mem.cli import chat, demo, mcp, memory, recall, serve, train, write
+from r3mem.cli import eval as eval_cmd
+from r3mem.cli.common import OneLineErrors
 
 app = typer.Typer(name="r3mem", help="R³Mem: reversible compressed memory for language models.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+                  pretty_exceptions_enable=False, add_completion=False, cls=OneLineErrors)
 app.command("demo")(demo.demo)
 app.command("write")(write.write)
 app.command("recall")(recall.recall)
@@ -17,7 +22,7 @@ app.command("serve")(serve.serve)
 app.command("mcp")(mcp.mcp)
 app.add_typer(memory.app, name="memory")
 app.command("train")(train.train)
-app.command("eval")(__import__("r3mem.cli.eval", fromlist=["evaluate"]).evaluate)
+app.command("eval")(eval_cmd.evaluate)
 
 
 @app.command("version")
@@ -26,5 +31,10 @@ def version() -> None:
     print(__version__)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The `r3mem` console script and `python -m r3mem`."""
     app()
+
+
+if __name__ == "__main__":
+    main()

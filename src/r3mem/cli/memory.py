@@ -7,12 +7,26 @@ import base64
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
-from r3mem.cli.common import (DEFAULT_USER, BaseOpt, CLIError, JsonOpt, ModelOpt, StoreOpt, UserOpt, console, decode_text,
-                              emit_json, load_engine, open_store, out, read_bytes, user_errors)
+from r3mem.cli.common import (
+    DEFAULT_USER,
+    BaseOpt,
+    CLIError,
+    JsonOpt,
+    ModelOpt,
+    StoreOpt,
+    UserOpt,
+    console,
+    decode_text,
+    emit_json,
+    load_engine,
+    open_store,
+    out,
+    read_bytes,
+)
 
 app = typer.Typer(name="memory", help="List, show, export, import and delete stored sessions.", no_args_is_help=True,
                   add_completion=False)
@@ -29,7 +43,6 @@ def session_summary(store, user: str, session) -> dict[str, Any]:
 
 
 @app.command("list")
-@user_errors
 def list_(store: StoreOpt = None, user: UserOpt = DEFAULT_USER, json_out: JsonOpt = False) -> None:
     """The user's sessions with their turn count and memory size."""
     with open_store(store) as st:
@@ -45,7 +58,6 @@ def list_(store: StoreOpt = None, user: UserOpt = DEFAULT_USER, json_out: JsonOp
 
 
 @app.command("show")
-@user_errors
 def show(session: SessionArg, store: StoreOpt = None, user: UserOpt = DEFAULT_USER,
          last: Annotated[int, typer.Option("--last", help="Show this many latest turns (0: all).")] = 20,
          json_out: JsonOpt = False) -> None:
@@ -57,7 +69,9 @@ def show(session: SessionArg, store: StoreOpt = None, user: UserOpt = DEFAULT_US
     slots = [{"level": s.level, "key": s.key, "start": s.start, "end": s.end, "turn_id": s.turn_id}
              for s in (stored.slots if stored else [])]
     info["slot_list"] = slots
-    info["turn_list"] = [{"index": t.index, "speaker": t.speaker, "text": t.text, "timestamp": t.timestamp} for t in turns]
+    info["turn_list"] = [
+        {"index": t.index, "speaker": t.speaker, "text": t.text, "timestamp": t.timestamp} for t in turns
+    ]
     if json_out:
         emit_json(info)
         return
@@ -68,10 +82,15 @@ def show(session: SessionArg, store: StoreOpt = None, user: UserOpt = DEFAULT_US
 
 
 @app.command("export")
-@user_errors
-def export(session: SessionArg, store: StoreOpt = None, user: UserOpt = DEFAULT_USER,
-           to: Annotated[str, typer.Option("--out", help="JSON file to write ('-': stdout).")] = "-",
-           memory_file: Annotated[Optional[Path], typer.Option("--memory-file", readable=False, help="Also write the bare memory file (.r3mem).")] = None) -> None:
+def export(
+    session: SessionArg,
+    store: StoreOpt = None,
+    user: UserOpt = DEFAULT_USER,
+    to: Annotated[str, typer.Option("--out", help="JSON file to write ('-': stdout).")] = "-",
+    memory_file: Annotated[
+        Path | None, typer.Option("--memory-file", readable=False, help="Also write the bare memory file (.r3mem).")
+    ] = None,
+) -> None:
     """Export a session (turns, slots, memory file as base64) as JSON, for `memory import`."""
     from r3mem.io import atomic_write_bytes
 
@@ -86,15 +105,23 @@ def export(session: SessionArg, store: StoreOpt = None, user: UserOpt = DEFAULT_
         sys.stdout.write(text)
     else:
         atomic_write_bytes(Path(to), text.encode("utf-8"))
-        console.print(f"exported session {session!r} ({len(data['turns'])} turns) -> {to}", markup=False, highlight=False)
+        console.print(
+            f"exported session {session!r} ({len(data['turns'])} turns) -> {to}", markup=False, highlight=False
+        )
 
 
 @app.command("import")
-@user_errors
-def import_(file: Annotated[Path, typer.Argument(readable=False, help="JSON from `r3mem memory export` ('-': stdin).")],
-            store: StoreOpt = None, user: UserOpt = DEFAULT_USER,
-            session: Annotated[Optional[str], typer.Option("--session", help="Import under this id (default: the exported one).")] = None,
-            json_out: JsonOpt = False, model: ModelOpt = None, base_model: BaseOpt = None) -> None:
+def import_(
+    file: Annotated[Path, typer.Argument(readable=False, help="JSON from `r3mem memory export` ('-': stdin).")],
+    store: StoreOpt = None,
+    user: UserOpt = DEFAULT_USER,
+    session: Annotated[
+        str | None, typer.Option("--session", help="Import under this id (default: the exported one).")
+    ] = None,
+    json_out: JsonOpt = False,
+    model: ModelOpt = None,
+    base_model: BaseOpt = None,
+) -> None:
     """Recreate an exported session for the user (created if missing); an existing id is refused.
 
     The export is checked whole before anything is stored; its memory is decoded by the model
@@ -120,8 +147,7 @@ def import_(file: Annotated[Path, typer.Argument(readable=False, help="JSON from
 
 
 @app.command("delete")
-@user_errors
-def delete(session: Annotated[Optional[str], typer.Argument(help="Session id (omit with --all).")] = None,
+def delete(session: Annotated[str | None, typer.Argument(help="Session id (omit with --all).")] = None,
            store: StoreOpt = None, user: UserOpt = DEFAULT_USER,
            all_: Annotated[bool, typer.Option("--all", help="Delete the user with all their sessions.")] = False,
            yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False) -> None:

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from r3mem.cli.common import (DEFAULT_USER, BaseOpt, JsonOpt, MemoryOpt, ModelOpt, SessionOpt, StoreOpt, UserOpt,
-                              check_memory_file, emit_json, load_engine, open_store, out, user_errors)
+from r3mem.cli.common import (
+    DEFAULT_USER,
+    BaseOpt,
+    JsonOpt,
+    MemoryOpt,
+    ModelOpt,
+    SessionOpt,
+    StoreOpt,
+    UserOpt,
+    check_memory_file,
+    emit_json,
+    load_engine,
+    open_store,
+    out,
+)
 from r3mem.cli.write import check_target
 
 
@@ -19,15 +32,14 @@ def recall_session(engine, store, user: str, session: str, **kw):
     return ChatAgent(engine, store, user, session).recall(**kw)
 
 
-@user_errors
 def recall(
     memory: MemoryOpt = None,
     store: StoreOpt = None,
     session: SessionOpt = None,
     user: UserOpt = DEFAULT_USER,
-    query: Annotated[Optional[str], typer.Option("--query", help="What to recall.")] = None,
+    query: Annotated[str | None, typer.Option("--query", help="What to recall.")] = None,
     level: Annotated[str, typer.Option("--level", help="document | paragraph | entity")] = "paragraph",
-    index: Annotated[Optional[int], typer.Option("--index", help="Recall this slot.")] = None,
+    index: Annotated[int | None, typer.Option("--index", help="Recall this slot.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="Slots to recall for --query.")] = 1,
     model: ModelOpt = None,
     base_model: BaseOpt = None,

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import secrets
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from r3mem.cli.common import BaseOpt, CLIError, ModelOpt, StoreOpt, console, load_engine, open_store, user_errors
+from r3mem.cli.common import BaseOpt, CLIError, ModelOpt, StoreOpt, console, load_engine, open_store
 
 
 def check_listen(host: str, port: int, max_body_bytes: int) -> None:
@@ -20,13 +20,18 @@ def check_listen(host: str, port: int, max_body_bytes: int) -> None:
         raise CLIError(f"--max-body-bytes must be >= 1, got {max_body_bytes}")
 
 
-@user_errors
 def serve(
     store: StoreOpt = None,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
-    admin_token: Annotated[Optional[str], typer.Option("--admin-token", envvar="R3MEM_ADMIN_TOKEN",
-                                                       help="Token allowed to create users (default: a random one, printed).")] = None,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(
+            "--admin-token",
+            envvar="R3MEM_ADMIN_TOKEN",
+            help="Token allowed to create users (default: a random one, printed).",
+        ),
+    ] = None,
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="Largest request body accepted.")] = 1_000_000,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
     model: ModelOpt = None,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from r3mem.cli.common import console, emit_json, user_errors
+from r3mem.cli.common import console, emit_json
 
 
 def resolve_config_path(name: str) -> Path:
@@ -22,34 +22,49 @@ def resolve_config_path(name: str) -> Path:
     raise FileNotFoundError(f"{name}: no such config file or shipped config")
 
 
-@user_errors
 def train(
-    config: Annotated[str, typer.Option("--config", help="YAML/JSON config file or shipped name (tiny, smollm2-135m).")],
-    out: Annotated[Path, typer.Option("--out", readable=False, help="Run folder: checkpoints, metrics.jsonl, losses.png, adapter/.")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key=value (dotted keys, YAML values).")] = None,
-    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint in --out.")] = True,
-    stop_after: Annotated[Optional[int], typer.Option("--stop-after", help="Stop after this many steps (resume later).")] = None,
-    num_processes: Annotated[int, typer.Option("--num-processes", help="Data-parallel processes on this machine (torchrun).")] = 1,
+    config: Annotated[
+        str, typer.Option("--config", help="YAML/JSON config file or shipped name (tiny, smollm2-135m).")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option("--out", readable=False, help="Run folder: checkpoints, metrics.jsonl, losses.png, adapter/."),
+    ],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override: key=value (dotted keys, YAML values).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint in --out.")
+    ] = True,
+    stop_after: Annotated[
+        int | None, typer.Option("--stop-after", help="Stop after this many steps (resume later).")
+    ] = None,
+    num_processes: Annotated[
+        int, typer.Option("--num-processes", help="Data-parallel processes on this machine (torchrun).")
+    ] = 1,
 ) -> None:
     """Train R³Mem (AdamW, warmup+cosine, curriculum document -> entity, checkpoints, exact resume)."""
     import os
-
-    import yaml
 
     if num_processes > 1 and "WORLD_SIZE" not in os.environ:
         _launch(num_processes)
         return
 
-    from r3mem.train.config import TrainConfig, apply_overrides
+    from r3mem.config import load_config
+    from r3mem.train.config import TrainConfig
     from r3mem.train.loop import train as run
 
-    path = resolve_config_path(config)
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    cfg = TrainConfig.from_dict(apply_overrides(data, set_ or []))
+    cfg = load_config(resolve_config_path(config), TrainConfig, set_ or [])
     result = run(cfg, out, resume=resume, stop_after=stop_after)
     console.print(f"trained {result.steps_done}/{cfg.steps} steps -> {out}")
-    emit_json({"out": str(out), "steps_done": result.steps_done, "adapter": str(result.adapter_dir) if result.adapter_dir else None,
-               "last": result.last_metrics})
+    emit_json(
+        {
+            "out": str(out),
+            "steps_done": result.steps_done,
+            "adapter": str(result.adapter_dir) if result.adapter_dir else None,
+            "last": result.last_metrics,
+        }
+    )
 
 
 def _launch(n: int) -> None:

@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from r3mem.cli.common import (DEFAULT_ENCODING, DEFAULT_USER, BaseOpt, CLIError, EncodingOpt, JsonOpt, MemoryOpt, ModelOpt,
-                              SessionOpt, StoreOpt, UserOpt, check_memory_file, decode_text, emit_json, load_engine,
-                              open_store, out, progress_bar, read_bytes, user_errors)
+from r3mem.cli.common import (
+    DEFAULT_ENCODING,
+    DEFAULT_USER,
+    BaseOpt,
+    CLIError,
+    EncodingOpt,
+    JsonOpt,
+    MemoryOpt,
+    ModelOpt,
+    SessionOpt,
+    StoreOpt,
+    UserOpt,
+    check_memory_file,
+    decode_text,
+    emit_json,
+    load_engine,
+    open_store,
+    out,
+    progress_bar,
+    read_bytes,
+)
 
 PIECE_CHARS = 4000  # memory-file form: write in pieces for the progress bar (write(a)+write(b) == write(a+b))
 
@@ -18,7 +35,7 @@ PIECE_CHARS = 4000  # memory-file form: write in pieces for the progress bar (wr
 def read_input(path: Path, encoding: str = DEFAULT_ENCODING) -> str:
     """The text of FILE ('-' for stdin), decoded strictly (a bad byte is refused with its offset, before
     anything is stored), with a Project Gutenberg header/footer stripped from files."""
-    from r3mem.data.text import strip_gutenberg
+    from r3mem.text import strip_gutenberg
 
     text = decode_text(read_bytes(path), "stdin" if str(path) == "-" else str(path), encoding)
     return text if str(path) == "-" else strip_gutenberg(text)
@@ -42,14 +59,19 @@ def write_memory_file(engine, text: str, path: Path) -> dict:
             mem = engine.write(piece, mem)
             bar.advance(task)
     engine.save(mem, path)
-    return {"memory": str(path), "tokens": mem.n_tokens, "paragraphs": len(mem.paragraphs), "entities": len(mem.entities),
-            "state_bytes": mem.state_bytes()}
+    return {
+        "memory": str(path),
+        "tokens": mem.n_tokens,
+        "paragraphs": len(mem.paragraphs),
+        "entities": len(mem.entities),
+        "state_bytes": mem.state_bytes(),
+    }
 
 
 def write_session(engine, store, user: str, session: str, text: str, speaker: str) -> dict:
     """Append each paragraph of `text` as a turn of the session (created if missing), then update its memory."""
     from r3mem.agent import ChatAgent, ensure_session
-    from r3mem.data.spans import paragraph_spans
+    from r3mem.hierarchy import paragraph_spans
 
     paragraphs = [p.text for p in paragraph_spans(text)]
     if not paragraphs:
@@ -58,13 +80,14 @@ def write_session(engine, store, user: str, session: str, text: str, speaker: st
     agent = ChatAgent(engine, store, user, session)
     with progress_bar() as bar:
         task = bar.add_task("writing turns", total=len(paragraphs))
-        turns = agent.add_turns([(speaker, p) for p in paragraphs], progress=lambda done, total: bar.update(task, completed=done))
+        turns = agent.add_turns(
+            [(speaker, p) for p in paragraphs], progress=lambda done, total: bar.update(task, completed=done)
+        )
     stored = store.get_memory(user, session)
     return {"store": store.url, "user": user, "session": session, "turns": len(turns), "first_turn": turns[0].index,
             "last_turn": turns[-1].index, "memory_version": stored.version, "slots": len(stored.slots)}
 
 
-@user_errors
 def write(
     file: Annotated[Path, typer.Argument(readable=False, help="Text file to write into memory ('-' for stdin).")],
     memory: MemoryOpt = None,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 __all__ = ["EvalOptions", "Skip", "mean", "overlaps", "round_metrics", "position_buckets", "bucket_label"]
 
@@ -44,9 +45,18 @@ class EvalOptions:
         check(self.top_k >= 1, f"--top-k: must be >= 1, got {self.top_k}")
         check(self.max_new_tokens >= 1, f"--max-new-tokens: must be >= 1, got {self.max_new_tokens}")
         check(self.chunk_words >= 1, f"--chunk-words: must be >= 1, got {self.chunk_words}")
-        check(len(self.ratios) > 0 and all(r >= 1 for r in self.ratios), f"--ratios: must be numbers >= 1, got {list(self.ratios)}")
-        check(len(self.lengths) > 0 and all(n >= 1 for n in self.lengths), f"--lengths: must be integers >= 1, got {list(self.lengths)}")
-        check(len(self.depths) > 0 and all(0 <= d <= 1 for d in self.depths), f"--depths: must be fractions in [0, 1], got {list(self.depths)}")
+        check(
+            len(self.ratios) > 0 and all(r >= 1 for r in self.ratios),
+            f"--ratios: must be numbers >= 1, got {list(self.ratios)}",
+        )
+        check(
+            len(self.lengths) > 0 and all(n >= 1 for n in self.lengths),
+            f"--lengths: must be integers >= 1, got {list(self.lengths)}",
+        )
+        check(
+            len(self.depths) > 0 and all(0 <= d <= 1 for d in self.depths),
+            f"--depths: must be fractions in [0, 1], got {list(self.depths)}",
+        )
         check(self.max_tokens is None or self.max_tokens >= 2, f"--max-tokens: must be >= 2, got {self.max_tokens}")
         check(self.segment_len is None or self.segment_len >= 2, f"--segment-len: must be >= 2, got {self.segment_len}")
 

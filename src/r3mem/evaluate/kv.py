@@ -7,17 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from r3mem.eval.metrics import subspan_exact_match
 from r3mem.evaluate.common import EvalOptions, mean
+from r3mem.evaluate.metrics import subspan_exact_match
 from r3mem.evaluate.qa import QADoc, QAQuestion, aggregate, context_tokens, make_doc, run_qa, samples
 
-NAME = "kv"
 DEFAULT_BUDGET = 256
 N_POSITION_BINS = 5
 
 
 def load(path: Path, opts: EvalOptions) -> list[QADoc]:
-    from r3mem.eval.datasets import load_kv
+    from r3mem.evaluate.datasets import load_kv
 
     docs = []
     for i, ex in enumerate(load_kv(path, limit=opts.limit)):

@@ -23,10 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from r3mem.eval.metrics import perplexity
 from r3mem.evaluate.common import EvalOptions, bucket_label, mean, position_buckets
-
-NAME = "lm"
+from r3mem.evaluate.metrics import perplexity
 
 
 @dataclass
@@ -43,7 +41,7 @@ class LMData:
 
 
 def load(path: Path, opts: EvalOptions) -> LMData:
-    from r3mem.eval.datasets import load_pg19
+    from r3mem.evaluate.datasets import load_pg19
 
     return LMData([Book(b.book_id, b.text) for b in load_pg19(path, limit=opts.limit)])
 
@@ -53,7 +51,7 @@ def default_budget(engine) -> int:
 
 
 def prepare(data: LMData, engine, opts: EvalOptions) -> LMData:
-    from r3mem.data.lm_stream import tokenize_text
+    from r3mem.train.windows import tokenize_text
 
     for b in data.books:
         b.ids = tokenize_text(b.text, engine.tokenizer)[: opts.max_tokens]

@@ -12,11 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from r3mem.eval.metrics import f1
 from r3mem.evaluate.common import EvalOptions, mean
+from r3mem.evaluate.metrics import f1
 from r3mem.evaluate.qa import QADoc, QAQuestion, aggregate, context_tokens, make_doc, run_qa, samples
 
-NAME = "locomo"
 DEFAULT_BUDGET = 256
 CATEGORIES = (1, 2, 3, 4)
 
@@ -28,7 +27,7 @@ def _unit(t) -> str:
 
 
 def load(path: Path, opts: EvalOptions) -> list[QADoc]:
-    from r3mem.eval.datasets import load_locomo
+    from r3mem.evaluate.datasets import load_locomo
 
     convs = load_locomo(path)
     docs, left = [], opts.limit
@@ -44,7 +43,9 @@ def load(path: Path, opts: EvalOptions) -> list[QADoc]:
             if left is not None and left <= 0:
                 break
             gold = tuple(where[d] for d in qa.evidence if d in where)
-            doc.questions.append(QAQuestion(f"{conv.sample_id}/{j}", qa.question, (qa.answer,), gold, {"category": qa.category}))
+            doc.questions.append(
+                QAQuestion(f"{conv.sample_id}/{j}", qa.question, (qa.answer,), gold, {"category": qa.category})
+            )
             left = None if left is None else left - 1
         if doc.questions:
             docs.append(doc)

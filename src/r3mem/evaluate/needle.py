@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from r3mem.eval.metrics import f1, subspan_exact_match
 from r3mem.evaluate.common import EvalOptions
+from r3mem.evaluate.metrics import f1, subspan_exact_match
 from r3mem.evaluate.qa import QADoc, QAQuestion, aggregate, context_tokens, make_doc, run_qa, samples
-from r3mem.writer import tokenize
+from r3mem.tokens import tokenize
 
-NAME = "needle"
 DEFAULT_BUDGET = 256
 
 
@@ -29,7 +28,7 @@ class NeedleData:
 
 
 def load(path: Path, opts: EvalOptions) -> NeedleData:
-    from r3mem.eval.datasets import load_needle
+    from r3mem.evaluate.datasets import load_needle
 
     hay = load_needle(path)
     cells = [(n, d) for n in opts.lengths for d in opts.depths]
@@ -71,8 +70,12 @@ def run(method, data: NeedleData, opts: EvalOptions, budget: int) -> dict[str, A
 
 
 def stats(data: NeedleData, tok) -> dict[str, Any]:
-    return {"n_documents": len(data.docs or []), "n_examples": len(data.docs or []), "essays": len(data.haystack.essays),
-            "context_tokens_per_doc": context_tokens(tok, data.docs or [])}
+    return {
+        "n_documents": len(data.docs or []),
+        "n_examples": len(data.docs or []),
+        "essays": len(data.haystack.essays),
+        "context_tokens_per_doc": context_tokens(tok, data.docs or []),
+    }
 
 
 def plot(results: dict[str, Any], png: Path, opts: EvalOptions) -> bool:

@@ -10,13 +10,14 @@ front of the reader" (evidence recall@k) is measured the same way for slots, chu
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable
+from typing import Any
 
 from r3mem.evaluate.common import EvalOptions, Skip, mean, overlaps
 from r3mem.evaluate.methods import Method
-from r3mem.writer import tokenize
+from r3mem.tokens import tokenize
 
 __all__ = ["QAQuestion", "QADoc", "run_qa", "evidence_recall"]
 

@@ -6,17 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from r3mem.eval.metrics import best_over_answers, exact_match, f1, subspan_exact_match
 from r3mem.evaluate.common import EvalOptions
+from r3mem.evaluate.metrics import best_over_answers, exact_match, f1, subspan_exact_match
 from r3mem.evaluate.qa import QADoc, QAQuestion, aggregate, context_tokens, make_doc, run_qa, samples
 
-NAME = "rag"
 DEFAULT_BUDGET = 256
 METRICS = ["em", "f1", "accuracy", "evidence_recall"]
 
 
 def load(path: Path, opts: EvalOptions) -> list[QADoc]:
-    from r3mem.eval.datasets import load_nq_oracle
+    from r3mem.evaluate.datasets import load_nq_oracle
 
     docs = []
     for i, ex in enumerate(load_nq_oracle(path, limit=opts.limit)):

@@ -16,12 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from r3mem.data.spans import paragraph_spans
-from r3mem.eval.metrics import corpus_bleu, reconstruction_scores, token_accuracy, token_exact_match
 from r3mem.evaluate.common import EvalOptions, mean
-from r3mem.writer import tokenize
-
-NAME = "recon"
+from r3mem.evaluate.metrics import corpus_bleu, reconstruction_scores, token_accuracy, token_exact_match
+from r3mem.hierarchy import paragraph_spans
+from r3mem.tokens import tokenize
 
 
 @dataclass
@@ -34,7 +32,7 @@ def _key(r: float) -> str:
 
 
 def load(path: Path, opts: EvalOptions) -> ReconData:
-    from r3mem.eval.datasets import load_pg19
+    from r3mem.evaluate.datasets import load_pg19
 
     docs, left = [], opts.limit
     for book in load_pg19(path):
@@ -54,8 +52,20 @@ def _score(pairs: list[tuple[str, str]], tok) -> dict[str, Any]:
     ids = [(tokenize(tok, r), tokenize(tok, h)) for r, h in pairs]
     out = {"token_exact_match": mean(token_exact_match(r, h) for r, h in ids),
            "token_accuracy": mean(token_accuracy(r, h) for r, h in ids)}
-    for field in ("token_exact_match", "token_accuracy", "string_exact_match", "bleu", "rouge_l", "entity_recall", "number_recall"):
-        name = {"token_exact_match": "word_exact_match", "token_accuracy": "word_accuracy", "string_exact_match": "exact"}.get(field, field)
+    for field in (
+        "token_exact_match",
+        "token_accuracy",
+        "string_exact_match",
+        "bleu",
+        "rouge_l",
+        "entity_recall",
+        "number_recall",
+    ):
+        name = {
+            "token_exact_match": "word_exact_match",
+            "token_accuracy": "word_accuracy",
+            "string_exact_match": "exact",
+        }.get(field, field)
         out[name] = mean(getattr(s, field) for s in rows)
     out["corpus_bleu"] = corpus_bleu([r for r, _ in pairs], [h for _, h in pairs]) if pairs else None
     return out

@@ -10,32 +10,32 @@ main engine stays loaded: its base model, adapters disabled, is the reader for e
 from __future__ import annotations
 
 import datetime as _dt
-import importlib
 import math
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from r3mem.evaluate.common import EvalOptions, Skip, round_metrics
 from r3mem.evaluate.methods import ADAPTER_METHODS, METHODS, TEXT_METHODS, MemoryMethod
+from r3mem.evaluate.tasks import TASKS, Task
 
 __all__ = ["TASKS", "run_eval", "parse_method_models", "parse_methods", "check_inputs", "environment", "RESULT_FORMAT"]
 
-TASKS = ("lm", "recon", "rag", "kv", "locomo", "needle")
 RESULT_FORMAT = 1
 NO_ADAPTER = "no trained adapter given"
 _PACKAGES = ("r3mem", "torch", "transformers", "peft", "safetensors", "numpy", "sentence-transformers", "rank-bm25",
              "sacrebleu", "rouge-score", "matplotlib")
 
 
-def task_module(task: str):
+def task_of(task: str) -> Task:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
-    return importlib.import_module(f"r3mem.evaluate.{task}")
+    return TASKS[task]
 
 
 def parse_methods(spec: str | None) -> list[str]:
@@ -62,7 +62,9 @@ def parse_method_models(items: list[str] | None) -> dict[str, Path]:
         if name == "r3mem":
             raise ValueError("--method-model r3mem=...: give the full method's adapter with --model")
         if name not in ADAPTER_METHODS:
-            raise ValueError(f"--method-model {name}: not a method with an adapter; choose from {', '.join(ADAPTER_METHODS[1:])}")
+            raise ValueError(
+                f"--method-model {name}: not a method with an adapter; choose from {', '.join(ADAPTER_METHODS[1:])}"
+            )
         if name in out:
             raise ValueError(f"--method-model {name}: given twice")
         out[name] = Path(path.strip()).expanduser()
@@ -71,10 +73,10 @@ def parse_method_models(items: list[str] | None) -> dict[str, Path]:
 
 
 def check_inputs(task: str, data: str | Path, opts: EvalOptions, model: Path | None = None):
-    """Everything that can be checked without a model; returns (task module, loaded data)."""
+    """Everything that can be checked without a model; returns (task, loaded data)."""
     from r3mem.adapter import read_adapter
 
-    mod = task_module(task)
+    mod = task_of(task)
     opts.validate()
     if model is not None:
         read_adapter(model)
@@ -82,13 +84,13 @@ def check_inputs(task: str, data: str | Path, opts: EvalOptions, model: Path | N
     if not data.exists():
         raise ValueError(f"{data}: no such file or folder")
     loaded = mod.load(data, opts)
-    n = _n_items(mod, loaded)
+    n = _n_items(loaded)
     if n == 0 and opts.limit != 0:
         raise ValueError(f"{data}: no examples for task {task} in this file")
     return mod, loaded
 
 
-def _n_items(mod, loaded) -> int:
+def _n_items(loaded) -> int:
     for attr in ("books", "docs", "cells"):
         if hasattr(loaded, attr) and getattr(loaded, attr) is not None:
             return len(getattr(loaded, attr))
@@ -108,7 +110,9 @@ def environment() -> dict[str, Any]:
 def git_info() -> dict[str, Any]:
     here = Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if commit.returncode != 0:
             return {"commit": None, "dirty": None}
         dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
@@ -140,9 +144,20 @@ def _load_adapter_engine(name: str, path: Path, base_model: str | None, reader, 
     return engine
 
 
-def run_eval(task: str, data: str | Path, *, engine, methods: list[str] | None = None, opts: EvalOptions | None = None,
-             method_models: dict[str, Path] | None = None, model_source: str | None = None, base_model: str | None = None,
-             out: Path | None = None, checked: tuple | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_eval(
+    task: str,
+    data: str | Path,
+    *,
+    engine,
+    methods: list[str] | None = None,
+    opts: EvalOptions | None = None,
+    method_models: dict[str, Path] | None = None,
+    model_source: str | None = None,
+    base_model: str | None = None,
+    out: Path | None = None,
+    checked: tuple | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Evaluate and return the result document (also written to ``out`` with a PNG beside it)."""
     opts = opts or EvalOptions()
     methods = methods or list(METHODS)
@@ -150,9 +165,8 @@ def run_eval(task: str, data: str | Path, *, engine, methods: list[str] | None =
     log = log or (lambda s: None)
     mod, loaded = checked or check_inputs(task, data, opts)
     engine.model.to(opts.device)
-    if hasattr(mod, "prepare"):
-        loaded = mod.prepare(loaded, engine, opts)
-    budget = opts.budget or (mod.default_budget(engine) if hasattr(mod, "default_budget") else getattr(mod, "DEFAULT_BUDGET", None))
+    loaded = mod.prepare(loaded, engine, opts)
+    budget = opts.budget or mod.default_budget(engine)
     results: dict[str, Any] = {}
     for name in methods:
         log(f"{task}: {name}")
@@ -164,8 +178,12 @@ def run_eval(task: str, data: str | Path, *, engine, methods: list[str] | None =
             elif name in ADAPTER_METHODS:
                 if name not in method_models:
                     raise Skip(NO_ADAPTER)
-                method = MemoryMethod(name, _load_adapter_engine(name, method_models[name], base_model, engine, opts.device),
-                                      opts, str(method_models[name]))
+                method = MemoryMethod(
+                    name,
+                    _load_adapter_engine(name, method_models[name], base_model, engine, opts.device),
+                    opts,
+                    str(method_models[name]),
+                )
             else:
                 method = TEXT_METHODS[name](name, engine, opts)
             load_s = time.perf_counter() - t0
@@ -201,6 +219,6 @@ def run_eval(task: str, data: str | Path, *, engine, methods: list[str] | None =
 
 
 def _window(engine) -> int:
-    from r3mem.evaluate.methods import _max_positions
+    from r3mem.backbone import max_positions
 
-    return _max_positions(engine)
+    return max_positions(engine.model.lm)

@@ -114,7 +114,7 @@ class _Service:
             raise _unauthorized("admin token required")
 
     def retriever(self, kind: str | None):
-        from r3mem.eval.retrieval import BM25Retriever, EmbeddingRetriever, load_minilm
+        from r3mem.retrieval import BM25Retriever, EmbeddingRetriever, load_minilm
 
         if kind == "bm25":
             return BM25Retriever()

@@ -1,12 +1,14 @@
 """Persistent store of users, sessions, turns and memories (SQLite or PostgreSQL).
 
 Independent of the neural model: memories are stored as opaque blobs with slot metadata.
+`store` holds `MemoryStore`; `records` its errors, records and validators; `backends` the SQLite and
+PostgreSQL engines; `rows` the row helpers; `transfer` export and import; `schema` and `migrations`
+the tables and their versions.
 """
 
-from .store import (
+from r3mem.store.records import (
     Conflict,
     InvalidExport,
-    MemoryStore,
     NotFound,
     SchemaTooNew,
     Session,
@@ -15,8 +17,9 @@ from .store import (
     StoreError,
     Turn,
     User,
-    parse_export,
 )
+from r3mem.store.store import MemoryStore
+from r3mem.store.transfer import parse_export
 
 __all__ = [
     "Conflict",

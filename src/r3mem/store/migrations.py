@@ -35,7 +35,8 @@ from sqlalchemy import (
     text,
 )
 
-from . import schema
+from r3mem.store import schema
+from r3mem.store.records import SchemaTooNew, StoreError
 
 # Arbitrary constant: the key of the PostgreSQL advisory lock that serialises concurrent upgrades.
 _PG_LOCK_KEY = 0x5233_4D45  # "R3ME"
@@ -125,8 +126,6 @@ def current_version(conn: Connection) -> int:
     names = set(inspect(conn).get_table_names())
     if schema.schema_version.name not in names:
         if schema.users.name in names:
-            from .store import StoreError  # local import: store.py imports this module
-
             raise StoreError("database has r3mem tables but no schema_version row; refusing to guess its version")
         return 0
     found = conn.execute(select(schema.schema_version.c.version).where(schema.schema_version.c.id == 1))
@@ -136,8 +135,6 @@ def current_version(conn: Connection) -> int:
 def check_not_newer(found: int, where: str) -> None:
     """Refuse a store written by a newer r3mem (its data could be misread or damaged)."""
     if found > LATEST:
-        from .store import SchemaTooNew  # local import: store.py imports this module
-
         raise SchemaTooNew(
             f"store {where} has schema version {found}, newer than the {LATEST} this r3mem supports; upgrade r3mem"
         )

@@ -6,11 +6,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from r3mem.config import ConfigError, R3MemConfig, _check, dataclass_from_dict
+from r3mem.config import R3MemConfig, _check, apply_overrides, dataclass_from_dict
 
 __all__ = ["TrainConfig", "Phase", "apply_overrides"]
-
-_LEVELS = ("document", "paragraph", "entity")
 
 
 @dataclass
@@ -60,8 +58,10 @@ class TrainConfig:
         self.train_files = tuple(self.train_files)
         self.train_ratios = tuple(float(r) for r in self.train_ratios)
         self.curriculum = tuple(Phase(**p) if isinstance(p, dict) else p for p in self.curriculum)
-        self.curriculum = tuple(Phase(float(p.until), tuple(p.levels), None if p.ratios is None else tuple(float(r) for r in p.ratios))
-                                for p in self.curriculum)
+        self.curriculum = tuple(
+            Phase(float(p.until), tuple(p.levels), None if p.ratios is None else tuple(float(r) for r in p.ratios))
+            for p in self.curriculum
+        )
         self.validate()
 
     def validate(self) -> None:
@@ -69,7 +69,12 @@ class TrainConfig:
                      "lm_segments", "max_context_tokens", "max_query_tokens"):
             v = getattr(self, name)
             _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "must be an integer >= 1", v)
-        _check(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps", "must be an integer >= 0", self.warmup_steps)
+        _check(
+            isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
+            "warmup_steps",
+            "must be an integer >= 0",
+            self.warmup_steps,
+        )
         for name in ("lr", "weight_decay", "max_grad_norm", "min_lr_ratio", "query_dropout"):
             v = getattr(self, name)
             _check(isinstance(v, (int, float)) and not isinstance(v, bool), name, "must be a number", v)
@@ -77,18 +82,30 @@ class TrainConfig:
         _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]", self.min_lr_ratio)
         _check(self.precision in ("fp32", "bf16"), "precision", "must be 'fp32' or 'bf16'", self.precision)
         _check(len(self.train_files) > 0, "train_files", "must list at least one source", self.train_files)
-        _check(len(self.train_ratios) > 0 and all(r >= 1 for r in self.train_ratios), "train_ratios", "must be numbers >= 1", self.train_ratios)
+        _check(
+            len(self.train_ratios) > 0 and all(r >= 1 for r in self.train_ratios),
+            "train_ratios",
+            "must be numbers >= 1",
+            self.train_ratios,
+        )
         _check(0 <= self.query_dropout <= 1, "query_dropout", "must be in [0, 1]", self.query_dropout)
         _check(len(self.curriculum) > 0, "curriculum", "must have at least one phase", self.curriculum)
         prev = 0.0
         for p in self.curriculum:
             _check(prev < p.until <= 1.0, "curriculum", "phase 'until' values must increase within (0, 1]", p.until)
-            _check(len(p.levels) > 0 and set(p.levels) <= set(self.model.hierarchy_levels) | {"recon"}, "curriculum",
-                   f"levels must be a non-empty subset of model.hierarchy_levels {self.model.hierarchy_levels} and 'recon'", p.levels)
+            _check(
+                len(p.levels) > 0 and set(p.levels) <= set(self.model.hierarchy_levels) | {"recon"},
+                "curriculum",
+                f"levels must be a non-empty subset of model.hierarchy_levels {self.model.hierarchy_levels} "
+                "and 'recon'",
+                p.levels,
+            )
             _check(p.ratios is None or (len(p.ratios) > 0 and all(r >= 1 for r in p.ratios)), "curriculum",
                    "phase ratios must be numbers >= 1", p.ratios)
             prev = p.until
-        _check(self.curriculum[-1].until == 1.0, "curriculum", "the last phase must end at 1.0", self.curriculum[-1].until)
+        _check(
+            self.curriculum[-1].until == 1.0, "curriculum", "the last phase must end at 1.0", self.curriculum[-1].until
+        )
 
     def phase_at(self, step: int) -> Phase:
         frac = step / self.steps
@@ -103,41 +120,14 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["model"] = self.model.to_dict()
-        d["curriculum"] = [{"until": p.until, "levels": list(p.levels), **({"ratios": list(p.ratios)} if p.ratios else {})}
-                           for p in self.curriculum]
+        d["curriculum"] = [
+            {"until": p.until, "levels": list(p.levels), **({"ratios": list(p.ratios)} if p.ratios else {})}
+            for p in self.curriculum
+        ]
         for k in ("train_files", "train_ratios"):
             d[k] = list(d[k])
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         return dataclass_from_dict(cls, data)
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `key=value` (dotted keys for nesting, values parsed as YAML) to a config mapping."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{key}: {part} is not a section")
-        node[parts[-1]] = _parse_value(raw)
-    return data
-
-
-def _parse_value(raw: str) -> Any:
-    """YAML scalar/list parsing, plus numbers YAML 1.1 leaves as strings ("1e-3")."""
-    import yaml
-
-    value = yaml.safe_load(raw)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value

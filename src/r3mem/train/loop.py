@@ -12,19 +12,19 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from r3mem.adapter import read_adapter, save_adapter
+from r3mem.adapter import load_trainable_state, read_adapter, save_adapter
 from r3mem.backbone import base_model_id, load_base
 from r3mem.config import save_config
 from r3mem.losses import LossTerms, lm_losses, pair_losses, recon_losses
 from r3mem.model import R3MemModel
 from r3mem.train.config import TrainConfig
-from r3mem.train.data import TrainingData
+from r3mem.train.mixture import TrainingData
 
 __all__ = ["train", "TrainResult", "step_losses", "lr_factor", "dist_info"]
 
@@ -86,10 +86,7 @@ def _resume(out: Path, model: R3MemModel, opt, sched) -> int:
     if not ckpts:
         return 0
     _, state, _ = read_adapter(ckpts[-1])
-    own = dict(model.named_parameters())
-    with torch.no_grad():
-        for n, t in state.items():
-            own[n].copy_(t)
+    load_trainable_state(model, state, f"checkpoint {ckpts[-1]}")
     ts = torch.load(ckpts[-1] / "trainer_state.pt", weights_only=False)
     opt.load_state_dict(ts["optimizer"])
     sched.load_state_dict(ts["scheduler"])
@@ -99,17 +96,8 @@ def _resume(out: Path, model: R3MemModel, opt, sched) -> int:
 
 def _init_from_adapter(path: str, model: R3MemModel) -> int:
     """Load an adapter's weights (names and shapes must match) and return the step it had reached."""
-    from r3mem.adapter import AdapterError
-
     _, state, meta = read_adapter(path)
-    own = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if set(state) != set(own):
-        raise AdapterError(f"init_adapter {path}: does not fit this model's trainable tensors")
-    with torch.no_grad():
-        for n, t in state.items():
-            if own[n].shape != t.shape:
-                raise AdapterError(f"init_adapter {path}: {n} has shape {tuple(t.shape)}, model expects {tuple(own[n].shape)}")
-            own[n].copy_(t)
+    load_trainable_state(model, state, f"init_adapter {path}")
     return int(meta.get("step") or meta.get("steps") or 0)
 
 

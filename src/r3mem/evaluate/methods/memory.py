@@ -1,0 +1,128 @@
+"""Memory methods: R³Mem engines (the full method, its ablations and the recurrent and autoencoder
+baselines), answering by recall, document recall or generation depending on what the adapter was
+trained for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from r3mem.evaluate.common import EvalOptions
+from r3mem.evaluate.methods.base import Answer, Method, _first_line, _head
+from r3mem.prompts import answer_prompt
+from r3mem.recurrence import fold
+
+_GEN_PROMPT = "Question: {question}\nAnswer:"
+
+
+
+@contextlib.contextmanager
+def config_override(engine, **changes: Any):
+    """Temporarily replace fields of the engine's model config (ratios and levels are read per call)."""
+    old = engine.model.cfg
+    engine.model.cfg = old.replace(**changes)
+    try:
+        yield engine
+    finally:
+        engine.model.cfg = old
+
+
+
+class MemoryMethod(Method):
+    kind = "memory"
+
+    def __init__(self, name: str, engine, opts: EvalOptions, source: str | None) -> None:
+        super().__init__(name, engine, opts)
+        self.engine, self.source = engine, source
+
+    @property
+    def mode(self) -> str:
+        cfg = self.engine.config
+        if cfg.w_bwd == 0:
+            return "generate"
+        return "recall" if "paragraph" in cfg.hierarchy_levels else "recall_document"
+
+    def info(self) -> dict[str, Any]:
+        c = self.engine.config
+        return {**super().info(), "adapter": self.source, "adapter_hash": self.engine.adapter_hash,
+                "adapter_trained": bool(self.engine.trained), "answer_mode": self.mode,
+                "model_config": {k: getattr(c, k) for k in ("num_mem_tokens", "segment_len", "memory_mode",
+                                                             "reversible_mode", "paragraph_ratio", "entity_ratio")}
+                | {"hierarchy_levels": list(c.hierarchy_levels), "w_fwd": c.w_fwd, "w_bwd": c.w_bwd, "w_cyc": c.w_cyc}}
+
+    def qa_store(self, doc):
+        e = self.engine
+        if not getattr(doc, "incremental", False):  # one write == unit by unit (writes are split-invariant)
+            return e.flush(e.write(doc.context + "\n\n"))
+        mem = e.new_memory()
+        for unit in doc.units:  # turn by turn, as a conversation arrives
+            mem = e.write(unit + "\n\n", mem)
+        return e.flush(mem)
+
+    def qa_answer(self, mem, doc, question: str, budget: int) -> Answer:
+        e = self.engine
+        if self.mode == "generate":
+            return Answer(_first_line(e.generate(_GEN_PROMPT.format(question=question), mem,
+                                                 max_new_tokens=self.opts.max_new_tokens)), None)
+        level = "paragraph" if self.mode == "recall" else "document"
+        rec = e.recall(mem, query=question, level=level, top_k=self.opts.top_k)
+        context = _head(self.tok, rec.text, budget)
+        pred = _first_line(e.read(answer_prompt(context, question), self.opts.max_new_tokens))
+        spans = [(s["start"], s["end"]) for s in rec.slots] if level == "paragraph" else None
+        return Answer(pred, spans)
+
+    def qa_memory(self, mem, doc, budget: int) -> tuple[int, int]:
+        tokens = mem.doc_state.shape[-2] + sum(s.n_mem_tokens for s in mem.paragraphs + mem.entities)
+        return mem.state_bytes(), tokens
+
+    @torch.no_grad()
+    def _lm_segments(self, ids: list[int], seg_len: int, carry: bool) -> list[tuple[int, float, int]]:
+        model = self.engine.model
+        dev = self.engine.device
+        x = torch.tensor([ids], device=dev)
+        out = fold(model, model.initial_state(1), x, torch.ones_like(x), with_loss=True, score_first=False,
+                   carry=carry, segment_len=seg_len)
+        return [(s, float(loss), int(n)) for s, (loss, n) in zip(range(0, len(ids), seg_len), out.per_segment)]
+
+    def lm_score(self, ids: list[int], seg_len: int, budget: int) -> list[tuple[int, float, int]]:
+        return self._lm_segments(ids, seg_len, carry=True)
+
+    def lm_score_reset(self, ids: list[int], seg_len: int, budget: int) -> list[tuple[int, float, int]]:
+        return self._lm_segments(ids, seg_len, carry=False)
+
+    def lm_memory(self, ids: list[int], budget: int) -> tuple[int, int]:
+        st = self.engine.model.initial_state(1)[0]
+        return st.numel() * st.element_size(), st.shape[-2]
+
+    def recon(self, text: str, ratio: float) -> dict[str, Any]:
+        """Write the text at a paragraph ratio, then expand every paragraph slot backward.
+
+        Models trained without the paragraph level get it switched on for this protocol (the write
+        table and both directions exist whatever the hierarchy): the comparison is then at equal
+        memory per paragraph. Entity slots are not written (they are not reconstructed here).
+        """
+        from r3mem.recall import reconstruct
+
+        e = self.engine
+        with config_override(e, paragraph_ratio=float(ratio), hierarchy_levels=("document", "paragraph")):
+            mem = e.flush(e.write(text))
+            slots = mem.paragraphs
+            cap = e.config.max_recall_tokens
+            # Batched form of e.recall(mem, index=i) for every slot (same caps, no query).
+            hyps = reconstruct(
+                e.model, e.tokenizer, [s.state for s in slots], [min(cap, s.n_tokens + 8) for s in slots]
+            )
+        refs = [text[s.start:s.end] for s in slots]
+        slot_bytes = sum(s.state.numel() * s.state.element_size() for s in slots)
+        return {
+            "pairs": list(zip(refs, hyps)),
+            "memory_bytes": slot_bytes,
+            "memory_tokens": sum(s.n_mem_tokens for s in slots),
+            "source_tokens": sum(s.n_tokens for s in slots),
+        }
+
+    def close(self) -> None:
+        self.engine = None  # type: ignore[assignment]

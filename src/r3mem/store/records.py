@@ -1,0 +1,228 @@
+"""The store's errors, the records it returns and the validators of what it is given.
+
+Records are frozen values (`User`, `Session`, `Turn`, `SlotRecord`, `StoredMemory`); the `_check_*`
+functions refuse bad input with one-line messages before any database work.
+"""
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from r3mem.store import schema as S
+
+MAX_INT = 2**31 - 1
+"""Largest turn index, version or slot offset: PostgreSQL's INTEGER is 32-bit (SQLite's is wider)."""
+
+MAX_META_DEPTH = 32
+"""Deepest nesting of a session's ``meta`` (JSON objects and arrays)."""
+
+MAX_META_BYTES = 64 * 1024
+"""Largest ``meta`` as UTF-8 JSON."""
+
+
+
+class StoreError(Exception):
+    """Any failure of the store that callers may want to report as one line."""
+
+
+
+class NotFound(StoreError):
+    """The user or session does not exist (or belongs to another user)."""
+
+
+
+class Conflict(StoreError):
+    """The write conflicts with existing data or a concurrent writer (e.g. stale version)."""
+
+
+
+class SchemaTooNew(StoreError):
+    """The database was written by a newer r3mem whose schema this code does not know."""
+
+
+
+class InvalidExport(ValueError, StoreError):
+    """An export to import is malformed; nothing was written. A ValueError first (a 400 in the
+    service), a StoreError for callers that catch every store failure."""
+
+
+
+@dataclass(frozen=True)
+class User:
+    """A user; the API token itself is never stored or returned."""
+
+    user_id: str
+    created_at: float
+    has_token: bool
+
+
+
+@dataclass(frozen=True)
+class Session:
+    """A conversation; ``turn_count`` is the index of its last turn (0 when empty)."""
+
+    user_id: str
+    session_id: str
+    created_at: float
+    updated_at: float
+    meta: dict[str, Any]
+    turn_count: int
+
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One utterance; ``index`` is 1-based and contiguous within the session."""
+
+    user_id: str
+    session_id: str
+    index: int
+    speaker: str
+    text: str
+    timestamp: float
+
+
+
+@dataclass(frozen=True)
+class SlotRecord:
+    """Metadata of one memory slot as produced by the model side (stored verbatim)."""
+
+    level: str
+    key: str
+    start: int
+    end: int
+    turn_id: int | None = None
+    text: str | None = None
+    timestamp: float | None = None
+
+
+
+@dataclass(frozen=True)
+class StoredMemory:
+    """The current memory of a session: the blob, its version, coverage and slots."""
+
+    user_id: str
+    session_id: str
+    blob: bytes
+    version: int
+    through_turn: int
+    slots: list[SlotRecord] = field(default_factory=list)
+    updated_at: float = 0.0
+
+
+
+def _check_text(kind: str, value: object) -> str:
+    """A str the databases can store: UTF-8 encodable, so no lone surrogate (SQLite would fail
+    mid-transaction, and a stored one breaks every JSON response that includes it)."""
+    if not isinstance(value, str):
+        raise ValueError(f"{kind} must be a str, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{kind} is not valid Unicode (lone surrogate at character {exc.start})") from None
+    return value
+
+
+
+def _check_id(kind: str, value: object) -> None:
+    """Ids are non-empty strings that fit the column; refuse anything else early and clearly."""
+    if not isinstance(value, str) or not value or len(value) > S.ID_LENGTH:
+        raise ValueError(f"{kind} must be a non-empty str of at most {S.ID_LENGTH} characters, got {value!r}")
+    _check_text(kind, value)
+
+
+
+def _check_speaker(speaker: object) -> str:
+    if not isinstance(speaker, str) or not speaker or len(speaker) > 64:
+        raise ValueError(f"speaker must be a non-empty str of at most 64 characters, got {speaker!r}")
+    return _check_text("speaker", speaker)
+
+
+
+def _check_time(value: object, kind: str = "timestamp") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{kind} must be a finite number of seconds (UTC), got {value!r}")
+    return float(value)
+
+
+
+def _check_count(kind: str, value: object, low: int = 0) -> int:
+    """An int that fits every backend's INTEGER column (PostgreSQL's is 32-bit)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_INT:
+        raise ValueError(f"{kind} must be an int in {low}..{MAX_INT}, got {_short(value)}")
+    return value
+
+
+
+def _short(value: object) -> str:
+    """repr of a value, cut so that a huge number or string still gives a one-line message."""
+    text = (
+        repr(value)
+        if not isinstance(value, int) or abs(value) < 10**30
+        else f"{str(value)[:12]}… ({len(str(value))} digits)"
+    )
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+
+def _json_depth(value: Any) -> int:
+    """Nesting depth of a JSON value (iterative: a deep value must not exhaust the stack)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > MAX_META_DEPTH:
+                return depth
+            todo.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+
+def _check_meta(meta: dict[str, Any] | None) -> dict[str, Any]:
+    """Session metadata must survive a JSON round trip, identically on both backends, and every
+    response that carries it must serialise: bounded depth and size, valid Unicode, finite numbers."""
+    meta = {} if meta is None else meta
+    if not isinstance(meta, dict):
+        raise ValueError(f"meta must be a dict, got {type(meta).__name__}")
+    if _json_depth(meta) > MAX_META_DEPTH:
+        raise ValueError(f"meta is nested deeper than {MAX_META_DEPTH} levels")
+    try:
+        encoded = json.dumps(meta, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"meta is not valid Unicode (lone surrogate at character {exc.start})") from None
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"meta must be JSON-serialisable: {str(exc).splitlines()[0]}") from None
+    if len(encoded) > MAX_META_BYTES:
+        raise ValueError(f"meta is {len(encoded)} bytes as JSON, more than the limit of {MAX_META_BYTES}")
+    return json.loads(encoded)
+
+
+
+def _check_blob(blob: object) -> bytes:
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise ValueError(f"memory blob must be bytes, got {type(blob).__name__}")
+    return bytes(blob)
+
+
+
+def _check_slots(slots: Sequence[SlotRecord]) -> Sequence[SlotRecord]:
+    """Validate slot records so that a bad slot fails before the transaction, not inside it."""
+    for i, slot in enumerate(slots):
+        if not isinstance(slot, SlotRecord):
+            raise ValueError(f"slot {i} must be a SlotRecord, got {type(slot).__name__}")
+        if not isinstance(slot.level, str) or not slot.level or len(slot.level) > 64:
+            raise ValueError(f"slot {i} level must be a non-empty str of at most 64 characters")
+        _check_text(f"slot {i} level", slot.level)
+        _check_text(f"slot {i} key", slot.key)
+        _check_count(f"slot {i} start", slot.start)
+        _check_count(f"slot {i} end", slot.end)
+        if slot.turn_id is not None:
+            _check_count(f"slot {i} turn_id", slot.turn_id)
+        if slot.text is not None:
+            _check_text(f"slot {i} text", slot.text)
+        if slot.timestamp is not None:
+            _check_time(slot.timestamp, f"slot {i} timestamp")
+    return slots

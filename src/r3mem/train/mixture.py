@@ -1,0 +1,150 @@
+"""The training mixture: LM windows (document level) and context–query pairs (paragraph, entity).
+
+Every batch is a pure function of (seed, step, micro-step), so a resumed run sees exactly the
+batches an uninterrupted run would, with no sampler state to save.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from r3mem.hierarchy import paragraph_spans
+from r3mem.text import read_text, strip_gutenberg
+from r3mem.tiny import SAMPLE_TEXT
+from r3mem.tokens import pad_batch, tokenize
+from r3mem.train.config import TrainConfig
+from r3mem.train.pairs import build_examples
+from r3mem.train.windows import lm_windows, tokenize_text
+
+__all__ = ["TrainingData", "load_sources"]
+
+_MIN_CONTEXT_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class _Pair:
+    ctx: list[int]
+    query: list[int]
+
+
+def load_sources(sources: tuple[str, ...], max_chars: int | None = None) -> list[tuple[str, str]]:
+    """(doc_id, text) for each file, every .txt in each folder, or the built-in sample."""
+    docs = []
+    for src in sources:
+        if src == "builtin:sample":
+            docs.append(("sample", SAMPLE_TEXT))
+            continue
+        p = Path(src)
+        files = sorted(p.glob("*.txt")) if p.is_dir() else [p]
+        if not files or not all(f.is_file() for f in files):
+            raise FileNotFoundError(f"{src}: no such text file or folder of .txt files")
+        for f in files:
+            text = strip_gutenberg(read_text(f))
+            if not text.strip():
+                raise ValueError(f"{f}: no text to train on (empty or whitespace only)")
+            docs.append((f.stem, text))
+    return [(d, t[:max_chars] if max_chars else t) for d, t in docs]
+
+
+class TrainingData:
+    def __init__(self, cfg: TrainConfig, tokenizer) -> None:
+        self.cfg, self.tok = cfg, tokenizer
+        docs = load_sources(cfg.train_files, cfg.max_chars_per_file)
+        window = cfg.model.segment_len * cfg.lm_segments
+        token_docs = [tokenize_text(t, tokenizer) for _, t in docs]
+        self.windows = lm_windows(token_docs, window, min_tokens=min(window, cfg.model.segment_len))
+        self.token_docs = token_docs
+        self.pairs: dict[str, list[_Pair]] = {"paragraph": [], "entity": []}
+        for doc_id, text in docs:
+            for ex in build_examples(text, doc_id, levels=("paragraph", "entity")):
+                ctx = tokenize(tokenizer, ex.context)[: cfg.max_context_tokens]
+                if len(ctx) >= _MIN_CONTEXT_TOKENS:
+                    self.pairs[ex.level].append(_Pair(ctx, tokenize(tokenizer, ex.query)[: cfg.max_query_tokens]))
+        self.recon = _recon_pools(docs, tokenizer, cfg.max_context_tokens, _source_names(cfg.train_files)) \
+            if any("recon" in p.levels for p in cfg.curriculum) else []
+        if any("recon" in p.levels for p in cfg.curriculum) and not self.recon:
+            raise ValueError(f"train_files: no paragraph of at least {_MIN_CONTEXT_TOKENS} tokens to reconstruct")
+        for level in cfg.model.hierarchy_levels:
+            if level == "document" and not self.windows:
+                raise ValueError(f"train_files: no text long enough for one {cfg.model.segment_len}-token segment")
+            if level != "document" and not self.pairs[level]:
+                raise ValueError(f"train_files: no {level}-level examples could be built")
+
+    def _gen(self, step: int, micro: int) -> torch.Generator:
+        return torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + step) * 1_009 + micro)
+
+    def batch(self, step: int, micro: int = 0) -> dict:
+        g = self._gen(step, micro)
+        levels = self.cfg.levels_at(step)
+        level = levels[int(torch.randint(len(levels), (1,), generator=g))]
+        B = self.cfg.batch_size
+        if level == "recon":
+            return self._recon_batch(step, g)
+        if level == "document":
+            rows = [self.windows[int(i)] for i in torch.randint(len(self.windows), (B,), generator=g)]
+            seqs = [self.token_docs[w.doc][w.start:w.start + w.length] for w in rows]
+            ids, mask = pad_batch(seqs, self.tok.pad_token_id, torch.device("cpu"))
+            return {"level": level, "ids": ids, "mask": mask}
+        pool = self.pairs[level]
+        items = [pool[int(i)] for i in torch.randint(len(pool), (B,), generator=g)]
+        ratios = self.cfg.ratios_at(step)
+        ratio = ratios[int(torch.randint(len(ratios), (1,), generator=g))]
+        use_query = bool(torch.rand((), generator=g) >= self.cfg.query_dropout)
+        pad, eos = self.tok.pad_token_id, self.tok.eos_token_id
+        return {"level": level, "ratio": ratio, "use_query": use_query,
+                "ctx": pad_batch([p.ctx for p in items], pad, torch.device("cpu")),
+                "query": pad_batch([p.query + [eos] for p in items], pad, torch.device("cpu")),
+                "target": pad_batch([p.ctx + [eos] for p in items], pad, torch.device("cpu"))}
+
+    def _recon_batch(self, step: int, g: torch.Generator) -> dict:
+        """Autoencoding: a source drawn uniformly, then `batch_size` neighbours in its length-sorted pool
+        (rows of a batch have about the same length: little padding, memory sized for every row)."""
+        pool = self.recon[int(torch.randint(len(self.recon), (1,), generator=g))]
+        B = min(self.cfg.batch_size, len(pool))
+        first = int(torch.randint(len(pool) - B + 1, (1,), generator=g))
+        items = pool[first:first + B]
+        ratios = self.cfg.ratios_at(step)
+        ratio = ratios[int(torch.randint(len(ratios), (1,), generator=g))]
+        pad, eos, cpu = self.tok.pad_token_id, self.tok.eos_token_id, torch.device("cpu")
+        return {"level": "recon", "ratio": ratio, "ctx": pad_batch(items, pad, cpu),
+                "target": pad_batch([p + [eos] for p in items], pad, cpu)}
+
+
+def _source_names(sources: tuple[str, ...]) -> list[str]:
+    """The source of each document `load_sources` returns: its folder (files listed one by one
+    from one folder are one source), so each corpus weighs the same whatever its size."""
+    names = []
+    for src in sources:
+        p = Path(src)
+        if src == "builtin:sample":
+            names.append("sample")
+        elif p.is_dir():
+            names += [p.resolve().name] * len(list(p.glob("*.txt")))
+        else:
+            names.append(p.resolve().parent.name)
+    return names
+
+
+def _recon_pools(
+    docs: list[tuple[str, str]], tok, max_tokens: int, sources: list[str] | None = None
+) -> list[list[list[int]]]:
+    """Token lists to reconstruct, one length-sorted pool per source (a folder, or a file).
+
+    Every paragraph is taken with its whitespace collapsed (as the held-out benchmark reads it) and,
+    where it differs, as written (hard-wrapped lines, as a memory write sees it); paragraphs longer
+    than `max_tokens` are cut into chunks of at most `max_tokens`, so long ones teach segment-like text.
+    """
+    pools: dict[str, list[list[int]]] = {}
+    for i, (doc_id, text) in enumerate(docs):
+        src = sources[i] if sources else doc_id
+        out = pools.setdefault(src, [])
+        for p in paragraph_spans(text):
+            flat = " ".join(p.text.split())
+            for form in {flat, p.text}:
+                ids = tokenize(tok, form)
+                out.extend(c for c in (ids[j:j + max_tokens] for j in range(0, len(ids), max_tokens))
+                           if len(c) >= _MIN_CONTEXT_TOKENS)
+    return [sorted(p, key=len) for p in pools.values() if p]
