@@ -25,10 +25,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from evaluate_adapter import _paragraph_ids, _versions, reconstruction  # noqa: E402
 
-from r3mem.text import read_text, strip_gutenberg  # noqa: E402
 from r3mem.engine import R3Mem  # noqa: E402
+from r3mem.text import read_text, strip_gutenberg  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+CURVE_FIELDS = ("token_exact_match", "paragraph_exact_match", "bleu", "rouge_l", "mean_memory_tokens", "confidence")
 
 
 def examples_seen(folder: Path, meta: dict) -> tuple[int, int]:
@@ -54,9 +55,10 @@ def score(folder: Path, run: str, n: int, ratios: list[float]) -> dict:
     t0 = time.perf_counter()
     rec = reconstruction(engine, paras, ratios)
     return {"run": run, "step": step, "examples_seen": seen, "adapter_hash": engine.adapter_hash,
-            "memory_mode": engine.config.memory_mode, "n_paragraphs": len(paras), "date": datetime.date.today().isoformat(),
+            "memory_mode": engine.config.memory_mode, "n_paragraphs": len(paras),
+            "date": datetime.date.today().isoformat(),
             "commit": _versions()["commit"], "wall_s": round(time.perf_counter() - t0, 1),
-            "ratios": {r: {k: v[k] for k in ("token_exact_match", "paragraph_exact_match", "bleu", "rouge_l", "mean_memory_tokens", "confidence")}
+            "ratios": {r: {k: v[k] for k in CURVE_FIELDS}
                        | {"example": v["examples"][0]} for r, v in rec.items()}}
 
 

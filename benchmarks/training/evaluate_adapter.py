@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from r3mem.hierarchy import paragraph_spans
-from r3mem.text import read_text, strip_gutenberg
 from r3mem.engine import R3Mem
 from r3mem.evaluate.metrics import confidence_calibration, reconstruction_scores, token_exact_match
+from r3mem.hierarchy import paragraph_spans
 from r3mem.recall import reconstruct_scored
-from r3mem.tokens import pad_batch, tokenize
+from r3mem.text import read_text, strip_gutenberg
+from r3mem.tokens import tokenize
 from r3mem.writer import compress_texts
 
 
@@ -89,7 +89,8 @@ def perplexity(engine: R3Mem, ids: list[int], n_segments: int) -> dict:
                     float(torch.nn.functional.cross_entropy(logits[0, :1] * 0, s[0, :1]))  # uniform for the 1st token
             n_tok += s.shape[1]
         state, _, _ = model.compress(model.embed(s), torch.ones_like(s), state, k)
-    return {m: math.exp(v / n_tok) for m, v in nll.items()} | {"scored_tokens": n_tok, "segment_len": seg, "memory_tokens": k}
+    ppl = {m: math.exp(v / n_tok) for m, v in nll.items()}
+    return ppl | {"scored_tokens": n_tok, "segment_len": seg, "memory_tokens": k}
 
 
 def _versions() -> dict:
@@ -97,7 +98,8 @@ def _versions() -> dict:
     import transformers
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        git = ["git", "rev-parse", "--short", "HEAD"]
+        commit = subprocess.run(git, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = None
     return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,

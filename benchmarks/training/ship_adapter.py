@@ -22,7 +22,10 @@ from r3mem.adapter import read_adapter, save_adapter
 def ship(ckpt: Path, dest: Path, run_config: Path | None) -> str:
     cfg, state, meta = read_adapter(ckpt)
     half = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()}
-    train_cfg = yaml.safe_load(run_config.read_text()) if run_config and run_config.exists() else meta.get("train_config")
+    if run_config and run_config.exists():
+        train_cfg = yaml.safe_load(run_config.read_text())
+    else:
+        train_cfg = meta.get("train_config")
     step = int(meta.get("step") or meta.get("steps") or 0)
     per_step = (train_cfg or {}).get("batch_size", 1) * (train_cfg or {}).get("grad_accum", 1)
     extra = {"trained": True, "step": step, "examples_seen": step * per_step, "stored_dtype": "float16",

@@ -52,6 +52,8 @@ UI_DIR = Path(__file__).with_name("ui")  # plain HTML/CSS/JS, no build step, no 
 
 _bearer = HTTPBearer(auto_error=False, description="A user's API token (from POST /users), or the admin token.")
 Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+ImportId = Annotated[str | None, Query(pattern=S.SESSION_ID_PATTERN,
+                                       description=f"Import under this id. {S.SESSION_ID_RULE}.")]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": S.ErrorOut, "description": text}
     for code, text in [(400, "Malformed request"), (401, "Missing or invalid token"), (404, "Unknown session"),
@@ -97,7 +99,6 @@ class _Service:
     def __init__(self, engine, store: MemoryStore, admin_token: str | None) -> None:
         self.engine, self.store, self.admin_token = engine, store, admin_token
         self.model_lock = threading.Lock()
-        self._minilm = None
 
     def user(self, creds: HTTPAuthorizationCredentials | None) -> str:
         if creds is None:
@@ -114,15 +115,9 @@ class _Service:
             raise _unauthorized("admin token required")
 
     def retriever(self, kind: str | None):
-        from r3mem.retrieval import BM25Retriever, EmbeddingRetriever, load_minilm
+        from r3mem.retrieval import make_retriever
 
-        if kind == "bm25":
-            return BM25Retriever()
-        if kind == "embedding":
-            with self.model_lock:
-                self._minilm = self._minilm or load_minilm()
-            return EmbeddingRetriever(model=self._minilm)
-        return None
+        return make_retriever(kind)  # the embedding retriever shares the process's one MiniLM encoder
 
     def agent(self, user: str, session_id: str, retrieval: str | None = None, top_k: int = 2) -> ChatAgent:
         self.store.get_session(user, session_id)  # 404 before any work
@@ -137,7 +132,9 @@ class _Service:
                             bytes=len(stored.blob))
 
 
-def create_app(engine, store: MemoryStore, *, max_body_bytes: int = 1_000_000, admin_token: str | None = None) -> "FastAPI":
+def create_app(
+    engine, store: MemoryStore, *, max_body_bytes: int = 1_000_000, admin_token: str | None = None
+) -> FastAPI:
     """The HTTP service over an `R3Mem` engine and a `MemoryStore` (the caller owns and closes both)."""
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
@@ -165,7 +162,8 @@ def _system_routes(app: FastAPI, svc: _Service) -> None:
     @app.get("/version", tags=["system"])
     def version() -> dict[str, Any]:
         """r3mem version and the model identity memories are tied to."""
-        return {"r3mem": __version__, "base_model_id": svc.engine.base_model_id, "adapter_hash": svc.engine.adapter_hash,
+        return {"r3mem": __version__, "base_model_id": svc.engine.base_model_id,
+                "adapter_hash": svc.engine.adapter_hash,
                 "adapter_trained": bool(svc.engine.trained)}
 
     @app.post("/users", status_code=201, response_model=S.UserOut, tags=["users"])
@@ -194,9 +192,7 @@ def _session_routes(app: FastAPI, svc: _Service) -> None:
         return _session_out(svc.store.create_session(svc.user(creds), body.session_id, body.meta))
 
     @app.post("/sessions/import", status_code=201, response_model=S.SessionOut, tags=["sessions"])
-    def import_session(body: dict[str, Any], creds: Creds,
-                       session_id: Annotated[str | None, Query(pattern=S.SESSION_ID_PATTERN,
-                                                               description=f"Import under this id. {S.SESSION_ID_RULE}.")] = None) -> S.SessionOut:
+    def import_session(body: dict[str, Any], creds: Creds, session_id: ImportId = None) -> S.SessionOut:
         """Recreate a session from `GET /sessions/{id}/export` output (its memory must fit this model)."""
         user = svc.user(creds)
         parsed = _check_export(svc.engine, body, session_id)

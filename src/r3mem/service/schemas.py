@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Retrieval = Optional[Literal["bm25", "embedding"]]
+Retrieval = Literal["bm25", "embedding"] | None
 
 
 class _Strict(BaseModel):
@@ -34,7 +34,7 @@ META_RULE = "Free-form JSON object: at most 32 levels deep and 64 KiB as UTF-8 J
 
 
 class SessionIn(_Strict):
-    session_id: Optional[str] = Field(None, pattern=SESSION_ID_PATTERN,
+    session_id: str | None = Field(None, pattern=SESSION_ID_PATTERN,
                                       description=f"Omit for a random id. {SESSION_ID_RULE}.")
     meta: dict[str, Any] = Field(default_factory=dict, description=META_RULE)
 
@@ -47,7 +47,8 @@ class MemoryInfo(BaseModel):
 
 
 class DocumentState(BaseModel):
-    shape: list[int] = Field(description="Tensor shape of the document memory, e.g. [layers, 2, kv_heads, k, head_dim].")
+    shape: list[int] = Field(
+        description="Tensor shape of the document memory, e.g. [layers, 2, kv_heads, k, head_dim].")
     dtype: str
     bytes: int
     n_tokens: int = Field(description="Tokens folded into the document memory.")
@@ -60,7 +61,7 @@ class SlotDetail(BaseModel):
     key: str
     start: int = Field(description="Character span of the source in the session's turn stream.")
     end: int
-    turn_id: Optional[int] = None
+    turn_id: int | None = None
     n_tokens: int = Field(description="Source tokens compressed into this slot.")
     mem_tokens: int = Field(description="Memory tokens the slot holds.")
     source: str = Field(description="The text the slot was written from.")
@@ -85,7 +86,7 @@ class SessionOut(BaseModel):
     updated_at: float
     meta: dict[str, Any]
     turn_count: int
-    memory: Optional[MemoryInfo] = None
+    memory: MemoryInfo | None = None
 
 
 class SessionList(BaseModel):
@@ -114,15 +115,15 @@ class WriteOut(BaseModel):
 
 
 class RecallIn(_Strict):
-    query: Optional[str] = Field(None, min_length=1, description="Pick the slots most likely to produce this query.")
+    query: str | None = Field(None, min_length=1, description="Pick the slots most likely to produce this query.")
     level: Literal["document", "paragraph", "entity"] = "paragraph"
-    index: Optional[int] = Field(None, description="Recall this slot instead of searching.")
+    index: int | None = Field(None, description="Recall this slot instead of searching.")
     top_k: int = Field(1, ge=1, le=32)
 
 
 class Confidence(BaseModel):
-    geo_mean: Optional[float] = Field(None, description="Geometric mean of the recalled tokens' probabilities.")
-    min: Optional[float] = Field(None, description="Probability of the least likely recalled token.")
+    geo_mean: float | None = Field(None, description="Geometric mean of the recalled tokens' probabilities.")
+    min: float | None = Field(None, description="Probability of the least likely recalled token.")
 
 
 class TokenOut(BaseModel):
@@ -135,17 +136,17 @@ class SlotOut(BaseModel):
     key: str
     start: int
     end: int
-    score: Optional[float] = None
-    text: Optional[str] = None
-    turn_id: Optional[int] = None
-    confidence: Optional[Confidence] = Field(None, description="How sure the decoder was of this slot's reconstruction.")
-    tokens: Optional[list[TokenOut]] = Field(None, description="The reconstruction token by token, with probabilities.")
+    score: float | None = None
+    text: str | None = None
+    turn_id: int | None = None
+    confidence: Confidence | None = Field(None, description="How sure the decoder was of this slot's reconstruction.")
+    tokens: list[TokenOut] | None = Field(None, description="The reconstruction token by token, with probabilities.")
 
 
 class RecallOut(BaseModel):
     text: str
     level: str
-    confidence: Optional[float] = Field(None, description="The least confident slot's geometric-mean token probability.")
+    confidence: float | None = Field(None, description="The least confident slot's geometric-mean token probability.")
     slots: list[SlotOut]
 
 
