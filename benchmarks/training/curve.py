@@ -54,12 +54,28 @@ def score(folder: Path, run: str, n: int, ratios: list[float]) -> dict:
     step, seen = examples_seen(folder, engine.meta)
     t0 = time.perf_counter()
     rec = reconstruction(engine, paras, ratios)
-    return {"run": run, "step": step, "examples_seen": seen, "adapter_hash": engine.adapter_hash,
-            "memory_mode": engine.config.memory_mode, "n_paragraphs": len(paras),
-            "date": datetime.date.today().isoformat(),
-            "commit": _versions()["commit"], "wall_s": round(time.perf_counter() - t0, 1),
-            "ratios": {r: {k: v[k] for k in CURVE_FIELDS}
-                       | {"example": v["examples"][0]} for r, v in rec.items()}}
+    return _row(run, step, seen, engine.adapter_hash, engine.config.memory_mode, len(paras), rec,
+                round(time.perf_counter() - t0, 1))
+
+
+def from_evaluation(path: Path, run: str) -> dict:
+    """The curve row of an `evaluate_adapter.py` result (same paragraphs and scoring), without rescoring."""
+    d = json.loads(path.read_text())
+    folder = Path(d["adapter"])
+    meta = dict(d.get("adapter_meta") or {})
+    if folder.exists():
+        meta |= json.loads((folder / "r3mem_adapter.json").read_text())
+    step, seen = examples_seen(folder, meta)
+    return _row(run, step, seen, d["adapter_hash"], d["config"]["memory_mode"], d["n_paragraphs"],
+                d["reconstruction"], d.get("wall_s"), source=path.name)
+
+
+def _row(run, step, seen, adapter_hash, memory_mode, n_paragraphs, rec, wall_s, source=None) -> dict:
+    row = {"run": run, "step": step, "examples_seen": seen, "adapter_hash": adapter_hash, "memory_mode": memory_mode,
+           "n_paragraphs": n_paragraphs, "date": datetime.date.today().isoformat(), "commit": _versions()["commit"],
+           "wall_s": wall_s, "ratios": {r: {k: v[k] for k in CURVE_FIELDS} | {"example": v["examples"][0]}
+                                        for r, v in rec.items()}}
+    return row | ({"source": source} if source else {})
 
 
 def plot(path: Path, out: Path) -> None:
@@ -99,6 +115,7 @@ def main() -> None:
     ap.add_argument("--paragraphs", type=int, default=24)
     ap.add_argument("--ratios", default="2,4,8")
     ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument("--from-eval", type=Path, nargs="*", default=[], help="evaluate_adapter.py results to add as rows")
     ap.add_argument("--threads", type=int, default=2, help="1 while a training run shares the machine")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -106,8 +123,9 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     log = RESULTS / "curve.jsonl"
     if not a.plot_only:
-        for f in a.folders:
-            row = score(f, a.run, a.paragraphs, [float(r) for r in a.ratios.split(",")])
+        rows = [from_evaluation(p, a.run) for p in a.from_eval]
+        rows += [score(f, a.run, a.paragraphs, [float(r) for r in a.ratios.split(",")]) for f in a.folders]
+        for row in rows:
             with log.open("a") as fh:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             print(json.dumps({"step": row["step"], "examples": row["examples_seen"],
