@@ -35,7 +35,7 @@ CURVE_FIELDS = ("token_exact_match", "paragraph_exact_match", "bleu", "rouge_l",
 def examples_seen(folder: Path, meta: dict) -> tuple[int, int]:
     """(step, examples) of a checkpoint or adapter: steps x batch x accumulation of its training run."""
     step = int(meta.get("step") or meta.get("steps") or 0)
-    if "examples_seen" in meta:  # a shipped adapter records it
+    if meta.get("examples_seen") is not None:  # a shipped adapter records it
         return step, int(meta["examples_seen"])
     tc = meta.get("train_config")
     if tc is None:
