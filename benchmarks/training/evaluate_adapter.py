@@ -150,7 +150,8 @@ def main() -> None:
     result = {
         "benchmark": "training-targets", "date": datetime.date.today().isoformat(), "book": a.book.name,
         "adapter": str(a.model or "shipped"), "adapter_hash": engine.adapter_hash, "trained": engine.trained,
-        "adapter_meta": {k: engine.meta.get(k) for k in ("steps", "step", "examples_seen")}, "config": engine.config.to_dict(),
+        "adapter_meta": {k: engine.meta.get(k) for k in ("steps", "step", "examples_seen")},
+        "config": engine.config.to_dict(),
         "versions": _versions(), "n_paragraphs": len(paras),
         "reconstruction": reconstruction(engine, paras, [float(r) for r in a.ratios.split(",")]),
         "perplexity": perplexity(engine, tokenize(engine.tokenizer, text[len(text) // 3:]), a.segments),
