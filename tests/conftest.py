@@ -110,8 +110,9 @@ def uvicorn_server(app):
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
+    while not server.started and time.time() < deadline and thread.is_alive():
         time.sleep(0.02)
+    assert server.started, "uvicorn did not start"
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:

@@ -4,19 +4,15 @@ Tiny in-memory model, real SQLite store."""
 
 import json
 import os
-import socket
 import sys
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
 import pytest
+from conftest import uvicorn_server
 
 pytest.importorskip("mcp")
 
-import uvicorn  # noqa: E402
 from mcp import Client as InProcessClient  # noqa: E402
 from mcp import ClientSession, StdioServerParameters, stdio_client  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
@@ -228,27 +224,8 @@ def test_tools_act_for_their_user_only(engine, store):
 # ----------------------------------------------------------------------------------- streamable HTTP
 
 
-@contextmanager
-def http_server(asgi):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(asgi, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline and thread.is_alive():
-        time.sleep(0.02)
-    assert srv.started, "MCP HTTP server did not start"
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        srv.should_exit = True
-        thread.join(30)
-        sock.close()
-
-
 def test_streamable_http(server, store):
-    with http_server(server.streamable_http_app()) as url:
+    with uvicorn_server(server.streamable_http_app()) as url:
         async def go():
             with anyio.fail_after(60):
                 async with streamable_http_client(f"{url}/mcp") as (read, write), ClientSession(read, write) as s:

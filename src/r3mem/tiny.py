@@ -42,20 +42,9 @@ def tiny_model(family: str = "llama", vocab_size: int | None = None, hidden: int
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
 
     vocab = vocab_size or len(tiny_tokenizer())
-    if family == "llama":
-        cfg = LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=1024,
-            tie_word_embeddings=True,
-            initializer_range=0.1,
-        )
-    elif family == "qwen2":
-        cfg = Qwen2Config(
+    if family in ("llama", "qwen2"):
+        config_class = LlamaConfig if family == "llama" else Qwen2Config
+        cfg = config_class(
             vocab_size=vocab,
             hidden_size=hidden,
             intermediate_size=2 * hidden,
