@@ -27,7 +27,7 @@ def test_kv_mode_without_memory_equals_the_bare_model(family):
     mask = torch.ones_like(ids)
     with torch.no_grad():
         ref = bare(input_ids=ids, attention_mask=mask).logits
-        hidden, _, _, _ = model._run(model.embed(ids), mask, COMPRESS, None, 0)
+        hidden, _, _, _, _ = model._run(model.embed(ids), mask, COMPRESS, None, 0)
         torch.testing.assert_close(model.logits(hidden), ref, rtol=0, atol=1e-5)
 
 
@@ -137,3 +137,87 @@ def test_memory_of_the_wrong_shape_dtype_or_ids_is_refused_at_load(kv_engine):
         data = encode_memory(m, kv_engine.identity)  # checksum recomputed: only the content check can refuse it
         with pytest.raises(MemoryFileError, match=msg):
             kv_engine.from_bytes(data)
+
+
+def test_spread_positions_put_each_memory_token_at_the_end_of_its_share():
+    pos = R3MemModel.spread_positions(torch.tensor([64, 5, 16]), 16)
+    assert pos[0].tolist() == list(range(3, 64, 4))
+    assert pos[2].tolist() == list(range(16))
+    assert pos[1].min() >= 0 and pos[1].max() == 4 and bool((pos[1].diff() >= 0).all())
+
+
+def _hand_positions_model():
+    model = R3MemModel(tiny_model("llama"), tiny_cfg(memory_mode="kv", target_modules=ALL_LINEAR["llama"]))
+    perturb_trainables(model)
+    model.eval()
+    return model
+
+
+def test_spread_memory_is_written_and_read_at_the_documented_positions():
+    """A slot of n tokens in k memory tokens: compress sees <sep> at 0, the text at 1..n and write token
+    j at 1 + floor((j+1) n / k) - 1; the memory is stored as if the text sat at 0..n-1; an expansion
+    puts [<expand>, <sep>] at -2, -1 and the target at 0, 1, ... (hand-built passes of the body)."""
+    from r3mem.model import EXPAND, EXPAND_MARK, SEP
+
+    model = _hand_positions_model()
+    assert model.spread
+    n, k = 11, 3
+    ids = _ids(n, seed=7)
+    one = torch.ones(1, n, dtype=torch.long)
+    with torch.no_grad():
+        mem, _, _ = model.compress(model.embed(ids), one, None, k)
+        hidden, _ = model.expand(mem, ids, one)
+        c = R3MemModel.spread_positions(torch.tensor([n]), k)[0]
+        x = torch.cat([model.memory.marker(1, SEP), model.embed(ids), model.memory.write_tokens(1, k)], 1)
+        model._set_direction(COMPRESS)
+        out = model.body(inputs_embeds=x, attention_mask=torch.ones(1, n + 1 + k, dtype=torch.long),
+                         position_ids=torch.cat([torch.arange(n + 1), 1 + c])[None], use_cache=True)
+        ref = kv.reposition(model._rot, kv.from_cache(out.past_key_values, k), torch.tensor([-1]))
+        torch.testing.assert_close(mem, ref, rtol=1e-4, atol=1e-5)
+        y = torch.cat([model.memory.marker(1, EXPAND_MARK), model.memory.marker(1, SEP), model.embed(ids)], 1)
+        model._set_direction(EXPAND)
+        out = model.body(inputs_embeds=y, attention_mask=torch.ones(1, k + n + 2, dtype=torch.long),
+                         position_ids=torch.arange(-2, n)[None], past_key_values=kv.to_cache(ref, torch.float32))
+        torch.testing.assert_close(hidden, out.last_hidden_state[:, 1:1 + n], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("positions", ["spread", "prefix"])
+def test_slots_of_different_lengths_batch_like_single_rows(positions):
+    """Each row's memory is spread over its own length: padding must not move it."""
+    model = R3MemModel(tiny_model("llama"), tiny_cfg(memory_mode="kv", memory_positions=positions))
+    perturb_trainables(model)
+    a, b = _ids(14, seed=2)[0], _ids(6, seed=3)[0]
+    ids = torch.zeros(2, 14, dtype=torch.long)
+    mask = torch.zeros(2, 14, dtype=torch.long)
+    ids[0], mask[0] = a, 1
+    ids[1, :6], mask[1, :6] = b, 1
+    with torch.no_grad():
+        both, _, _ = model.compress(model.embed(ids), mask, None, 4)
+        one, _, _ = model.compress(model.embed(a[None]), mask[:1], None, 4)
+        two, _, _ = model.compress(model.embed(b[None]), mask[1:, :6], None, 4)
+        torch.testing.assert_close(both, torch.cat([one, two]), atol=1e-5, rtol=1e-4)
+        assert model.decode(both, 5, None) == model.decode(one, 5, None) + model.decode(two, 5, None)
+
+
+def test_the_two_position_schemes_store_different_memories():
+    cfgs = [tiny_cfg(memory_mode="kv", memory_positions=p) for p in ("spread", "prefix")]
+    mems = []
+    for cfg in cfgs:
+        model = R3MemModel(tiny_model("llama"), cfg)
+        perturb_trainables(model)
+        with torch.no_grad():
+            mems.append(model.compress(model.embed(_ids(12)), torch.ones(1, 12, dtype=torch.long), None, 3)[0])
+    assert not torch.allclose(mems[0], mems[1], atol=1e-3)
+
+
+def test_an_adapter_saved_before_memory_positions_existed_reads_memory_as_a_prefix(tmp_path):
+    import json
+
+    from r3mem.adapter import META, read_adapter, save_adapter
+
+    model = R3MemModel(tiny_model("llama"), tiny_cfg(memory_mode="kv"))
+    save_adapter(tmp_path, model.trainable_state_dict(), model.cfg, "tiny")
+    meta = json.loads((tmp_path / META).read_text())
+    assert meta["config"].pop("memory_positions") == "spread"
+    (tmp_path / META).write_text(json.dumps(meta))
+    assert read_adapter(tmp_path)[0].memory_positions == "prefix"

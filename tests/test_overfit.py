@@ -13,10 +13,12 @@ from r3mem.tokens import pad_batch
 PARA = "Henry Sibley built a stone house near the ferry."
 
 
-@pytest.mark.parametrize("family,mode", [("llama", "adapters"), ("qwen2", "coupling"), ("gpt2", "adapters")])
-def test_overfit_one_paragraph(tok, family, mode):
+@pytest.mark.parametrize("family,mode,positions", [("llama", "adapters", "spread"), ("llama", "adapters", "prefix"),
+                                                    ("qwen2", "coupling", "spread"), ("gpt2", "adapters", "spread")])
+def test_overfit_one_paragraph(tok, family, mode, positions):
     torch.manual_seed(0)
-    model = R3MemModel(tiny_model(family), tiny_cfg(reversible_mode=mode, target_modules=ALL_LINEAR[family]))
+    model = R3MemModel(tiny_model(family), tiny_cfg(reversible_mode=mode, target_modules=ALL_LINEAR[family],
+                                                    memory_positions=positions))
     ids = tok(PARA, add_special_tokens=False)["input_ids"]
     ctx = pad_batch([ids], tok.pad_token_id, torch.device("cpu"))
     tgt = pad_batch([ids + [tok.eos_token_id]], tok.pad_token_id, torch.device("cpu"))

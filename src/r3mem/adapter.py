@@ -80,8 +80,11 @@ def read_adapter(path: str | Path) -> tuple[R3MemConfig, dict[str, torch.Tensor]
             f"{path}: adapter format version {v} is newer than this r3mem supports ({ADAPTER_FORMAT_VERSION})"
         )
     try:
-        cfg = R3MemConfig.from_dict(meta["config"])
-    except (ConfigError, KeyError) as e:
+        conf = dict(meta["config"])
+        # Adapters saved before `memory_positions` existed were trained with memory as a prefix.
+        conf.setdefault("memory_positions", "prefix")
+        cfg = R3MemConfig.from_dict(conf)
+    except (ConfigError, KeyError, TypeError, ValueError) as e:
         raise AdapterError(f"{path / META}: invalid config ({e})") from None
     try:
         state = st_load((path / WEIGHTS).read_bytes())

@@ -125,6 +125,7 @@ class R3Mem:
             "adapter_hash": self.adapter_hash,
             "memory_layout": {
                 "mode": c.memory_mode,
+                **({"positions": "spread" if self.model.spread else "prefix"} if c.memory_mode == "kv" else {}),
                 "num_mem_tokens": c.num_mem_tokens,
                 "levels": list(c.hierarchy_levels),
                 "dtype": c.memory_dtype,

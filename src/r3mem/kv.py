@@ -3,11 +3,18 @@
 A kv memory has shape [B, L, 2, H_kv, k, head_dim]: decoder layer, key/value, key/value head,
 memory token, head dimension (one memory without the batch axis: [L, 2, H_kv, k, head_dim]).
 
-Cached keys carry the rotary position they were computed at. A memory is stored *canonically*: its
-keys rotated as if the k memory tokens sat at positions 0..k-1, whatever positions the write tokens
-had in the compress pass. Rotary embeddings compose (R(a) R(b) = R(a + b)), so moving a key from
-position p to q is one more rotation by q - p; `reposition` does that. Models with absolute position
-embeddings (GPT-2) have position-free keys, and repositioning is the identity.
+Cached keys carry the rotary position they were computed at. A memory is stored *canonically*, in
+a frame that does not depend on where it was written (`memory_positions`):
+
+* ``spread`` (default): as if the text it came from sat at positions 0..n-1, memory token j at the
+  end of its share of that text, floor((j+1) n / k) - 1. A reader reconstructing the text puts its
+  token i at position i (its prefix at negative positions), so each memory token sits beside the
+  text it holds; a reader continuing after a document segment starts at `segment_len`.
+* ``prefix``: the k memory tokens at positions 0..k-1, every reader starting at position k.
+
+Rotary embeddings compose (R(a) R(b) = R(a + b)), so moving a key from position p to q is one more
+rotation by q - p; `reposition` does that. Models with absolute position embeddings (GPT-2) have
+position-free keys, read memory as a prefix, and repositioning is the identity.
 """
 
 from __future__ import annotations

@@ -141,12 +141,43 @@ class R3MemModel(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm.get_output_embeddings()(hidden)
 
-    def _run(self, x: torch.Tensor, mask: torch.Tensor, direction: str, state: torch.Tensor | None,
-             n_read: int, capture: int = 0, use_cache: bool = False, past: torch.Tensor | None = None):
-        """Pack, run the decoder stack once, unpack. Returns (hidden [B,T,d], ctx, cache, packed mask).
+    @property
+    def spread(self) -> bool:
+        """kv memory with `memory_positions: spread` on a rotary model (absolute-position models read
+        memory as a prefix: their keys carry no position, and positions cannot be negative)."""
+        return self.kv and self.cfg.memory_positions == "spread" and self._rot is not None
 
-        `past` is a kv memory [B, L, 2, H, k, hd] read as a cache prefix at positions 0..k-1; the
-        sequence then starts at position k, and the returned mask covers the memory too.
+    @staticmethod
+    def spread_positions(n: torch.Tensor, k: int) -> torch.Tensor:
+        """[B] text lengths -> [B, k] positions of k memory tokens over a text at 0..n-1: token j at the
+        end of its share of the text, floor((j + 1) n / k) - 1 (>= 0)."""
+        j = torch.arange(1, k + 1, device=n.device)
+        return ((j[None] * n[:, None].long()) // k - 1).clamp(min=0)
+
+    def _continue_at(self, state: torch.Tensor | None) -> int:
+        """Position of the first token read after a kv memory of a document segment (compress with a
+        previous memory, LM continuation): after the memory (prefix) or after the segment it came from."""
+        if state is None:
+            return 0
+        return self.cfg.segment_len if self.spread else kv.mem_len(state)
+
+    def _reader_start(self, state: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor | int:
+        """Position of the first token of an expansion ([marker, query, sep] + target). Spread: the
+        target's first token at 0, where the memory's text began (the prefix at negative positions)."""
+        if self.spread:
+            return -prefix_mask.sum(1, keepdim=True)
+        return kv.mem_len(state) if self.kv else 0
+
+    def _run(self, x: torch.Tensor, mask: torch.Tensor, direction: str, state: torch.Tensor | None,
+             n_read: int, capture: int = 0, use_cache: bool = False, past: torch.Tensor | None = None,
+             start: torch.Tensor | int | None = None, tail_positions: torch.Tensor | None = None):
+        """Pack, run the decoder stack once, unpack. Returns (hidden [B,T,d], ctx, cache, packed mask,
+        packed positions [B, T]).
+
+        `past` is a kv memory [B, L, 2, H, k, hd] read as a cache prefix, and the returned mask covers
+        the memory too. Real tokens take positions `start` ([B, 1] or int; default: k, after the
+        memory), `start + 1`, ...; `tail_positions` [B, n] overrides those of the last n tokens (write
+        tokens placed over the text they summarise).
         """
         xp, mp, order = _pack_left(x, mask)
         cache, k = None, 0
@@ -162,25 +193,30 @@ class R3MemModel(nn.Module):
             layer_state=state[:, 1:] if state is not None and not self.kv and state.shape[1] > 1 else None,
             capture=capture,
         )
+        pos = (k if start is None else start) + (mp.cumsum(-1) - 1).clamp(min=0)
+        if tail_positions is not None:  # the last logical tokens are real: packing keeps them last
+            pos = torch.cat([pos[:, :-tail_positions.shape[1]], tail_positions.to(pos.dtype)], 1)
         self._set_direction(direction)
         self._ctx = ctx
         try:
             full = torch.cat([mp.new_ones(mp.shape[0], k), mp], 1) if k else mp
-            out = self.body(inputs_embeds=xp, attention_mask=full, position_ids=k + (mp.cumsum(-1) - 1).clamp(min=0),
+            out = self.body(inputs_embeds=xp, attention_mask=full, position_ids=pos,
                             past_key_values=cache, use_cache=use_cache)
         finally:
             self._ctx = None
-        return _unpack(out.last_hidden_state, order), ctx, out.past_key_values, full
+        return _unpack(out.last_hidden_state, order), ctx, out.past_key_values, full, pos
 
     # ----- forward direction: compression ----------------------------------------------------
     def initial_state(self, batch: int) -> torch.Tensor:
         """M_0: [B, levels, m, d], or in kv mode [B, L, 2, H, m, hd], the learned initial memory
-        tokens run through the compress direction (their keys at positions 0..m-1)."""
+        tokens run through the compress direction (their keys at positions 0..m-1, or spread over a
+        segment's span like every document memory)."""
         if not self.kv:
             return self.memory.initial(batch)
         x = self.memory.init_mem.unsqueeze(0).to(self.lm.get_input_embeddings().weight.dtype)
         m = torch.ones(1, x.shape[1], dtype=torch.long, device=x.device)
-        _, _, cache, _ = self._run(x, m, COMPRESS, None, 0, use_cache=True)
+        tail = self.spread_positions(m.new_tensor([self.cfg.segment_len]), x.shape[1]) if self.spread else None
+        _, _, cache, _, _ = self._run(x, m, COMPRESS, None, 0, use_cache=True, tail_positions=tail)
         return kv.from_cache(cache, x.shape[1]).expand(batch, -1, -1, -1, -1, -1)
 
     @property
@@ -207,7 +243,7 @@ class R3MemModel(nn.Module):
         ones = mask.new_ones
         x = torch.cat([state[:, 0].to(embeds.dtype), embeds, self.memory.write_tokens(B, n_write).to(embeds.dtype)], 1)
         m = torch.cat([ones(B, k), mask, ones(B, n_write)], 1)  # x [B, k + T + n_write, d], m the same without d
-        hidden, ctx, _, _ = self._run(x, m, COMPRESS, state, k, capture=n_write if state.shape[1] > 1 else 0)
+        hidden, ctx, _, _, _ = self._run(x, m, COMPRESS, state, k, capture=n_write if state.shape[1] > 1 else 0)
         new = self.memory.to_read(hidden[:, -n_write:]).unsqueeze(1)  # [B, 1, n_write, d]
         if ctx.captured:  # layerwise: per layer [B, n_write, d] -> new [B, 1 + L, n_write, d]
             new = torch.cat([new, torch.stack(ctx.captured, 1)], 1)
@@ -221,16 +257,21 @@ class R3MemModel(nn.Module):
                      labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """[memory as cache] + <start> + segment + [write tokens] -> the write tokens' keys/values.
 
-        The <start> marker predicts the segment's first token from the memory alone. The write
-        tokens sat at positions k+1+len..k+len+n_write; their keys are moved to 0..n_write-1.
+        The <start> marker predicts the segment's first token from the memory alone; it sits at
+        position o (`_continue_at`), the segment at o+1..o+n. Prefix: the write tokens follow the
+        segment and their keys are moved to 0..n_write-1. Spread: write token j sits at o + 1 + the
+        end of its share of the segment, and keys are moved so the segment would be at 0..n-1.
         """
         B, T = embeds.shape[:2]
         ones = mask.new_ones
         x = torch.cat([self.memory.marker(B, SEP).to(embeds.dtype), embeds,
                        self.memory.write_tokens(B, n_write).to(embeds.dtype)], 1)
         m = torch.cat([ones(B, 1), mask, ones(B, n_write)], 1)
-        hidden, _, cache, _ = self._run(x, m, COMPRESS, None, 0, use_cache=True, past=state)
-        first = (kv.mem_len(state) if state is not None else 0) + 1 + mask.sum(1)
+        o = self._continue_at(state)
+        tail = o + 1 + self.spread_positions(mask.sum(1), n_write) if self.spread else None
+        hidden, _, cache, _, _ = self._run(x, m, COMPRESS, None, 0, use_cache=True, past=state, start=o,
+                                           tail_positions=tail)
+        first = mask.new_full((B,), o + 1) if self.spread else o + 1 + mask.sum(1)
         new = kv.reposition(self._rot, kv.from_cache(cache, n_write), -first)
         loss, n = hidden.new_zeros(()), hidden.new_zeros(())
         if labels is not None:
@@ -285,9 +326,10 @@ class R3MemModel(nn.Module):
         """Teacher-forced expansion. Returns (hidden states predicting each target token [B,T,d], labels)."""
         x, m, k = self._expand_prefix(state, query, marker)
         P, T = x.shape[1], target.shape[1]
+        start = self._reader_start(state, m)
         x = torch.cat([x, self.embed(target)], 1)
         m = torch.cat([m, target_mask], 1)
-        hidden, _, _, _ = self._run(x, m, direction, state, k, past=state if self.kv else None)
+        hidden, _, _, _, _ = self._run(x, m, direction, state, k, past=state if self.kv else None, start=start)
         return hidden[:, P - 1:P - 1 + T], target.masked_fill(target_mask == 0, -100)
 
     @torch.no_grad()
@@ -301,20 +343,24 @@ class R3MemModel(nn.Module):
         `probs`, if given a list, receives per row the probability the model gave each token it
         produced (softmax of the logits at temperature 1), from the same pass: no extra forward.
         """
+        start: torch.Tensor | int | None = None
         if prompt is not None and self.kv:  # LM continuation: [memory as cache] + prompt tokens
             x, m, k = self.embed(prompt[0]), prompt[1], 0
+            start = self._continue_at(state)
         elif prompt is not None:  # LM continuation: [memory] + prompt tokens
             B, k = state.shape[0], state.shape[2]
             x = torch.cat([state[:, 0].to(self.embed(prompt[0]).dtype), self.embed(prompt[0])], 1)
             m = torch.cat([prompt[1].new_ones(B, k), prompt[1]], 1)
         else:
             x, m, k = self._expand_prefix(state, query, marker)
-        hidden, _, cache, mp = self._run(x, m, direction, state, k, use_cache=True, past=state if self.kv else None)
+            start = self._reader_start(state, m)
+        hidden, _, cache, mp, pos = self._run(x, m, direction, state, k, use_cache=True,
+                                              past=state if self.kv else None, start=start)
         # The last logical position is real for every row, so it predicts the first new token.
         B = x.shape[0]
         out: list[list[int]] = [[] for _ in range(B)]
         done = torch.zeros(B, dtype=torch.bool, device=x.device)
-        pos = mp.sum(1, keepdim=True) - 1
+        pos = pos[:, -1:]
         last = hidden[:, -1]
         p_out: list[list[float]] = [[] for _ in range(B)]
         for _ in range(max_new_tokens):
