@@ -1,5 +1,6 @@
 """Training pipeline on the tiny config: checkpoints, metrics, exact resume, loss-weight ablation."""
 
+import dataclasses
 import json
 
 import pytest
@@ -108,6 +109,8 @@ def test_train_config_validation():
         TrainConfig(curriculum=[{"until": 0.5, "levels": ["document"]}])
     with pytest.raises(ConfigError, match="^precision:"):
         TrainConfig(precision="fp8")
+    with pytest.raises(ConfigError, match="^device:"):
+        TrainConfig(device="tpu")
     with pytest.raises(ConfigError, match="^model: unknown|^colour: unknown"):
         TrainConfig.from_dict({"colour": 1})
     assert apply_overrides({"model": {}}, ["model.lora_rank=4", "lr=1e-3"]) == {"model": {"lora_rank": 4}, "lr": 1e-3}
@@ -155,3 +158,28 @@ def test_zero_weight_removes_that_terms_gradient(tok, term):
         g_again = _grads(model, lambda: run(only_others)[0])  # noqa: B023 - called at once
         for n in g_off:
             torch.testing.assert_close(g_again[n], g_off[n])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_asking_for_cuda_without_one_fails_before_the_model_loads(tiny_cfg_train, tmp_path, monkeypatch):
+    import r3mem.train.loop as loop
+
+    monkeypatch.setattr(loop, "load_base", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ConfigError, match="device: 'cuda' was asked for"):
+        loop.train(dataclasses.replace(tiny_cfg_train, device="cuda"), tmp_path, progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_runs_on_cuda(tiny_cfg_train, tmp_path):
+    res = train(dataclasses.replace(tiny_cfg_train, device="cuda", precision="bf16", steps=3), tmp_path,
+                progress=False)
+    assert res.steps_done == 3 and res.adapter_dir is not None
+
+
+def test_a_time_limit_stops_at_a_checkpoint_and_resumes(tiny_cfg_train, tmp_path):
+    cfg = dataclasses.replace(tiny_cfg_train, steps=6, checkpoint_every=100)
+    first = train(cfg, tmp_path, progress=False, time_limit_s=0.0)
+    assert first.steps_done == 1 and first.adapter_dir is None
+    assert (tmp_path / "checkpoints" / "step_0000001").is_dir()
+    rest = train(cfg, tmp_path, progress=False)
+    assert rest.steps_done == 6 and rest.adapter_dir is not None

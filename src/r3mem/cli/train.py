@@ -39,6 +39,9 @@ def train(
     stop_after: Annotated[
         int | None, typer.Option("--stop-after", help="Stop after this many steps (resume later).")
     ] = None,
+    max_minutes: Annotated[
+        float | None, typer.Option("--max-minutes", help="Stop after this much training time, at a checkpoint.")
+    ] = None,
     num_processes: Annotated[
         int, typer.Option("--num-processes", help="Data-parallel processes on this machine (torchrun).")
     ] = 1,
@@ -55,7 +58,8 @@ def train(
     from r3mem.train.loop import train as run
 
     cfg = load_config(resolve_config_path(config), TrainConfig, set_ or [])
-    result = run(cfg, out, resume=resume, stop_after=stop_after)
+    result = run(cfg, out, resume=resume, stop_after=stop_after,
+                 time_limit_s=None if max_minutes is None else max_minutes * 60)
     console.print(f"trained {result.steps_done}/{cfg.steps} steps -> {out}")
     emit_json(
         {

@@ -36,6 +36,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     max_grad_norm: float = 1.0
     precision: str = "fp32"  # fp32 | bf16 (autocast; trainable weights and optimizer stay fp32)
+    device: str = "auto"  # auto (a CUDA GPU when there is one, else CPU) | cpu | cuda
     # Curriculum from document to entity level ("document" = segment-recurrent LM windows).
     curriculum: tuple[Phase, ...] = (Phase(0.2, ("document",)), Phase(0.6, ("document", "paragraph")),
                                      Phase(1.0, ("document", "paragraph", "entity")))
@@ -80,6 +81,7 @@ class TrainConfig:
             _check(isinstance(v, (int, float)) and not isinstance(v, bool), name, "must be a number", v)
         _check(self.lr > 0, "lr", "must be > 0", self.lr)
         _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]", self.min_lr_ratio)
+        _check(self.device in ("auto", "cpu", "cuda"), "device", "must be 'auto', 'cpu' or 'cuda'", self.device)
         _check(self.precision in ("fp32", "bf16"), "precision", "must be 'fp32' or 'bf16'", self.precision)
         _check(len(self.train_files) > 0, "train_files", "must list at least one source", self.train_files)
         _check(

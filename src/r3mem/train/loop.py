@@ -20,7 +20,7 @@ import torch
 
 from r3mem.adapter import load_trainable_state, read_adapter, save_adapter
 from r3mem.backbone import base_model_id, load_base
-from r3mem.config import save_config
+from r3mem.config import ConfigError, save_config
 from r3mem.losses import LossTerms, lm_losses, pair_losses, recon_losses
 from r3mem.model import R3MemModel
 from r3mem.train.config import TrainConfig
@@ -62,6 +62,25 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     if cfg.precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def _device(cfg: TrainConfig, rank: int) -> torch.device:
+    """The run's device: under several processes each takes its own GPU (rank modulo GPUs)."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' was asked for but torch sees no CUDA device")
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", rank % torch.cuda.device_count())
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    """A batch (tensors and (ids, mask) pairs, built on the CPU) on the run's device."""
+    def move(v):
+        if isinstance(v, tuple):
+            return tuple(move(x) for x in v)
+        return v.to(device) if torch.is_tensor(v) else v
+
+    return {k: move(v) for k, v in batch.items()}
 
 
 def _checkpoints(out: Path) -> list[Path]:
@@ -147,8 +166,10 @@ def _n_tokens(batch: dict) -> int:
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True, stop_after: int | None = None,
-          progress: bool = True, on_step: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train adapters + memory tokens. `stop_after` ends the run early (as an interruption would)."""
+          time_limit_s: float | None = None, progress: bool = True,
+          on_step: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train adapters + memory tokens. `stop_after` (a step) or `time_limit_s` (seconds of this
+    call's training) ends the run early, after a checkpoint of the last step: rerunning resumes it."""
     out = Path(out_dir)
     rank, world = dist_info()
     _init_dist(world)
@@ -156,10 +177,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True, stop_af
     out.mkdir(parents=True, exist_ok=True)
     if lead:
         save_config(cfg, out / "train_config.yaml")
+    device = _device(cfg, rank)  # before the model loads: a missing GPU fails at once
     torch.manual_seed(cfg.seed)
     base, tok = load_base(cfg.model.base_model)
     model = R3MemModel(base, cfg.model)
-    device = next(model.parameters()).device
+    model.to(device)
     data = TrainingData(cfg, tok)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -187,7 +209,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True, stop_af
         for micro in range(cfg.grad_accum):
             # The global batch is world x grad_accum micro-batches; each process takes its own share,
             # so N processes with accumulation A equal one process with accumulation N*A.
-            batch = data.batch(step, rank * cfg.grad_accum + micro)
+            batch = _to(data.batch(step, rank * cfg.grad_accum + micro), device)
             levels.append(batch["level"])
             with _autocast(cfg, device):
                 terms = step_losses(model, batch)
@@ -216,9 +238,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True, stop_af
         if on_step:
             on_step(metrics)
         bar(metrics)
-        if lead and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+        out_of_time = _out_of_time(time_limit_s, elapsed, world, device)
+        if lead and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or out_of_time):
             _save_checkpoint(out, model, opt, sched, step + 1, cfg)
         _barrier(world)
+        if out_of_time:
+            end = step + 1
+            break
     adapter_dir = None
     if end == cfg.steps and lead:
         adapter_dir = out / "adapter"
@@ -228,6 +254,18 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True, stop_af
 
         plot_metrics(log_path, out / "losses.png")
     return TrainResult(out, end, metrics, adapter_dir)
+
+
+def _out_of_time(limit_s: float | None, elapsed: float, world: int, device: torch.device) -> bool:
+    """Whether the time limit is reached; every process stops at the same step (the lead's clock)."""
+    if limit_s is None:
+        return False
+    flag = torch.tensor([float(elapsed >= limit_s)], device=device)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.broadcast(flag, 0)
+    return bool(flag.item())
 
 
 def _barrier(world: int) -> None:
