@@ -12,33 +12,19 @@ from __future__ import annotations
 import argparse
 import secrets
 import shutil
-import socket
 import tempfile
-import threading
-import time
 from importlib.resources import files
 from pathlib import Path
 
-import uvicorn
 from playwright.sync_api import sync_playwright
 
 from r3mem.agent import ChatAgent
 from r3mem.engine import R3Mem
-from r3mem.service import create_app
+from r3mem.service import create_app, serve_in_thread
 from r3mem.store import MemoryStore
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-
-
-def _serve(app) -> tuple[uvicorn.Server, str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return server, f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def main() -> None:
@@ -57,8 +43,7 @@ def main() -> None:
         store.create_user("reader", token=token)
         store.create_session("reader", "morocco-travels")
         ChatAgent(engine, store, "reader", "morocco-travels").add_turns([("book", p) for p in paragraphs])
-        server, url = _serve(create_app(engine, store))
-        try:
+        with serve_in_thread(create_app(engine, store)) as url:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
                 page = browser.new_page(viewport={"width": 1360, "height": 980}, device_scale_factor=1)
@@ -73,8 +58,6 @@ def main() -> None:
                 page.screenshot(path=str(args.out), full_page=True)
                 print(page.inner_text(".comparison .stats"))
                 browser.close()
-        finally:
-            server.should_exit = True
     print(f"wrote {args.out}")
 
 

@@ -1,14 +1,11 @@
 import os
 import socket
 import subprocess
-import threading
 import time
-from contextlib import contextmanager
 
 import httpx
 import pytest
 import torch
-import uvicorn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -101,21 +98,8 @@ def wait_healthy(proc: subprocess.Popen, url: str, timeout: float, output=lambda
         time.sleep(0.2)
 
 
-@contextmanager
 def uvicorn_server(app):
     """`app` served by uvicorn in a thread on a free loopback port; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline and thread.is_alive():
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    from r3mem.service.background import serve_in_thread
+
+    return serve_in_thread(app)

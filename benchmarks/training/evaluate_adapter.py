@@ -43,6 +43,22 @@ def _paragraph_ids(engine: R3Mem, text: str, n: int, min_tokens: int, max_tokens
     return out
 
 
+@torch.no_grad()
+def teacher_forced(engine: R3Mem, paras: list[list[int]], states: list[torch.Tensor]) -> dict:
+    """Reconstruction loss (nats/token) and next-token accuracy of each paragraph (and its end token)
+    given its memory, the reference fed in: what greedy decoding would reach without drifting."""
+    model, eos = engine.model, engine.tokenizer.eos_token_id
+    nll, hits, n = 0.0, 0, 0
+    for p, st in zip(paras, states):
+        target = torch.tensor([p + [eos]])
+        hidden, labels = model.expand(st[None].to(torch.float32), target, torch.ones_like(target))
+        logits = model.logits(hidden)[0].float()
+        nll += float(torch.nn.functional.cross_entropy(logits, labels[0], reduction="sum"))
+        hits += int((logits.argmax(-1) == labels[0]).sum())
+        n += labels.shape[1]
+    return {"recon_loss": nll / n, "teacher_forced_acc": hits / n}
+
+
 def reconstruction(engine: R3Mem, paras: list[list[int]], ratios: list[float]) -> dict:
     tok, res = engine.tokenizer, {}
     for r in ratios:
@@ -60,6 +76,7 @@ def reconstruction(engine: R3Mem, paras: list[list[int]], ratios: list[float]) -
             "mean_tokens": sum(map(len, paras)) / len(paras),
             "confidence": confidence_calibration(paras, [x.token_ids for x in recs], [x.token_probs for x in recs]),
             "mean_memory_tokens": sum(s.shape[-2] for s in states) / len(states),
+            **teacher_forced(engine, paras, states),
             "examples": [{"reference": tok.decode(paras[i]), "recalled": hyps[i]} for i in range(min(3, len(paras)))],
             "wall_s": round(time.perf_counter() - t0, 1),
         }
