@@ -187,10 +187,7 @@ def test_slots_of_different_lengths_batch_like_single_rows(positions):
     model = R3MemModel(tiny_model("llama"), tiny_cfg(memory_mode="kv", memory_positions=positions))
     perturb_trainables(model)
     a, b = _ids(14, seed=2)[0], _ids(6, seed=3)[0]
-    ids = torch.zeros(2, 14, dtype=torch.long)
-    mask = torch.zeros(2, 14, dtype=torch.long)
-    ids[0], mask[0] = a, 1
-    ids[1, :6], mask[1, :6] = b, 1
+    ids, mask = pad_batch([a.tolist(), b.tolist()], 0, torch.device("cpu"))
     with torch.no_grad():
         both, _, _ = model.compress(model.embed(ids), mask, None, 4)
         one, _, _ = model.compress(model.embed(a[None]), mask[:1], None, 4)
