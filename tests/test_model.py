@@ -7,6 +7,7 @@ from conftest import perturb_trainables, tiny_cfg, tiny_r3
 from r3mem.coupling import Coupling
 from r3mem.model import R3MemModel
 from r3mem.tiny import FAMILIES, tiny_model, tiny_tokenizer
+from r3mem.tokens import pad_batch
 
 
 def _ids(n: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
@@ -222,10 +223,7 @@ def test_batch_of_two_equals_two_batches_of_one(family, memory_mode):
     )
     perturb_trainables(model)
     a, b = _ids(20, seed=4)[0], _ids(13, seed=5)[0]
-    ids = torch.zeros(2, 20, dtype=torch.long)
-    mask = torch.zeros(2, 20, dtype=torch.long)
-    ids[0], mask[0] = a, 1
-    ids[1, :13], mask[1, :13] = b, 1
+    ids, mask = pad_batch([a.tolist(), b.tolist()], 0, torch.device("cpu"))
     with torch.no_grad():
         both, _, _ = model.encode(ids, mask)
         one, _, _ = model.encode(a[None], torch.ones(1, 20, dtype=torch.long))

@@ -13,6 +13,9 @@
 #   # the shipped adapter against recurrent and autoencoder trained with its own recipe (400 steps):
 #   CONFIG=src/r3mem/configs/smollm2-135m.yaml MODEL=src/r3mem/pretrained/smollm2-135m \
 #     BASELINES="recurrent autoencoder" RUNS=runs/budget400 bash benchmarks/equal_budget/run.sh
+#   # every method trained from the shipped recipe cut to 150 steps (EXTRA: more `r3mem train` options):
+#   CONFIG=src/r3mem/configs/smollm2-135m.yaml EXTRA="--set steps=150" TAG=kv150_cpu \
+#     BASELINES="recurrent autoencoder" RUNS=runs/kv150 TASKS="lm recon" bash benchmarks/equal_budget/run.sh
 #
 # Training resumes from the newest checkpoint of an interrupted run (same RUNS folder). Limits are
 # small because each method's evaluation costs minutes on 2 CPU cores; raise them on a bigger machine.
@@ -26,6 +29,8 @@ RUNS=${RUNS:-runs/equal_budget}
 STAGES=${STAGES:-"train eval"}
 TASKS=${TASKS:-"lm recon rag kv"}
 MODEL=${MODEL:-}  # the full method's adapter; empty: train it from CONFIG into $RUNS/r3mem
+EXTRA=${EXTRA:-}  # extra `r3mem train` options for every method, e.g. "--set steps=200"
+read -r -a EXTRA_ARGS <<< "$EXTRA"
 D=${DATA:-../shared/data}
 TAG=${TAG:-equal$("$PYTHON" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["steps"])' "$CONFIG")_cpu}
 # Cheapest first, so that an interrupted session still has the headline comparison.
@@ -35,10 +40,10 @@ declare -A METHOD=([recurrent]=recurrent [autoencoder]=autoencoder [no_hierarchy
   [no_backward]=r3mem_no_backward [no_cycle]=r3mem_no_cycle [coupling]=r3mem_coupling)
 
 if [[ " $STAGES " == *" train "* ]]; then
-  [ -n "$MODEL" ] || [ -f "$RUNS/r3mem/adapter/r3mem_adapter.json" ] || "$R3MEM" train --config "$CONFIG" --out "$RUNS/r3mem"
+  [ -n "$MODEL" ] || [ -f "$RUNS/r3mem/adapter/r3mem_adapter.json" ] || "$R3MEM" train --config "$CONFIG" --out "$RUNS/r3mem" "${EXTRA_ARGS[@]}"
   for name in $BASELINES; do
     [ -f "$RUNS/$name/adapter/r3mem_adapter.json" ] && continue
-    R3MEM=$R3MEM PYTHON=$PYTHON CONFIG=$CONFIG RUNS=$RUNS bash benchmarks/train_baselines.sh "$name"
+    R3MEM=$R3MEM PYTHON=$PYTHON CONFIG=$CONFIG RUNS=$RUNS EXTRA=$EXTRA bash benchmarks/train_baselines.sh "$name"
   done
 fi
 
