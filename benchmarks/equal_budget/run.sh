@@ -31,6 +31,10 @@ TASKS=${TASKS:-"lm recon rag kv"}
 MODEL=${MODEL:-}  # the full method's adapter; empty: train it from CONFIG into $RUNS/r3mem
 EXTRA=${EXTRA:-}  # extra `r3mem train` options for every method, e.g. "--set steps=200"
 read -r -a EXTRA_ARGS <<< "$EXTRA"
+# The default TAG names CONFIG's step count; options in EXTRA may change it, so then TAG must be given.
+if [ -n "$EXTRA" ] && [ -z "${TAG:-}" ]; then
+  echo "error: EXTRA changes the recipe: set TAG to name the result files (e.g. TAG=kv150_cpu)" >&2; exit 1
+fi
 D=${DATA:-../shared/data}
 TAG=${TAG:-equal$("$PYTHON" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["steps"])' "$CONFIG")_cpu}
 # Cheapest first, so that an interrupted session still has the headline comparison.
