@@ -119,6 +119,41 @@ def test_train_config_validation():
     assert lr_factor(99, cfg) == pytest.approx(cfg.min_lr_ratio, abs=1e-3)
 
 
+def test_cooldown_lr_falls_linearly_from_the_cosine_to_the_floor():
+    main = TrainConfig(steps=100, warmup_steps=10)
+    cool = TrainConfig(steps=100, warmup_steps=10, cooldown_from=40, cooldown_steps=20)
+    assert cool.last_step == 60 and main.last_step == 100
+    assert [lr_factor(s, cool) for s in range(40)] == [lr_factor(s, main) for s in range(40)]
+    tail = [lr_factor(s, cool) for s in range(40, 60)]
+    assert tail[-1] == pytest.approx(cool.min_lr_ratio)  # the last update is at the floor
+    assert all(a > b for a, b in zip([lr_factor(39, main)] + tail, tail))  # strictly falling
+    steps = [b - a for a, b in zip(tail, tail[1:])]
+    assert max(steps) == pytest.approx(min(steps))  # linear
+    assert TrainConfig(steps=100, cooldown_from=95, cooldown_steps=20).last_step == 100  # never past `steps`
+    with pytest.raises(ConfigError, match="^cooldown_from:"):
+        TrainConfig(steps=100, cooldown_from=100)
+    with pytest.raises(ConfigError, match="^cooldown_steps:"):
+        TrainConfig(cooldown_steps=0)
+
+
+def test_cooldown_branch_resumes_a_checkpoint_and_ends_with_an_adapter(tiny_cfg_train, tmp_path):
+    import shutil
+
+    cfg = dataclasses.replace(tiny_cfg_train, steps=12, checkpoint_every=4)
+    train(cfg, tmp_path / "main", progress=False, stop_after=4)
+    ckpt = "checkpoints/step_0000004"
+    shutil.copytree(tmp_path / "main" / ckpt, tmp_path / "cool" / ckpt)
+    branch = dataclasses.replace(cfg, cooldown_from=4, cooldown_steps=3)
+    seen = []
+    res = train(branch, tmp_path / "cool", progress=False, on_step=seen.append)
+    assert [m["step"] for m in seen] == [5, 6, 7] and res.steps_done == 7 and res.adapter_dir is not None
+    assert seen[-1]["lr"] == pytest.approx(cfg.lr * lr_factor(7, branch))
+    assert [m["lr"] for m in seen] == sorted((m["lr"] for m in seen), reverse=True)
+    assert json.loads((res.adapter_dir / "r3mem_adapter.json").read_text())["steps"] == 7
+    meta = json.loads((tmp_path / "cool" / "checkpoints" / "step_0000007" / "r3mem_adapter.json").read_text())
+    assert meta["step"] == 7 and meta["examples_seen"] == 7 * cfg.batch_size * cfg.grad_accum
+
+
 def _grads(model, fn):
     model.zero_grad()
     fn().backward()

@@ -72,22 +72,33 @@ def _recall_latency(engine: R3Mem, mem, history: str, n_new: int, repeats: int) 
     """Per-token latency of recall (KV-cached expansion of a paragraph slot) against plain cached
     greedy generation of the base model: from a short prompt (`no_memory`) and, where the history
     fits the model's window, with the whole history as its prompt (`full_context`, prefill timed
-    apart). Median of `repeats` runs, interleaved so that machine noise hits every method alike."""
+    apart). Median of `repeats` runs, interleaved so that machine noise hits every method alike.
+
+    `r3mem_adapters_off_s_per_token` is the same recall loop with LoRA switched off (the memory is
+    still the cache prefix): the difference to `r3mem_s_per_token` is what the expansion adapter's
+    LoRA branches cost per token, the rest is the decode loop's own overhead against `generate`."""
     tok, slot = engine.tokenizer, mem.paragraphs[0]
     short = tok("The history of the town", add_special_tokens=False)["input_ids"]
     hist = tok(history, add_special_tokens=False)["input_ids"]
     window = getattr(engine.model.lm.config, "max_position_embeddings", 0) or 0
     fits = len(hist) + n_new <= window
-    t_r, t_b, t_full, t_pre = [], [], [], []
+    t_r, t_off, t_b, t_full, t_pre = [], [], [], [], []
+
+    def recall_off():
+        with engine.model.adapters_disabled():
+            engine.model.decode(slot.state[None], n_new, None)
+
     for _ in range(repeats):
         t_r.append(_timed(lambda: engine.model.decode(slot.state[None], n_new, None))[1] / n_new)
+        t_off.append(_timed(recall_off)[1] / n_new)
         t_b.append(_timed(lambda: _base_generate(engine, short, n_new))[1] / n_new)
         if fits:
             t_pre.append(_timed(lambda: _base_generate(engine, hist, 1))[1])
             t_full.append(max(0.0, _timed(lambda: _base_generate(engine, hist, n_new + 1))[1] - t_pre[-1]) / n_new)
     med = statistics.median
     out = {"new_tokens": n_new, "repeats": repeats, "r3mem_s_per_token": med(t_r), "base_s_per_token": med(t_b),
-           "ratio_base_over_r3mem": med(t_b) / med(t_r), "r3mem_runs": t_r, "base_runs": t_b}
+           "ratio_base_over_r3mem": med(t_b) / med(t_r), "r3mem_adapters_off_s_per_token": med(t_off),
+           "r3mem_runs": t_r, "r3mem_adapters_off_runs": t_off, "base_runs": t_b}
     out["full_context"] = ({"prefill_s": med(t_pre), "s_per_token": med(t_full), "prompt_tokens": len(hist)} if fits
                            else {"skipped": f"{len(hist)} tokens do not fit the {window}-token window"})
     return out
@@ -180,6 +191,10 @@ def plot(rows: list[dict], path: Path) -> None:
     rec = [r for r in r1 if "recall" in r]
     xr = [r["tokens"] for r in rec]
     ax[2].plot(xr, [r["recall"]["r3mem_s_per_token"] * 1e3 for r in rec], "o-", label="r3mem recall")
+    off = [(r["tokens"], r["recall"]["r3mem_adapters_off_s_per_token"] * 1e3) for r in rec
+           if "r3mem_adapters_off_s_per_token" in r["recall"]]
+    if off:
+        ax[2].plot(*zip(*off), "x-", label="r3mem recall, LoRA off")
     ax[2].plot(xr, [r["recall"]["base_s_per_token"] * 1e3 for r in rec], "^--", label="base, no memory")
     full = [
         (r["tokens"], r["recall"]["full_context"]["s_per_token"] * 1e3)

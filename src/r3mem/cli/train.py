@@ -60,7 +60,7 @@ def train(
     cfg = load_config(resolve_config_path(config), TrainConfig, set_ or [])
     result = run(cfg, out, resume=resume, stop_after=stop_after,
                  time_limit_s=None if max_minutes is None else max_minutes * 60)
-    console.print(f"trained {result.steps_done}/{cfg.steps} steps -> {out}")
+    console.print(f"trained {result.steps_done}/{cfg.last_step} steps -> {out}")
     emit_json(
         {
             "out": str(out),

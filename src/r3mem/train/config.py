@@ -35,6 +35,12 @@ class TrainConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1
     max_grad_norm: float = 1.0
+    # Cooldown branch (warmup-stable-decay style): from step `cooldown_from` the learning rate falls
+    # linearly from its scheduled value to `min_lr_ratio` x lr over `cooldown_steps`, and the run ends
+    # there. The curriculum still refers to `steps`, so a branch started from a checkpoint of the
+    # main run keeps that run's data mix; the main run itself goes on at its own schedule.
+    cooldown_from: int | None = None
+    cooldown_steps: int = 100
     precision: str = "fp32"  # fp32 | bf16 (autocast; trainable weights and optimizer stay fp32)
     device: str = "auto"  # auto (a CUDA GPU when there is one, else CPU) | cpu | cuda
     # Curriculum from document to entity level ("document" = segment-recurrent LM windows).
@@ -80,6 +86,11 @@ class TrainConfig:
             v = getattr(self, name)
             _check(isinstance(v, (int, float)) and not isinstance(v, bool), name, "must be a number", v)
         _check(self.lr > 0, "lr", "must be > 0", self.lr)
+        _check(isinstance(self.cooldown_steps, int) and not isinstance(self.cooldown_steps, bool)
+               and self.cooldown_steps >= 1, "cooldown_steps", "must be an integer >= 1", self.cooldown_steps)
+        _check(self.cooldown_from is None or (isinstance(self.cooldown_from, int) and not isinstance(
+            self.cooldown_from, bool) and 0 <= self.cooldown_from < self.steps), "cooldown_from",
+            f"must be empty or an integer step in [0, steps={self.steps})", self.cooldown_from)
         _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]", self.min_lr_ratio)
         _check(self.device in ("auto", "cpu", "cuda"), "device", "must be 'auto', 'cpu' or 'cuda'", self.device)
         _check(self.precision in ("fp32", "bf16"), "precision", "must be 'fp32' or 'bf16'", self.precision)
@@ -108,6 +119,13 @@ class TrainConfig:
         _check(
             self.curriculum[-1].until == 1.0, "curriculum", "the last phase must end at 1.0", self.curriculum[-1].until
         )
+
+    @property
+    def last_step(self) -> int:
+        """The step the run ends at: `steps`, or the end of the cooldown branch."""
+        if self.cooldown_from is None:
+            return self.steps
+        return min(self.steps, self.cooldown_from + self.cooldown_steps)
 
     def phase_at(self, step: int) -> Phase:
         frac = step / self.steps

@@ -40,7 +40,16 @@ class TrainResult:
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to `min_lr_ratio` of the peak."""
+    """Linear warmup, then cosine decay to `min_lr_ratio` of the peak; in a cooldown branch, from
+    `cooldown_from` a linear fall from the cosine's value there to `min_lr_ratio` at `last_step`."""
+    if cfg.cooldown_from is not None and step >= cfg.cooldown_from:
+        at = _cosine_factor(cfg.cooldown_from, cfg)
+        t = min(1.0, (step - cfg.cooldown_from + 1) / max(1, cfg.last_step - cfg.cooldown_from))
+        return at + (cfg.min_lr_ratio - at) * t
+    return _cosine_factor(step, cfg)
+
+
+def _cosine_factor(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     span = max(1, cfg.steps - cfg.warmup_steps)
@@ -87,11 +96,14 @@ def _checkpoints(out: Path) -> list[Path]:
     return sorted((out / _CKPT).glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
 
 
-def _save_checkpoint(out: Path, model: R3MemModel, opt, sched, step: int, cfg: TrainConfig) -> None:
+def _save_checkpoint(out: Path, model: R3MemModel, opt, sched, step: int, cfg: TrainConfig, world: int = 1) -> None:
     final = out / _CKPT / f"step_{step:07d}"
     tmp = final.with_name(final.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_adapter(tmp, model.trainable_state_dict(), model.cfg, base_model_id(model.lm), {"trained": True, "step": step})
+    # Examples seen at this run's global batch (a checkpoint copied elsewhere still knows it).
+    seen = step * cfg.batch_size * cfg.grad_accum * world
+    save_adapter(tmp, model.trainable_state_dict(), model.cfg, base_model_id(model.lm),
+                 {"trained": True, "step": step, "examples_seen": seen})
     torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "torch_rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
     shutil.rmtree(final, ignore_errors=True)
@@ -197,8 +209,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True, stop_af
         log_path.unlink(missing_ok=True)
     if lead:
         _truncate_log(log_path, start)
-    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    bar = _progress(progress and lead, start, cfg.steps)
+    end = cfg.last_step if stop_after is None else min(cfg.last_step, stop_after)
+    bar = _progress(progress and lead, start, cfg.last_step)
     metrics: dict = {}
     t0, toks = time.perf_counter(), 0
     model.train()
@@ -239,17 +251,17 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True, stop_af
             on_step(metrics)
         bar(metrics)
         out_of_time = _out_of_time(time_limit_s, elapsed, world, device)
-        if lead and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or out_of_time):
-            _save_checkpoint(out, model, opt, sched, step + 1, cfg)
+        if lead and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.last_step or out_of_time):
+            _save_checkpoint(out, model, opt, sched, step + 1, cfg, world)
         _barrier(world)
         if out_of_time:
             end = step + 1
             break
     adapter_dir = None
-    if end == cfg.steps and lead:
+    if end == cfg.last_step and lead:
         adapter_dir = out / "adapter"
         save_adapter(adapter_dir, model.trainable_state_dict(), model.cfg, base_model_id(model.lm),
-                     {"trained": True, "steps": cfg.steps, "train_config": cfg.to_dict()})
+                     {"trained": True, "steps": cfg.last_step, "train_config": cfg.to_dict()})
         from r3mem.train.plot import plot_metrics
 
         plot_metrics(log_path, out / "losses.png")
