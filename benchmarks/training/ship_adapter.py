@@ -28,7 +28,8 @@ def ship(ckpt: Path, dest: Path, run_config: Path | None) -> str:
         train_cfg = meta.get("train_config")
     step = int(meta.get("step") or meta.get("steps") or 0)
     per_step = (train_cfg or {}).get("batch_size", 1) * (train_cfg or {}).get("grad_accum", 1)
-    extra = {"trained": True, "step": step, "examples_seen": step * per_step, "stored_dtype": "float16",
+    seen = meta.get("examples_seen", step * per_step)  # recorded by checkpoints since 2026-12-02 (counts processes)
+    extra = {"trained": True, "step": step, "examples_seen": seen, "stored_dtype": "float16",
              "train_config": train_cfg, "source_checkpoint": ckpt.name}
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)

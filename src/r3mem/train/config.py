@@ -73,7 +73,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every",
-                     "lm_segments", "max_context_tokens", "max_query_tokens"):
+                     "lm_segments", "max_context_tokens", "max_query_tokens", "cooldown_steps"):
             v = getattr(self, name)
             _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "must be an integer >= 1", v)
         _check(
@@ -86,8 +86,6 @@ class TrainConfig:
             v = getattr(self, name)
             _check(isinstance(v, (int, float)) and not isinstance(v, bool), name, "must be a number", v)
         _check(self.lr > 0, "lr", "must be > 0", self.lr)
-        _check(isinstance(self.cooldown_steps, int) and not isinstance(self.cooldown_steps, bool)
-               and self.cooldown_steps >= 1, "cooldown_steps", "must be an integer >= 1", self.cooldown_steps)
         _check(self.cooldown_from is None or (isinstance(self.cooldown_from, int) and not isinstance(
             self.cooldown_from, bool) and 0 <= self.cooldown_from < self.steps), "cooldown_from",
             f"must be empty or an integer step in [0, steps={self.steps})", self.cooldown_from)

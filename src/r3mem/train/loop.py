@@ -44,7 +44,7 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     `cooldown_from` a linear fall from the cosine's value there to `min_lr_ratio` at `last_step`."""
     if cfg.cooldown_from is not None and step >= cfg.cooldown_from:
         at = _cosine_factor(cfg.cooldown_from, cfg)
-        t = min(1.0, (step - cfg.cooldown_from + 1) / max(1, cfg.last_step - cfg.cooldown_from))
+        t = min(1.0, (step - cfg.cooldown_from + 1) / (cfg.last_step - cfg.cooldown_from))
         return at + (cfg.min_lr_ratio - at) * t
     return _cosine_factor(step, cfg)
 
