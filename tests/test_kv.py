@@ -1,5 +1,7 @@
 """Key/value memory: cache-prefix reading, key repositioning, gradients, 16-bit memory files."""
 
+import math
+
 import pytest
 import torch
 from conftest import ALL_LINEAR, perturb_trainables, tiny_cfg
@@ -71,6 +73,29 @@ def test_gradients_reach_write_tokens_and_compress_adapter_through_the_cache(tok
     assert all(g is not None and g.abs().sum() > 0 for g in reach.values()), [
         n for n, g in reach.items() if g is None or not g.abs().sum()
     ]
+
+
+def test_recon_text_lm_trains_the_whole_compress_direction_and_only_it(tok):
+    """The text's own LM loss in the compress pass reaches the compress LoRA of every layer, the last
+    layer's MLP too (which the reconstruction loss cannot reach), and never the expand direction."""
+    model = R3MemModel(tiny_model("llama"), tiny_cfg(memory_mode="kv", target_modules=ALL_LINEAR["llama"]))
+    perturb_trainables(model)
+    ids = tok(SAMPLE_TEXT.split("\n\n")[1], add_special_tokens=False)["input_ids"]
+    ctx = pad_batch([ids, ids[:9]], tok.pad_token_id, torch.device("cpu"))
+    tgt = pad_batch([ids + [tok.eos_token_id], ids[:9] + [tok.eos_token_id]], tok.pad_token_id, torch.device("cpu"))
+    assert float(recon_losses(model, ctx, tgt, 4.0).forward) == 0.0
+    terms = recon_losses(model, ctx, tgt, 4.0, text_lm=True)
+    assert 0 < terms.forward.item() < 2 * math.log(len(tok))
+    terms.forward.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if "lora_B" in n}
+    last_mlp = f"layers.{model.lm.config.num_hidden_layers - 1}.mlp.down_proj"
+    assert any(last_mlp in n and ".compress." in n and g is not None and g.abs().sum() > 0 for n, g in grads.items())
+    assert all(g is None or not g.abs().sum() for n, g in grads.items() if ".expand." in n)
+    # The loss is the text's: changing one token of the short row's context changes it.
+    other = ctx[0].clone()
+    other[1, 3] = (other[1, 3] + 1) % len(tok)
+    again = recon_losses(model, (other, ctx[1]), tgt, 4.0, text_lm=True).forward
+    assert not torch.isclose(again, terms.forward)
 
 
 def test_state_shape_is_layers_kv_heads_tokens_head_dim():

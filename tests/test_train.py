@@ -81,6 +81,16 @@ def test_curriculum_starts_with_reconstruction_at_its_phase_ratios(tiny_cfg_trai
     assert {r["level"] for r in rows} == {"recon"} and all(r["backward"] > 0 and r["forward"] == 0 for r in rows)
 
 
+def test_recon_lm_adds_the_text_lm_term_to_reconstruction_batches(tiny_cfg_train, tmp_path):
+    cfg = dataclasses.replace(tiny_cfg_train, model=dataclasses.replace(tiny_cfg_train.model, recon_lm=True))
+    train(cfg, tmp_path, progress=False, stop_after=2)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {r["level"] for r in rows} == {"recon"} and all(r["forward"] > 0 and r["backward"] > 0 for r in rows)
+    m = cfg.model
+    assert all(abs(r["total"] - m.w_fwd * r["forward"] - m.w_bwd * r["backward"] - m.w_cyc * r["cycle"]) < 1e-4
+               for r in rows)
+
+
 def test_init_adapter_continues_an_earlier_run(tiny_cfg_train, tmp_path):
     import dataclasses
 

@@ -20,31 +20,16 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from evaluate_adapter import _paragraph_ids, _versions, reconstruction  # noqa: E402
+from provenance import examples_seen  # noqa: E402
 
 from r3mem.engine import R3Mem  # noqa: E402
 from r3mem.text import read_text, strip_gutenberg  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 CURVE_FIELDS = ("token_exact_match", "paragraph_exact_match", "bleu", "rouge_l", "mean_memory_tokens", "confidence")
-
-
-def examples_seen(folder: Path, meta: dict) -> tuple[int, int]:
-    """(step, examples) of a checkpoint or adapter: steps x batch x accumulation of its training run."""
-    step = int(meta.get("step") or meta.get("steps") or 0)
-    if meta.get("examples_seen") is not None:  # a shipped adapter records it
-        return step, int(meta["examples_seen"])
-    tc = meta.get("train_config")
-    if tc is None:
-        for cand in (folder.parent.parent / "train_config.yaml", folder.parent / "train_config.yaml"):
-            if cand.exists():
-                tc = yaml.safe_load(cand.read_text())
-                break
-    per_step = (tc or {}).get("batch_size", 1) * (tc or {}).get("grad_accum", 1)
-    return step, step * per_step
 
 
 def score(folder: Path, run: str, n: int, ratios: list[float]) -> dict:

@@ -14,21 +14,16 @@ import shutil
 from pathlib import Path
 
 import torch
-import yaml
+from provenance import examples_seen, train_config_of
 
 from r3mem.adapter import read_adapter, save_adapter
 
 
-def ship(ckpt: Path, dest: Path, run_config: Path | None) -> str:
+def ship(ckpt: Path, dest: Path) -> str:
     cfg, state, meta = read_adapter(ckpt)
     half = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()}
-    if run_config and run_config.exists():
-        train_cfg = yaml.safe_load(run_config.read_text())
-    else:
-        train_cfg = meta.get("train_config")
-    step = int(meta.get("step") or meta.get("steps") or 0)
-    per_step = (train_cfg or {}).get("batch_size", 1) * (train_cfg or {}).get("grad_accum", 1)
-    seen = meta.get("examples_seen", step * per_step)  # recorded by checkpoints since 2026-12-02 (counts processes)
+    train_cfg = train_config_of(ckpt, meta)
+    step, seen = examples_seen(ckpt, meta)
     extra = {"trained": True, "step": step, "examples_seen": seen, "stored_dtype": "float16",
              "train_config": train_cfg, "source_checkpoint": ckpt.name}
     tmp = dest.with_name(dest.name + ".partial")
@@ -44,7 +39,7 @@ def main() -> None:
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("--dest", type=Path, default=Path("src/r3mem/pretrained/smollm2-135m"))
     a = ap.parse_args()
-    print(ship(a.checkpoint, a.dest, a.checkpoint.parent.parent / "train_config.yaml"))
+    print(ship(a.checkpoint, a.dest))
 
 
 if __name__ == "__main__":

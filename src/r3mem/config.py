@@ -69,6 +69,10 @@ class R3MemConfig:
     w_fwd: float = 1.0
     w_bwd: float = 1.0
     w_cyc: float = 0.5
+    # Reconstruction batches also train next-token LM on the text in their compress pass (forward term,
+    # weight w_fwd; free: the pass runs anyway), as ICAE pretrains on autoencoding plus continuation, so the
+    # compress direction keeps learning language modelling between LM windows (LOG 2026-12-02, fifth session).
+    recon_lm: bool = False
     max_recall_tokens: int = 256
     seed: int = 0
 
@@ -110,6 +114,7 @@ class R3MemConfig:
         for name in ("w_fwd", "w_bwd", "w_cyc"):
             v = getattr(self, name)
             _check(isinstance(v, (int, float)) and v >= 0.0, name, "must be a number >= 0", v)
+        _check(isinstance(self.recon_lm, bool), "recon_lm", "must be true or false", self.recon_lm)
         _check(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)", self.lora_dropout)
         _check(
             self.num_mem_tokens <= self.max_slot_tokens,

@@ -94,11 +94,17 @@ def pair_losses(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], query
 
 
 def recon_losses(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], target: tuple[torch.Tensor, torch.Tensor],
-                 ratio: float, w_cyc: float = 0.0) -> LossTerms:
-    """Autoencoding: compress the text into ceil(len/ratio) memory tokens, reconstruct it (and <eos>)."""
+                 ratio: float, w_cyc: float = 0.0, text_lm: bool = False) -> LossTerms:
+    """Autoencoding: compress the text into ceil(len/ratio) memory tokens, reconstruct it (and <eos>).
+
+    `text_lm`: the forward term is the text's own next-token loss in the compress pass (no memory
+    read), otherwise zero.
+    """
     k = slot_tokens(int(ctx[1].sum(1).max()), ratio, model.memory.max_slot)
-    state, _, _ = model.compress(model.embed(ctx[0]), ctx[1], model.slot_prior(ctx[0].shape[0]), k)
+    labels = ctx[0].masked_fill(ctx[1] == 0, -100) if text_lm else None
+    state, lm_sum, lm_n = model.compress(model.embed(ctx[0]), ctx[1], model.slot_prior(ctx[0].shape[0]), k, labels)
     hidden, lab = model.expand(state, target[0], target[1])
     cyc = cycle_term(model, state, hidden, target[1]) if w_cyc > 0 else _zero(model)
-    return LossTerms(_zero(model), _mean_ce(model, hidden, lab), cyc)
+    fwd = lm_sum / lm_n.clamp(min=1) if text_lm else _zero(model)
+    return LossTerms(fwd, _mean_ce(model, hidden, lab), cyc)
 

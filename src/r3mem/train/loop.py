@@ -60,7 +60,8 @@ def _cosine_factor(step: int, cfg: TrainConfig) -> float:
 def step_losses(model: R3MemModel, batch: dict) -> LossTerms:
     c = model.cfg
     if batch["level"] == "recon":
-        return recon_losses(model, batch["ctx"], batch["target"], batch["ratio"], c.w_cyc)
+        return recon_losses(model, batch["ctx"], batch["target"], batch["ratio"], c.w_cyc,
+                            text_lm=c.recon_lm and c.w_fwd > 0)
     if batch["level"] == "document":
         return lm_losses(model, batch["ids"], batch["mask"], c.w_fwd, c.w_bwd, c.w_cyc)
     return pair_losses(model, batch["ctx"], batch["query"], batch["target"], batch["ratio"], c.w_fwd, c.w_bwd, c.w_cyc,
