@@ -159,7 +159,8 @@ def test_cooldown_branch_resumes_a_checkpoint_and_ends_with_an_adapter(tiny_cfg_
     assert [m["step"] for m in seen] == [5, 6, 7] and res.steps_done == 7 and res.adapter_dir is not None
     assert seen[-1]["lr"] == pytest.approx(cfg.lr * lr_factor(7, branch))
     assert [m["lr"] for m in seen] == sorted((m["lr"] for m in seen), reverse=True)
-    assert json.loads((res.adapter_dir / "r3mem_adapter.json").read_text())["steps"] == 7
+    final = json.loads((res.adapter_dir / "r3mem_adapter.json").read_text())
+    assert final["steps"] == 7 and final["examples_seen"] == 7 * cfg.batch_size * cfg.grad_accum
     meta = json.loads((tmp_path / "cool" / "checkpoints" / "step_0000007" / "r3mem_adapter.json").read_text())
     assert meta["step"] == 7 and meta["examples_seen"] == 7 * cfg.batch_size * cfg.grad_accum
 

@@ -97,14 +97,18 @@ def _checkpoints(out: Path) -> list[Path]:
     return sorted((out / _CKPT).glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
 
 
+def _examples_seen(step: int, cfg: TrainConfig, world: int) -> int:
+    """Examples seen after `step` steps at this run's global batch (recorded in every adapter header
+    the run writes, so a folder copied elsewhere still knows it)."""
+    return step * cfg.batch_size * cfg.grad_accum * world
+
+
 def _save_checkpoint(out: Path, model: R3MemModel, opt, sched, step: int, cfg: TrainConfig, world: int = 1) -> None:
     final = out / _CKPT / f"step_{step:07d}"
     tmp = final.with_name(final.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    # Examples seen at this run's global batch (a checkpoint copied elsewhere still knows it).
-    seen = step * cfg.batch_size * cfg.grad_accum * world
     save_adapter(tmp, model.trainable_state_dict(), model.cfg, base_model_id(model.lm),
-                 {"trained": True, "step": step, "examples_seen": seen})
+                 {"trained": True, "step": step, "examples_seen": _examples_seen(step, cfg, world)})
     torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "torch_rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
     shutil.rmtree(final, ignore_errors=True)
@@ -262,7 +266,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True, stop_af
     if end == cfg.last_step and lead:
         adapter_dir = out / "adapter"
         save_adapter(adapter_dir, model.trainable_state_dict(), model.cfg, base_model_id(model.lm),
-                     {"trained": True, "steps": cfg.last_step, "train_config": cfg.to_dict()})
+                     {"trained": True, "steps": cfg.last_step,
+                      "examples_seen": _examples_seen(cfg.last_step, cfg, world), "train_config": cfg.to_dict()})
         from r3mem.train.plot import plot_metrics
 
         plot_metrics(log_path, out / "losses.png")
