@@ -229,3 +229,17 @@ def test_a_time_limit_stops_at_a_checkpoint_and_resumes(tiny_cfg_train, tmp_path
     assert (tmp_path / "checkpoints" / "step_0000001").is_dir()
     rest = train(cfg, tmp_path, progress=False)
     assert rest.steps_done == 6 and rest.adapter_dir is not None
+
+
+def test_memory_lr_scale_gives_the_memory_its_own_learning_rate(tiny_cfg_train, tmp_path):
+    cfg = dataclasses.replace(tiny_cfg_train, memory_lr_scale=10.0)
+    train(cfg, tmp_path, progress=False, stop_after=2)
+    ts = torch.load(tmp_path / "checkpoints" / "step_0000002" / "trainer_state.pt", weights_only=False)
+    lora, mem = ts["optimizer"]["param_groups"]
+    assert mem["lr"] == pytest.approx(10 * lora["lr"]) and lora["lr"] == pytest.approx(cfg.lr * lr_factor(2, cfg))
+    model = tiny_r3()
+    assert len(mem["params"]) == sum(n.startswith("memory.") for n, p in model.named_parameters() if p.requires_grad)
+    with pytest.raises(ConfigError, match="saved with 2 parameter group"):  # changed mid-run: refused, not misread
+        train(tiny_cfg_train, tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="^memory_lr_scale: must be > 0"):
+        dataclasses.replace(tiny_cfg_train, memory_lr_scale=0.0)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from r3mem.model import COMPRESS, QUERY, R3MemModel
 from r3mem.recurrence import fold
-from r3mem.tokens import slot_tokens
+from r3mem.tokens import lm_labels, slot_tokens
 
 __all__ = ["LossTerms", "lm_losses", "pair_losses", "recon_losses"]
 
@@ -101,7 +101,7 @@ def recon_losses(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], targ
     read), otherwise zero.
     """
     k = slot_tokens(int(ctx[1].sum(1).max()), ratio, model.memory.max_slot)
-    labels = ctx[0].masked_fill(ctx[1] == 0, -100) if text_lm else None
+    labels = lm_labels(*ctx) if text_lm else None
     state, lm_sum, lm_n = model.compress(model.embed(ctx[0]), ctx[1], model.slot_prior(ctx[0].shape[0]), k, labels)
     hidden, lab = model.expand(state, target[0], target[1])
     cyc = cycle_term(model, state, hidden, target[1]) if w_cyc > 0 else _zero(model)

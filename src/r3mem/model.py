@@ -24,6 +24,7 @@ from r3mem.backbone import decoder_layers, inner_model
 from r3mem.config import R3MemConfig
 from r3mem.coupling import Coupling
 from r3mem.memory_tokens import VirtualMemory
+from r3mem.tokens import IGNORE_INDEX, lm_labels
 
 __all__ = ["R3MemModel", "COMPRESS", "EXPAND", "QUERY", "SEP"]
 
@@ -233,7 +234,7 @@ class R3MemModel(nn.Module):
                  labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One segment: returns (new state [B,levels,n_write,d], LM loss sum, number of scored tokens).
 
-        `labels` (the segment's token ids, -100 for padding) makes the read memory and each token
+        `labels` (the segment's token ids, IGNORE_INDEX for padding) makes the read memory and each token
         predict the next token, so the memory is trained to help language modelling. In kv mode the
         new state is [B, L, 2, H, n_write, hd] and `state` (None: no memory) is the cache prefix.
         """
@@ -281,9 +282,9 @@ class R3MemModel(nn.Module):
     def _ce(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.logits(hidden).float()
         loss = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
         )
-        return loss, (labels != -100).sum()
+        return loss, (labels != IGNORE_INDEX).sum()
 
     def encode(
         self,
@@ -330,7 +331,7 @@ class R3MemModel(nn.Module):
         x = torch.cat([x, self.embed(target)], 1)
         m = torch.cat([m, target_mask], 1)
         hidden, _, _, _, _ = self._run(x, m, direction, state, k, past=state if self.kv else None, start=start)
-        return hidden[:, P - 1:P - 1 + T], target.masked_fill(target_mask == 0, -100)
+        return hidden[:, P - 1:P - 1 + T], lm_labels(target, target_mask)
 
     @torch.no_grad()
     def decode(self, state: torch.Tensor, max_new_tokens: int, eos_id: int | None,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from r3mem.hierarchy import LEVELS, paragraph_spans
 from r3mem.memory import Memory, Slot
 from r3mem.model import COMPRESS, QUERY, R3MemModel
-from r3mem.tokens import pad_batch, tokenize
+from r3mem.tokens import IGNORE_INDEX, pad_batch, tokenize
 from r3mem.writer import compress_texts, effective_doc_state
 
 __all__ = ["Recalled", "Reconstruction", "recall", "recall_many", "score_query", "reconstruct", "reconstruct_scored"]
@@ -68,7 +68,7 @@ def score_query(model: R3MemModel, tok, states: list[torch.Tensor], query: str) 
             ids, mask = pad_batch([q] * len(chunk), tok.pad_token_id, st.device)
             hidden, labels = model.expand(st, ids, mask, direction=COMPRESS, marker=QUERY)
             logp = -F.cross_entropy(
-                model.logits(hidden).float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
+                model.logits(hidden).float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
             )
             for j, i in enumerate(chunk):
                 scores[i] = float(logp[j].sum() / mask[j].sum())

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from r3mem.tokens import IGNORE_INDEX, lm_labels
+
 __all__ = ["Folded", "fold"]
 
 
@@ -50,9 +52,9 @@ def fold(model, state: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, *, b
         seg_ids, seg_mask = ids[:, s:s + seg], mask[:, s:s + seg]
         labels = None
         if with_loss:
-            labels = seg_ids.masked_fill(seg_mask == 0, -100)
+            labels = lm_labels(seg_ids, seg_mask)
             if not score_first:
-                labels[:, 0] = -100
+                labels[:, 0] = IGNORE_INDEX
         new, loss, n = model.compress(model.embed(seg_ids), seg_mask, state if carry else initial,
                                       model.cfg.num_mem_tokens, labels)
         if store_dtype is not None:

@@ -1,8 +1,8 @@
 """Token helpers shared by writing, reading, training and evaluation.
 
 `tokenize` is the one way user text becomes ids (special-token strings are split, never obeyed);
-`pad_batch` right-pads id lists into `(ids, mask)`; `slot_tokens` is how many memory tokens a slot
-of a given length gets.
+`pad_batch` right-pads id lists into `(ids, mask)`; `lm_labels` turns them into loss labels;
+`slot_tokens` is how many memory tokens a slot of a given length gets.
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ import math
 
 import torch
 
-__all__ = ["tokenize", "pad_batch", "slot_tokens"]
+__all__ = ["tokenize", "pad_batch", "lm_labels", "slot_tokens", "IGNORE_INDEX"]
+
+# The label cross-entropy skips (torch and transformers both default to it).
+IGNORE_INDEX = -100
 
 
 def slot_tokens(n_tokens: int, ratio: float, max_slot: int) -> int:
@@ -28,6 +31,11 @@ def pad_batch(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple
         ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
         mask[i, :len(s)] = 1
     return ids, mask
+
+
+def lm_labels(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Labels [B,T] for a padded batch: the ids, with padding set to IGNORE_INDEX (a new tensor)."""
+    return ids.masked_fill(mask == 0, IGNORE_INDEX)
 
 
 def tokenize(tok, text: str) -> list[int]:

@@ -31,6 +31,9 @@ class TrainConfig:
     batch_size: int = 4
     grad_accum: int = 1
     lr: float = 2e-4
+    # The memory's own parameters (write-token embeddings, initial memory, markers: `memory.*`) train
+    # at lr x this; the LoRA adapters at lr. 1.0: one parameter group, as before this switch existed.
+    memory_lr_scale: float = 1.0
     weight_decay: float = 0.0
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1
@@ -53,6 +56,7 @@ class TrainConfig:
     query_dropout: float = 0.5  # fraction of backward passes not conditioned on the query
     # Start from this adapter folder's weights (a committed adapter of an earlier run) when the run
     # folder has no checkpoint yet; the step count continues from the adapter's, the optimizer is new.
+    # Its LoRA may be of a smaller rank than `model.lora_rank`: it is grown (train/warmstart.py).
     init_adapter: str | None = None
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
@@ -82,10 +86,11 @@ class TrainConfig:
             "must be an integer >= 0",
             self.warmup_steps,
         )
-        for name in ("lr", "weight_decay", "max_grad_norm", "min_lr_ratio", "query_dropout"):
+        for name in ("lr", "memory_lr_scale", "weight_decay", "max_grad_norm", "min_lr_ratio", "query_dropout"):
             v = getattr(self, name)
             _check(isinstance(v, (int, float)) and not isinstance(v, bool), name, "must be a number", v)
         _check(self.lr > 0, "lr", "must be > 0", self.lr)
+        _check(self.memory_lr_scale > 0, "memory_lr_scale", "must be > 0", self.memory_lr_scale)
         _check(self.cooldown_from is None or (isinstance(self.cooldown_from, int) and not isinstance(
             self.cooldown_from, bool) and 0 <= self.cooldown_from < self.steps), "cooldown_from",
             f"must be empty or an integer step in [0, steps={self.steps})", self.cooldown_from)

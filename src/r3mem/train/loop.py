@@ -25,6 +25,7 @@ from r3mem.losses import LossTerms, lm_losses, pair_losses, recon_losses
 from r3mem.model import R3MemModel
 from r3mem.train.config import TrainConfig
 from r3mem.train.mixture import TrainingData
+from r3mem.train.warmstart import init_from_adapter
 
 __all__ = ["train", "TrainResult", "step_losses", "lr_factor", "dist_info"]
 
@@ -117,6 +118,16 @@ def _save_checkpoint(out: Path, model: R3MemModel, opt, sched, step: int, cfg: T
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _param_groups(model: R3MemModel, cfg: TrainConfig) -> list[dict]:
+    """The trainable parameters: one group, or the memory's own apart at lr x `memory_lr_scale`."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.memory_lr_scale == 1.0:
+        return [{"params": [p for _, p in named]}]
+    mem = [p for n, p in named if n.startswith("memory.")]
+    rest = [p for n, p in named if not n.startswith("memory.")]
+    return [{"params": rest}, {"params": mem, "lr": cfg.lr * cfg.memory_lr_scale}]
+
+
 def _resume(out: Path, model: R3MemModel, opt, sched) -> int:
     ckpts = _checkpoints(out)
     if not ckpts:
@@ -124,17 +135,14 @@ def _resume(out: Path, model: R3MemModel, opt, sched) -> int:
     _, state, _ = read_adapter(ckpts[-1])
     load_trainable_state(model, state, f"checkpoint {ckpts[-1]}")
     ts = torch.load(ckpts[-1] / "trainer_state.pt", weights_only=False)
+    if len(ts["optimizer"]["param_groups"]) != len(opt.param_groups):
+        raise ConfigError(f"checkpoint {ckpts[-1]}: saved with {len(ts['optimizer']['param_groups'])} parameter "
+                          f"group(s), this run has {len(opt.param_groups)} (memory_lr_scale changed; start a new "
+                          "run folder with init_adapter instead)")
     opt.load_state_dict(ts["optimizer"])
     sched.load_state_dict(ts["scheduler"])
     torch.set_rng_state(ts["torch_rng"])
     return int(ts["step"])
-
-
-def _init_from_adapter(path: str, model: R3MemModel) -> int:
-    """Load an adapter's weights (names and shapes must match) and return the step it had reached."""
-    _, state, meta = read_adapter(path)
-    load_trainable_state(model, state, f"init_adapter {path}")
-    return int(meta.get("step") or meta.get("steps") or 0)
 
 
 def _truncate_log(path: Path, upto_step: int) -> None:
@@ -200,15 +208,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True, stop_af
     model = R3MemModel(base, cfg.model)
     model.to(device)
     data = TrainingData(cfg, tok)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = [p for g in opt.param_groups for p in g["params"]]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     start = _resume(out, model, opt, sched) if resume else 0
     if start == 0 and cfg.init_adapter:
-        start = _init_from_adapter(cfg.init_adapter, model)
+        start = init_from_adapter(cfg.init_adapter, model, cfg.model)
         sched.last_epoch = start  # the schedule continues where the adapter's run stopped
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * lr_factor(start, cfg)
+            g["lr"] = g["initial_lr"] * lr_factor(start, cfg)
     log_path = out / "metrics.jsonl"
     if lead and not resume:
         log_path.unlink(missing_ok=True)
