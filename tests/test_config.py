@@ -15,6 +15,14 @@ def test_invalid_values_name_the_field(field, value):
     assert str(e.value).startswith(field + ":")
 
 
+def test_write_adapter_needs_direction_adapters():
+    assert R3MemConfig(write_adapter=True).write_adapter
+    with pytest.raises(ConfigError, match="^write_adapter: needs reversible_mode 'adapters'"):
+        R3MemConfig(write_adapter=True, reversible_mode="coupling")
+    with pytest.raises(ConfigError, match="^write_adapter: must be true or false"):
+        R3MemConfig(write_adapter="yes")
+
+
 def test_num_mem_tokens_must_fit_write_table():
     with pytest.raises(ConfigError, match="num_mem_tokens"):
         R3MemConfig(num_mem_tokens=32, max_slot_tokens=16)

@@ -254,3 +254,60 @@ def test_directions_use_different_adapters_and_both_get_gradients():
     assert comp and exp
     assert all(p.grad is not None for p in comp + exp)
     assert sum(float(p.grad.abs().sum()) for p in exp) > 0
+
+
+def _perturb_adapter(model, name: str, seed: int = 7) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if f".{name}." in n:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+@pytest.mark.parametrize("memory_mode", ["kv", "input"])
+def test_write_adapter_serves_only_the_write_tokens(memory_mode):
+    model = tiny_r3("llama", segment_len=8, memory_mode=memory_mode, write_adapter=True)
+    assert model.adapter_names == ("compress", "expand", "write")
+    perturb_trainables(model)
+    ids = _ids(8)
+    mask = torch.ones_like(ids)
+    labels = ids.clone()
+
+    def run(prior=None):
+        with torch.no_grad():
+            m0 = model.initial_state(1)
+            state, loss, _ = model.compress(model.embed(ids), mask, m0 if prior is None else prior, 4, labels)
+        return m0, state, loss
+
+    m0, state, loss = run()
+    _perturb_adapter(model, "write")  # the memory it writes changes, the text's LM loss does not
+    m0_w, state_w, loss_w = run(prior=m0)
+    torch.testing.assert_close(loss_w, loss)
+    assert not torch.allclose(state_w, state)
+    if memory_mode == "kv":  # M_0 is write tokens only: it takes the write adapter, not compress
+        assert not torch.allclose(run()[0], m0)
+        _perturb_adapter(model, "compress")
+        m0_c, _, loss_c = run(prior=m0)
+        torch.testing.assert_close(m0_c, run()[0])
+        torch.testing.assert_close(m0_c, m0_w)
+        assert not torch.allclose(loss_c, loss_w)
+
+
+def test_write_adapter_gets_gradients_and_keeps_batches_padding_correct():
+    model = tiny_r3("llama", segment_len=8, write_adapter=True)
+    perturb_trainables(model)
+    a, b = _ids(20, seed=4)[0], _ids(13, seed=5)[0]
+    ids, mask = pad_batch([a.tolist(), b.tolist()], 0, torch.device("cpu"))
+    state, loss, n = model.encode(ids, mask, with_loss=True)
+    hidden, labels = model.expand(state, ids, mask)
+    rec, m = model._ce(hidden, labels)
+    (loss / n + rec / m).backward()
+    for name in ("compress", "expand", "write"):
+        grads = [p.grad for n_, p in model.named_parameters() if f".{name}." in n_]
+        assert grads and sum(float(g.abs().sum()) for g in grads if g is not None) > 0, name
+    with torch.no_grad():
+        both, _, _ = model.encode(ids, mask)
+        one, _, _ = model.encode(a[None], torch.ones(1, 20, dtype=torch.long))
+        two, _, _ = model.encode(b[None], torch.ones(1, 13, dtype=torch.long))
+    torch.testing.assert_close(both[0], one[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(both[1], two[0], atol=1e-5, rtol=1e-4)

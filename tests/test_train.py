@@ -12,6 +12,7 @@ from r3mem.adapter import read_adapter
 from r3mem.cli.main import app
 from r3mem.cli.train import resolve_config_path
 from r3mem.config import ConfigError, load_config
+from r3mem.engine import R3Mem
 from r3mem.losses import lm_losses, pair_losses
 from r3mem.tokens import pad_batch
 from r3mem.train.config import TrainConfig, apply_overrides
@@ -112,6 +113,16 @@ def test_cli_train_with_overrides(tmp_path):
     assert json.loads((tmp_path / "adapter" / "r3mem_adapter.json").read_text())["config"]["w_cyc"] == 0
     bad = CliRunner().invoke(app, ["train", "--config", "tiny", "--out", str(tmp_path / "x"), "--set", "steps=0"])
     assert bad.exit_code == 1 and "steps: must be an integer >= 1" in bad.output
+
+
+def test_a_run_with_a_write_adapter_saves_it_and_loads_back(tmp_path):
+    r = CliRunner().invoke(app, ["train", "--config", "tiny", "--out", str(tmp_path), "--set", "steps=2",
+                                 "--set", "checkpoint_every=1", "--set", "model.write_adapter=true"])
+    assert r.exit_code == 0, r.output
+    engine = R3Mem.from_pretrained(tmp_path / "adapter")
+    assert engine.model.cfg.write_adapter
+    assert any(".write." in n for n in engine.model.trainable_state_dict())
+    assert engine.adapter_hash == json.loads((tmp_path / "adapter" / "r3mem_adapter.json").read_text())["adapter_hash"]
 
 
 def test_train_config_validation():

@@ -73,6 +73,10 @@ class R3MemConfig:
     # weight w_fwd; free: the pass runs anyway), as ICAE pretrains on autoencoding plus continuation, so the
     # compress direction keeps learning language modelling between LM windows (LOG 2026-12-02, fifth session).
     recon_lm: bool = False
+    # A third LoRA for the write tokens of the compress pass (as Activation Beacon gives its beacon tokens
+    # their own projections): the text tokens keep the compress adapter, which then serves next-token LM,
+    # while compressing into memory gets weights of its own. Direction-specific adapters (A) only.
+    write_adapter: bool = False
     max_recall_tokens: int = 256
     seed: int = 0
 
@@ -115,6 +119,9 @@ class R3MemConfig:
             v = getattr(self, name)
             _check(isinstance(v, (int, float)) and v >= 0.0, name, "must be a number >= 0", v)
         _check(isinstance(self.recon_lm, bool), "recon_lm", "must be true or false", self.recon_lm)
+        _check(isinstance(self.write_adapter, bool), "write_adapter", "must be true or false", self.write_adapter)
+        _check(not self.write_adapter or self.reversible_mode == "adapters", "write_adapter",
+               "needs reversible_mode 'adapters'", self.write_adapter)
         _check(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)", self.lora_dropout)
         _check(
             self.num_mem_tokens <= self.max_slot_tokens,

@@ -26,9 +26,9 @@ from r3mem.coupling import Coupling
 from r3mem.memory_tokens import VirtualMemory
 from r3mem.tokens import IGNORE_INDEX, lm_labels
 
-__all__ = ["R3MemModel", "COMPRESS", "EXPAND", "QUERY", "SEP"]
+__all__ = ["R3MemModel", "COMPRESS", "EXPAND", "WRITE", "QUERY", "SEP"]
 
-COMPRESS, EXPAND = "compress", "expand"
+COMPRESS, EXPAND, WRITE = "compress", "expand", "write"
 QUERY, EXPAND_MARK, SEP = 0, 1, 2  # marker indices in VirtualMemory.markers
 
 
@@ -38,6 +38,7 @@ class _CallContext:
     read_mask: torch.Tensor | None = None  # [B, T] packed positions of the read tokens
     layer_state: torch.Tensor | None = None  # [B, L, k, d] per-layer memory (layerwise mode)
     capture: int = 0  # number of trailing write positions to record per layer
+    write_tail: int = 0  # trailing write positions that take the write adapter (`write_adapter`)
     captured: list[torch.Tensor] = field(default_factory=list)
 
 
@@ -75,6 +76,7 @@ class R3MemModel(nn.Module):
             p.requires_grad_(False)
         gen = torch.Generator().manual_seed(cfg.seed)
         names = (COMPRESS, EXPAND) if cfg.reversible_mode == "adapters" else ("shared",)
+        names += (WRITE,) if cfg.write_adapter else ()
         lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=list(cfg.target_modules) if cfg.target_modules else None)
         with torch.random.fork_rng(devices=[]):
@@ -103,14 +105,31 @@ class R3MemModel(nn.Module):
         self._ctx: _CallContext | None = None
         for i, layer in enumerate(layers):
             layer.register_forward_hook(self._layer_hook(i))
+        for m in self._tuners if cfg.write_adapter else ():
+            m.lora_B[COMPRESS].register_forward_hook(self._write_split_hook(text=True))
+            m.lora_B[WRITE].register_forward_hook(self._write_split_hook(text=False))
 
     # ----- adapters and hooks -------------------------------------------------------------
-    def _set_direction(self, direction: str) -> None:
+    def _set_direction(self, direction: str, write: bool = False) -> None:
         # Switch the active LoRA without peft's set_adapter, which would flip requires_grad and
-        # cut gradients to the adapter used earlier in the same training step.
-        name = direction if len(self.adapter_names) == 2 else self.adapter_names[0]
+        # cut gradients to the adapter used earlier in the same training step. `write`: the pass ends
+        # in write tokens and the write adapter is active beside compress (`_write_split_hook`).
+        name = direction if direction in self.adapter_names else self.adapter_names[0]
+        names = [name, WRITE] if write and name == COMPRESS and WRITE in self.adapter_names else [name]
         for m in self._tuners:
-            m._active_adapter = [name]
+            m._active_adapter = names
+
+    def _write_split_hook(self, text: bool):
+        """On a LoRA B output [B, T, out]: keep the compress adapter's update on the text positions
+        and the write adapter's on the trailing `write_tail` positions (packing keeps them last)."""
+        def hook(module, args, output):
+            ctx = self._ctx
+            if ctx is None or not ctx.write_tail or ctx.direction != COMPRESS:
+                return None
+            on_write = torch.zeros(output.shape[1], 1, dtype=output.dtype, device=output.device)
+            on_write[-ctx.write_tail:] = 1
+            return output * (1 - on_write if text else on_write)
+        return hook
 
     @contextlib.contextmanager
     def adapters_disabled(self):
@@ -171,14 +190,16 @@ class R3MemModel(nn.Module):
 
     def _run(self, x: torch.Tensor, mask: torch.Tensor, direction: str, state: torch.Tensor | None,
              n_read: int, capture: int = 0, use_cache: bool = False, past: torch.Tensor | None = None,
-             start: torch.Tensor | int | None = None, tail_positions: torch.Tensor | None = None):
+             start: torch.Tensor | int | None = None, tail_positions: torch.Tensor | None = None,
+             write_tail: int = 0):
         """Pack, run the decoder stack once, unpack. Returns (hidden [B,T,d], ctx, cache, packed mask,
         packed positions [B, T]).
 
         `past` is a kv memory [B, L, 2, H, k, hd] read as a cache prefix, and the returned mask covers
         the memory too. Real tokens take positions `start` ([B, 1] or int; default: k, after the
         memory), `start + 1`, ...; `tail_positions` [B, n] overrides those of the last n tokens (write
-        tokens placed over the text they summarise).
+        tokens placed over the text they summarise). `write_tail`: the last n tokens are write tokens
+        (they take the write adapter when the model has one).
         """
         xp, mp, order = _pack_left(x, mask)
         cache, k = None, 0
@@ -193,11 +214,12 @@ class R3MemModel(nn.Module):
             read_mask=read.gather(1, order),
             layer_state=state[:, 1:] if state is not None and not self.kv and state.shape[1] > 1 else None,
             capture=capture,
+            write_tail=write_tail if WRITE in self.adapter_names else 0,
         )
         pos = (k if start is None else start) + (mp.cumsum(-1) - 1).clamp(min=0)
         if tail_positions is not None:  # the last logical tokens are real: packing keeps them last
             pos = torch.cat([pos[:, :-tail_positions.shape[1]], tail_positions.to(pos.dtype)], 1)
-        self._set_direction(direction)
+        self._set_direction(direction, write=ctx.write_tail > 0)
         self._ctx = ctx
         try:
             full = torch.cat([mp.new_ones(mp.shape[0], k), mp], 1) if k else mp
@@ -217,7 +239,8 @@ class R3MemModel(nn.Module):
         x = self.memory.init_mem.unsqueeze(0).to(self.lm.get_input_embeddings().weight.dtype)
         m = torch.ones(1, x.shape[1], dtype=torch.long, device=x.device)
         tail = self.spread_positions(m.new_tensor([self.cfg.segment_len]), x.shape[1]) if self.spread else None
-        _, _, cache, _, _ = self._run(x, m, COMPRESS, None, 0, use_cache=True, tail_positions=tail)
+        _, _, cache, _, _ = self._run(x, m, COMPRESS, None, 0, use_cache=True, tail_positions=tail,
+                                      write_tail=x.shape[1])
         return kv.from_cache(cache, x.shape[1]).expand(batch, -1, -1, -1, -1, -1)
 
     @property
@@ -244,7 +267,8 @@ class R3MemModel(nn.Module):
         ones = mask.new_ones
         x = torch.cat([state[:, 0].to(embeds.dtype), embeds, self.memory.write_tokens(B, n_write).to(embeds.dtype)], 1)
         m = torch.cat([ones(B, k), mask, ones(B, n_write)], 1)  # x [B, k + T + n_write, d], m the same without d
-        hidden, ctx, _, _, _ = self._run(x, m, COMPRESS, state, k, capture=n_write if state.shape[1] > 1 else 0)
+        hidden, ctx, _, _, _ = self._run(x, m, COMPRESS, state, k, capture=n_write if state.shape[1] > 1 else 0,
+                                         write_tail=n_write)
         new = self.memory.to_read(hidden[:, -n_write:]).unsqueeze(1)  # [B, 1, n_write, d]
         if ctx.captured:  # layerwise: per layer [B, n_write, d] -> new [B, 1 + L, n_write, d]
             new = torch.cat([new, torch.stack(ctx.captured, 1)], 1)
@@ -271,7 +295,7 @@ class R3MemModel(nn.Module):
         o = self._continue_at(state)
         tail = o + 1 + self.spread_positions(mask.sum(1), n_write) if self.spread else None
         hidden, _, cache, _, _ = self._run(x, m, COMPRESS, None, 0, use_cache=True, past=state, start=o,
-                                           tail_positions=tail)
+                                           tail_positions=tail, write_tail=n_write)
         first = mask.new_full((B,), o + 1) if self.spread else o + 1 + mask.sum(1)
         new = kv.reposition(self._rot, kv.from_cache(cache, n_write), -first)
         loss, n = hidden.new_zeros(()), hidden.new_zeros(())
