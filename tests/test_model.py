@@ -215,6 +215,17 @@ def test_coupling_inverse_recovers_input():
             torch.testing.assert_close(c(c.inverse(h)), h, rtol=0, atol=1e-5)
 
 
+def _encode_batch_and_rows(model, a: torch.Tensor, b: torch.Tensor):
+    """Encode [a, b] as one padded batch and each alone; assert the memories match row by row."""
+    ids, mask = pad_batch([a.tolist(), b.tolist()], 0, torch.device("cpu"))
+    both, _, _ = model.encode(ids, mask)
+    one, _, _ = model.encode(a[None], torch.ones(1, len(a), dtype=torch.long))
+    two, _, _ = model.encode(b[None], torch.ones(1, len(b), dtype=torch.long))
+    torch.testing.assert_close(both[0], one[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(both[1], two[0], atol=1e-5, rtol=1e-4)
+    return both, one, two
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("memory_mode", ["kv", "input", "layerwise"])
 def test_batch_of_two_equals_two_batches_of_one(family, memory_mode):
@@ -225,11 +236,7 @@ def test_batch_of_two_equals_two_batches_of_one(family, memory_mode):
     a, b = _ids(20, seed=4)[0], _ids(13, seed=5)[0]
     ids, mask = pad_batch([a.tolist(), b.tolist()], 0, torch.device("cpu"))
     with torch.no_grad():
-        both, _, _ = model.encode(ids, mask)
-        one, _, _ = model.encode(a[None], torch.ones(1, 20, dtype=torch.long))
-        two, _, _ = model.encode(b[None], torch.ones(1, 13, dtype=torch.long))
-        torch.testing.assert_close(both[0], one[0], atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(both[1], two[0], atol=1e-5, rtol=1e-4)
+        both, one, two = _encode_batch_and_rows(model, a, b)
         # expansion (teacher forced) and greedy decoding are padding-correct too
         hb, _ = model.expand(both, ids, mask)
         h1, _ = model.expand(one, a[None], torch.ones(1, 20, dtype=torch.long))
@@ -306,8 +313,4 @@ def test_write_adapter_gets_gradients_and_keeps_batches_padding_correct():
         grads = [p.grad for n_, p in model.named_parameters() if f".{name}." in n_]
         assert grads and sum(float(g.abs().sum()) for g in grads if g is not None) > 0, name
     with torch.no_grad():
-        both, _, _ = model.encode(ids, mask)
-        one, _, _ = model.encode(a[None], torch.ones(1, 20, dtype=torch.long))
-        two, _, _ = model.encode(b[None], torch.ones(1, 13, dtype=torch.long))
-    torch.testing.assert_close(both[0], one[0], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(both[1], two[0], atol=1e-5, rtol=1e-4)
+        _encode_batch_and_rows(model, a, b)
