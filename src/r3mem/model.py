@@ -38,7 +38,7 @@ class _CallContext:
     read_mask: torch.Tensor | None = None  # [B, T] packed positions of the read tokens
     layer_state: torch.Tensor | None = None  # [B, L, k, d] per-layer memory (layerwise mode)
     capture: int = 0  # number of trailing write positions to record per layer
-    write_tail: int = 0  # trailing write positions that take the write adapter (`write_adapter`)
+    write_mask: torch.Tensor | None = None  # [T, 1] 1 on the trailing write positions (write adapter on)
     captured: list[torch.Tensor] = field(default_factory=list)
 
 
@@ -112,22 +112,21 @@ class R3MemModel(nn.Module):
     # ----- adapters and hooks -------------------------------------------------------------
     def _set_direction(self, direction: str, write: bool = False) -> None:
         # Switch the active LoRA without peft's set_adapter, which would flip requires_grad and
-        # cut gradients to the adapter used earlier in the same training step. `write`: the pass ends
-        # in write tokens and the write adapter is active beside compress (`_write_split_hook`).
+        # cut gradients to the adapter used earlier in the same training step. `write`: the write
+        # adapter is active beside compress (`_write_split_hook` splits the positions).
         name = direction if direction in self.adapter_names else self.adapter_names[0]
-        names = [name, WRITE] if write and name == COMPRESS and WRITE in self.adapter_names else [name]
+        names = [name, WRITE] if write else [name]
         for m in self._tuners:
             m._active_adapter = names
 
     def _write_split_hook(self, text: bool):
         """On a LoRA B output [B, T, out]: keep the compress adapter's update on the text positions
-        and the write adapter's on the trailing `write_tail` positions (packing keeps them last)."""
+        and the write adapter's on the trailing write positions (`_CallContext.write_mask`)."""
         def hook(module, args, output):
             ctx = self._ctx
-            if ctx is None or not ctx.write_tail or ctx.direction != COMPRESS:
+            if ctx is None or ctx.write_mask is None:
                 return None
-            on_write = torch.zeros(output.shape[1], 1, dtype=output.dtype, device=output.device)
-            on_write[-ctx.write_tail:] = 1
+            on_write = ctx.write_mask.to(output.dtype)
             return output * (1 - on_write if text else on_write)
         return hook
 
@@ -199,9 +198,13 @@ class R3MemModel(nn.Module):
         the memory too. Real tokens take positions `start` ([B, 1] or int; default: k, after the
         memory), `start + 1`, ...; `tail_positions` [B, n] overrides those of the last n tokens (write
         tokens placed over the text they summarise). `write_tail`: the last n tokens are write tokens
-        (they take the write adapter when the model has one).
+        (they take the write adapter when the model has one and the direction is compress).
         """
         xp, mp, order = _pack_left(x, mask)
+        write_mask = None
+        if write_tail and direction == COMPRESS and WRITE in self.adapter_names:  # packing keeps them last
+            write_mask = torch.zeros(x.shape[1], 1, dtype=x.dtype, device=x.device)
+            write_mask[-write_tail:] = 1
         cache, k = None, 0
         if past is not None:
             k = kv.mem_len(past)
@@ -214,12 +217,12 @@ class R3MemModel(nn.Module):
             read_mask=read.gather(1, order),
             layer_state=state[:, 1:] if state is not None and not self.kv and state.shape[1] > 1 else None,
             capture=capture,
-            write_tail=write_tail if WRITE in self.adapter_names else 0,
+            write_mask=write_mask,
         )
         pos = (k if start is None else start) + (mp.cumsum(-1) - 1).clamp(min=0)
         if tail_positions is not None:  # the last logical tokens are real: packing keeps them last
             pos = torch.cat([pos[:, :-tail_positions.shape[1]], tail_positions.to(pos.dtype)], 1)
-        self._set_direction(direction, write=ctx.write_tail > 0)
+        self._set_direction(direction, write=write_mask is not None)
         self._ctx = ctx
         try:
             full = torch.cat([mp.new_ones(mp.shape[0], k), mp], 1) if k else mp
