@@ -47,6 +47,22 @@ def test_a_grown_rank_computes_what_the_small_adapter_did_and_can_learn(tmp_path
     assert sum(float(p.grad[:, 2:].abs().sum()) for p in B.values() if p.grad is not None) > 0
 
 
+@pytest.mark.parametrize("rank", [2, 4])  # the write adapter alone, and together with a rank growth
+def test_a_write_adapter_starts_as_the_compress_lora_and_changes_nothing(tmp_path, rank):
+    tok = tiny_tokenizer()
+    small = _saved(tmp_path, lora_rank=2, lora_alpha=2)
+    split = tiny_r3(memory_mode="kv", lora_rank=rank, lora_alpha=rank, write_adapter=True)
+    init_from_adapter(str(tmp_path / "small"), split, split.cfg)
+    want, got = _terms(small, tok), _terms(split, tok)
+    torch.testing.assert_close(got.forward, want.forward, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.backward, want.backward, rtol=1e-5, atol=1e-5)
+    own = dict(split.named_parameters())
+    writes = [n for n in own if ".lora_B.write." in n]
+    assert writes and all(own[n].data_ptr() != own[n.replace(".write.", ".compress.")].data_ptr() for n in writes)
+    got.backward.backward()  # the memory's reconstruction trains the write LoRA through the write tokens
+    assert sum(float(own[n].grad.abs().sum()) for n in writes if own[n].grad is not None) > 0
+
+
 def test_a_rank_never_shrinks_and_other_shapes_must_match(tmp_path):
     _saved(tmp_path, lora_rank=4, lora_alpha=4)
     with pytest.raises(AdapterError, match="rank 4 cannot shrink to 2"):

@@ -1,4 +1,5 @@
-"""Start a run from an earlier adapter (`init_adapter`), optionally at a larger LoRA rank.
+"""Start a run from an earlier adapter (`init_adapter`), optionally at a larger LoRA rank or with a
+write adapter it did not have.
 
 Same-shape tensors are copied as they are. A LoRA pair of a smaller rank is grown to the run's
 rank without changing what the adapter computes, so a rank ablation can continue the shipped
@@ -7,6 +8,10 @@ adapter instead of training from scratch: peft computes ``scale * B @ A`` with
 them, the grown B the old columns times ``old_scale / new_scale`` and zeros beside them, so
 ``new_scale * B' @ A' == old_scale * B @ A`` exactly while the new directions can still learn
 (gradient reaches B's zero columns through A's random rows).
+
+An adapter trained without `write_adapter` continued by a run with it: the write LoRA starts as a
+copy of the compress LoRA, which is what the write tokens used before, so the model again computes
+exactly what the old adapter did and the two then specialise.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import torch
 
 from r3mem.adapter import AdapterError, load_trainable_state, read_adapter
 from r3mem.config import R3MemConfig
+from r3mem.model import COMPRESS, WRITE
 
-__all__ = ["grow_lora_rank", "init_from_adapter"]
+__all__ = ["grow_lora_rank", "init_from_adapter", "seed_write_adapter"]
 
 
 def _scale(cfg: R3MemConfig) -> float:
@@ -54,11 +60,28 @@ def grow_lora_rank(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor],
     return out
 
 
+def seed_write_adapter(state: dict[str, torch.Tensor], old: R3MemConfig,
+                       new: R3MemConfig) -> dict[str, torch.Tensor]:
+    """`state` plus a write LoRA copied from its compress LoRA when `new` has one and `old` had not.
+
+    Returns `state` itself otherwise. Tensor names follow peft: ``...lora_A.compress.weight`` gives
+    ``...lora_A.write.weight`` (same shapes).
+    """
+    if not new.write_adapter or old.write_adapter:
+        return state
+    out = dict(state)
+    for name, t in state.items():
+        for part in (".lora_A.", ".lora_B."):
+            if f"{part}{COMPRESS}." in name:
+                out[name.replace(f"{part}{COMPRESS}.", f"{part}{WRITE}.")] = t.clone()
+    return out
+
+
 def init_from_adapter(path: str, model: torch.nn.Module, cfg: R3MemConfig) -> int:
-    """Load an adapter's weights into `model` (names must match; LoRA may grow in rank, see above)
-    and return the step its run had reached."""
+    """Load an adapter's weights into `model` (names must match; LoRA may grow in rank and gain a
+    write adapter, see above) and return the step its run had reached."""
     old, state, meta = read_adapter(path)
     own = dict(model.named_parameters())
-    state = grow_lora_rank(state, own, old, cfg)
+    state = grow_lora_rank(seed_write_adapter(state, old, cfg), own, old, cfg)
     load_trainable_state(model, state, f"init_adapter {path}")
     return int(meta.get("step") or meta.get("steps") or 0)
