@@ -71,9 +71,8 @@ def seed_write_adapter(state: dict[str, torch.Tensor], old: R3MemConfig,
         return state
     out = dict(state)
     for name, t in state.items():
-        for part in (".lora_A.", ".lora_B."):
-            if f"{part}{COMPRESS}." in name:
-                out[name.replace(f"{part}{COMPRESS}.", f"{part}{WRITE}.")] = t.clone()
+        if ".lora_" in name and f".{COMPRESS}." in name:
+            out[name.replace(f".{COMPRESS}.", f".{WRITE}.")] = t.clone()
     return out
 
 
