@@ -66,9 +66,12 @@ def rows(results: list[tuple[Path, dict]], root: Path) -> list[str]:
             if not isinstance(res, dict) or "skipped" in res:
                 continue
             summary = dict(res.get("summary") or {})
-            gain = (res.get("metrics") or {}).get("memory_gain_nll_per_token")
+            metrics = res.get("metrics") or {}
+            gain = metrics.get("memory_gain_nll_per_token")
             if gain is not None:  # lm: what carried memory adds over the same adapter with memory reset
                 summary["memory gain (nats/token)"] = gain
+            if metrics.get("ppl_recall") is not None:  # lm: memory plus the text recalled from it
+                summary["ppl with recalled text"] = metrics["ppl_recall"]
             result = ", ".join(f"{k} {_fmt(v)}" for k, v in summary.items()) or "–"
             lines.append(
                 f"| {doc.get('task', '?')} | {path.stem} | {method} | {result} | "

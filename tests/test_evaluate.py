@@ -185,6 +185,14 @@ def test_lm_perplexity_by_position(adapters, tmp_path):
         )
         assert mm["memory_gain_nll_per_token"] != 0  # carried memory changes the scores
     assert all("ppl_memory_reset" not in res[m]["metrics"] for m in ("no_memory", "full_context", "bm25"))
+    # methods with a backward path are also scored after the text recalled from their memory
+    for m in ("r3mem", "r3mem_coupling"):
+        mm = res[m]["metrics"]
+        assert mm["recall_gain_nll_per_token"] == pytest.approx(
+            math.log(mm["ppl"]) - math.log(mm["ppl_recall"]), abs=1e-3
+        )
+        assert mm["recall_gain_nll_per_token"] != 0  # the recalled text changes the scores
+    assert all("ppl_recall" not in res[m]["metrics"] for m in ("recurrent", "no_memory", "full_context", "bm25"))
     # layerwise memory keeps one state per layer besides the input one: more bytes for the same tokens
     assert res["r3mem_coupling"]["memory_bytes_per_doc"] > res["r3mem"]["memory_bytes_per_doc"]
     assert is_png(tmp_path / "lm.png")
@@ -248,6 +256,7 @@ def test_bad_inputs(tmp_path):
     assert "not a method with an adapter" in _fails("rag", "--data", str(NQ), "--method-model", f"bm25={not_adapter}")
     assert "unknown method 'rmt'" in _fails("rag", "--data", str(NQ), "--methods", "r3mem,rmt")
     assert "--limit: must be >= 0" in _fails("rag", "--data", str(NQ), "--limit", "-1")
+    assert "--recall-tokens: must be >= 0, got -1" in _fails("lm", "--data", str(PG19), "--recall-tokens", "-1")
     assert "--ratios: expected comma-separated numbers" in _fails("recon", "--data", str(PG19), "--ratios", "4,x")
     assert "no .txt books" in _fails("lm", "--data", str(not_adapter))
 

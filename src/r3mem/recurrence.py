@@ -31,7 +31,8 @@ class Folded:
 def fold(model, state: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, *, bptt_depth: int | None = None,
          with_loss: bool = False, score_first: bool = True, carry: bool = True,
          store_dtype: torch.dtype | None = None, segment_len: int | None = None,
-         on_segment: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None) -> Folded:
+         on_segment: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+         read_prefix: Callable[[torch.Tensor], list[list[int]]] | None = None) -> Folded:
     """Fold [B, T] tokens (right-padded, `mask` 1 for real tokens) into `state`, segment by segment.
 
     A row whose segment is all padding keeps its memory, so a batch equals its rows run alone.
@@ -40,7 +41,9 @@ def fold(model, state: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, *, b
     scored given the memory (`score_first=False` leaves each segment's first token out).
     `carry=False` reads the initial `state` at every segment (memory reset). `store_dtype` rounds
     the memory after every segment; `segment_len` overrides the model's. `on_segment(state, seg_ids,
-    seg_mask)` runs after each segment.
+    seg_mask)` runs after each segment. `read_prefix(state)` gives, per row, token ids read before
+    each segment after the first (e.g. the text recalled from the memory): the segment is scored
+    after them, while the memory is updated from the segment alone, as without them.
     """
     seg = segment_len or model.cfg.segment_len
     initial = state
@@ -55,8 +58,12 @@ def fold(model, state: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, *, b
             labels = lm_labels(seg_ids, seg_mask)
             if not score_first:
                 labels[:, 0] = IGNORE_INDEX
-        new, loss, n = model.compress(model.embed(seg_ids), seg_mask, state if carry else initial,
-                                      model.cfg.num_mem_tokens, labels)
+        read = state if carry else initial
+        after_prefix = labels is not None and read_prefix is not None and t > 0
+        new, loss, n = model.compress(model.embed(seg_ids), seg_mask, read, model.cfg.num_mem_tokens,
+                                      None if after_prefix else labels)
+        if after_prefix:
+            loss, n = _score_after(model, read, read_prefix(read), seg_ids, seg_mask, labels)
         if store_dtype is not None:
             new = new.to(store_dtype)
         keep = (seg_mask.sum(1) > 0).view(-1, *[1] * (new.dim() - 1))
@@ -66,3 +73,24 @@ def fold(model, state: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, *, b
         if on_segment is not None:
             on_segment(state, seg_ids, seg_mask)
     return Folded(state, loss_sum, n_sum, per)
+
+
+def _score_after(model, state: torch.Tensor, prefixes: list[list[int]], seg_ids: torch.Tensor, seg_mask: torch.Tensor,
+                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token loss of a [B, S] segment read after a per-row prefix of token ids (not scored).
+
+    Each row is its prefix followed by its real segment tokens, right-padded, so that the last prefix
+    token (or the <start> marker, without a prefix) predicts the segment's first token.
+    """
+    rows, labs = [], []
+    for b, p in enumerate(prefixes):
+        n = int(seg_mask[b].sum())
+        rows.append(list(p) + seg_ids[b, :n].tolist())
+        labs.append([IGNORE_INDEX] * len(p) + labels[b, :n].tolist())
+    width = max(len(r) for r in rows)
+    ids = seg_ids.new_zeros(len(rows), width)
+    mask, lab = torch.zeros_like(ids), torch.full_like(ids, IGNORE_INDEX)
+    for b, (r, lb) in enumerate(zip(rows, labs)):
+        ids[b, :len(r)], mask[b, :len(r)], lab[b, :len(r)] = torch.tensor(r), 1, torch.tensor(lb)
+    _, loss, n = model.compress(model.embed(ids), mask, state, model.cfg.num_mem_tokens, lab)
+    return loss, n

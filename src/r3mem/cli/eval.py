@@ -61,6 +61,11 @@ def evaluate(
     segment_len: Annotated[
         int | None, typer.Option("--segment-len", help="lm: segment length (default: the adapter's).")
     ] = None,
+    recall_tokens: Annotated[
+        int | None,
+        typer.Option("--recall-tokens", help="lm: tokens recalled from the memory before each segment, for "
+                     "methods with a backward path (default: the segment length; 0: off)."),
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="Torch device for every model.")] = "cpu",
     encoding: EncodingOpt = "utf-8",
 ) -> None:
@@ -80,6 +85,7 @@ def evaluate(
             chunk_words=chunk_words,
             max_tokens=max_tokens,
             segment_len=segment_len,
+            recall_tokens=recall_tokens,
             device=device,
         )
         for name, spec, kind in (("ratios", ratios, float), ("lengths", lengths, int), ("depths", depths, float)):

@@ -32,6 +32,7 @@ class EvalOptions:
     depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # needle: needle depth fractions
     max_tokens: int | None = None  # lm: tokens scored per book (None: whole book)
     segment_len: int | None = None  # lm: segment length (None: the r3mem adapter's segment_len)
+    recall_tokens: int | None = None  # lm: tokens recalled from memory per segment (None: segment_len; 0: off)
     samples: int = 3  # example predictions kept per method in the JSON
     device: str = "cpu"
 
@@ -59,6 +60,8 @@ class EvalOptions:
         )
         check(self.max_tokens is None or self.max_tokens >= 2, f"--max-tokens: must be >= 2, got {self.max_tokens}")
         check(self.segment_len is None or self.segment_len >= 2, f"--segment-len: must be >= 2, got {self.segment_len}")
+        check(self.recall_tokens is None or self.recall_tokens >= 0,
+              f"--recall-tokens: must be >= 0, got {self.recall_tokens}")
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("limit", "budget", "top_k", "max_new_tokens", "chunk_words", "max_tokens",

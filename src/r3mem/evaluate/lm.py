@@ -8,6 +8,12 @@ footer stripped). Each book is one token stream cut into segments of ``segment_l
   (``ppl_memory_reset``; ``memory_gain_nll_per_token`` = reset NLL - NLL per token): a trained adapter
   also changes the model as a language model (domain adaptation, memory tokens as a learned prefix),
   and this separates what the remembered history adds from that;
+- memory methods with a backward path are also scored given the memory **and the text recalled
+  from it** (``ppl_recall``): before segment t, the memory M_{t-1} is expanded back into at most
+  ``recall_tokens`` tokens (greedy), which precede the segment; the memory itself and how it is
+  updated are unchanged, so the stored memory is the same size. This is R³Mem's retrieval (run the
+  model backward on the compressed memory) used for language modelling; methods without a backward
+  path (``recurrent``) have nothing trained to expand;
 - ``full_context`` sees every earlier token that fits in the base model's window;
 - ``bm25`` / ``embedding`` put ``budget`` tokens of retrieved earlier chunks before the segment
   (query: the previous segment), as in-context retrieval-augmented LM.
@@ -67,7 +73,7 @@ def run(method, data: LMData, opts: EvalOptions, budget: int) -> dict[str, Any]:
     import time
 
     t0 = time.perf_counter()
-    total_nll, total_n, reset_nll, reset_n = 0.0, 0, 0.0, 0
+    total_nll, total_n, reset_nll, reset_n, rec_nll, rec_n = 0.0, 0, 0.0, 0, 0.0, 0
     buckets: dict[tuple[int, int], list[float]] = {}
     per_book, mem_b, mem_t = {}, [], []
     for book in data.books:
@@ -83,6 +89,9 @@ def run(method, data: LMData, opts: EvalOptions, budget: int) -> dict[str, Any]:
         reset = method.lm_score_reset(book.ids, data.seg_len, budget)
         if reset is not None:
             reset_nll, reset_n = reset_nll + sum(s[1] for s in reset), reset_n + sum(s[2] for s in reset)
+        recalled = method.lm_score_recall(book.ids, data.seg_len, budget)
+        if recalled is not None:
+            rec_nll, rec_n = rec_nll + sum(s[1] for s in recalled), rec_n + sum(s[2] for s in recalled)
         b, t = method.lm_memory(book.ids, budget)
         mem_b.append(b)
         mem_t.append(t)
@@ -94,6 +103,9 @@ def run(method, data: LMData, opts: EvalOptions, budget: int) -> dict[str, Any]:
     if reset_n:  # memory methods: the same adapter with its memory reset at every segment
         metrics["ppl_memory_reset"] = _ppl(reset_nll, reset_n)
         metrics["memory_gain_nll_per_token"] = (reset_nll - total_nll) / total_n
+    if rec_n:  # methods with a backward path: the memory plus the text recalled from it
+        metrics["ppl_recall"] = _ppl(rec_nll, rec_n)
+        metrics["recall_gain_nll_per_token"] = (total_nll - rec_nll) / total_n
     return {"n_examples": len(data.books), "metrics": metrics, "summary": {"ppl": metrics["ppl"]},
             "memory_bytes_per_doc": mean(mem_b), "memory_tokens_per_doc": mean(mem_t),
             "wall_time_s": time.perf_counter() - t0}

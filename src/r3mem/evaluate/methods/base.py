@@ -114,6 +114,11 @@ class Method:
         the adapter does as a language model, without anything remembered. None where not applicable."""
         return None
 
+    def lm_score_recall(self, ids: list[int], seg_len: int, budget: int) -> list[tuple[int, float, int]] | None:
+        """The same segments scored given the memory and the text recalled from it (methods with a
+        backward path only). None where not applicable."""
+        return None
+
     def lm_memory(self, ids: list[int], budget: int) -> tuple[int, int]:
         return 0, 0
 

@@ -79,12 +79,15 @@ class MemoryMethod(Method):
         return mem.state_bytes(), tokens
 
     @torch.no_grad()
-    def _lm_segments(self, ids: list[int], seg_len: int, carry: bool) -> list[tuple[int, float, int]]:
-        model = self.engine.model
+    def _lm_segments(self, ids: list[int], seg_len: int, carry: bool,
+                     recall_tokens: int = 0) -> list[tuple[int, float, int]]:
+        model, eos = self.engine.model, self.engine.tokenizer.eos_token_id
         dev = self.engine.device
         x = torch.tensor([ids], device=dev)
+        # The reversible read: before each segment, the memory is expanded back (greedy) into text.
+        prefix = (lambda st: model.decode(st, recall_tokens, eos)) if recall_tokens else None
         out = fold(model, model.initial_state(1), x, torch.ones_like(x), with_loss=True, score_first=False,
-                   carry=carry, segment_len=seg_len)
+                   carry=carry, segment_len=seg_len, read_prefix=prefix)
         return [(s, float(loss), int(n)) for s, (loss, n) in zip(range(0, len(ids), seg_len), out.per_segment)]
 
     def lm_score(self, ids: list[int], seg_len: int, budget: int) -> list[tuple[int, float, int]]:
@@ -92,6 +95,15 @@ class MemoryMethod(Method):
 
     def lm_score_reset(self, ids: list[int], seg_len: int, budget: int) -> list[tuple[int, float, int]]:
         return self._lm_segments(ids, seg_len, carry=False)
+
+    def lm_score_recall(self, ids: list[int], seg_len: int, budget: int) -> list[tuple[int, float, int]] | None:
+        """Each segment scored given the memory and the text recalled from it (backward expansion of
+        the document memory, at most `recall_tokens` tokens): the same stored memory, read back as
+        text. None for adapters without a backward path (nothing was trained to expand)."""
+        n = seg_len if self.opts.recall_tokens is None else self.opts.recall_tokens
+        if self.engine.config.w_bwd == 0 or n == 0:
+            return None
+        return self._lm_segments(ids, seg_len, carry=True, recall_tokens=n)
 
     def lm_memory(self, ids: list[int], budget: int) -> tuple[int, int]:
         st = self.engine.model.initial_state(1)[0]
