@@ -192,6 +192,7 @@ def test_lm_perplexity_by_position(adapters, tmp_path):
             math.log(mm["ppl"]) - math.log(mm["ppl_recall"]), abs=1e-3
         )
         assert mm["recall_gain_nll_per_token"] != 0  # the recalled text changes the scores
+        assert list(mm["ppl_recall_by_position"]) == ["0-256", "256-512"]
     assert all("ppl_recall" not in res[m]["metrics"] for m in ("recurrent", "no_memory", "full_context", "bm25"))
     # layerwise memory keeps one state per layer besides the input one: more bytes for the same tokens
     assert res["r3mem_coupling"]["memory_bytes_per_doc"] > res["r3mem"]["memory_bytes_per_doc"]

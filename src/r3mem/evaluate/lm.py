@@ -75,23 +75,21 @@ def run(method, data: LMData, opts: EvalOptions, budget: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     total_nll, total_n, reset_nll, reset_n, rec_nll, rec_n = 0.0, 0, 0.0, 0, 0.0, 0
     buckets: dict[tuple[int, int], list[float]] = {}
+    rec_buckets: dict[tuple[int, int], list[float]] = {}
     per_book, mem_b, mem_t = {}, [], []
     for book in data.books:
         segs = method.lm_score(book.ids, data.seg_len, budget)
         b_nll, b_n = sum(s[1] for s in segs), sum(s[2] for s in segs)
         per_book[book.book_id] = _ppl(b_nll, b_n)
         total_nll, total_n = total_nll + b_nll, total_n + b_n
-        for start, nll, n in segs:
-            lo, hi = next((lo, hi) for lo, hi in position_buckets(max(256, data.seg_len)) if start < hi)
-            acc = buckets.setdefault((lo, hi), [0.0, 0])
-            acc[0] += nll
-            acc[1] += n
+        _add_to_buckets(buckets, segs, data.seg_len)
         reset = method.lm_score_reset(book.ids, data.seg_len, budget)
         if reset is not None:
             reset_nll, reset_n = reset_nll + sum(s[1] for s in reset), reset_n + sum(s[2] for s in reset)
         recalled = method.lm_score_recall(book.ids, data.seg_len, budget)
         if recalled is not None:
             rec_nll, rec_n = rec_nll + sum(s[1] for s in recalled), rec_n + sum(s[2] for s in recalled)
+            _add_to_buckets(rec_buckets, recalled, data.seg_len)
         b, t = method.lm_memory(book.ids, budget)
         mem_b.append(b)
         mem_t.append(t)
@@ -106,9 +104,21 @@ def run(method, data: LMData, opts: EvalOptions, budget: int) -> dict[str, Any]:
     if rec_n:  # methods with a backward path: the memory plus the text recalled from it
         metrics["ppl_recall"] = _ppl(rec_nll, rec_n)
         metrics["recall_gain_nll_per_token"] = (total_nll - rec_nll) / total_n
+        metrics["ppl_recall_by_position"] = {bucket_label(lo, hi): _ppl(*rec_buckets[(lo, hi)])
+                                             for lo, hi in sorted(rec_buckets)}
     return {"n_examples": len(data.books), "metrics": metrics, "summary": {"ppl": metrics["ppl"]},
             "memory_bytes_per_doc": mean(mem_b), "memory_tokens_per_doc": mean(mem_t),
             "wall_time_s": time.perf_counter() - t0}
+
+
+def _add_to_buckets(buckets: dict[tuple[int, int], list[float]], segs: list[tuple[int, float, int]],
+                    seg_len: int) -> None:
+    """Sum (NLL, tokens) of each segment into its position bucket (by the segment's start offset)."""
+    for start, nll, n in segs:
+        lo, hi = next((lo, hi) for lo, hi in position_buckets(max(256, seg_len)) if start < hi)
+        acc = buckets.setdefault((lo, hi), [0.0, 0])
+        acc[0] += nll
+        acc[1] += n
 
 
 def stats(data: LMData, tok) -> dict[str, Any]:
@@ -120,4 +130,6 @@ def plot(results: dict[str, Any], png: Path, opts: EvalOptions) -> bool:
     from r3mem.evaluate.plots import lines
 
     series = {m: r["metrics"]["ppl_by_position"] for m, r in results.items() if "metrics" in r}
+    series |= {f"{m} + recalled text": r["metrics"]["ppl_recall_by_position"]
+               for m, r in results.items() if "ppl_recall_by_position" in r.get("metrics", {})}
     return lines({"perplexity": series}, png, "Perplexity vs position in the book", "segment start (tokens)")
