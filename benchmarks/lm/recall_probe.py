@@ -40,18 +40,18 @@ def main() -> None:
     ids = tokenize_text(load_pg19(Path(args.data))[0].text, tok)[: args.max_tokens]
     seg = m.cfg.segment_len
     x = torch.tensor([ids])
-    starts = list(range(0, len(ids), seg))
+    previous = iter([ids[s - seg:s]] for s in range(seg, len(ids), seg))
     prefixes = {
         "carry": None,
         "recall": lambda st: m.decode(st, seg, tok.eos_token_id),
         # the segment before the one being scored: fold asks once per segment after the first
-        "oracle": iter([ids[s - seg:s]] for s in starts[1:]).__next__,
+        "oracle": lambda st: next(previous),
     }
     out, t0 = {}, time.perf_counter()
     with torch.no_grad():
         for name, prefix in prefixes.items():
-            read = (lambda st, f=prefix: f()) if name == "oracle" else prefix
-            f = fold(m, m.initial_state(1), x, torch.ones_like(x), with_loss=True, score_first=False, read_prefix=read)
+            f = fold(m, m.initial_state(1), x, torch.ones_like(x), with_loss=True, score_first=False,
+                     read_prefix=prefix)
             out[name] = math.exp(float(f.loss) / int(f.n))
     doc = {"adapter": args.model, "adapter_hash": eng.adapter_hash, "w_bwd": m.cfg.w_bwd, "data": args.data,
            "scored_tokens": int(f.n), "ppl": out, "wall_time_s": time.perf_counter() - t0}

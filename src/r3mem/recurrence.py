@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from r3mem.tokens import IGNORE_INDEX, lm_labels
+from r3mem.tokens import IGNORE_INDEX, lm_labels, pad_batch
 
 __all__ = ["Folded", "fold"]
 
@@ -87,10 +87,7 @@ def _score_after(model, state: torch.Tensor, prefixes: list[list[int]], seg_ids:
         n = int(seg_mask[b].sum())
         rows.append(list(p) + seg_ids[b, :n].tolist())
         labs.append([IGNORE_INDEX] * len(p) + labels[b, :n].tolist())
-    width = max(len(r) for r in rows)
-    ids = seg_ids.new_zeros(len(rows), width)
-    mask, lab = torch.zeros_like(ids), torch.full_like(ids, IGNORE_INDEX)
-    for b, (r, lb) in enumerate(zip(rows, labs)):
-        ids[b, :len(r)], mask[b, :len(r)], lab[b, :len(r)] = torch.tensor(r), 1, torch.tensor(lb)
+    ids, mask = pad_batch(rows, 0, seg_ids.device)
+    lab, _ = pad_batch(labs, IGNORE_INDEX, seg_ids.device)
     _, loss, n = model.compress(model.embed(ids), mask, state, model.cfg.num_mem_tokens, lab)
     return loss, n
