@@ -16,7 +16,7 @@ from r3mem.engine import R3Mem
 from r3mem.losses import lm_losses, pair_losses
 from r3mem.tokens import pad_batch
 from r3mem.train.config import TrainConfig, apply_overrides
-from r3mem.train.loop import lr_factor, train
+from r3mem.train.loop import lr_factor, step_losses, train
 
 
 @pytest.fixture(scope="module")
@@ -254,3 +254,50 @@ def test_memory_lr_scale_gives_the_memory_its_own_learning_rate(tiny_cfg_train, 
         train(tiny_cfg_train, tmp_path, progress=False)
     with pytest.raises(ConfigError, match="^memory_lr_scale: must be > 0"):
         dataclasses.replace(tiny_cfg_train, memory_lr_scale=0.0)
+
+
+def test_read_previous_scores_each_segment_after_the_true_text_before_it(tok):
+    from r3mem.recurrence import fold
+
+    model = tiny_r3("llama", segment_len=8)
+    perturb_trainables(model)
+    rows = [tok("Henry Sibley built a stone house near the ferry in the spring of that year.",
+                add_special_tokens=False)["input_ids"][:22],
+            tok("The ferry ran twice a day.", add_special_tokens=False)["input_ids"][:12]]
+    ids, mask = pad_batch(rows, 0, torch.device("cpu"))
+    with torch.no_grad():
+        plain = lm_losses(model, ids, mask, 1.0, 1.0, 0.0)
+        read = lm_losses(model, ids, mask, 1.0, 1.0, 0.0, read_previous=True)
+        asked: list[list[list[int]]] = []
+
+        def previous_segment(_state):  # what read_previous must read: the real tokens of the segment before
+            s = 8 * (len(asked) + 1)
+            asked.append([r[s - 8:s] for r in rows])
+            return asked[-1]
+
+        ref = fold(model, model.initial_state(2), ids, mask, with_loss=True, read_prefix=previous_segment)
+    torch.testing.assert_close(read.forward, ref.loss / ref.n)
+    assert not torch.isclose(read.forward, plain.forward), "the previous text must change the LM loss"
+    torch.testing.assert_close(read.backward, plain.backward)  # the memory is written from the segments alone
+    c = model.cfg  # and the training step passes a document batch's draw on
+    with torch.no_grad():
+        stepped = step_losses(model, {"level": "document", "ids": ids, "mask": mask, "read_previous": True})
+        direct = lm_losses(model, ids, mask, c.w_fwd, c.w_bwd, c.w_cyc, read_previous=True)
+    torch.testing.assert_close(stepped.forward, direct.forward)
+
+
+def test_read_previous_is_drawn_per_document_batch_without_changing_the_batches(tiny_cfg_train):
+    from r3mem.backbone import load_base
+    from r3mem.train.mixture import TrainingData
+
+    _, tok = load_base(tiny_cfg_train.model.base_model)
+    cfg = dataclasses.replace(tiny_cfg_train, curriculum=({"until": 1.0, "levels": ["document"]},))
+    batches = {rate: [TrainingData(dataclasses.replace(cfg, lm_read_previous=rate), tok).batch(s) for s in range(12)]
+               for rate in (0.0, 0.5, 1.0)}
+    for b0, b5, b1 in zip(*batches.values()):
+        assert torch.equal(b0["ids"], b5["ids"]) and torch.equal(b0["ids"], b1["ids"])
+    assert {b["read_previous"] for b in batches[0.0]} == {False}
+    assert {b["read_previous"] for b in batches[1.0]} == {True}
+    assert {b["read_previous"] for b in batches[0.5]} == {False, True}
+    with pytest.raises(ConfigError, match="^lm_read_previous: must be in"):
+        TrainConfig(lm_read_previous=1.5)

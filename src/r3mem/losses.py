@@ -53,12 +53,20 @@ def cycle_term(model: R3MemModel, state: torch.Tensor, hidden: torch.Tensor, mas
 
 
 def lm_losses(
-    model: R3MemModel, ids: torch.Tensor, mask: torch.Tensor, w_fwd: float, w_bwd: float, w_cyc: float
+    model: R3MemModel, ids: torch.Tensor, mask: torch.Tensor, w_fwd: float, w_bwd: float, w_cyc: float,
+    read_previous: bool = False,
 ) -> LossTerms:
-    """Retention on a long window: segment recurrence with LM loss; each segment is then expanded back."""
+    """Retention on a [B, T] window: segment recurrence with LM loss; each segment is then expanded back.
+
+    `read_previous`: each segment after the first is scored after the true text of the segment before
+    (and the memory), the training counterpart of the reversible read, where that text is recalled.
+    """
     bwd, cyc, n_seg = [_zero(model)], [_zero(model)], [0]
+    previous: list[list[int]] = [[] for _ in range(ids.shape[0])]
 
     def expand_back(state: torch.Tensor, seg: torch.Tensor, smask: torch.Tensor) -> None:
+        if read_previous:
+            previous[:] = [seg[b, :int(smask[b].sum())].tolist() for b in range(seg.shape[0])]
         if w_bwd > 0 or w_cyc > 0:
             hidden, lab = model.expand(state, seg, smask)
             if w_bwd > 0:
@@ -68,7 +76,8 @@ def lm_losses(
         n_seg[0] += 1
 
     out = fold(model, model.initial_state(ids.shape[0]), ids, mask, bptt_depth=model.cfg.bptt_depth,
-               with_loss=w_fwd > 0, on_segment=expand_back)
+               with_loss=w_fwd > 0, on_segment=expand_back,
+               read_prefix=(lambda _state: [list(p) for p in previous]) if read_previous else None)
     fwd = out.loss / out.n.clamp(min=1) if w_fwd > 0 else _zero(model)
     return LossTerms(fwd, bwd[0] / max(n_seg[0], 1), cyc[0] / max(n_seg[0], 1))
 

@@ -50,6 +50,11 @@ class TrainConfig:
     curriculum: tuple[Phase, ...] = (Phase(0.2, ("document",)), Phase(0.6, ("document", "paragraph")),
                                      Phase(1.0, ("document", "paragraph", "entity")))
     lm_segments: int = 2  # segments per LM window
+    # Fraction of document windows whose segments after the first are read after the true text of the
+    # segment before, with the memory as usual (the memory is still updated from the segment alone):
+    # the reversible read of `r3mem eval lm` reads them after the text recalled from the memory, so
+    # this puts that read in the training distribution. 0: every window is read through the memory only.
+    lm_read_previous: float = 0.0
     max_context_tokens: int = 128  # pair contexts are truncated to this
     max_query_tokens: int = 32
     train_ratios: tuple[float, ...] = (4.0, 8.0)  # compression ratios sampled for pair batches
@@ -86,7 +91,8 @@ class TrainConfig:
             "must be an integer >= 0",
             self.warmup_steps,
         )
-        for name in ("lr", "memory_lr_scale", "weight_decay", "max_grad_norm", "min_lr_ratio", "query_dropout"):
+        for name in ("lr", "memory_lr_scale", "weight_decay", "max_grad_norm", "min_lr_ratio", "query_dropout",
+                     "lm_read_previous"):
             v = getattr(self, name)
             _check(isinstance(v, (int, float)) and not isinstance(v, bool), name, "must be a number", v)
         _check(self.lr > 0, "lr", "must be > 0", self.lr)
@@ -105,6 +111,7 @@ class TrainConfig:
             self.train_ratios,
         )
         _check(0 <= self.query_dropout <= 1, "query_dropout", "must be in [0, 1]", self.query_dropout)
+        _check(0 <= self.lm_read_previous <= 1, "lm_read_previous", "must be in [0, 1]", self.lm_read_previous)
         _check(len(self.curriculum) > 0, "curriculum", "must have at least one phase", self.curriculum)
         prev = 0.0
         for p in self.curriculum:

@@ -87,7 +87,10 @@ class TrainingData:
             rows = [self.windows[int(i)] for i in torch.randint(len(self.windows), (B,), generator=g)]
             seqs = [self.token_docs[w.doc][w.start:w.start + w.length] for w in rows]
             ids, mask = pad_batch(seqs, self.tok.pad_token_id, torch.device("cpu"))
-            return {"level": level, "ids": ids, "mask": mask}
+            # Drawn only when asked for, so that runs without it keep their batches.
+            read_previous = self.cfg.lm_read_previous > 0 and bool(
+                torch.rand((), generator=g) < self.cfg.lm_read_previous)
+            return {"level": level, "ids": ids, "mask": mask, "read_previous": read_previous}
         pool = self.pairs[level]
         items = [pool[int(i)] for i in torch.randint(len(pool), (B,), generator=g)]
         ratios = self.cfg.ratios_at(step)
