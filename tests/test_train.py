@@ -301,3 +301,45 @@ def test_read_previous_is_drawn_per_document_batch_without_changing_the_batches(
     assert {b["read_previous"] for b in batches[0.5]} == {False, True}
     with pytest.raises(ConfigError, match="^lm_read_previous: must be in"):
         TrainConfig(lm_read_previous=1.5)
+
+
+def test_micro_batches_add_up_to_the_gradient_of_the_whole_batch(tiny_cfg_train, tmp_path):
+    from r3mem.backbone import load_base
+    from r3mem.train.mixture import TrainingData, split_rows
+
+    cfg = dataclasses.replace(tiny_cfg_train, curriculum=({"until": 1.0, "levels": ["document"]},), batch_size=4,
+                              lm_read_previous=1.0)
+    _, tok = load_base(cfg.model.base_model)
+    batch = TrainingData(cfg, tok).batch(0)
+    assert batch["mask"].all(), "rows of equal length: the row-weighted chunks are then exact"
+    model = tiny_r3("llama", segment_len=cfg.model.segment_len)
+    perturb_trainables(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grads(size):
+        model.zero_grad(set_to_none=True)
+        for part, share in split_rows(batch, size):
+            (step_losses(model, part).total(1.0, 1.0, 0.0) * share).backward()
+        return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+
+    whole, split = grads(None), grads(3)  # chunks of 3 and 1 rows
+    assert sum(float(g.abs().sum()) for g in whole) > 0
+    for a, b in zip(whole, split):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    run = dataclasses.replace(cfg, micro_batch_size=3, steps=2)  # and the loop runs it
+    assert train(run, tmp_path, progress=False).steps_done == 2
+    with pytest.raises(ConfigError, match="^micro_batch_size: must be an integer >= 1"):
+        dataclasses.replace(cfg, micro_batch_size=0)
+
+
+def test_split_rows_cuts_every_tensor_and_pair_and_weighs_by_rows():
+    from r3mem.train.mixture import split_rows
+
+    ids, mask = torch.arange(10).view(5, 2), torch.ones(5, 2, dtype=torch.long)
+    batch = {"level": "recon", "ratio": 4.0, "ctx": (ids, mask), "target": (ids + 1, mask)}
+    parts = split_rows(batch, 2)
+    assert [share for _, share in parts] == [0.4, 0.4, 0.2]
+    assert torch.equal(torch.cat([p["ctx"][0] for p, _ in parts]), ids)
+    assert torch.equal(torch.cat([p["target"][1] for p, _ in parts]), mask)
+    assert all(p["ratio"] == 4.0 and p["level"] == "recon" for p, _ in parts)
+    assert split_rows(batch, None) == [(batch, 1.0)] and split_rows(batch, 5) == [(batch, 1.0)]

@@ -30,6 +30,10 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 4
     grad_accum: int = 1
+    # Rows per forward/backward pass: each drawn batch is run in chunks of this many rows whose
+    # gradients add up to the batch's (the same data and, for rows of equal length, the same update;
+    # less memory, as many examples). None: the whole batch in one pass.
+    micro_batch_size: int | None = None
     lr: float = 2e-4
     # The memory's own parameters (write-token embeddings, initial memory, markers: `memory.*`) train
     # at lr x this; the LoRA adapters at lr. 1.0: one parameter group, as before this switch existed.
@@ -85,6 +89,12 @@ class TrainConfig:
                      "lm_segments", "max_context_tokens", "max_query_tokens", "cooldown_steps"):
             v = getattr(self, name)
             _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "must be an integer >= 1", v)
+        _check(
+            self.micro_batch_size is None or (isinstance(self.micro_batch_size, int)
+                                              and not isinstance(self.micro_batch_size, bool)
+                                              and self.micro_batch_size >= 1),
+            "micro_batch_size", "must be an integer >= 1 or null", self.micro_batch_size,
+        )
         _check(
             isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
             "warmup_steps",

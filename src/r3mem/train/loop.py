@@ -24,7 +24,7 @@ from r3mem.config import ConfigError, save_config
 from r3mem.losses import LossTerms, lm_losses, pair_losses, recon_losses
 from r3mem.model import R3MemModel
 from r3mem.train.config import TrainConfig
-from r3mem.train.mixture import TrainingData
+from r3mem.train.mixture import TrainingData, split_rows
 from r3mem.train.warmstart import init_from_adapter
 
 __all__ = ["train", "TrainResult", "step_losses", "lr_factor", "dist_info"]
@@ -237,13 +237,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True, stop_af
             # so N processes with accumulation A equal one process with accumulation N*A.
             batch = _to(data.batch(step, rank * cfg.grad_accum + micro), device)
             levels.append(batch["level"])
-            with _autocast(cfg, device):
-                terms = step_losses(model, batch)
-                total = terms.total(cfg.model.w_fwd, cfg.model.w_bwd, cfg.model.w_cyc) / cfg.grad_accum
-            total.backward()
-            for k, v in terms.to_dict().items():
-                sums[k] += v / cfg.grad_accum
-            sums["total"] += float(total.detach())
+            for part, share in split_rows(batch, cfg.micro_batch_size):  # rows per pass: a memory bound
+                with _autocast(cfg, device):
+                    terms = step_losses(model, part)
+                    total = terms.total(cfg.model.w_fwd, cfg.model.w_bwd, cfg.model.w_cyc) * share / cfg.grad_accum
+                total.backward()
+                for k, v in terms.to_dict().items():
+                    sums[k] += v * share / cfg.grad_accum
+                sums["total"] += float(total.detach())
             toks += _n_tokens(batch)
         for p in params:
             if p.grad is None:

@@ -19,7 +19,7 @@ from r3mem.train.config import TrainConfig
 from r3mem.train.pairs import build_examples
 from r3mem.train.windows import lm_windows, tokenize_text
 
-__all__ = ["TrainingData", "load_sources"]
+__all__ = ["TrainingData", "load_sources", "split_rows"]
 
 _MIN_CONTEXT_TOKENS = 8
 
@@ -151,3 +151,25 @@ def _recon_pools(
                 out.extend(c for c in (ids[j:j + max_tokens] for j in range(0, len(ids), max_tokens))
                            if len(c) >= _MIN_CONTEXT_TOKENS)
     return [sorted(p, key=len) for p in pools.values() if p]
+
+
+def split_rows(batch: dict, size: int | None) -> list[tuple[dict, float]]:
+    """A batch as chunks of at most `size` rows, each with its share of the rows (the weight of its
+    loss, so that the chunks' gradients add up to the batch's). None, or a batch of at most `size`
+    rows: the batch itself, weight 1. Tensors and (ids, mask) pairs are cut along their first axis."""
+    def rows(v) -> int | None:
+        if isinstance(v, tuple):
+            return rows(v[0])
+        return v.shape[0] if torch.is_tensor(v) else None
+
+    n = next(r for r in map(rows, batch.values()) if r is not None)
+    if size is None or n <= size:
+        return [(batch, 1.0)]
+
+    def cut(v, a: int, b: int):
+        if isinstance(v, tuple):
+            return tuple(cut(x, a, b) for x in v)
+        return v[a:b] if torch.is_tensor(v) else v
+
+    return [({k: cut(v, a, min(a + size, n)) for k, v in batch.items()}, (min(a + size, n) - a) / n)
+            for a in range(0, n, size)]
