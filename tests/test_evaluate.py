@@ -336,6 +336,41 @@ def test_make_table_with_zero_and_more_results(tmp_path):
     assert "recurrent" not in text and "old" not in text
 
 
+def _lm_result(path, methods: dict, max_tokens: int = 512, scored: int = 500):
+    doc = {"format": "r3mem-eval", "task": "lm", "data": "/d/10356.txt", "config": {"max_tokens": max_tokens},
+           "git": {"commit": "0123456789abcdef"},
+           "methods": {name: {"metrics": {**m, "scored_tokens": scored}} for name, m in methods.items()}}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_compare_runs_reads_one_reading_per_run_and_refuses_other_tokens(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("compare_runs", ROOT / "benchmarks" / "lm" / "compare_runs.py")
+    cr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cr)
+    a = _lm_result(tmp_path / "a.json",
+                   {"recurrent": {"ppl": 40.0, "ppl_by_position": {"0-256": 30.0, "256-512": 50.0}}})
+    b = _lm_result(tmp_path / "b.json", {"r3mem": {"ppl": 44.0, "ppl_by_position": {"0-256": 35.0, "256-512": 53.0},
+                                                   "ppl_recall": 39.0,
+                                                   "ppl_recall_by_position": {"0-256": 31.0, "256-512": 47.0}}})
+    out = tmp_path / "cmp"
+    assert cr.main([f"recurrent={a}:recurrent:ppl", f"r3mem+recall={b}:r3mem:recall", f"r3mem={b}:r3mem:ppl",
+                    "--out", str(out)]) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    assert res["best_overall"] == "r3mem+recall"
+    assert res["best_by_bucket"] == {"0-256": "recurrent", "256-512": "r3mem+recall"}
+    assert res["nll_gap_vs_first"]["r3mem"] == pytest.approx(0.0953, abs=1e-4)
+    assert out.with_suffix(".png").stat().st_size > 1000
+    assert "| r3mem+recall | 39.0 | 31.0 | 47.0 |" in capsys.readouterr().out
+    other = _lm_result(tmp_path / "c.json", {"recurrent": {"ppl": 41.0}}, max_tokens=2048, scored=2032)
+    assert cr.main([f"x={a}:recurrent:ppl", f"y={other}:recurrent:ppl", "--out", str(out)]) == 1
+    assert "scored different tokens" in capsys.readouterr().err
+    assert cr.main([f"x={a}:recurrent:recall", "--out", str(out)]) == 1  # recurrent has no recall reading
+    assert "no 'ppl_recall'" in capsys.readouterr().err
+    assert cr.main([f"x={a}:recurrent:cache", "--out", str(out)]) == 1
+    assert "expected LABEL=FILE:METHOD:READING" in capsys.readouterr().err
+
+
 def test_latin1_book_needs_and_takes_encoding(tmp_path):
     book = tmp_path / "latin1.txt"
     book.write_bytes(("Le caf\u00e9 du port ouvrait t\u00f4t chaque matin pour les marins.\n\n"

@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""One perplexity-by-position table and plot across `r3mem eval lm` result files.
+
+Each `r3mem eval lm` run scores the methods it was given; equal-budget comparisons are spread over
+several runs (one adapter per run). This reads one method of each named run and one of its readings
+(`ppl`: the memory as a cache prefix; `recall`: memory plus the text recalled from it; `reset`: the
+memory reset at every segment) and writes a JSON document and a PNG (perplexity vs position) side by
+side. Every run must have scored the same tokens (same book and `--max-tokens`): refused otherwise.
+
+    python benchmarks/lm/compare_runs.py \\
+        "recurrent=benchmarks/lm/results/pg19-10356_kv150docwa8k_cpu.json:recurrent:ppl" \\
+        "r3mem, recalled text=benchmarks/lm/results/pg19-10356_kv150docwarp8k_cpu.json:r3mem:recall" \\
+        --out benchmarks/lm/results/compare_kv150_8k
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+_READINGS = {"ppl": ("ppl", "ppl_by_position"), "recall": ("ppl_recall", "ppl_recall_by_position"),
+             "reset": ("ppl_memory_reset", None)}
+
+
+def parse_spec(spec: str) -> tuple[str, Path, str, str]:
+    """'LABEL=FILE:METHOD:READING' -> (label, file, method, reading)."""
+    label, sep, rest = spec.partition("=")
+    parts = rest.rsplit(":", 2)
+    if not sep or not label or len(parts) != 3 or parts[2] not in _READINGS:
+        raise ValueError(f"{spec!r}: expected LABEL=FILE:METHOD:READING with READING one of {', '.join(_READINGS)}")
+    return label, Path(parts[0]), parts[1], parts[2]
+
+
+def read_row(label: str, path: Path, method: str, reading: str) -> dict:
+    doc = json.loads(path.read_text())
+    if doc.get("task") != "lm":
+        raise ValueError(f"{path}: not an `r3mem eval lm` result")
+    m = doc["methods"].get(method)
+    if m is None or "metrics" not in m:
+        raise ValueError(f"{path}: no scored method {method!r}")
+    overall_key, by_pos_key = _READINGS[reading]
+    overall = m["metrics"].get(overall_key)
+    if overall is None:
+        raise ValueError(f"{path}: method {method!r} has no {overall_key!r}")
+    return {"label": label, "file": str(path), "method": method, "reading": reading, "ppl": overall,
+            "by_position": m["metrics"].get(by_pos_key) if by_pos_key else None,
+            "scored_tokens": m["metrics"]["scored_tokens"], "data": doc["data"],
+            "max_tokens": doc["config"].get("max_tokens"), "commit": doc["git"]["commit"][:8],
+            "adapter": m.get("adapter")}
+
+
+def compare(rows: list[dict]) -> dict:
+    """The rows, checked to be on the same tokens, with each bucket's best label."""
+    keys = {(Path(r["data"]).name, r["max_tokens"], r["scored_tokens"]) for r in rows}
+    if len(keys) > 1:
+        raise ValueError(f"the runs scored different tokens (book, max tokens, scored): {sorted(keys)}")
+    buckets = [b for b in (rows[0]["by_position"] or {}) if all(r["by_position"] and b in r["by_position"]
+                                                                   for r in rows)]
+    best = {b: min(rows, key=lambda r: r["by_position"][b])["label"] for b in buckets}
+    return {"rows": rows, "buckets": buckets, "best_by_bucket": best,
+            "best_overall": min(rows, key=lambda r: r["ppl"])["label"]}
+
+
+def plot(result: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = range(len(result["buckets"]))
+    for r in result["rows"]:
+        ax.plot(xs, [r["by_position"][b] for b in result["buckets"]], marker="o",
+                label=f"{r['label']} ({r['ppl']:.1f})")
+    ax.set_xticks(list(xs), result["buckets"])
+    ax.set_yscale("log")
+    ax.set_xlabel("tokens into the book")
+    ax.set_ylabel("perplexity (log scale)")
+    ax.set_title(f"{Path(result['rows'][0]['data']).name}, {result['rows'][0]['scored_tokens']} scored tokens")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def table(result: dict) -> str:
+    head = "| run | overall | " + " | ".join(result["buckets"]) + " |"
+    lines = [head, "|" + " --- |" * (2 + len(result["buckets"]))]
+    for r in result["rows"]:
+        cells = [f"{r['by_position'][b]:.1f}" for b in result["buckets"]]
+        lines.append(f"| {r['label']} | {r['ppl']:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("specs", nargs="+", help="LABEL=FILE:METHOD:READING (READING: ppl, recall, reset)")
+    ap.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.png")
+    a = ap.parse_args(argv)
+    try:
+        result = compare([read_row(*parse_spec(s)) for s in a.specs])
+    except (ValueError, OSError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    result["nll_gap_vs_first"] = {r["label"]: round(math.log(r["ppl"] / result["rows"][0]["ppl"]), 4)
+                                  for r in result["rows"]}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    if result["buckets"]:
+        plot(result, a.out.with_suffix(".png"))
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
