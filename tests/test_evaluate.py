@@ -177,6 +177,14 @@ def test_lm_perplexity_by_position(adapters, tmp_path):
         assert list(res[m]["metrics"]["ppl_by_position"]) == ["0-256", "256-512"]
         assert set(res[m]["metrics"]["ppl_by_book"]) == {"90001", "90002"}
     assert res["r3mem"]["memory_tokens_per_doc"] == 4 and res["no_memory"]["memory_tokens_per_doc"] == 0
+    # per-segment NLL of each reading: the segments sum to the overall figure, on the same segments everywhere
+    for m in methods:
+        mm = res[m]["metrics"]
+        rows = res[m]["segments"]["ppl"]
+        assert {r[0] for r in rows} == {"90001", "90002"} and sum(r[3] for r in rows) == mm["scored_tokens"]
+        assert math.exp(sum(r[2] for r in rows) / mm["scored_tokens"]) == pytest.approx(mm["ppl"], rel=1e-4)
+        assert [r[:2] + r[3:] for r in rows] == [r[:2] + r[3:] for r in res["no_memory"]["segments"]["ppl"]]
+    assert set(res["r3mem"]["segments"]) == {"ppl", "reset", "recall"} and set(res["no_memory"]["segments"]) == {"ppl"}
     # memory methods are also scored with memory reset per segment; the gain is the NLL difference
     for m in ("r3mem", "r3mem_coupling", "recurrent"):
         mm = res[m]["metrics"]
@@ -336,10 +344,11 @@ def test_make_table_with_zero_and_more_results(tmp_path):
     assert "recurrent" not in text and "old" not in text
 
 
-def _lm_result(path, methods: dict, max_tokens: int = 512, scored: int = 500):
+def _lm_result(path, methods: dict, max_tokens: int = 512, scored: int = 500, segments: dict | None = None):
     doc = {"format": "r3mem-eval", "task": "lm", "data": "/d/10356.txt", "config": {"max_tokens": max_tokens},
            "git": {"commit": "0123456789abcdef"},
-           "methods": {name: {"metrics": {**m, "scored_tokens": scored}} for name, m in methods.items()}}
+           "methods": {name: {"metrics": {**m, "scored_tokens": scored}, "segments": (segments or {}).get(name, {})}
+                       for name, m in methods.items()}}
     path.write_text(json.dumps(doc))
     return path
 
@@ -354,14 +363,30 @@ def test_compare_runs_reads_one_reading_per_run_and_refuses_other_tokens(tmp_pat
                                                    "ppl_recall": 39.0,
                                                    "ppl_recall_by_position": {"0-256": 31.0, "256-512": 47.0}}})
     out = tmp_path / "cmp"
+    b_doc = json.loads(b.read_text())
+    b_doc["methods"]["r3mem"]["metrics"]["ppl_memory_reset"] = 46.0  # overall only, no breakdown
+    b.write_text(json.dumps(b_doc))
     assert cr.main([f"recurrent={a}:recurrent:ppl", f"r3mem+recall={b}:r3mem:recall", f"r3mem={b}:r3mem:ppl",
-                    "--out", str(out)]) == 0
+                    f"reset={b}:r3mem:reset", "--out", str(out)]) == 0
     res = json.loads(out.with_suffix(".json").read_text())
     assert res["best_overall"] == "r3mem+recall"
     assert res["best_by_bucket"] == {"0-256": "recurrent", "256-512": "r3mem+recall"}
     assert res["nll_gap_vs_first"]["r3mem"] == pytest.approx(0.0953, abs=1e-4)
     assert out.with_suffix(".png").stat().st_size > 1000
-    assert "| r3mem+recall | 39.0 | 31.0 | 47.0 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| r3mem+recall | 39.0 | 31.0 | 47.0 | – |" in printed and "| reset | 46.0 | – | – | – |" in printed
+    # with per-segment NLL: a paired comparison with the first row
+    seg = [["b", 128 * i, 400.0, 100] for i in range(5)]
+    better = [["b", 128 * i, 390.0 if i < 4 else 420.0, 100] for i in range(5)]  # -10 x 4, +20 x 1: -0.04 / token
+    x = _lm_result(tmp_path / "x.json", {"recurrent": {"ppl": 54.6}}, segments={"recurrent": {"ppl": seg}})
+    y = _lm_result(tmp_path / "y.json", {"r3mem": {"ppl": 52.5, "ppl_recall": 52.5}},
+                   segments={"r3mem": {"recall": better, "ppl": seg[:4]}})
+    assert cr.main([f"recurrent={x}:recurrent:ppl", f"r3mem={y}:r3mem:recall", "--out", str(out)]) == 0
+    p = json.loads(out.with_suffix(".json").read_text())["rows"][1]["paired_vs_first"]
+    assert p["nll_diff_per_token"] == pytest.approx(-0.04) and p["share_of_segments_better"] == 0.8
+    assert p["ci95"][0] <= -0.04 <= p["ci95"][1] and p["ci95"][0] >= -0.1 and p["ci95"][1] <= 0.2
+    assert cr.main([f"recurrent={x}:recurrent:ppl", f"r3mem={y}:r3mem:ppl", "--out", str(out)]) == 1
+    assert "segments differ" in capsys.readouterr().err
     other = _lm_result(tmp_path / "c.json", {"recurrent": {"ppl": 41.0}}, max_tokens=2048, scored=2032)
     assert cr.main([f"x={a}:recurrent:ppl", f"y={other}:recurrent:ppl", "--out", str(out)]) == 1
     assert "scored different tokens" in capsys.readouterr().err

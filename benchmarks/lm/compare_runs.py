@@ -6,6 +6,11 @@ several runs (one adapter per run). This reads one method of each named run and 
 (`ppl`: the memory as a cache prefix; `recall`: memory plus the text recalled from it; `reset`: the
 memory reset at every segment) and writes a JSON document and a PNG (perplexity vs position) side by
 side. Every run must have scored the same tokens (same book and `--max-tokens`): refused otherwise.
+Where the runs kept their per-segment NLL (`segments`, recorded since 2026-12-05), each row after the
+first is also compared with the first segment by segment: the NLL-per-token difference (negative:
+better than the first row) with a 95% paired bootstrap interval over segments, and the share of
+segments it predicts better. Segments next to each other are not independent, so the interval is
+somewhat too narrow; the per-bucket table shows whether a difference holds along the book.
 
     python benchmarks/lm/compare_runs.py \\
         "recurrent=benchmarks/lm/results/pg19-10356_kv150docwa8k_cpu.json:recurrent:ppl" \\
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import sys
 from pathlib import Path
 
@@ -45,11 +51,32 @@ def read_row(label: str, path: Path, method: str, reading: str) -> dict:
     overall = m["metrics"].get(overall_key)
     if overall is None:
         raise ValueError(f"{path}: method {method!r} has no {overall_key!r}")
+    segments = (m.get("segments") or {}).get(reading)
     return {"label": label, "file": str(path), "method": method, "reading": reading, "ppl": overall,
+            "segments": segments,
             "by_position": m["metrics"].get(by_pos_key) if by_pos_key else None,
             "scored_tokens": m["metrics"]["scored_tokens"], "data": doc["data"],
             "max_tokens": doc["config"].get("max_tokens"), "commit": doc["git"]["commit"][:8],
             "adapter": m.get("adapter")}
+
+
+def paired(ref: list[list], other: list[list], n_boot: int = 10_000, seed: int = 0) -> dict:
+    """Segment-by-segment comparison of two readings of the same segments ([book, start, nll, n] each):
+    NLL per token of `other` minus `ref`, its 95% bootstrap interval (segments resampled in pairs)."""
+    a = {(r[0], r[1]): r for r in ref}
+    if set(a) != {(r[0], r[1]) for r in other} or any(a[(r[0], r[1])][3] != r[3] for r in other):
+        raise ValueError("the runs' segments differ (book, start or scored tokens)")
+    pairs = [(r[2] - a[(r[0], r[1])][2], r[3]) for r in other]
+    n_tok = sum(n for _, n in pairs)
+    rng = random.Random(seed)
+    boot = sorted(
+        sum(d for d, _ in draw) / max(1, sum(n for _, n in draw))
+        for draw in ([pairs[rng.randrange(len(pairs))] for _ in pairs] for _ in range(n_boot))
+    )
+    return {"nll_diff_per_token": round(sum(d for d, _ in pairs) / n_tok, 4),
+            "ci95": [round(boot[int(0.025 * n_boot)], 4), round(boot[int(0.975 * n_boot) - 1], 4)],
+            "share_of_segments_better": round(sum(d < 0 for d, _ in pairs) / len(pairs), 3),
+            "segments": len(pairs)}
 
 
 def compare(rows: list[dict]) -> dict:
@@ -57,9 +84,13 @@ def compare(rows: list[dict]) -> dict:
     keys = {(Path(r["data"]).name, r["max_tokens"], r["scored_tokens"]) for r in rows}
     if len(keys) > 1:
         raise ValueError(f"the runs scored different tokens (book, max tokens, scored): {sorted(keys)}")
-    buckets = [b for b in (rows[0]["by_position"] or {}) if all(r["by_position"] and b in r["by_position"]
-                                                                   for r in rows)]
-    best = {b: min(rows, key=lambda r: r["by_position"][b])["label"] for b in buckets}
+    # Buckets every row with a breakdown has (`reset` has none: it counts overall only).
+    split = [r for r in rows if r["by_position"]]
+    buckets = [b for b in (split[0]["by_position"] if split else {}) if all(b in r["by_position"] for r in split)]
+    best = {b: min(split, key=lambda r: r["by_position"][b])["label"] for b in buckets}
+    first = rows[0]["segments"]
+    for r in rows[1:]:
+        r["paired_vs_first"] = paired(first, r["segments"]) if first and r["segments"] else None
     return {"rows": rows, "buckets": buckets, "best_by_bucket": best,
             "best_overall": min(rows, key=lambda r: r["ppl"])["label"]}
 
@@ -72,7 +103,7 @@ def plot(result: dict, png: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     xs = range(len(result["buckets"]))
-    for r in result["rows"]:
+    for r in (r for r in result["rows"] if r["by_position"]):
         ax.plot(xs, [r["by_position"][b] for b in result["buckets"]], marker="o",
                 label=f"{r['label']} ({r['ppl']:.1f})")
     ax.set_xticks(list(xs), result["buckets"])
@@ -87,11 +118,13 @@ def plot(result: dict, png: Path) -> None:
 
 
 def table(result: dict) -> str:
-    head = "| run | overall | " + " | ".join(result["buckets"]) + " |"
-    lines = [head, "|" + " --- |" * (2 + len(result["buckets"]))]
+    head = "| run | overall | " + " | ".join(result["buckets"]) + " | NLL/token vs first [95% CI] |"
+    lines = [head, "|" + " --- |" * (3 + len(result["buckets"]))]
     for r in result["rows"]:
-        cells = [f"{r['by_position'][b]:.1f}" for b in result["buckets"]]
-        lines.append(f"| {r['label']} | {r['ppl']:.1f} | " + " | ".join(cells) + " |")
+        cells = [f"{r['by_position'][b]:.1f}" if r["by_position"] else "–" for b in result["buckets"]]
+        p = r.get("paired_vs_first")
+        vs = f"{p['nll_diff_per_token']:+.4f} [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}]" if p else "–"
+        lines.append(f"| {r['label']} | {r['ppl']:.1f} | " + " | ".join(cells) + f" | {vs} |")
     return "\n".join(lines)
 
 

@@ -21,6 +21,8 @@ footer stripped). Each book is one token stream cut into segments of ``segment_l
 The first token of every segment is not scored (without memory nothing predicts it), so all methods
 are scored on exactly the same tokens. Perplexity overall and per position bucket (segment start
 offset: 0-256, 256-512, 512-1024, ... tokens), which shows whether memory helps more as history grows.
+Every reading also keeps its per-segment NLL (``segments``: [book, start, NLL sum, scored tokens]), so
+two methods can be compared segment by segment (``benchmarks/lm/compare_runs.py``: paired bootstrap).
 """
 
 from __future__ import annotations
@@ -77,17 +79,21 @@ def run(method, data: LMData, opts: EvalOptions, budget: int) -> dict[str, Any]:
     buckets: dict[tuple[int, int], list[float]] = {}
     rec_buckets: dict[tuple[int, int], list[float]] = {}
     per_book, mem_b, mem_t = {}, [], []
+    per_seg: dict[str, list[list]] = {"ppl": [], "reset": [], "recall": []}
     for book in data.books:
         segs = method.lm_score(book.ids, data.seg_len, budget)
+        per_seg["ppl"] += _segment_rows(book.book_id, segs)
         b_nll, b_n = sum(s[1] for s in segs), sum(s[2] for s in segs)
         per_book[book.book_id] = _ppl(b_nll, b_n)
         total_nll, total_n = total_nll + b_nll, total_n + b_n
         _add_to_buckets(buckets, segs, data.seg_len)
         reset = method.lm_score_reset(book.ids, data.seg_len, budget)
         if reset is not None:
+            per_seg["reset"] += _segment_rows(book.book_id, reset)
             reset_nll, reset_n = reset_nll + sum(s[1] for s in reset), reset_n + sum(s[2] for s in reset)
         recalled = method.lm_score_recall(book.ids, data.seg_len, budget)
         if recalled is not None:
+            per_seg["recall"] += _segment_rows(book.book_id, recalled)
             rec_nll, rec_n = rec_nll + sum(s[1] for s in recalled), rec_n + sum(s[2] for s in recalled)
             _add_to_buckets(rec_buckets, recalled, data.seg_len)
         b, t = method.lm_memory(book.ids, budget)
@@ -108,7 +114,12 @@ def run(method, data: LMData, opts: EvalOptions, budget: int) -> dict[str, Any]:
                                              for lo, hi in sorted(rec_buckets)}
     return {"n_examples": len(data.books), "metrics": metrics, "summary": {"ppl": metrics["ppl"]},
             "memory_bytes_per_doc": mean(mem_b), "memory_tokens_per_doc": mean(mem_t),
-            "wall_time_s": time.perf_counter() - t0}
+            "segments": {k: v for k, v in per_seg.items() if v}, "wall_time_s": time.perf_counter() - t0}
+
+
+def _segment_rows(book_id: str, segs: list[tuple[int, float, int]]) -> list[list]:
+    """[book, segment start, NLL sum, scored tokens] per segment: the paired unit of comparison."""
+    return [[book_id, start, round(float(nll), 5), int(n)] for start, nll, n in segs]
 
 
 def _add_to_buckets(buckets: dict[tuple[int, int], list[float]], segs: list[tuple[int, float, int]],
