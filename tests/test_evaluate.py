@@ -376,15 +376,22 @@ def test_compare_runs_reads_one_reading_per_run_and_refuses_other_tokens(tmp_pat
     printed = capsys.readouterr().out
     assert "| r3mem+recall | 39.0 | 31.0 | 47.0 | – |" in printed and "| reset | 46.0 | – | – | – |" in printed
     # with per-segment NLL: a paired comparison with the first row
-    seg = [["b", 128 * i, 400.0, 100] for i in range(5)]
-    better = [["b", 128 * i, 390.0 if i < 4 else 420.0, 100] for i in range(5)]  # -10 x 4, +20 x 1: -0.04 / token
-    x = _lm_result(tmp_path / "x.json", {"recurrent": {"ppl": 54.6}}, segments={"recurrent": {"ppl": seg}})
-    y = _lm_result(tmp_path / "y.json", {"r3mem": {"ppl": 52.5, "ppl_recall": 52.5}},
+    starts = (0, 128, 256, 384, 448)
+    seg = [["b", s, 400.0, 100] for s in starts]
+    better = [["b", s, 390.0 if s < 448 else 420.0, 100] for s in starts]  # -10 x 4, +20 x 1: -0.04 / token
+    pos = {"0-256": 50.0, "256-512": 55.0}
+    x = _lm_result(tmp_path / "x.json", {"recurrent": {"ppl": 54.6, "ppl_by_position": pos}},
+                   segments={"recurrent": {"ppl": seg}})
+    y = _lm_result(tmp_path / "y.json", {"r3mem": {"ppl": 52.5, "ppl_by_position": pos, "ppl_recall": 52.5,
+                                                   "ppl_recall_by_position": pos}},
                    segments={"r3mem": {"recall": better, "ppl": seg[:4]}})
     assert cr.main([f"recurrent={x}:recurrent:ppl", f"r3mem={y}:r3mem:recall", "--out", str(out)]) == 0
     p = json.loads(out.with_suffix(".json").read_text())["rows"][1]["paired_vs_first"]
     assert p["nll_diff_per_token"] == pytest.approx(-0.04) and p["share_of_segments_better"] == 0.8
     assert p["ci95"][0] <= -0.04 <= p["ci95"][1] and p["ci95"][0] >= -0.1 and p["ci95"][1] <= 0.2
+    by_bucket = json.loads(out.with_suffix(".json").read_text())["rows"][1]["paired_vs_first_by_bucket"]
+    assert by_bucket["0-256"]["nll_diff_per_token"] == pytest.approx(-0.1) and by_bucket["0-256"]["segments"] == 2
+    assert by_bucket["256-512"]["nll_diff_per_token"] == pytest.approx(0.0) and by_bucket["256-512"]["segments"] == 3
     assert cr.main([f"recurrent={x}:recurrent:ppl", f"r3mem={y}:r3mem:ppl", "--out", str(out)]) == 1
     assert "segments differ" in capsys.readouterr().err
     other = _lm_result(tmp_path / "c.json", {"recurrent": {"ppl": 41.0}}, max_tokens=2048, scored=2032)

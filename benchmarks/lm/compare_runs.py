@@ -79,6 +79,12 @@ def paired(ref: list[list], other: list[list], n_boot: int = 10_000, seed: int =
             "segments": len(pairs)}
 
 
+def _in_bucket(segments: list[list], bucket: str) -> list[list]:
+    """The segments whose start lies in a 'lo-hi' position bucket (as `r3mem eval lm` buckets them)."""
+    lo, hi = (int(x) for x in bucket.split("-"))
+    return [r for r in segments if lo <= r[1] < hi]
+
+
 def compare(rows: list[dict]) -> dict:
     """The rows, checked to be on the same tokens, with each bucket's best label."""
     keys = {(Path(r["data"]).name, r["max_tokens"], r["scored_tokens"]) for r in rows}
@@ -90,7 +96,10 @@ def compare(rows: list[dict]) -> dict:
     best = {b: min(split, key=lambda r: r["by_position"][b])["label"] for b in buckets}
     first = rows[0]["segments"]
     for r in rows[1:]:
-        r["paired_vs_first"] = paired(first, r["segments"]) if first and r["segments"] else None
+        both = bool(first and r["segments"])
+        r["paired_vs_first"] = paired(first, r["segments"]) if both else None
+        r["paired_vs_first_by_bucket"] = {b: paired(_in_bucket(first, b), _in_bucket(r["segments"], b))
+                                          for b in buckets} if both else None
     return {"rows": rows, "buckets": buckets, "best_by_bucket": best,
             "best_overall": min(rows, key=lambda r: r["ppl"])["label"]}
 
