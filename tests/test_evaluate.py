@@ -403,6 +403,24 @@ def test_compare_runs_reads_one_reading_per_run_and_refuses_other_tokens(tmp_pat
     assert "expected LABEL=FILE:METHOD:READING" in capsys.readouterr().err
 
 
+def test_compare_runs_block_bootstrap_counts_neighbouring_segments_together():
+    spec = importlib.util.spec_from_file_location("compare_runs", ROOT / "benchmarks" / "lm" / "compare_runs.py")
+    cr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cr)
+    ref = [["b", 128 * i, 100.0, 100] for i in range(20)]
+    # the first ten segments 1 nat better, the last ten 1 nat worse: a difference that runs along the book
+    other = [["b", 128 * i, 99.0 if i < 10 else 101.0, 100] for i in range(20)]
+    interleaved = [other[j] for i in range(10) for j in (i, i + 10)]  # given out of order: read in book order
+    iid, blocks = cr.paired(ref, other), cr.paired(ref, interleaved, block=10)
+    assert iid["nll_diff_per_token"] == blocks["nll_diff_per_token"] == 0.0 and blocks["block"] == 10
+    width = [p["ci95"][1] - p["ci95"][0] for p in (iid, blocks)]
+    assert width[1] > 1.5 * width[0]  # resampling runs of neighbours sees the drift that single segments hide
+    whole = cr.paired(ref, other, block=15)  # fewer than two blocks: no interval rather than a false one
+    assert whole["ci95"] is None and whole["nll_diff_per_token"] == 0.0
+    with pytest.raises(ValueError, match="block must be >= 1"):
+        cr.paired(ref, other, block=0)
+
+
 def test_latin1_book_needs_and_takes_encoding(tmp_path):
     book = tmp_path / "latin1.txt"
     book.write_bytes(("Le caf\u00e9 du port ouvrait t\u00f4t chaque matin pour les marins.\n\n"

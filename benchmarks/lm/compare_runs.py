@@ -9,8 +9,10 @@ side. Every run must have scored the same tokens (same book and `--max-tokens`):
 Where the runs kept their per-segment NLL (`segments`, recorded since 2026-12-05), each row after the
 first is also compared with the first segment by segment: the NLL-per-token difference (negative:
 better than the first row) with a 95% paired bootstrap interval over segments, and the share of
-segments it predicts better. Segments next to each other are not independent, so the interval is
-somewhat too narrow; the per-bucket table shows whether a difference holds along the book.
+segments it predicts better. Segments next to each other are not independent (same passage, memory
+carried from one to the next), so `--block N` resamples runs of N consecutive segments (a moving-block
+bootstrap); with the default 1 the interval is somewhat too narrow. The per-bucket intervals show
+whether a difference holds along the book.
 
     python benchmarks/lm/compare_runs.py \\
         "recurrent=benchmarks/lm/results/pg19-10356_kv150docwa8k_cpu.json:recurrent:ppl" \\
@@ -60,23 +62,36 @@ def read_row(label: str, path: Path, method: str, reading: str) -> dict:
             "adapter": m.get("adapter")}
 
 
-def paired(ref: list[list], other: list[list], n_boot: int = 10_000, seed: int = 0) -> dict:
+def _block_draw(pairs: list, block: int, rng: random.Random) -> list:
+    """A moving-block bootstrap sample: runs of `block` consecutive pairs, as many as fill len(pairs)."""
+    n, b = len(pairs), min(block, len(pairs))
+    starts = [rng.randrange(n - b + 1) for _ in range(math.ceil(n / b))]
+    return [pairs[s + i] for s in starts for i in range(b)][:n]
+
+
+def paired(ref: list[list], other: list[list], n_boot: int = 10_000, seed: int = 0, block: int = 1) -> dict:
     """Segment-by-segment comparison of two readings of the same segments ([book, start, nll, n] each):
-    NLL per token of `other` minus `ref`, its 95% bootstrap interval (segments resampled in pairs)."""
+    NLL per token of `other` minus `ref` and its 95% bootstrap interval. Pairs are resampled in runs
+    of `block` consecutive segments (in book order), so that neighbouring segments, which share
+    their text's difficulty and the memory carried between them, are not counted as independent."""
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
     a = {(r[0], r[1]): r for r in ref}
     if set(a) != {(r[0], r[1]) for r in other} or any(a[(r[0], r[1])][3] != r[3] for r in other):
         raise ValueError("the runs' segments differ (book, start or scored tokens)")
-    pairs = [(r[2] - a[(r[0], r[1])][2], r[3]) for r in other]
+    pairs = [(r[2] - a[(r[0], r[1])][2], r[3]) for r in sorted(other, key=lambda r: (r[0], r[1]))]
     n_tok = sum(n for _, n in pairs)
     rng = random.Random(seed)
     boot = sorted(
         sum(d for d, _ in draw) / max(1, sum(n for _, n in draw))
-        for draw in ([pairs[rng.randrange(len(pairs))] for _ in pairs] for _ in range(n_boot))
+        for draw in (_block_draw(pairs, block, rng) for _ in range(n_boot))
     )
-    return {"nll_diff_per_token": round(sum(d for d, _ in pairs) / n_tok, 4),
-            "ci95": [round(boot[int(0.025 * n_boot)], 4), round(boot[int(0.975 * n_boot) - 1], 4)],
+    # Fewer than two blocks: every draw is nearly the same text, and the interval says nothing.
+    ci = [round(boot[int(0.025 * n_boot)], 4), round(boot[int(0.975 * n_boot) - 1], 4)] \
+        if len(pairs) >= 2 * block else None
+    return {"nll_diff_per_token": round(sum(d for d, _ in pairs) / n_tok, 4), "ci95": ci,
             "share_of_segments_better": round(sum(d < 0 for d, _ in pairs) / len(pairs), 3),
-            "segments": len(pairs)}
+            "segments": len(pairs), "block": min(block, len(pairs))}
 
 
 def _in_bucket(segments: list[list], bucket: str) -> list[list]:
@@ -85,8 +100,9 @@ def _in_bucket(segments: list[list], bucket: str) -> list[list]:
     return [r for r in segments if lo <= r[1] < hi]
 
 
-def compare(rows: list[dict]) -> dict:
-    """The rows, checked to be on the same tokens, with each bucket's best label."""
+def compare(rows: list[dict], block: int = 1) -> dict:
+    """The rows, checked to be on the same tokens, with each bucket's best label; paired intervals
+    resample runs of `block` consecutive segments."""
     keys = {(Path(r["data"]).name, r["max_tokens"], r["scored_tokens"]) for r in rows}
     if len(keys) > 1:
         raise ValueError(f"the runs scored different tokens (book, max tokens, scored): {sorted(keys)}")
@@ -97,8 +113,8 @@ def compare(rows: list[dict]) -> dict:
     first = rows[0]["segments"]
     for r in rows[1:]:
         both = bool(first and r["segments"])
-        r["paired_vs_first"] = paired(first, r["segments"]) if both else None
-        r["paired_vs_first_by_bucket"] = {b: paired(_in_bucket(first, b), _in_bucket(r["segments"], b))
+        r["paired_vs_first"] = paired(first, r["segments"], block=block) if both else None
+        r["paired_vs_first_by_bucket"] = {b: paired(_in_bucket(first, b), _in_bucket(r["segments"], b), block=block)
                                           for b in buckets} if both else None
     return {"rows": rows, "buckets": buckets, "best_by_bucket": best,
             "best_overall": min(rows, key=lambda r: r["ppl"])["label"]}
@@ -132,7 +148,8 @@ def table(result: dict) -> str:
     for r in result["rows"]:
         cells = [f"{r['by_position'][b]:.1f}" if r["by_position"] else "–" for b in result["buckets"]]
         p = r.get("paired_vs_first")
-        vs = f"{p['nll_diff_per_token']:+.4f} [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}]" if p else "–"
+        ci = f" [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}]" if p and p["ci95"] else ""
+        vs = f"{p['nll_diff_per_token']:+.4f}{ci}" if p else "–"
         lines.append(f"| {r['label']} | {r['ppl']:.1f} | " + " | ".join(cells) + f" | {vs} |")
     return "\n".join(lines)
 
@@ -141,9 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("specs", nargs="+", help="LABEL=FILE:METHOD:READING (READING: ppl, recall, reset)")
     ap.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.png")
+    ap.add_argument("--block", type=int, default=1,
+                    help="consecutive segments resampled together in the paired bootstrap (default 1)")
     a = ap.parse_args(argv)
     try:
-        result = compare([read_row(*parse_spec(s)) for s in a.specs])
+        result = compare([read_row(*parse_spec(s)) for s in a.specs], block=a.block)
     except (ValueError, OSError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
