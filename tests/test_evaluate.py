@@ -207,6 +207,14 @@ def test_lm_perplexity_by_position(adapters, tmp_path):
     assert is_png(tmp_path / "lm.png")
 
 
+def test_lm_recall_tokens_recorded_and_zero_switches_the_recall_reading_off(adapters, tmp_path):
+    doc = run_eval("lm", PG19, "--max-tokens", "100", "--methods", "r3mem", "--recall-tokens", "0",
+                   adapters=adapters, out=tmp_path / "lm0.json")
+    assert doc["config"]["recall_tokens"] == 0  # the result says how it was read, not only argv
+    mm = check_doc(doc, "lm", ["r3mem"])["r3mem"]["metrics"]
+    assert "ppl_memory_reset" in mm and "ppl_recall" not in mm
+
+
 def test_recon_keyed_by_ratio(adapters, tmp_path):
     methods = ["r3mem", "autoencoder", "bm25", "no_memory"]
     doc = run_eval("recon", PG19, "--limit", "3", "--ratios", "2,4", "--methods", ",".join(methods), adapters=adapters,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 __all__ = ["EvalOptions", "Skip", "mean", "overlaps", "round_metrics", "position_buckets", "bucket_label"]
@@ -64,10 +64,8 @@ class EvalOptions:
               f"--recall-tokens: must be >= 0, got {self.recall_tokens}")
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in ("limit", "budget", "top_k", "max_new_tokens", "chunk_words", "max_tokens",
-                                           "segment_len", "device")}
-        d.update(ratios=list(self.ratios), lengths=list(self.lengths), depths=list(self.depths))
-        return d
+        """Every option, as the result document records it (tuples as lists)."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
 
 
 def mean(values: Iterable[float | None]) -> float | None:
