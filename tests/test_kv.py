@@ -221,6 +221,29 @@ def test_slots_of_different_lengths_batch_like_single_rows(positions):
         assert model.decode(both, 5, None) == model.decode(one, 5, None) + model.decode(two, 5, None)
 
 
+@pytest.mark.parametrize("positions", ["spread", "prefix"])
+def test_generation_after_a_memory_predicts_as_the_segment_scoring_does(positions):
+    """`decode` with a prompt (what `generate` runs) reads the prompt after a memory exactly as
+    `compress` reads a segment after it when scoring next-segment LM: the probability it gives the
+    token it generates is the one the LM loss gives that token after the same prompt."""
+    from r3mem.tokens import IGNORE_INDEX
+
+    model = R3MemModel(tiny_model("llama"), tiny_cfg(memory_mode="kv", memory_positions=positions))
+    perturb_trainables(model)
+    one = torch.ones(1, 16, dtype=torch.long)
+    prompt = _ids(5, seed=5)
+    with torch.no_grad():
+        mem, _, _ = model.compress(model.embed(_ids(16, seed=4)), one, None, 4)
+        probs: list[list[float]] = []
+        (g,) = model.decode(mem, 1, None, direction=COMPRESS, prompt=(prompt, torch.ones_like(prompt)), probs=probs)
+        seq = torch.cat([prompt, torch.tensor([g])], 1)
+        labels = torch.full_like(seq, IGNORE_INDEX)
+        labels[0, -1] = g[0]  # score only the token after the prompt
+        _, nll, n = model.compress(model.embed(seq), torch.ones_like(seq), mem, 4, labels)
+    assert int(n) == 1
+    assert probs[0][0] == pytest.approx(math.exp(-float(nll)), rel=1e-4)
+
+
 def test_the_two_position_schemes_store_different_memories():
     cfgs = [tiny_cfg(memory_mode="kv", memory_positions=p) for p in ("spread", "prefix")]
     mems = []

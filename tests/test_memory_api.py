@@ -100,6 +100,43 @@ def test_generate_answer_reset(trained_like):
     assert torch.equal(fresh.doc_state, eng.new_memory().doc_state)
 
 
+def test_generate_recall_read_puts_the_expanded_memory_before_the_prompt(trained_like, tok, monkeypatch):
+    eng = trained_like
+    mem = eng.flush(eng.write(SAMPLE_TEXT))  # flushed: the state read is the stored one
+    calls = []
+    real = eng.model.decode
+
+    def spy(state, n, eos, **kw):
+        out = real(state, n, eos, **kw)
+        calls.append((state, n, kw, out))
+        return out
+
+    monkeypatch.setattr(eng.model, "decode", spy)
+    text = eng.generate("The river", mem, max_new_tokens=3, read="recall", recall_tokens=5)
+    (st1, n1, kw1, recalled), (st2, n2, kw2, out) = calls
+    assert n1 == 5 and "prompt" not in kw1 and "direction" not in kw1  # the backward expansion, no query
+    assert torch.equal(st1, st2) and torch.equal(st1[0], mem.doc_state)  # read with the memory still the cache
+    prompt_ids = kw2["prompt"][0][0].tolist()
+    assert prompt_ids == recalled[0] + eng.tokenizer("The river", add_special_tokens=False)["input_ids"]
+    assert n2 == 3 and text == eng.tokenizer.decode(out[0], skip_special_tokens=True)
+    calls.clear()
+    eng.generate("The river", mem, max_new_tokens=3, read="recall")
+    assert calls[0][1] == eng.config.segment_len  # default: one segment of text
+    # a memory with nothing written has nothing to recall: the recall read is the cache read
+    calls.clear()
+    fresh = eng.new_memory()
+    assert eng.generate("The river", fresh, max_new_tokens=3, read="recall") == \
+        eng.generate("The river", fresh, max_new_tokens=3)
+    assert len(calls) == 2
+    for bad, msg in (({"read": "text"}, "read: must be 'cache' or 'recall'"),
+                     ({"read": "recall", "recall_tokens": 0}, "recall_tokens: must be an integer >= 1")):
+        with pytest.raises(ValueError, match=msg):
+            eng.generate("The river", mem, **bad)
+    no_bwd = R3Mem.from_base(tiny_model("llama"), tok, tiny_cfg(w_bwd=0.0))
+    with pytest.raises(ValueError, match="no backward path"):
+        no_bwd.generate("The river", no_bwd.write(SAMPLE_TEXT), read="recall")
+
+
 def test_memory_file_round_trip(trained_like, tmp_path):
     eng = trained_like
     mem = eng.write(SAMPLE_TEXT)

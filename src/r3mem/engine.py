@@ -171,14 +171,34 @@ class R3Mem:
 
     @torch.no_grad()
     def generate(self, prompt: str, memory: Memory | None = None, max_new_tokens: int = 64, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int | None = None) -> str:
-        """Continue `prompt` with the document memory as extra context (forward direction)."""
+                 top_p: float = 1.0, seed: int | None = None, read: str = "cache",
+                 recall_tokens: int | None = None) -> str:
+        """Continue `prompt` with the document memory as extra context (forward direction).
+
+        `read="cache"`: the memory is the cache prefix the prompt attends to. `read="recall"`: R³Mem's
+        reversible read, the one `r3mem eval lm` scores as `ppl_recall`: the document memory is first
+        run backward into at most `recall_tokens` tokens of text (greedy; default the adapter's
+        `segment_len`), which go before the prompt, the memory staying the cache prefix. It costs one
+        expansion per call and needs an adapter trained with a backward path (`w_bwd > 0`); a memory
+        with nothing written has nothing to recall and reads as the cache alone.
+        """
         check_text("prompt", prompt)
+        if read not in ("cache", "recall"):
+            raise ValueError(f"read: must be 'cache' or 'recall', got {read!r}")
+        if recall_tokens is not None and (isinstance(recall_tokens, bool) or not isinstance(recall_tokens, int)
+                                          or recall_tokens < 1):
+            raise ValueError(f"recall_tokens: must be an integer >= 1, got {recall_tokens!r}")
+        if read == "recall" and self.config.w_bwd == 0:
+            raise ValueError("read='recall': this adapter has no backward path (w_bwd 0); use read='cache'")
         mem = memory if memory is not None else self.new_memory()
-        state = effective_doc_state(self.model, self.tokenizer, mem).unsqueeze(0)
         ids = tokenize(self.tokenizer, prompt)
         if not ids:
             raise ValueError("prompt: must not be empty")
+        state = effective_doc_state(self.model, self.tokenizer, mem).unsqueeze(0)
+        written = mem.n_segments > 0 or bool(mem.pending_ids) or bool(mem.pending_text.strip())
+        if read == "recall" and written:
+            n = recall_tokens if recall_tokens is not None else self.config.segment_len
+            ids = self.model.decode(state, n, self.tokenizer.eos_token_id)[0] + ids
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         out = self.model.decode(state, max_new_tokens, self.tokenizer.eos_token_id, direction=COMPRESS,
                                 prompt=pad_batch([ids], self.tokenizer.pad_token_id, state.device),

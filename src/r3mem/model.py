@@ -372,8 +372,12 @@ class R3MemModel(nn.Module):
         produced (softmax of the logits at temperature 1), from the same pass: no extra forward.
         """
         start: torch.Tensor | int | None = None
-        if prompt is not None and self.kv:  # LM continuation: [memory as cache] + prompt tokens
-            x, m, k = self.embed(prompt[0]), prompt[1], 0
+        if prompt is not None and self.kv:  # LM continuation: [memory as cache] + <start> + prompt tokens
+            # Read as a segment is read after a memory in `_compress_kv` (what training scores): the
+            # <start> marker at the continuation position, the prompt after it.
+            B = prompt[0].shape[0]
+            x = torch.cat([self.memory.marker(B, SEP).to(self.embed(prompt[0]).dtype), self.embed(prompt[0])], 1)
+            m, k = torch.cat([prompt[1].new_ones(B, 1), prompt[1]], 1), 0
             start = self._continue_at(state)
         elif prompt is not None:  # LM continuation: [memory] + prompt tokens
             B, k = state.shape[0], state.shape[2]
