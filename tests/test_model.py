@@ -314,3 +314,29 @@ def test_write_adapter_gets_gradients_and_keeps_batches_padding_correct():
         assert grads and sum(float(g.abs().sum()) for g in grads if g is not None) > 0, name
     with torch.no_grad():
         _encode_batch_and_rows(model, a, b)
+
+
+@pytest.mark.parametrize("mode", ["input", "layerwise"])
+def test_generation_after_an_input_memory_predicts_as_the_segment_scoring_does(mode):
+    """The non-kv twin of test_kv's check: `decode` with a prompt reads [memory] + prompt as `compress`
+    reads a segment after that memory, so the generated token's probability is its LM-loss probability."""
+    import math
+
+    from r3mem.model import COMPRESS
+    from r3mem.tokens import IGNORE_INDEX
+
+    model = tiny_r3(memory_mode=mode)
+    perturb_trainables(model)
+    g_ = torch.Generator().manual_seed(4)
+    text = torch.randint(1, len(tiny_tokenizer()), (1, 16), generator=g_)
+    prompt = torch.randint(1, len(tiny_tokenizer()), (1, 5), generator=g_)
+    with torch.no_grad():
+        mem, _, _ = model.compress(model.embed(text), torch.ones_like(text), model.initial_state(1), 4)
+        probs: list[list[float]] = []
+        (g,) = model.decode(mem, 1, None, direction=COMPRESS, prompt=(prompt, torch.ones_like(prompt)), probs=probs)
+        seq = torch.cat([prompt, torch.tensor([g])], 1)
+        labels = torch.full_like(seq, IGNORE_INDEX)
+        labels[0, -1] = g[0]
+        _, nll, n = model.compress(model.embed(seq), torch.ones_like(seq), mem, 4, labels)
+    assert int(n) == 1
+    assert probs[0][0] == pytest.approx(math.exp(-float(nll)), rel=1e-4)

@@ -372,17 +372,14 @@ class R3MemModel(nn.Module):
         produced (softmax of the logits at temperature 1), from the same pass: no extra forward.
         """
         start: torch.Tensor | int | None = None
-        if prompt is not None and self.kv:  # LM continuation: [memory as cache] + <start> + prompt tokens
-            # Read as a segment is read after a memory in `_compress_kv` (what training scores): the
-            # <start> marker at the continuation position, the prompt after it.
-            B = prompt[0].shape[0]
-            x = torch.cat([self.memory.marker(B, SEP).to(self.embed(prompt[0]).dtype), self.embed(prompt[0])], 1)
-            m, k = torch.cat([prompt[1].new_ones(B, 1), prompt[1]], 1), 0
-            start = self._continue_at(state)
-        elif prompt is not None:  # LM continuation: [memory] + prompt tokens
-            B, k = state.shape[0], state.shape[2]
-            x = torch.cat([state[:, 0].to(self.embed(prompt[0]).dtype), self.embed(prompt[0])], 1)
-            m = torch.cat([prompt[1].new_ones(B, k), prompt[1]], 1)
+        if prompt is not None:  # LM continuation: a head, then the prompt tokens
+            e = self.embed(prompt[0])
+            if self.kv:  # [memory as cache] + <start>: a segment is read so after a memory (`_compress_kv`)
+                head, k, start = self.memory.marker(e.shape[0], SEP), 0, self._continue_at(state)
+            else:  # [memory] as input tokens
+                head, k = state[:, 0], state.shape[2]
+            x = torch.cat([head.to(e.dtype), e], 1)
+            m = torch.cat([prompt[1].new_ones(e.shape[0], head.shape[1]), prompt[1]], 1)
         else:
             x, m, k = self._expand_prefix(state, query, marker)
             start = self._reader_start(state, m)
