@@ -244,6 +244,51 @@ def test_parallel_writers_over_http_lose_no_turn(app, store):
     assert all(texts[a["turn"]["index"]] == a["turn"]["text"] for a in acked)
 
 
+def test_concurrent_recall_describe_and_import_give_the_sequential_answers(trained_like, store):
+    """Adapters that matter (non-zero), one session recalled while other clients read and import memories."""
+    app = create_app(trained_like, store, admin_token=ADMIN, max_body_bytes=1_000_000)
+    with uvicorn_server(app) as url:
+        with httpx.Client(base_url=url, timeout=120) as admin:
+            token = admin.post("/users", json={"user_id": "alice"}, headers=bearer(ADMIN)).json()["token"]
+            h = bearer(token)
+            for sid, lines in (("a", ["Henry Sibley built a stone house.", "The river froze in winter."]),
+                               ("b", ["A ferry crossed at Mendota.", "Traders came by canoe."])):
+                admin.post("/sessions", json={"session_id": sid}, headers=h)
+                for line in lines:
+                    admin.post(f"/sessions/{sid}/write", json={"text": line}, headers=h)
+            exported = admin.get("/sessions/b/export", headers=h).json()
+            queries = [{"query": "stone house", "top_k": 1}, {"index": 1}, {"query": "winter", "top_k": 2}]
+            alone = [admin.post("/sessions/a/recall", json=q, headers=h).json()["text"] for q in queries]
+        got, failures, stop = [], [], threading.Event()
+
+        def recaller():
+            with httpx.Client(base_url=url, timeout=120, headers=h) as c:
+                for _ in range(3):
+                    got.append([c.post("/sessions/a/recall", json=q).json().get("text") for q in queries])
+
+        def other(i):
+            with httpx.Client(base_url=url, timeout=120, headers=h) as c:
+                n = 0
+                while not stop.is_set():
+                    r = c.get("/sessions/b/memory")
+                    r2 = c.post("/sessions/import", params={"session_id": f"copy{i}-{n}"}, json=exported)
+                    if r.status_code != 200 or r2.status_code != 201:
+                        failures.append((r.status_code, r2.status_code))
+                    n += 1
+
+        threads = [threading.Thread(target=recaller) for _ in range(2)]
+        others = [threading.Thread(target=other, args=(i,)) for i in range(2)]
+        for t in threads + others:
+            t.start()
+        for t in threads:
+            t.join()
+        stop.set()
+        for t in others:
+            t.join()
+    assert failures == []
+    assert len(got) == 6 and all(g == alone for g in got)
+
+
 def _serve(store: str, port: int) -> subprocess.Popen:
     """`r3mem serve` on 127.0.0.1:port over `store`, tiny model, in a subprocess."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),

@@ -61,8 +61,16 @@ class R3Mem:
         self._refresh_identity()
 
     def _refresh_identity(self) -> None:
+        """What depends only on the weights, computed once per weight set: the adapter hash, the initial
+        memory M_0 (in kv mode a model pass) and the memory spec. Loading or creating a memory then never
+        touches the model. Call it after changing the trainable weights in place."""
         self.adapter_hash = adapter_hash(self.model.trainable_state_dict())
         self.base_model_id = base_model_id(self.model.lm)
+        with torch.no_grad():
+            init = self.model.initial_state(1)[0].to(self.model.store_dtype).clone()
+        self._initial_doc_state = init
+        self._memory_spec = MemorySpec(tuple(init.shape), init.shape[-2], self.config.max_slot_tokens, init.dtype,
+                                       int(self.model.lm.get_input_embeddings().weight.shape[0]))
 
     # ----- construction ---------------------------------------------------------------------
     @classmethod
@@ -134,9 +142,8 @@ class R3Mem:
 
     # ----- memory API -----------------------------------------------------------------------
     def new_memory(self) -> Memory:
-        with torch.no_grad():
-            return Memory(doc_state=self.model.initial_state(1)[0].to(self.model.store_dtype).clone())
-
+        """An empty memory: the initial document state M_0 (computed with the weights, no model pass here)."""
+        return Memory(doc_state=self._initial_doc_state.clone())
 
     def write(self, text: str | Iterable[str], memory: Memory | None = None) -> Memory:
         """Append text (a string or an iterable of chunks, e.g. a file streamed in pieces)."""
@@ -269,7 +276,5 @@ class R3Mem:
 
     @property
     def memory_spec(self) -> MemorySpec:
-        """Shapes, dtype and id range of the memories this engine writes and reads."""
-        init = self.new_memory().doc_state
-        return MemorySpec(tuple(init.shape), init.shape[-2], self.config.max_slot_tokens, init.dtype,
-                          int(self.model.lm.get_input_embeddings().weight.shape[0]))
+        """Shapes, dtype and id range of the memories this engine writes and reads (no model pass)."""
+        return self._memory_spec

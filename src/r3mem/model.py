@@ -11,6 +11,8 @@ order. Tokens therefore get the same positions whatever else is in the batch.
 from __future__ import annotations
 
 import contextlib
+import functools
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -54,6 +56,18 @@ def _unpack(h: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return out.scatter_(1, order.unsqueeze(-1).expand_as(h), h)
 
 
+def _exclusive(fn):
+    """Run a model operation holding the model's lock: the active LoRA direction and the call context
+    are state of the shared PEFT layers, so two passes must never interleave (threads of a service)."""
+
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return fn(self, *args, **kwargs)
+
+    return wrapper
+
+
 class R3MemModel(nn.Module):
     """A frozen causal LM (`lm`) wrapped with LoRA adapters, memory tokens (`memory`) and, in
     reversible variant B, invertible couplings (`couplings`); runs in two directions.
@@ -66,7 +80,10 @@ class R3MemModel(nn.Module):
         expand           state, target [B, T] -> (hidden predicting each target token [B, T, d], labels [B, T])
         decode           state -> generated ids, one list per row
 
-    The model keeps no state between calls: memories go in and come out as tensors.
+    The model keeps no state between calls: memories go in and come out as tensors. Within a call the
+    active adapter and the hooks' context are shared state of the wrapped layers, so every pass holds
+    the model's re-entrant lock (`_run`, the whole of `decode`, `adapters_disabled`): one engine may be
+    used from several threads, its passes run one at a time.
     """
 
     def __init__(self, base: nn.Module, cfg: R3MemConfig) -> None:
@@ -103,6 +120,7 @@ class R3MemModel(nn.Module):
         self.couplings = (nn.ModuleList(Coupling(hidden, cfg.coupling_hidden, gen) for _ in layers)
                           if cfg.reversible_mode == "coupling" else None)
         self._ctx: _CallContext | None = None
+        self._lock = threading.RLock()
         for i, layer in enumerate(layers):
             layer.register_forward_hook(self._layer_hook(i))
         for m in self._tuners if cfg.write_adapter else ():
@@ -132,8 +150,8 @@ class R3MemModel(nn.Module):
 
     @contextlib.contextmanager
     def adapters_disabled(self):
-        """Run the bare base model: LoRA off and no coupling/memory hooks."""
-        with self._peft.disable_adapter():
+        """Run the bare base model: LoRA off and no coupling/memory hooks (holding the model's lock)."""
+        with self._lock, self._peft.disable_adapter():
             yield
 
     def _layer_hook(self, i: int):
@@ -187,6 +205,7 @@ class R3MemModel(nn.Module):
             return -prefix_mask.sum(1, keepdim=True)
         return kv.mem_len(state) if self.kv else 0
 
+    @_exclusive
     def _run(self, x: torch.Tensor, mask: torch.Tensor, direction: str, state: torch.Tensor | None,
              n_read: int, capture: int = 0, use_cache: bool = False, past: torch.Tensor | None = None,
              start: torch.Tensor | int | None = None, tail_positions: torch.Tensor | None = None,
@@ -361,6 +380,7 @@ class R3MemModel(nn.Module):
         return hidden[:, P - 1:P - 1 + T], lm_labels(target, target_mask)
 
     @torch.no_grad()
+    @_exclusive
     def decode(self, state: torch.Tensor, max_new_tokens: int, eos_id: int | None,
                query: tuple[torch.Tensor, torch.Tensor] | None = None, direction: str = EXPAND,
                marker: int = EXPAND_MARK, prompt: tuple[torch.Tensor, torch.Tensor] | None = None,
