@@ -31,7 +31,7 @@ from r3mem.memory import Memory
 from r3mem.prompts import QA_PROMPT
 from r3mem.recall import Recalled, token_pieces
 from r3mem.store import Conflict, MemoryStore, NotFound, Session, SlotRecord, StoredMemory, StoreError, Turn
-from r3mem.text import check_text, without_nul
+from r3mem.text import MAX_QUERY_CHARS, check_query, check_text, without_nul
 from r3mem.tokens import tokenize
 
 __all__ = ["ChatAgent", "Reply", "RETRIEVALS", "CHAT_PROMPT", "QA_PROMPT", "format_turn", "ensure_session"]
@@ -300,7 +300,7 @@ class ChatAgent:
 
     def respond(self, question: str, max_new_tokens: int = 64, top_k: int | None = None) -> Reply:
         """Answer with the base model from the memory recalled for `question` (nothing is stored)."""
-        check_text("question", question, non_empty=True)
+        check_query("question", question, non_empty=True)
         slots = self.recall_for(question, top_k)
         context = "\n\n".join(s.get("text") or "" for s in slots)
         prompt = self.prompt.format(context=context or "(nothing remembered yet)", question=question.strip())
@@ -311,7 +311,7 @@ class ChatAgent:
     def chat(self, text: str, max_new_tokens: int = 64, speaker: str = "user") -> Reply:
         """Store the user's turn, answer it from memory, store the (non-empty) reply as an assistant turn."""
         turns = [self.turn(text, speaker)]
-        reply = self.respond(text, max_new_tokens)
+        reply = self.respond(text[-MAX_QUERY_CHARS:], max_new_tokens)  # a long message is asked by its end
         if reply.text:
             turns.append(self.turn(reply.text, "assistant"))
         return replace(reply, turns=turns)

@@ -11,28 +11,51 @@ Memories are plain values passed in and out; the engine never keeps per-user sta
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from r3mem import kv
 from r3mem.adapter import AdapterError, adapter_hash, load_trainable_state, read_adapter, save_adapter
 from r3mem.backbone import base_model_id, load_base, max_positions
-from r3mem.config import R3MemConfig
-from r3mem.memfile import MemorySpec, check_memory, decode_memory, encode_memory, load_memory, save_memory
+from r3mem.config import R3MemConfig, auto_compute_dtype
+from r3mem.keys import KeyEncoder, MiniLMKeys
+from r3mem.memfile import (
+    KeysMismatch,
+    MemorySpec,
+    check_memory,
+    decode_memory,
+    encode_memory,
+    load_memory,
+    save_memory,
+)
 from r3mem.memory import Memory
 from r3mem.model import COMPRESS, R3MemModel
-from r3mem.prompts import answer_prompt
-from r3mem.recall import Recalled, recall, recall_many
-from r3mem.text import check_text, without_nul
+from r3mem.prompts import MEMORY_QA_PROMPT, answer_prompt
+from r3mem.recall import DEFAULT_RERANK, DEFAULT_SELECT, Recalled, find, recall_many, reconstruct
+from r3mem.text import check_query, check_text, without_nul
 from r3mem.tokens import pad_batch, tokenize
-from r3mem.writer import effective_doc_state, flush, write_text, write_texts
+from r3mem.writer import add_keys, effective_doc_state, flush, write_text, write_texts
 
-__all__ = ["R3Mem", "default_adapter_dir"]
+__all__ = ["R3Mem", "default_adapter_dir", "KEYS", "NOTHING_REMEMBERED"]
+
+NOTHING_REMEMBERED = "nothing remembered"  # the answer from a memory with no slot to read (no model pass)
+
+KEYS = ("minilm", None)  # key encoders an engine can be built with (None: slots carry no retrieval keys)
 
 
 def default_adapter_dir() -> Path:
     return Path(__file__).parent / "pretrained" / "smollm2-135m"
+
+
+def _key_encoder(keys: str | KeyEncoder | None) -> KeyEncoder | None:
+    if keys is None or not isinstance(keys, str):
+        return keys
+    if keys == "minilm":
+        return MiniLMKeys()
+    raise ValueError(f"keys: must be one of {KEYS} or a KeyEncoder, got {keys!r}")
 
 
 class R3Mem:
@@ -47,11 +70,17 @@ class R3Mem:
     [L, 2, H, m, hd] for a kv memory, plus one slot per paragraph and entity; see `Memory`). The
     engine keeps no per-user state, so one engine serves many memories; `write_many` and
     `recall_many` batch several at once with the same results as separate calls.
+
+    `keys` is the encoder of the slots' retrieval keys ("minilm", the default: every slot written gets
+    a dense and a lexical key, and a query finds slots without running the model over all of them;
+    None: no keys, slots are found by query likelihood alone). Memory files record it.
     """
 
     def __init__(
-        self, model: R3MemModel, tokenizer, *, trained: bool = False, meta: dict[str, Any] | None = None
+        self, model: R3MemModel, tokenizer, *, trained: bool = False, meta: dict[str, Any] | None = None,
+        keys: str | KeyEncoder | None = "minilm",
     ) -> None:
+        self.keys = _key_encoder(keys)
         self.model = model.eval()
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
@@ -70,23 +99,30 @@ class R3Mem:
             init = self.model.initial_state(1)[0].to(self.model.store_dtype).clone()
         self._initial_doc_state = init
         self._memory_spec = MemorySpec(tuple(init.shape), init.shape[-2], self.config.max_slot_tokens, init.dtype,
-                                       int(self.model.lm.get_input_embeddings().weight.shape[0]))
+                                       int(self.model.lm.get_input_embeddings().weight.shape[0]),
+                                       self.keys.dim if self.keys is not None else None)
 
     # ----- construction ---------------------------------------------------------------------
     @classmethod
-    def from_base(cls, base, tokenizer, config: R3MemConfig | None = None) -> R3Mem:
+    def from_base(cls, base, tokenizer, config: R3MemConfig | None = None,
+                  keys: str | KeyEncoder | None = "minilm") -> R3Mem:
         """Fresh (untrained) adapters over an already loaded base model."""
-        return cls(R3MemModel(base, config or R3MemConfig()), tokenizer)
+        return cls(R3MemModel(base, config or R3MemConfig()), tokenizer, keys=keys)
 
     @classmethod
     def from_pretrained(cls, adapter_dir: str | Path | None = None, base_model: str | None = None,
-                        config: R3MemConfig | None = None, levels: Iterable[str] | None = None) -> R3Mem:
+                        config: R3MemConfig | None = None, levels: Iterable[str] | None = None,
+                        keys: str | KeyEncoder | None = "minilm", compute_dtype: str | None = "auto") -> R3Mem:
         """Load base model + adapter folder. With no folder: the shipped adapter, else untrained adapters.
 
         `levels` overrides which hierarchy levels `write` builds, e.g. `("document",)` for the
         single-pass write (no paragraph/entity slots): the weights serve every level, so this is a
         speed/granularity choice at use time. Memory files record it and are refused by an engine
-        built with other levels."""
+        built with other levels. `keys`: the slots' retrieval-key encoder (see the class docstring).
+        `compute_dtype`: "float32", "bfloat16" (autocast: 2x faster writes on a CPU with AVX-512 BF16, the
+        same reconstruction: LOG 2026-12-06), "auto" (bfloat16 where the hardware has it natively) or
+        None (the config's)."""
+        keys = _key_encoder(keys)  # an unknown name fails before the model loads
         if adapter_dir is None and config is None and (default_adapter_dir() / "r3mem_adapter.json").exists():
             adapter_dir = default_adapter_dir()
         over: dict[str, Any] = {}  # what the arguments change in the adapter's (or the given) config
@@ -95,10 +131,12 @@ class R3Mem:
         levels = (levels,) if isinstance(levels, str) else tuple(levels or ())
         if levels:
             over["hierarchy_levels"] = levels
+        if compute_dtype is not None:
+            over["compute_dtype"] = auto_compute_dtype() if compute_dtype == "auto" else compute_dtype
         if adapter_dir is None:
             cfg = (config or R3MemConfig()).replace(**over)
             base, tok = load_base(cfg.base_model)
-            return cls(R3MemModel(base, cfg), tok, trained=False)
+            return cls(R3MemModel(base, cfg), tok, trained=False, keys=keys)
         cfg, state, meta = read_adapter(adapter_dir)
         cfg = cfg.replace(**over)
         base, tok = load_base(cfg.base_model)
@@ -106,7 +144,7 @@ class R3Mem:
             raise AdapterError(
                 f"{adapter_dir}: trained for base model {meta.get('base_model_id')!r}, got {base_model_id(base)!r}"
             )
-        engine = cls(R3MemModel(base, cfg), tok, trained=bool(meta.get("trained", True)), meta=meta)
+        engine = cls(R3MemModel(base, cfg), tok, trained=bool(meta.get("trained", True)), meta=meta, keys=keys)
         engine.load_adapter_state(state, source=str(adapter_dir))
         return engine
 
@@ -138,6 +176,7 @@ class R3Mem:
                 "levels": list(c.hierarchy_levels),
                 "dtype": c.memory_dtype,
             },
+            "keys": self.keys.name if self.keys is not None else None,
         }
 
     # ----- memory API -----------------------------------------------------------------------
@@ -150,7 +189,7 @@ class R3Mem:
         mem = memory if memory is not None else self.new_memory()
         chunks = [text] if isinstance(text, str) else text
         for chunk in chunks:
-            mem = write_text(self.model, self.tokenizer, mem, without_nul(check_text("write", chunk)))
+            mem = write_text(self.model, self.tokenizer, mem, without_nul(check_text("write", chunk)), self.keys)
         return mem
 
     def write_many(self, texts: list[str], memories: list[Memory] | None = None) -> list[Memory]:
@@ -158,23 +197,32 @@ class R3Mem:
         mems = memories if memories is not None else [self.new_memory() for _ in texts]
         for t in texts:
             check_text("write", t)
-        return write_texts(self.model, self.tokenizer, mems, [without_nul(t) for t in texts])
+        return write_texts(self.model, self.tokenizer, mems, [without_nul(t) for t in texts], self.keys)
 
     def flush(self, memory: Memory) -> Memory:
-        return flush(self.model, self.tokenizer, memory)
+        return flush(self.model, self.tokenizer, memory, self.keys)
 
-    def recall(self, memory: Memory, query: str | None = None, level: str = "paragraph", **kw: Any) -> Recalled:
-        if query is not None:
-            check_text("query", query)
-        return recall(self.model, self.tokenizer, memory, query, level, **kw)
+    def recall(self, memory: Memory, query: str | None = None, level: str = "paragraph", *,
+               select: str | None = None, rerank: int | None = None, **kw: Any) -> Recalled:
+        """Expand slots of `memory` back into text: slot `index=`, the `top_k=` best for `query`, or all.
+
+        With a query, `select` says how slots are found ("hybrid": dense + lexical keys, the default for a
+        memory with keys; "dense", "lexical"; "likelihood": query likelihood over every slot, the default
+        without keys) and `rerank` how many of them are then re-ranked by query likelihood (default 0:
+        none, see `recall.DEFAULT_RERANK`)."""
+        (out,) = self.recall_many([memory], [query], level, select=select, rerank=rerank, **kw)
+        return out
 
     def recall_many(self, memories: list[Memory], queries: list[str | None] | None = None, level: str = "paragraph",
-                    **kw: Any) -> list[Recalled]:
+                    *, select: str | None = None, rerank: int | None = None, **kw: Any) -> list[Recalled]:
         """Batched recall: the slots chosen in every memory are expanded together."""
         for q in queries or []:
             if q is not None:
-                check_text("query", q)
-        return recall_many(self.model, self.tokenizer, memories, queries, level, **kw)
+                check_query("query", q)
+        select = select or (DEFAULT_SELECT if self.keys is not None else "likelihood")
+        rerank = DEFAULT_RERANK if rerank is None else rerank
+        return recall_many(self.model, self.tokenizer, memories, queries, level, select=select, rerank=rerank,
+                           keys=self.keys, **kw)
 
     @torch.no_grad()
     def generate(self, prompt: str, memory: Memory | None = None, max_new_tokens: int = 64, temperature: float = 0.0,
@@ -257,22 +305,86 @@ class R3Mem:
             )
         return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
-    def answer(self, question: str, memory: Memory, top_k: int = 2, max_new_tokens: int = 32) -> tuple[str, Recalled]:
-        """Recall the slots most relevant to the question, then answer from the recalled text."""
-        rec = self.recall(memory, query=question, top_k=top_k)
-        return self.read(answer_prompt(rec.text, question), max_new_tokens).split("\n")[0].strip(), rec
+    def answer(self, question: str, memory: Memory, top_k: int = 2, max_new_tokens: int = 32, *,
+               read: str = "text", select: str | None = None) -> tuple[str, Recalled]:
+        """Answer a question from the memory: find the `top_k` slots for it, then
+
+        - `read="text"`: expand them back into text and give it to the bare base model (`read`);
+        - `read="cache"`: no expansion; the chosen slots' keys and values, joined as if their texts
+          followed one another, are the cache prefix the question is read after (compress adapter),
+          about `paragraph_ratio` times fewer tokens than their text (kv memories only).
+        A memory with no paragraph slot (nothing written yet) answers `NOTHING_REMEMBERED`.
+        """
+        check_query("question", question, non_empty=True)
+        if read not in ("text", "cache"):
+            raise ValueError(f"read: must be 'text' or 'cache', got {read!r}")
+        if read == "cache" and not self.model.kv:
+            raise ValueError(f"read='cache': needs a key/value memory (memory_mode 'kv'), this adapter has "
+                             f"{self.config.memory_mode!r}")
+        if not memory.paragraphs and not memory.pending_text.strip():
+            return NOTHING_REMEMBERED, Recalled("", "paragraph", [])
+        if read == "text":
+            rec = self.recall(memory, query=question, top_k=top_k, select=select)
+            return self.read(answer_prompt(rec.text, question), max_new_tokens).split("\n")[0].strip(), rec
+        slots, scores = find(self.model, self.tokenizer, memory, question, "paragraph", None, top_k,
+                             select or (DEFAULT_SELECT if self.keys is not None else "likelihood"), DEFAULT_RERANK,
+                             self.keys)
+        meta = [{"level": s.level, "key": s.key, "start": s.start, "end": s.end, "score": sc}
+                for s, sc in zip(slots, scores)]
+        return self._read_cache(slots, question, max_new_tokens), Recalled("", "paragraph", meta)
+
+    @torch.no_grad()
+    def _read_cache(self, slots: list, question: str, max_new_tokens: int) -> str:
+        """The question read after the slots' memories as one cache prefix (greedy, first line)."""
+        ids = self.prompt_ids(MEMORY_QA_PROMPT.format(question=question.strip()))[0].tolist()
+        end = self.config.segment_len if self.model.spread else sum(s.n_mem_tokens for s in slots)
+        lengths = [s.n_tokens if self.model.spread else s.n_mem_tokens for s in slots]
+        state = kv.join(self.model._rot, [s.state for s in slots], lengths, end)
+        out = self.model.decode(state, max_new_tokens, self.tokenizer.eos_token_id, direction=COMPRESS,
+                                prompt=pad_batch([ids], self.tokenizer.pad_token_id, state.device))
+        return self.tokenizer.decode(out[0], skip_special_tokens=True).split("\n")[0].strip()
 
     def save(self, memory: Memory, path: str | Path) -> None:
         save_memory(path, memory, self.identity)
 
-    def load(self, path: str | Path) -> Memory:
-        return check_memory(load_memory(path, self.identity), self.memory_spec, str(path))
+    def load(self, path: str | Path, rebuild_keys: bool = False) -> Memory:
+        """The memory file at `path` (refused with one line unless written by this model and adapter).
+
+        A memory whose slots have no retrieval keys (format 2, or an engine with `keys=None`) is refused
+        by an engine that keys slots unless `rebuild_keys`: then every slot is recalled and keyed from
+        the recalled text (a model pass per slot, once)."""
+        return self._checked(lambda identity: load_memory(path, identity), str(path), rebuild_keys)
 
     def to_bytes(self, memory: Memory) -> bytes:
         return encode_memory(memory, self.identity)
 
-    def from_bytes(self, data: bytes, name: str = "memory") -> Memory:
-        return check_memory(decode_memory(data, self.identity, name), self.memory_spec, name)
+    def from_bytes(self, data: bytes, name: str = "memory", rebuild_keys: bool = False) -> Memory:
+        """`load` from bytes."""
+        return self._checked(lambda identity: decode_memory(data, identity, name), name, rebuild_keys)
+
+    def _checked(self, read, name: str, rebuild_keys: bool) -> Memory:
+        try:
+            return check_memory(read(self.identity), self.memory_spec, name)
+        except KeysMismatch:
+            if not rebuild_keys or self.keys is None:
+                raise
+        mem = read({**self.identity, "keys": None})
+        check_memory(mem, replace(self.memory_spec, key_dim=None), name)
+        return self.rebuild_keys(mem)
+
+    def rebuild_keys(self, memory: Memory) -> Memory:
+        """A copy of `memory` whose slots are keyed from their recalled text (greedy backward expansion)."""
+        if self.keys is None:
+            raise ValueError("rebuild_keys: this engine has no key encoder (keys=None)")
+        mem = memory.copy()
+        mem.paragraphs = [replace(s) for s in mem.paragraphs]
+        mem.entities = [replace(s) for s in mem.entities]
+        slots = mem.paragraphs + mem.entities
+        cap = self.config.max_recall_tokens
+        texts = reconstruct(self.model, self.tokenizer, [s.state for s in slots],
+                            [min(cap, s.n_tokens + 8) for s in slots])
+        add_keys(slots, texts, self.keys)
+        return mem
 
     @property
     def memory_spec(self) -> MemorySpec:

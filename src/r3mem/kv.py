@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["rotary_of", "reposition", "to_cache", "from_cache", "kv_shape", "mem_len"]
+__all__ = ["rotary_of", "reposition", "join", "to_cache", "from_cache", "kv_shape", "mem_len"]
 
 
 def rotary_of(body: nn.Module) -> nn.Module | None:
@@ -50,6 +50,19 @@ def reposition(rot: nn.Module | None, state: torch.Tensor, delta: torch.Tensor) 
     cos, sin = cos[:, None, None].to(keys.dtype), sin[:, None, None].to(keys.dtype)
     keys = keys * cos + _rotate_half(keys) * sin
     return torch.stack([keys, state[:, :, 1]], dim=2)
+
+
+def join(rot: nn.Module | None, states: list[torch.Tensor], lengths: list[int], end: int) -> torch.Tensor:
+    """Several canonical memories [L, 2, H, k_i, hd] as one [1, L, 2, H, sum k_i, hd], as if the texts
+    they hold (`lengths` positions each) followed one another and the last one ended at `end`: memory
+    i is moved by (the lengths before it) - (all the lengths) + `end`. Attention under rotary
+    embeddings sees only position differences, so a reader after them reads them as one text."""
+    total, parts, before = sum(lengths), [], 0
+    for st, n in zip(states, lengths):
+        shift = torch.tensor([before - total + end], device=st.device)
+        parts.append(reposition(rot, st[None].float(), shift))
+        before += n
+    return torch.cat(parts, dim=-2)
 
 
 def to_cache(state: torch.Tensor, dtype: torch.dtype):

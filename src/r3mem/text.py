@@ -171,6 +171,18 @@ def check_text(kind: str, text: object, *, non_empty: bool = False) -> str:
     return text
 
 
+MAX_QUERY_CHARS = 2000
+"""Longest query or question: a slot is found by a few words; a longer text is refused, not silently cut."""
+
+
+def check_query(kind: str, text: object, *, non_empty: bool = False) -> str:
+    """`check_text`, and at most `MAX_QUERY_CHARS` characters."""
+    text = check_text(kind, text, non_empty=non_empty)
+    if len(text) > MAX_QUERY_CHARS:
+        raise ValueError(f"{kind}: at most {MAX_QUERY_CHARS} characters, got {len(text)}")
+    return text
+
+
 def without_nul(text: str) -> str:
     """`text` without NUL characters, which carry no meaning for a tokenizer (dropped before writing)."""
     return text.replace("\x00", "") if "\x00" in text else text

@@ -11,12 +11,13 @@ import re
 import torch
 
 from r3mem.hierarchy import Span, entity_spans, paragraph_spans, sentence_spans
+from r3mem.keys import KeyEncoder, dense_tensor, key_text, terms_of
 from r3mem.memory import Memory, Slot
 from r3mem.model import R3MemModel
 from r3mem.recurrence import fold
 from r3mem.tokens import pad_batch, slot_tokens, tokenize
 
-__all__ = ["write_text", "write_texts", "flush", "effective_doc_state", "compress_texts"]
+__all__ = ["write_text", "write_texts", "flush", "effective_doc_state", "compress_texts", "add_keys"]
 
 _TRAILING_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*$")
 _SLOT_BATCH = 8
@@ -150,8 +151,18 @@ def _entity_pieces(tok, buf: str, paras: list[Span], mem: Memory, parents: list[
     return list(new.values())
 
 
-def _commit(model, tok, jobs: list[tuple[Memory, str, list[Span], int]]) -> None:
-    """Commit complete paragraphs of several memories; slots of all of them are compressed together."""
+def add_keys(slots: list[Slot], texts: list[str], keys: KeyEncoder | None) -> None:
+    """Give each new slot its retrieval keys, computed from its text (one encoder call for all)."""
+    if keys is None or not slots:
+        return
+    dense = dense_tensor(keys.encode([key_text(t) for t in texts]))
+    for slot, text, vec in zip(slots, texts, dense):
+        slot.dense, slot.terms = vec, terms_of(text)
+
+
+def _commit(model, tok, jobs: list[tuple[Memory, str, list[Span], int]], keys: KeyEncoder | None = None) -> None:
+    """Commit complete paragraphs of several memories; slots of all of them are compressed together
+    and, with a key encoder, keyed from their text."""
     cfg, pad_id = model.cfg, tok.pad_token_id
     para_jobs = (
         [(m, *_paragraph_pieces(tok, cfg, paras, m)) for m, _, paras, _ in jobs]
@@ -172,12 +183,19 @@ def _commit(model, tok, jobs: list[tuple[Memory, str, list[Span], int]]) -> None
     # Both levels in one call, so text shared between them is compressed once.
     states = iter(compress_texts(model, para_seqs + ent_seqs,
                                  [cfg.paragraph_ratio] * len(para_seqs) + [cfg.entity_ratio] * len(ent_seqs), pad_id))
-    for m, ps, _ in para_jobs:
-        m.paragraphs.extend(Slot("paragraph", key, s, e, len(c), next(states)) for key, s, e, c in ps)
-    for m, es in ent_jobs:
+    new_slots, new_texts = [], []
+    for (m, ps, _), (_, buf, _, _) in zip(para_jobs, jobs):
+        slots = [Slot("paragraph", key, s, e, len(c), next(states)) for key, s, e, c in ps]
+        m.paragraphs.extend(slots)
+        new_slots += slots
+        new_texts += [buf[s.start - m.offset:s.end - m.offset] for s in slots]
+    for (m, es), (_, buf, _, _) in zip(ent_jobs, jobs):
         for e in es:
             e.state = next(states)
         m.entities.extend(es)
+        new_slots += es
+        new_texts += [buf[e.start - m.offset:e.end - m.offset] for e in es]
+    add_keys(new_slots, new_texts, keys)
     for m, buf, paras, commit_end in jobs:
         for p in paras:
             ids = tokenize(tok, p.text + "\n\n")
@@ -188,8 +206,10 @@ def _commit(model, tok, jobs: list[tuple[Memory, str, list[Span], int]]) -> None
 
 
 @torch.no_grad()
-def write_texts(model: R3MemModel, tok, mems: list[Memory], texts: list[str]) -> list[Memory]:
-    """Append texts[i] to mems[i], all in batches; returns new Memories, inputs are left untouched."""
+def write_texts(model: R3MemModel, tok, mems: list[Memory], texts: list[str],
+                keys: KeyEncoder | None = None) -> list[Memory]:
+    """Append texts[i] to mems[i], all in batches; returns new Memories, inputs are left untouched.
+    With `keys`, every new slot gets its retrieval keys (`keys.py`)."""
     if len(mems) != len(texts):
         raise ValueError(f"write: {len(mems)} memories but {len(texts)} texts")
     out = [m.copy() for m in mems]
@@ -198,22 +218,22 @@ def write_texts(model: R3MemModel, tok, mems: list[Memory], texts: list[str]) ->
         buf = m.pending_text + text
         paras, commit_end = _split_commit(buf)
         jobs.append((m, buf, paras, commit_end))
-    _commit(model, tok, jobs)
+    _commit(model, tok, jobs, keys)
     _fold_segments(model, out, tok.pad_token_id, final=False)
     return out
 
 
-def write_text(model: R3MemModel, tok, mem: Memory, text: str) -> Memory:
+def write_text(model: R3MemModel, tok, mem: Memory, text: str, keys: KeyEncoder | None = None) -> Memory:
     """Return a new Memory with `text` appended; the input Memory is left untouched."""
-    return write_texts(model, tok, [mem], [text])[0]
+    return write_texts(model, tok, [mem], [text], keys)[0]
 
 
 @torch.no_grad()
-def flush(model: R3MemModel, tok, mem: Memory) -> Memory:
+def flush(model: R3MemModel, tok, mem: Memory, keys: KeyEncoder | None = None) -> Memory:
     """Commit the pending paragraph and fold a partial last segment into the document state."""
     mem = mem.copy()
     buf = mem.pending_text
-    _commit(model, tok, [(mem, buf, paragraph_spans(buf), len(buf))])
+    _commit(model, tok, [(mem, buf, paragraph_spans(buf), len(buf))], keys)
     _fold_segments(model, [mem], tok.pad_token_id, final=True)
     return mem
 

@@ -54,9 +54,9 @@ def test_million_character_file_streams_lazily_and_completes(tmp_path, tok, monk
     calls, longest_pending = [], [0]
     real = writer.write_text
 
-    def spy(model, tokenizer, mem, text):
+    def spy(model, tokenizer, mem, text, keys=None):
         calls.append(len(text))
-        out = real(model, tokenizer, mem, text)
+        out = real(model, tokenizer, mem, text, keys)
         longest_pending[0] = max(longest_pending[0], len(out.pending_text))
         return out
 
@@ -173,21 +173,23 @@ def test_degenerate_texts_through_every_entry_point(trained_like):
             if mem.paragraphs:
                 assert isinstance(eng.recall(mem, index=0, max_new_tokens=3).text, str)
             if text.strip():
-                rec = eng.recall(mem, query=text, top_k=2, max_new_tokens=3)
+                rec = eng.recall(mem, query=text[:2000], top_k=2, max_new_tokens=3)
                 assert len(rec.slots) == min(2, len(mem.paragraphs) + bool(mem.pending_text.strip()))
                 assert isinstance(eng.generate(text, mem, max_new_tokens=2), str)
                 assert isinstance(eng.read(text, max_new_tokens=2), str)
 
 
-def test_overlong_query_and_prompt_are_bounded(trained_like, monkeypatch):
-    """A query or reader prompt of the service's whole body limit must neither hang nor exhaust memory:
-    the query is cut to max_paragraph_tokens, the reader prompt to the model's window (their ends kept)."""
+def test_overlong_query_is_refused_and_prompt_is_bounded(trained_like, monkeypatch):
+    """A query or question of the service's whole body limit is refused at once (one line, no model pass);
+    a reader prompt that long is cut to the model's window (its end kept), neither hanging nor exhausting memory."""
     eng = trained_like
     mem = eng.write(SAMPLE_TEXT)
     long_text = "Where did Henry Sibley build his stone house, and when? " * 18_000  # ~1 MB
     with deadline(60):
-        rec = eng.recall(mem, query=long_text, top_k=2, max_new_tokens=4)
-        assert len(rec.slots) == 2
+        with pytest.raises(ValueError, match="query: at most 2000 characters, got 1008000"):
+            eng.recall(mem, query=long_text, top_k=2, max_new_tokens=4)
+        with pytest.raises(ValueError, match="question: at most 2000 characters"):
+            eng.answer(long_text, mem, max_new_tokens=4)
         seen = []
         real_generate = type(eng.model.lm).generate
 
@@ -196,7 +198,7 @@ def test_overlong_query_and_prompt_are_bounded(trained_like, monkeypatch):
             return real_generate(self, input_ids=input_ids, **k)
 
         monkeypatch.setattr(type(eng.model.lm), "generate", generate)
-        assert isinstance(eng.answer(long_text, mem, max_new_tokens=4)[0], str)
+        assert isinstance(eng.read(long_text, max_new_tokens=4), str)
     assert seen == [1024 - 4]  # tiny model: 1024 positions
 
 

@@ -147,7 +147,7 @@ def quiet_libraries() -> None:
         pass
 
 
-def load_engine(model: Path | None, base_model: str | None = None):
+def load_engine(model: Path | None, base_model: str | None = None, compute_dtype: str | None = None):
     """The engine for a command: `--model`/$R3MEM_MODEL adapter, `--base-model`/$R3MEM_BASE_MODEL base model.
 
     A `tiny-<family>` base model without an adapter gets `tiny_config` (tests point commands at it).
@@ -163,7 +163,9 @@ def load_engine(model: Path | None, base_model: str | None = None):
     base_model = base_model or os.environ.get("R3MEM_BASE_MODEL") or None
     config = tiny_config(base_model) if model is None and base_model and base_model.startswith("tiny-") else None
     with console.status("loading model…"):
-        engine = R3Mem.from_pretrained(model, base_model=base_model, config=config)
+        # tiny test models keep their config's float32 unless asked; real ones default to "auto"
+        dtype = compute_dtype or (None if config is not None else "auto")
+        engine = R3Mem.from_pretrained(model, base_model=base_model, config=config, compute_dtype=dtype)
     if not engine.trained:
         console.print(
             "[yellow]note:[/] adapters are UNTRAINED (no trained adapter found); recall will not be faithful.",

@@ -66,6 +66,25 @@ def evaluate(
         typer.Option("--recall-tokens", help="lm: tokens recalled from the memory before each segment, for "
                      "methods with a backward path (default: the segment length; 0: off)."),
     ] = None,
+    select: Annotated[
+        str | None,
+        typer.Option("--select", help="Memory methods: how slots are found (hybrid | dense | lexical | likelihood; "
+                     "default: hybrid when the memory has retrieval keys)."),
+    ] = None,
+    answer_read: Annotated[
+        str,
+        typer.Option("--answer-read", help="Memory methods, QA: text (slots expanded into text) | cache (the reader "
+                     "reads the slots' keys and values) | source (the chosen slots' own text, as a store keeps it)."),
+    ] = "text",
+    compute_dtype: Annotated[
+        str | None, typer.Option("--compute-dtype", help="float32 | bfloat16 (autocast) | auto (bfloat16 where the "
+                                 "hardware has it) for every model; default auto (tiny test models: float32).")
+    ] = None,
+    memory_cache: Annotated[
+        Path | None,
+        typer.Option("--memory-cache", readable=False, help="Memory methods, QA: keep written memories in this "
+                     "folder and reuse them (runs that change only how questions are answered write once)."),
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="Torch device for every model.")] = "cpu",
     encoding: EncodingOpt = "utf-8",
 ) -> None:
@@ -87,6 +106,9 @@ def evaluate(
             segment_len=segment_len,
             recall_tokens=recall_tokens,
             device=device,
+            select=select,
+            answer_read=answer_read,
+            memory_cache=str(memory_cache) if memory_cache else None,
         )
         for name, spec, kind in (("ratios", ratios, float), ("lengths", lengths, int), ("depths", depths, float)):
             parsed = _numbers(f"--{name}", spec, kind)
@@ -95,7 +117,8 @@ def evaluate(
         chosen = parse_methods(methods)
         adapters = parse_method_models(method_model)
         checked = check_inputs(task, data, opts, model)
-        engine = load_engine(model, base_model)
+        engine = load_engine(model, base_model, compute_dtype)
+        opts.compute_dtype = engine.config.compute_dtype  # what "auto" resolved to, for the other engines
         if model is not None:
             source = str(model)
         elif (default_adapter_dir() / "r3mem_adapter.json").exists() and engine.trained:

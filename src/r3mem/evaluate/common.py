@@ -10,6 +10,9 @@ from typing import Any
 __all__ = ["EvalOptions", "Skip", "mean", "overlaps", "round_metrics", "position_buckets", "bucket_label"]
 
 
+ANSWER_READS = ("text", "cache", "source")
+
+
 class Skip(Exception):
     """A method cannot run this task or example; the message is the reason reported in the JSON."""
 
@@ -35,6 +38,15 @@ class EvalOptions:
     recall_tokens: int | None = None  # lm: tokens recalled from memory per segment (None: segment_len; 0: off)
     samples: int = 3  # example predictions kept per method in the JSON
     device: str = "cpu"
+    select: str | None = None  # memory methods: how slots are found (None: the engine's default, see recall.SELECTS)
+    # memory methods, QA: "text" (chosen slots expanded into text for the reader), "cache" (the reader reads
+    # the slots' keys and values as its cache), "source" (the reader gets the source text of the chosen slots,
+    # as an agent whose store keeps the turns does: the memory finds, the store supplies the words)
+    answer_read: str = "text"
+    compute_dtype: str = "float32"  # every model's arithmetic: float32 or bfloat16 (autocast)
+    # memory methods, QA: a folder of written memories (one file per document and engine identity), so runs
+    # that only change how questions are answered write each document once
+    memory_cache: str | None = None
 
     def validate(self) -> None:
         def check(cond: bool, msg: str) -> None:
@@ -62,6 +74,14 @@ class EvalOptions:
         check(self.segment_len is None or self.segment_len >= 2, f"--segment-len: must be >= 2, got {self.segment_len}")
         check(self.recall_tokens is None or self.recall_tokens >= 0,
               f"--recall-tokens: must be >= 0, got {self.recall_tokens}")
+        from r3mem.config import COMPUTE_DTYPES
+        from r3mem.recall import SELECTS
+
+        check(self.select is None or self.select in SELECTS, f"--select: must be one of {SELECTS}, got {self.select!r}")
+        check(self.answer_read in ANSWER_READS,
+              f"--answer-read: must be one of {ANSWER_READS}, got {self.answer_read!r}")
+        check(self.compute_dtype in COMPUTE_DTYPES,
+              f"--compute-dtype: must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Every option, as the result document records it (tuples as lists)."""

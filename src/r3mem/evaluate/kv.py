@@ -49,7 +49,8 @@ def run(method, docs: list[QADoc], opts: EvalOptions, budget: int) -> dict[str, 
     metrics["accuracy_by_gold_position"] = _by_position(res["records"])
     return {"n_examples": len(res["records"]), "metrics": metrics, "summary": {"accuracy": metrics["accuracy"]},
             "memory_bytes_per_doc": res["memory_bytes_per_doc"], "memory_tokens_per_doc": res["memory_tokens_per_doc"],
-            "wall_time_s": res["wall_time_s"], "samples": samples(res["records"], opts.samples)}
+            "wall_time_s": res["wall_time_s"], "store_s_per_doc": res["store_s_per_doc"],
+            "answer_s_per_question": res["answer_s_per_question"], "samples": samples(res["records"], opts.samples)}
 
 
 def stats(docs: list[QADoc], tok) -> dict[str, Any]:

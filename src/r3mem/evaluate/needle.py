@@ -63,7 +63,8 @@ def run(method, data: NeedleData, opts: EvalOptions, budget: int) -> dict[str, A
                                                                             "depths": list(opts.depths), **grid},
            "summary": {"accuracy": metrics["accuracy"], "f1": metrics["f1"]},
            "memory_bytes_per_doc": res["memory_bytes_per_doc"], "memory_tokens_per_doc": res["memory_tokens_per_doc"],
-           "wall_time_s": res["wall_time_s"], "samples": samples(res["records"], opts.samples)}
+           "wall_time_s": res["wall_time_s"], "store_s_per_doc": res["store_s_per_doc"],
+           "answer_s_per_question": res["answer_s_per_question"], "samples": samples(res["records"], opts.samples)}
     if res["n_skipped"]:
         out["cells_skipped"] = [r["qid"] + ": " + r["skipped"] for r in res["records"] if "skipped" in r]
     return out

@@ -73,18 +73,23 @@ def run_qa(method: Method, docs: list[QADoc], opts: EvalOptions, budget: int,
     records: list[dict[str, Any]] = []
     mem_bytes, mem_tokens, skipped = [], [], []
     t0 = time.perf_counter()
+    store_s = answer_s = 0.0
     for doc in docs:
+        ts = time.perf_counter()
         store = method.qa_store(doc)  # Skip here: the method cannot run at all
+        store_s += time.perf_counter() - ts
         b, t = method.qa_memory(store, doc, budget)
         mem_bytes.append(b)
         mem_tokens.append(t)
         for q in doc.questions:
+            ta = time.perf_counter()
             try:
                 ans = method.qa_answer(store, doc, q.question, budget)
             except Skip as s:
                 skipped.append(s.reason)
                 records.append({"qid": q.qid, "doc_id": doc.doc_id, "skipped": s.reason, **q.meta})
                 continue
+            answer_s += time.perf_counter() - ta
             rec = {"qid": q.qid, "doc_id": doc.doc_id, "question": q.question, "answers": list(q.answers),
                    "prediction": ans.text, "evidence_recall": evidence_recall(q.gold_spans, ans.spans), **q.meta}
             rec.update(score(q, ans.text))
@@ -92,8 +97,10 @@ def run_qa(method: Method, docs: list[QADoc], opts: EvalOptions, budget: int,
     n_q = sum(len(d.questions) for d in docs)
     if skipped and (not partial_ok or len(skipped) == n_q):
         raise Skip(f"{skipped[0]} for {len(skipped)} of {n_q} questions")
+    n_answered = sum(1 for r in records if "skipped" not in r)
     return {"records": records, "memory_bytes_per_doc": mean(mem_bytes), "memory_tokens_per_doc": mean(mem_tokens),
-            "wall_time_s": time.perf_counter() - t0, "n_skipped": len(skipped)}
+            "wall_time_s": time.perf_counter() - t0, "store_s_per_doc": store_s / max(len(docs), 1),
+            "answer_s_per_question": answer_s / max(n_answered, 1), "n_skipped": len(skipped)}
 
 
 def aggregate(records: list[dict[str, Any]], keys: list[str]) -> dict[str, float | None]:

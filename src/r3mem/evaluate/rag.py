@@ -39,7 +39,8 @@ def run(method, docs: list[QADoc], opts: EvalOptions, budget: int) -> dict[str, 
     metrics[f"evidence_recall@{opts.top_k}"] = metrics.pop("evidence_recall")
     return {"n_examples": len(res["records"]), "metrics": metrics, "summary": {k: metrics[k] for k in ("em", "f1")},
             "memory_bytes_per_doc": res["memory_bytes_per_doc"], "memory_tokens_per_doc": res["memory_tokens_per_doc"],
-            "wall_time_s": res["wall_time_s"], "samples": samples(res["records"], opts.samples)}
+            "wall_time_s": res["wall_time_s"], "store_s_per_doc": res["store_s_per_doc"],
+            "answer_s_per_question": res["answer_s_per_question"], "samples": samples(res["records"], opts.samples)}
 
 
 def stats(docs: list[QADoc], tok) -> dict[str, Any]:

@@ -133,10 +133,11 @@ def _clean(x: Any) -> Any:
     return x
 
 
-def _load_adapter_engine(name: str, path: Path, base_model: str | None, reader, device: str):
+def _load_adapter_engine(name: str, path: Path, base_model: str | None, reader, device: str,
+                         compute_dtype: str = "float32"):
     from r3mem.engine import R3Mem
 
-    engine = R3Mem.from_pretrained(path, base_model=base_model)
+    engine = R3Mem.from_pretrained(path, base_model=base_model, compute_dtype=compute_dtype)
     if engine.base_model_id != reader.base_model_id:
         raise ValueError(f"{path}: adapter for {name} runs on base model {engine.base_model_id!r}, but the run uses "
                          f"{reader.base_model_id!r}; pass --base-model or adapters trained on the same base")
@@ -180,7 +181,8 @@ def run_eval(
                     raise Skip(NO_ADAPTER)
                 method = MemoryMethod(
                     name,
-                    _load_adapter_engine(name, method_models[name], base_model, engine, opts.device),
+                    _load_adapter_engine(name, method_models[name], base_model, engine, opts.device,
+                                         opts.compute_dtype),
                     opts,
                     str(method_models[name]),
                 )

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from r3mem.text import MAX_QUERY_CHARS
+
 Retrieval = Literal["bm25", "embedding"] | None
 
 
@@ -115,7 +117,8 @@ class WriteOut(BaseModel):
 
 
 class RecallIn(_Strict):
-    query: str | None = Field(None, min_length=1, description="Pick the slots most likely to produce this query.")
+    query: str | None = Field(None, min_length=1, max_length=MAX_QUERY_CHARS,
+                              description="Find the slots that best match this query.")
     level: Literal["document", "paragraph", "entity"] = "paragraph"
     index: int | None = Field(None, description="Recall this slot instead of searching.")
     top_k: int = Field(1, ge=1, le=32)
@@ -151,7 +154,7 @@ class RecallOut(BaseModel):
 
 
 class AnswerIn(_Strict):
-    question: str = Field(min_length=1)
+    question: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
     top_k: int = Field(2, ge=1, le=32)
     max_new_tokens: int = Field(64, ge=1, le=512)
     retrieval: Retrieval = Field(None, description="Re-rank recalled slots with bm25 or embedding retrieval.")

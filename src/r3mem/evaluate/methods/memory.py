@@ -49,11 +49,23 @@ class MemoryMethod(Method):
         c = self.engine.config
         return {**super().info(), "adapter": self.source, "adapter_hash": self.engine.adapter_hash,
                 "adapter_trained": bool(self.engine.trained), "answer_mode": self.mode,
+                "select": self.opts.select, "answer_read": self.opts.answer_read,
+                "memory_cache": self.opts.memory_cache,
+                "keys": self.engine.keys.name if self.engine.keys is not None else None,
                 "model_config": {k: getattr(c, k) for k in ("num_mem_tokens", "segment_len", "memory_mode",
                                                              "reversible_mode", "paragraph_ratio", "entity_ratio")}
                 | {"hierarchy_levels": list(c.hierarchy_levels), "w_fwd": c.w_fwd, "w_bwd": c.w_bwd, "w_cyc": c.w_cyc}}
 
     def qa_store(self, doc):
+        path = self._cached(doc)
+        if path is not None and path.exists():
+            return self.engine.load(path)
+        mem = self._write(doc)
+        if path is not None:
+            self.engine.save(mem, path)
+        return mem
+
+    def _write(self, doc):
         e = self.engine
         if not getattr(doc, "incremental", False):  # one write == unit by unit (writes are split-invariant)
             return e.flush(e.write(doc.context + "\n\n"))
@@ -62,13 +74,41 @@ class MemoryMethod(Method):
             mem = e.write(unit + "\n\n", mem)
         return e.flush(mem)
 
+    def _cached(self, doc):
+        """The memory file of `doc` in `--memory-cache` (None: no cache): named by the document's text and
+        everything a memory depends on (engine identity, ratios, compute dtype), so a hit is the same memory."""
+        if not self.opts.memory_cache:
+            return None
+        import hashlib
+        import json
+        from pathlib import Path
+
+        c = self.engine.config
+        what = json.dumps([self.engine.identity, c.paragraph_ratio, c.entity_ratio, c.compute_dtype,
+                           bool(getattr(doc, "incremental", False)), doc.context], sort_keys=True)
+        folder = Path(self.opts.memory_cache)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{hashlib.sha256(what.encode()).hexdigest()[:24]}.r3mem"
+
     def qa_answer(self, mem, doc, question: str, budget: int) -> Answer:
-        e = self.engine
+        e, read = self.engine, self.opts.answer_read
         if self.mode == "generate":
             return Answer(_first_line(e.generate(_GEN_PROMPT.format(question=question), mem,
                                                  max_new_tokens=self.opts.max_new_tokens)), None)
         level = "paragraph" if self.mode == "recall" else "document"
-        rec = e.recall(mem, query=question, level=level, top_k=self.opts.top_k)
+        if level == "paragraph" and read == "cache":
+            pred, rec = e.answer(question, mem, top_k=self.opts.top_k, max_new_tokens=self.opts.max_new_tokens,
+                                 read="cache", select=self.opts.select)
+            return Answer(pred, [(s["start"], s["end"]) for s in rec.slots])
+        if level == "paragraph" and read == "source":
+            from r3mem.recall import find
+
+            slots, _ = find(e.model, e.tokenizer, mem, question, "paragraph", None, self.opts.top_k,
+                            self.opts.select or ("hybrid" if e.keys is not None else "likelihood"), 0, e.keys)
+            context = _head(self.tok, "\n\n".join(doc.context[s.start:s.end] for s in slots), budget)
+            pred = _first_line(e.read(answer_prompt(context, question), self.opts.max_new_tokens))
+            return Answer(pred, [(s.start, s.end) for s in slots])
+        rec = e.recall(mem, query=question, level=level, top_k=self.opts.top_k, select=self.opts.select)
         context = _head(self.tok, rec.text, budget)
         pred = _first_line(e.read(answer_prompt(context, question), self.opts.max_new_tokens))
         spans = [(s["start"], s["end"]) for s in rec.slots] if level == "paragraph" else None

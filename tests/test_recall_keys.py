@@ -1,0 +1,136 @@
+"""Recall through retrieval keys: slots are found without a model pass per slot, keys travel in memory
+files, keyless memories are refused or re-keyed, and answering reads either text or the slots' cache."""
+
+import pytest
+import torch
+from conftest import tiny_cfg
+
+from r3mem import recall as recall_mod
+from r3mem.engine import R3Mem
+from r3mem.memfile import KeysMismatch
+from r3mem.tiny import tiny_model
+
+TURNS = [f"Turn {i}: the weather was mild and nothing happened." for i in range(12)]
+TURNS[7] = "Turn 7: Caroline adopted a greyhound called Biscuit from the shelter."
+
+
+def _written(eng):
+    return eng.write("".join(t + "\n\n" for t in TURNS))
+
+
+def _count_passes(eng, monkeypatch):
+    calls = []
+    real = eng.model._run
+    monkeypatch.setattr(eng.model, "_run", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    return calls
+
+
+def test_every_slot_is_keyed_when_written_and_keys_round_trip(trained_like):
+    mem = _written(trained_like)
+    assert all(s.dense is not None and s.dense.dtype == torch.float16 and s.terms for s in mem.paragraphs)
+    assert mem.paragraphs[7].terms["greyhound"] == 1 and all(s.terms is not None for s in mem.entities)
+    back = trained_like.from_bytes(trained_like.to_bytes(mem))
+    for a, b in zip(mem.paragraphs + mem.entities, back.paragraphs + back.entities):
+        assert torch.equal(a.dense, b.dense) and a.terms == b.terms
+
+
+def test_a_query_finds_its_slot_with_one_pass_whatever_the_number_of_slots(trained_like, monkeypatch):
+    mem = _written(trained_like)
+    calls = _count_passes(trained_like, monkeypatch)
+    rec = trained_like.recall(mem, query="Which dog did Caroline adopt?", top_k=1)
+    assert [s["key"] for s in rec.slots] == ["p7"]
+    assert len(calls) == 1  # the one expansion of the chosen slot: no pass over the 12 slots
+    calls.clear()
+    trained_like.recall(mem, query="Which dog did Caroline adopt?", top_k=1, select="likelihood")
+    assert len(calls) >= 1 + 2  # query likelihood: 12 slots in batches of at most 8, then the expansion
+
+
+def test_selections_and_rerank(trained_like, monkeypatch):
+    mem = _written(trained_like)
+    for select in ("hybrid", "dense", "lexical"):
+        assert trained_like.recall(mem, query="greyhound Biscuit", select=select).slots[0]["key"] == "p7"
+    scored = []
+    real = recall_mod.score_query
+    monkeypatch.setattr(recall_mod, "score_query", lambda m, t, states, q: scored.append(len(states))
+                        or real(m, t, states, q))
+    rec = trained_like.recall(mem, query="greyhound Biscuit", top_k=2, rerank=4)
+    assert scored == [4] and len(rec.slots) == 2  # the 4 best by the keys, re-ranked by query likelihood
+    with pytest.raises(ValueError, match="select: must be one of"):
+        trained_like.recall(mem, query="x", select="grep")
+    with pytest.raises(ValueError, match="rerank: must be an integer >= 0"):
+        trained_like.recall(mem, query="x", rerank=-1)
+
+
+def test_index_is_built_once_per_memory_value(trained_like, monkeypatch):
+    from r3mem import index
+
+    mem = _written(trained_like)
+    built = []
+    real = index.SlotIndex.__init__
+    monkeypatch.setattr(index.SlotIndex, "__init__", lambda self, *a, **k: built.append(1) or real(self, *a, **k))
+    for q in ("greyhound", "weather", "shelter"):
+        trained_like.recall(mem, query=q)
+    assert built == [1]
+    more = trained_like.write("Turn 12: a new paragraph.\n\n", mem)
+    assert trained_like.recall(more, query="new paragraph").slots[0]["key"] == "p12" and built == [1, 1]
+
+
+def test_keyless_memories_are_refused_or_rekeyed(tok, trained_like):
+    plain = R3Mem.from_base(tiny_model("llama"), tok, tiny_cfg(), keys=None)
+    plain.load_adapter_state(trained_like.model.trainable_state_dict())
+    assert plain.adapter_hash == trained_like.adapter_hash
+    old = _written(plain)
+    assert all(s.dense is None and s.terms is None for s in old.paragraphs)
+    blob = plain.to_bytes(old)
+    with pytest.raises(KeysMismatch, match="without retrieval keys.*rebuild_keys=True"):
+        trained_like.from_bytes(blob)
+    with pytest.raises(KeysMismatch, match="keyed by 'all-MiniLM-L6-v2'"):
+        plain.from_bytes(trained_like.to_bytes(_written(trained_like)))
+    rekeyed = trained_like.from_bytes(blob, rebuild_keys=True)
+    assert all(s.dense is not None for s in rekeyed.paragraphs + rekeyed.entities)
+    assert trained_like.from_bytes(trained_like.to_bytes(rekeyed)).n_tokens == old.n_tokens
+    # a keyless engine finds slots by query likelihood; asking it for a key search is a clear error
+    assert len(plain.recall(old, query="greyhound").slots) == 1
+    with pytest.raises(ValueError, match="no retrieval keys"):
+        plain.recall(old, query="greyhound", select="hybrid")
+
+
+def test_pending_paragraph_is_keyed_at_read_time(trained_like):
+    mem = trained_like.write("First paragraph about tea.\n\nThe unfinished one mentions a greyhound")
+    assert len(mem.paragraphs) == 1 and mem.pending_text
+    assert trained_like.recall(mem, query="greyhound", top_k=1).slots[0]["key"] == "p1"
+
+
+def test_answer_reads_text_or_the_slots_as_a_cache(trained_like, monkeypatch):
+    mem = _written(trained_like)
+    text, rec = trained_like.answer("Which dog did Caroline adopt?", mem, top_k=2, max_new_tokens=3)
+    assert isinstance(text, str) and len(rec.slots) == 2 and rec.text
+    seen = []
+    real = trained_like.model.decode
+    monkeypatch.setattr(trained_like.model, "decode", lambda state, *a, **k: seen.append(state) or real(state, *a, **k))
+    text, rec = trained_like.answer("Which dog did Caroline adopt?", mem, top_k=2, max_new_tokens=3, read="cache")
+    keys = [s["key"] for s in rec.slots]
+    assert isinstance(text, str) and rec.text == "" and len(keys) == 2 and "p7" in keys
+    (state,) = seen  # one decode: the question after both slots' memories, no expansion
+    assert state.shape[-2] == sum(mem.paragraphs[int(k[1:])].n_mem_tokens for k in keys)
+    with pytest.raises(ValueError, match="read: must be 'text' or 'cache'"):
+        trained_like.answer("x?", mem, read="both")
+
+
+def test_bad_questions_fail_before_any_model_pass(trained_like, monkeypatch):
+    mem = _written(trained_like)
+    calls = _count_passes(trained_like, monkeypatch)
+    for bad, msg in (("", "must not be empty"), ("   ", "must not be empty"), ("x" * 2001, "at most 2000 characters")):
+        with pytest.raises(ValueError, match=msg):
+            trained_like.answer(bad, mem)
+    with pytest.raises(ValueError, match="at most 2000 characters"):
+        trained_like.recall(mem, query="y" * 2001)
+    assert calls == []
+
+
+def test_a_memory_with_nothing_written_answers_nothing_remembered(trained_like, monkeypatch):
+    calls = _count_passes(trained_like, monkeypatch)
+    for read in ("text", "cache"):
+        text, rec = trained_like.answer("Who adopted a dog?", trained_like.new_memory(), read=read)
+        assert text == "nothing remembered" and rec.slots == []
+    assert calls == []
