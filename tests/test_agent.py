@@ -214,3 +214,54 @@ def test_locomo_example_runs(capsys):
     assert example.main(["--base-model", "tiny-llama", "--limit", "2", "--max-turns", "12"]) == 0
     printed = capsys.readouterr().out
     assert "12 turns in" in printed and printed.count("gold  :") == 2 and "mean evidence recall@3" in printed
+
+
+def test_memory_cache_decodes_each_version_once(engine, store):
+    from r3mem.memcache import MemoryCache
+
+    ensure_session(store, "alice", "c")
+    cache = MemoryCache()
+    agent = ChatAgent(engine, store, "alice", "c", cache=cache)
+    for speaker, text in TURNS:
+        agent.turn(text, speaker)
+    decoded = []
+    real = engine.from_bytes
+    engine.from_bytes = lambda *a, **k: decoded.append(1) or real(*a, **k)
+    try:
+        for q in ("stone house", "river", "canoe"):
+            agent.recall(q)
+        fresh = ChatAgent(engine, store, "alice", "c", cache=cache)  # another request, same cache
+        assert fresh.describe()["bytes"] == len(store.get_memory("alice", "c").blob)
+        assert decoded == []  # the writer put the new version in the cache; nobody decoded it again
+        mem, stored = fresh.memory()
+        assert stored.version == 3 and len(mem.paragraphs) == 3
+        other = ChatAgent(engine, store, "alice", "c")  # no cache: a decode per call
+        other.recall("canoe")
+        assert decoded == [1]
+        store.delete_session("alice", "c")  # recreated with the same id: version 1 again, other text
+        ensure_session(store, "alice", "c")
+        ChatAgent(engine, store, "alice", "c").turn("Only this now.")
+        mem, _ = fresh.memory()
+        assert len(mem.paragraphs) == 1  # the stamp's checksum tells it from the deleted session's version 1
+    finally:
+        engine.from_bytes = real
+
+
+def test_respond_reads_recalled_text_stored_turns_or_the_cache(engine, store):
+    ensure_session(store, "alice", "r")
+    texts = {}
+    for mode in ("text", "source", "cache"):
+        agent = ChatAgent(engine, store, "alice", "r", read=mode, prompt=QA_PROMPT)
+        if mode == "text":
+            for speaker, text in TURNS:
+                agent.turn(text, speaker)
+        reply = agent.respond("Who built the stone house?", max_new_tokens=3, top_k=2)
+        assert len(reply.slots) == 2 and all(s["turn_id"] in (1, 2, 3) for s in reply.slots)
+        texts[mode] = reply
+    src = texts["source"]
+    assert [s["text"] for s in src.slots] == [format_turn(*TURNS[s["turn_id"] - 1]).strip() for s in src.slots]
+    assert src.recalled == "\n\n".join(s["text"] for s in src.slots)
+    assert texts["cache"].recalled == "" and [s["key"] for s in texts["cache"].slots] == [
+        s["key"] for s in src.slots]
+    with pytest.raises(ValueError, match="read must be one of"):
+        ChatAgent(engine, store, "alice", "r", read="both")

@@ -147,6 +147,40 @@ def test_locomo_turn_by_turn(adapters, tmp_path):
     assert is_png(tmp_path / "locomo.png")
 
 
+def test_locomo_answer_reads_share_one_written_memory(adapters, tmp_path):
+    """--memory-cache: the first run writes each conversation's memory, the others load it (no write) and
+    answer from it as text, from the slots' source text, or from the slots' cache."""
+    cache = tmp_path / "memories"
+    args = ["--limit", "3", "--methods", "r3mem", "--model", str(adapters["r3mem"]), "--memory-cache", str(cache)]
+    docs = {read: run_eval("locomo", LOCOMO, *args, "--answer-read", read) for read in ("text", "source", "cache")}
+    files = sorted(cache.glob("*.r3mem"))
+    assert len(files) == 1  # one conversation, written once
+    for read, doc in docs.items():
+        r = doc["methods"]["r3mem"]
+        assert r["answer_read"] == read and r["n_examples"] == 3 and r["keys"] == "all-MiniLM-L6-v2"
+        assert r["metrics"]["evidence_recall@2"] is not None and r["answer_s_per_question"] >= 0
+    # the same slots are found whatever the read: evidence recall does not depend on it
+    recalls = {read: doc["methods"]["r3mem"]["metrics"]["evidence_recall@2"] for read, doc in docs.items()}
+    assert len(set(recalls.values())) == 1, recalls
+    assert docs["source"]["methods"]["r3mem"]["store_s_per_doc"] < docs["text"]["methods"]["r3mem"]["store_s_per_doc"]
+
+
+def test_rag_distractors_put_the_gold_passage_among_others(tmp_path):
+    from r3mem.evaluate import rag
+    from r3mem.evaluate.common import EvalOptions
+
+    oracle = rag.load(NQ, EvalOptions(limit=2))
+    mixed = rag.load(NQ, EvalOptions(limit=2, distractors=2))
+    again = rag.load(NQ, EvalOptions(limit=2, distractors=2))
+    assert [len(d.units) for d in oracle] == [1, 1] and [len(d.units) for d in mixed] == [3, 3]
+    for o, m, a in zip(oracle, mixed, again):
+        assert o.units[0] in m.units and m.units == a.units  # seeded: every run sees the same documents
+        (g0, g1), = m.questions[0].gold_spans
+        assert m.context[g0:g1] == o.units[0]
+    with pytest.raises(ValueError, match="--distractors: 3 needs more than that many questions"):
+        rag.load(NQ, EvalOptions(limit=2, distractors=3))
+
+
 def test_needle_grid_and_heat_map(adapters, tmp_path):
     methods = ["r3mem", "full_context", "bm25"]
     doc = run_eval("needle", ESSAYS, "--lengths", "150,1100", "--depths", "0,1", "--methods", ",".join(methods),

@@ -119,8 +119,8 @@ def search_cost(engine: R3Mem, mems: list[Memory], questions: list[str], sizes: 
             bt.append(time.perf_counter() - t0)
         out.append({"slots": n, "hybrid_s": statistics.median(times), "hybrid_first_search_s": build,
                     "bm25_s": statistics.median(bt)})
-        print(f"  search over {n} slots: hybrid {out[-1]['hybrid_s'] * 1000:.1f} ms, bm25 {out[-1]['bm25_s'] * 1000:.1f} ms",
-              flush=True)
+        ms = {k: out[-1][k] * 1000 for k in ("hybrid_s", "bm25_s")}
+        print(f"  search over {n} slots: hybrid {ms['hybrid_s']:.1f} ms, bm25 {ms['bm25_s']:.1f} ms", flush=True)
     return {"per_size": out, "n_queries": len(questions)}
 
 
@@ -175,15 +175,17 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data/locomo/locomo_dev8.json"))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--memory-cache", default=None, help="folder of written memories shared with r3mem eval")
-    ap.add_argument("--likelihood-questions", type=int, default=40, help="questions scored by likelihood over all slots")
+    ap.add_argument("--likelihood-questions", type=int, default=40,
+                    help="questions scored by query likelihood over all slots")
     ap.add_argument("--sizes", default="100,1000,4805,10000,50000")
+    ap.add_argument("--conversations", type=int, default=None, help="first N conversations only (smoke runs)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
     engine = R3Mem.from_pretrained()
     opts = EvalOptions(memory_cache=a.memory_cache, compute_dtype=engine.config.compute_dtype)
-    docs = locomo.load(a.data, opts)
+    docs = locomo.load(a.data, opts)[:a.conversations]
     writer = MemoryMethod("r3mem", engine, opts, "shipped")
     encoder = shared_encoder()
     per_method: dict[str, list] = {}

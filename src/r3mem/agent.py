@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from itertools import accumulate
 from typing import Any
 
+from r3mem.memcache import MemoryCache
 from r3mem.memory import Memory
 from r3mem.prompts import QA_PROMPT
 from r3mem.recall import Recalled, token_pieces
@@ -34,9 +35,10 @@ from r3mem.store import Conflict, MemoryStore, NotFound, Session, SlotRecord, St
 from r3mem.text import MAX_QUERY_CHARS, check_query, check_text, without_nul
 from r3mem.tokens import tokenize
 
-__all__ = ["ChatAgent", "Reply", "RETRIEVALS", "CHAT_PROMPT", "QA_PROMPT", "format_turn", "ensure_session"]
+__all__ = ["ChatAgent", "Reply", "RETRIEVALS", "READS", "CHAT_PROMPT", "QA_PROMPT", "format_turn", "ensure_session"]
 
 RETRIEVALS = (None, "bm25", "embedding")
+READS = ("text", "source", "cache")  # what the reader is given: recalled text, the stored turns, the slots' cache
 CHAT_PROMPT = "Relevant memory of our conversation:\n{context}\n\n{question}"
 MAX_SYNC_ATTEMPTS = 200  # conflicts only happen when another writer made progress, so this is never reached in practice
 WRITE_BATCH = 64  # turns per engine.write when catching up (their paragraphs are compressed in shared batches)
@@ -120,6 +122,12 @@ class ChatAgent:
         lock: context manager held around every model call (the HTTP service shares one lock,
             since one torch model must not run in several threads at once).
         retriever: an already built retriever to share (else one is made lazily from `retrieval`).
+        cache: a `MemoryCache` to keep decoded memories in between calls (shared by the service's
+            agents); None decodes the stored memory on every call.
+        read: what `respond` gives the reader for the slots found for a question: "text" (each slot
+            expanded back from memory), "source" (the stored turns the slots were written from: no
+            expansion; the memory finds, the store supplies the words) or "cache" (the slots' keys
+            and values read as the reader's cache, no text).
     """
 
     def __init__(
@@ -134,9 +142,13 @@ class ChatAgent:
         prompt: str = CHAT_PROMPT,
         lock: AbstractContextManager | None = None,
         retriever=None,
+        cache: MemoryCache | None = None,
+        read: str = "text",
     ) -> None:
         if retrieval not in RETRIEVALS:
             raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {retrieval!r}")
+        if read not in READS:
+            raise ValueError(f"read must be one of {READS}, got {read!r}")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
         self.engine, self.store = engine, store
@@ -144,6 +156,8 @@ class ChatAgent:
         self.retrieval, self.top_k, self.prompt = retrieval, top_k, prompt
         self._lock = lock if lock is not None else contextlib.nullcontext()
         self._retriever = retriever
+        self._cache = cache
+        self.read = read
 
     def __repr__(self) -> str:
         return f"ChatAgent(user={self.user_id!r}, session={self.session_id!r}, retrieval={self.retrieval!r})"
@@ -192,31 +206,37 @@ class ChatAgent:
         stops early once the memory covers turn `until`.
         """
         for attempt in range(MAX_SYNC_ATTEMPTS):
-            stored = self.store.get_memory(self.user_id, self.session_id)
+            current, stored, _ = self._current()
             version, through = (stored.version, stored.through_turn) if stored else (0, 0)
             if until is not None and through >= until:
                 return version
             pending = self.store.list_turns(self.user_id, self.session_id, since=through)
             if not pending:
                 return version
-            mem, records = self._write_turns(stored, pending, progress)
+            mem, records = self._write_turns(current, stored, pending, progress)
+            blob = self.engine.to_bytes(mem)
             try:
-                return self.store.put_memory(self.user_id, self.session_id, self.engine.to_bytes(mem), records,
-                                             through_turn=pending[-1].index, expected_version=version)
+                new = self.store.put_memory(self.user_id, self.session_id, blob, records,
+                                            through_turn=pending[-1].index, expected_version=version)
             except Conflict:
                 time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))  # jitter: let the winner finish
+                continue
+            if self._cache is not None:  # the next question reads this version without decoding it
+                self._cache.put(mem, StoredMemory(self.user_id, self.session_id, blob, new, pending[-1].index,
+                                                  records))
+            return new
         raise StoreError(
             f"session {self.session_id!r}: memory kept changing under {MAX_SYNC_ATTEMPTS} attempts to write it"
         )
 
-    def _write_turns(self, stored: StoredMemory | None, turns: Sequence[Turn],
+    def _write_turns(self, mem: Memory, stored: StoredMemory | None, turns: Sequence[Turn],
                      progress: Progress | None) -> tuple[Memory, list[SlotRecord]]:
-        """Append the turns to the stored memory; new slots are recorded with the turn their text came from.
+        """Append the turns to `mem` (the stored memory, decoded); new slots are recorded with the turn
+        their text came from.
 
         Turns are written in batches (one `engine.write` per batch compresses its paragraphs together);
         a slot belongs to the turn whose character span holds the slot's start.
         """
-        mem = self._decode(stored)
         n_par, n_ent = len(mem.paragraphs), len(mem.entities)
         texts = [format_turn(t.speaker, t.text) for t in turns]
         starts = list(accumulate((len(x) for x in texts[:-1]), initial=mem.offset + len(mem.pending_text)))
@@ -238,9 +258,25 @@ class ChatAgent:
         return self.engine.from_bytes(stored.blob, name=f"memory of session {self.session_id!r}")
 
     def memory(self) -> tuple[Memory, StoredMemory | None]:
-        """The session's current memory (a fresh one if nothing was written) and its store record."""
+        """The session's current memory (a fresh one if nothing was written) and its store record (whose
+        blob is empty when the memory came from the agent's `cache`)."""
+        mem, stored, _ = self._current()
+        return mem, stored
+
+    def _current(self) -> tuple[Memory, StoredMemory | None, int]:
+        """(memory, store record, memory file bytes): from the cache when it holds the stored version."""
+        if self._cache is not None:
+            stamp = self.store.memory_stamp(self.user_id, self.session_id)
+            if stamp is None:
+                return self.engine.new_memory(), None, 0
+            hit = self._cache.get(self.user_id, self.session_id, stamp)
+            if hit is not None:
+                return hit.memory, hit.stored, hit.blob_bytes
         stored = self.store.get_memory(self.user_id, self.session_id)
-        return self._decode(stored), stored
+        mem = self._decode(stored)
+        if self._cache is not None and stored is not None:
+            self._cache.put(mem, stored)
+        return mem, stored, len(stored.blob) if stored else 0
 
     def describe(self, max_slots: int = 500) -> dict[str, Any]:
         """What the session memory holds, for inspection: its size, the document state, and each slot
@@ -248,7 +284,7 @@ class ChatAgent:
 
         Slot `index` is its position within its level, as `recall(level=..., index=...)` takes it;
         `source` is the span of the turns' stream (each turn formatted by `format_turn`)."""
-        mem, stored = self.memory()
+        mem, stored, blob_bytes = self._current()
         turns = self.store.list_turns(self.user_id, self.session_id)
         through = stored.through_turn if stored else 0
         stream = "".join(format_turn(t.speaker, t.text) for t in turns if t.index <= through)
@@ -266,7 +302,7 @@ class ChatAgent:
                           "turn_id": turn_ids.get((level, s.key)), "n_tokens": s.n_tokens,
                           "mem_tokens": s.n_mem_tokens, "source": source, "source_tokens": pieces})
         return {"version": stored.version if stored else 0, "through_turn": through,
-                "bytes": len(stored.blob) if stored else 0, "memory_mode": self.engine.config.memory_mode,
+                "bytes": blob_bytes, "memory_mode": self.engine.config.memory_mode,
                 "document": {"shape": list(doc.shape), "dtype": str(doc.dtype).removeprefix("torch."),
                              "bytes": doc.numel() * doc.element_size(), "n_tokens": mem.n_tokens,
                              "n_segments": mem.n_segments},
@@ -301,12 +337,35 @@ class ChatAgent:
     def respond(self, question: str, max_new_tokens: int = 64, top_k: int | None = None) -> Reply:
         """Answer with the base model from the memory recalled for `question` (nothing is stored)."""
         check_query("question", question, non_empty=True)
-        slots = self.recall_for(question, top_k)
+        if self.read == "cache":
+            return self._respond_cache(question, max_new_tokens, top_k or self.top_k)
+        slots = self._found_sources(question, top_k or self.top_k) if self.read == "source" \
+            else self.recall_for(question, top_k)
         context = "\n\n".join(s.get("text") or "" for s in slots)
         prompt = self.prompt.format(context=context or "(nothing remembered yet)", question=question.strip())
         with self._lock:
             text = self.engine.read(prompt, max_new_tokens=max_new_tokens)
         return Reply(text.strip(), context, slots)
+
+    def _found_sources(self, question: str, k: int) -> list[dict[str, Any]]:
+        """The slots found for `question` (no expansion), each with the stored turn it was written from."""
+        mem, stored = self.memory()
+        with self._lock:
+            found = self.engine.find(mem, question, top_k=k)
+        turn_ids = {(r.level, r.key): r.turn_id for r in (stored.slots if stored else [])}
+        ids = [turn_ids.get((s.level, s.key)) for s, _ in found]
+        turns = {t.index: t for t in self.store.get_turns(self.user_id, self.session_id, [i for i in ids if i])}
+        found = sorted(zip(found, ids), key=lambda x: x[0][0].start)  # text order, as recall gives them
+        return [{"level": s.level, "key": s.key, "start": s.start, "end": s.end, "score": score, "turn_id": i,
+                 "text": format_turn(turns[i].speaker, turns[i].text).strip() if i in turns else ""}
+                for (s, score), i in found]
+
+    def _respond_cache(self, question: str, max_new_tokens: int, k: int) -> Reply:
+        mem, stored = self.memory()
+        with self._lock:
+            text, rec = self.engine.answer(question, mem, top_k=k, max_new_tokens=max_new_tokens, read="cache")
+        turn_ids = {(r.level, r.key): r.turn_id for r in (stored.slots if stored else [])}
+        return Reply(text, "", [dict(s, turn_id=turn_ids.get((s["level"], s["key"]))) for s in rec.slots])
 
     def chat(self, text: str, max_new_tokens: int = 64, speaker: str = "user") -> Reply:
         """Store the user's turn, answer it from memory, store the (non-empty) reply as an assistant turn."""

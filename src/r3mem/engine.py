@@ -31,10 +31,10 @@ from r3mem.memfile import (
     load_memory,
     save_memory,
 )
-from r3mem.memory import Memory
+from r3mem.memory import Memory, Slot
 from r3mem.model import COMPRESS, R3MemModel
 from r3mem.prompts import MEMORY_QA_PROMPT, answer_prompt
-from r3mem.recall import DEFAULT_RERANK, DEFAULT_SELECT, Recalled, find, recall_many, reconstruct
+from r3mem.recall import DEFAULT_RERANK, DEFAULT_SELECT, Recalled, find, rank, recall_many, reconstruct
 from r3mem.text import check_query, check_text, without_nul
 from r3mem.tokens import pad_batch, tokenize
 from r3mem.writer import add_keys, effective_doc_state, flush, write_text, write_texts
@@ -223,6 +223,16 @@ class R3Mem:
         rerank = DEFAULT_RERANK if rerank is None else rerank
         return recall_many(self.model, self.tokenizer, memories, queries, level, select=select, rerank=rerank,
                            keys=self.keys, **kw)
+
+    def find(self, memory: Memory, query: str, top_k: int = 1, level: str = "paragraph", *,
+             select: str | None = None, rerank: int | None = None) -> list[tuple[Slot, float]]:
+        """The `top_k` slots for `query`, best first, with their scores, without expanding them (with
+        retrieval keys: no model pass at all). `select` and `rerank` as for `recall`."""
+        check_query("query", query, non_empty=True)
+        slots, scores = rank(self.model, self.tokenizer, memory, query, level, top_k,
+                             select or (DEFAULT_SELECT if self.keys is not None else "likelihood"),
+                             DEFAULT_RERANK if rerank is None else rerank, self.keys)
+        return list(zip(slots, scores))
 
     @torch.no_grad()
     def generate(self, prompt: str, memory: Memory | None = None, max_new_tokens: int = 64, temperature: float = 0.0,

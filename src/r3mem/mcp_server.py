@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from r3mem import __version__
 from r3mem.agent import ChatAgent, ensure_session
+from r3mem.memcache import MemoryCache
 from r3mem.store import MemoryStore, NotFound, Session, StoreError, Turn
 from r3mem.text import MAX_QUERY_CHARS
 
@@ -200,6 +201,7 @@ def create_server(engine, store: MemoryStore, user_id: str = "local", *, default
                        description="Reversible compressed long-term memory for an LLM agent.")
 
     retrievers: dict[str, Any] = {}  # one per kind, shared (agents use it under model_lock): loaded once
+    memories = MemoryCache()  # decoded session memories, reused while their version stands
 
     def agent(session_id: str | None, *, create: bool = False, retrieval: str | None = None,
               top_k: int = 2) -> ChatAgent:
@@ -214,7 +216,7 @@ def create_server(engine, store: MemoryStore, user_id: str = "local", *, default
 
                 retrievers.setdefault(retrieval, make_retriever(retrieval))
         return ChatAgent(engine, store, user_id, sid, retrieval, top_k=top_k, lock=model_lock,
-                         retriever=retrievers.get(retrieval) if retrieval else None)
+                         retriever=retrievers.get(retrieval) if retrieval else None, cache=memories)
 
     writes = ToolAnnotations(title="Write to memory", read_only_hint=False, destructive_hint=False,
                              idempotent_hint=False, open_world_hint=False)

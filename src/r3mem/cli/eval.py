@@ -85,6 +85,9 @@ def evaluate(
         typer.Option("--memory-cache", readable=False, help="Memory methods, QA: keep written memories in this "
                      "folder and reuse them (runs that change only how questions are answered write once)."),
     ] = None,
+    distractors: Annotated[
+        int, typer.Option("--distractors", help="rag: passages of other questions around the gold one (0: oracle).")
+    ] = 0,
     device: Annotated[str, typer.Option("--device", help="Torch device for every model.")] = "cpu",
     encoding: EncodingOpt = "utf-8",
 ) -> None:
@@ -109,6 +112,7 @@ def evaluate(
             select=select,
             answer_read=answer_read,
             memory_cache=str(memory_cache) if memory_cache else None,
+            distractors=distractors,
         )
         for name, spec, kind in (("ratios", ratios, float), ("lengths", lengths, int), ("depths", depths, float)):
             parsed = _numbers(f"--{name}", spec, kind)

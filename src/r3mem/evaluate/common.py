@@ -47,6 +47,7 @@ class EvalOptions:
     # memory methods, QA: a folder of written memories (one file per document and engine identity), so runs
     # that only change how questions are answered write each document once
     memory_cache: str | None = None
+    distractors: int = 0  # rag: passages of other questions around the gold one (0: the oracle passage alone)
 
     def validate(self) -> None:
         def check(cond: bool, msg: str) -> None:
@@ -80,6 +81,7 @@ class EvalOptions:
         check(self.select is None or self.select in SELECTS, f"--select: must be one of {SELECTS}, got {self.select!r}")
         check(self.answer_read in ANSWER_READS,
               f"--answer-read: must be one of {ANSWER_READS}, got {self.answer_read!r}")
+        check(self.distractors >= 0, f"--distractors: must be >= 0, got {self.distractors}")
         check(self.compute_dtype in COMPUTE_DTYPES,
               f"--compute-dtype: must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
 

@@ -1,5 +1,10 @@
 """rag: NQ-Open (Lost-in-the-Middle oracle format). Passages are written into memory, the question
-is answered from it; exact match, F1 and best-subspan accuracy with SQuAD normalisation."""
+is answered from it; exact match, F1 and best-subspan accuracy with SQuAD normalisation.
+
+`--distractors N` puts the gold passage among N passages drawn from *other* questions of the file (gold
+passages of other questions: easier negatives than the paper's retrieved distractors, so the figures are
+ours, not Lost in the Middle's), at a position drawn per question; both are seeded by the question's index,
+so every method and run sees the same documents."""
 
 from __future__ import annotations
 
@@ -14,12 +19,27 @@ DEFAULT_BUDGET = 256
 METRICS = ["em", "f1", "accuracy", "evidence_recall"]
 
 
+def _unit(p) -> str:
+    return f"{p.title}\n{p.text}" if p.title else p.text
+
+
 def load(path: Path, opts: EvalOptions) -> list[QADoc]:
+    import random
+
     from r3mem.evaluate.datasets import load_nq_oracle
 
+    examples = load_nq_oracle(path, limit=None if opts.distractors else opts.limit)
+    pool = [(i, _unit(p)) for i, ex in enumerate(examples) for p in ex.passages if p.is_gold]
+    if opts.distractors and len({i for i, _ in pool}) <= opts.distractors:
+        raise ValueError(f"--distractors: {opts.distractors} needs more than that many questions in {path}")
     docs = []
-    for i, ex in enumerate(load_nq_oracle(path, limit=opts.limit)):
-        kept = [(f"{p.title}\n{p.text}" if p.title else p.text, p.is_gold) for p in ex.passages]
+    for i, ex in enumerate(examples[:opts.limit]):
+        kept = [(_unit(p), p.is_gold) for p in ex.passages]
+        if opts.distractors:
+            rng = random.Random(i)
+            others = rng.sample([u for j, u in pool if j != i], opts.distractors)
+            kept = [(u, False) for u in others]
+            kept.insert(rng.randrange(len(kept) + 1), (next(_unit(p) for p in ex.passages if p.is_gold), True))
         kept = [(u, g) for u, g in kept if u.strip()]
         doc = make_doc(f"q{i}", [u for u, _ in kept], [])
         gold = tuple(doc.unit_spans[j] for j, (_, g) in enumerate(kept) if g)

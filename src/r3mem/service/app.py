@@ -42,6 +42,7 @@ from fastapi.staticfiles import StaticFiles
 
 from r3mem import __version__
 from r3mem.agent import ChatAgent
+from r3mem.memcache import MemoryCache
 from r3mem.service import schemas as S
 from r3mem.service.errors import ApiError, BodyLimit, NoEncodedSlash, install_error_handlers
 from r3mem.store import MemoryStore, Session, Turn, parse_export
@@ -99,6 +100,7 @@ class _Service:
     def __init__(self, engine, store: MemoryStore, admin_token: str | None) -> None:
         self.engine, self.store, self.admin_token = engine, store, admin_token
         self.model_lock = threading.Lock()
+        self.memories = MemoryCache()  # decoded session memories, reused while their version stands
 
     def user(self, creds: HTTPAuthorizationCredentials | None) -> str:
         if creds is None:
@@ -122,7 +124,7 @@ class _Service:
     def agent(self, user: str, session_id: str, retrieval: str | None = None, top_k: int = 2) -> ChatAgent:
         self.store.get_session(user, session_id)  # 404 before any work
         return ChatAgent(self.engine, self.store, user, session_id, retrieval, top_k=top_k, lock=self.model_lock,
-                         retriever=self.retriever(retrieval))
+                         retriever=self.retriever(retrieval), cache=self.memories)
 
     def memory_info(self, user: str, session_id: str) -> S.MemoryInfo:
         stored = self.store.get_memory(user, session_id)

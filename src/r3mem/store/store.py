@@ -324,7 +324,31 @@ class MemoryStore:
             rows = conn.execute(query).all()
         return [_turn(row) for row in rows]
 
+    def get_turns(self, user_id: str, session_id: str, indices: Sequence[int]) -> list[Turn]:
+        """The turns with these indices, in index order (indices that do not exist are left out)."""
+        wanted = sorted({int(i) for i in indices})
+        if not wanted:
+            self.get_session(user_id, session_id)  # an unknown session is NotFound all the same
+            return []
+        with self._tx(f"read turns of session {session_id!r} of user {user_id!r}") as conn:
+            _require_session(conn, user_id, session_id)
+            rows = conn.execute(select(S.turns).where(*_session_key(S.turns, user_id, session_id),
+                                                      S.turns.c.idx.in_(wanted)).order_by(S.turns.c.idx)).all()
+        return [_turn(row) for row in rows]
+
     # ----------------------------------------------------------------- memories
+
+    def memory_stamp(self, user_id: str, session_id: str) -> tuple[int, str] | None:
+        """(version, sha256 of the blob) of the session's memory, None when none was written, without
+        reading the memory: a reader holding a decoded copy with that stamp can keep using it (the
+        checksum tells a recreated session's version 1 from the deleted one's)."""
+        with self._tx(f"read the memory version of session {session_id!r} of user {user_id!r}") as conn:
+            key = _session_key(S.memories, user_id, session_id)
+            row = conn.execute(select(S.memories.c.version, S.memories.c.blob_sha256).where(*key)).first()
+            if row is None:
+                _require_session(conn, user_id, session_id)
+                return None
+        return int(row.version), str(row.blob_sha256)
 
     def put_memory(
         self,

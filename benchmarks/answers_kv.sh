@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The answering benchmarks with the shipped key/value adapter (issue: answers at conversation scale), every
+# method in one run per task, the same reader and budget; r3mem also with its other answer reads, reusing the
+# memories written by the first run (--memory-cache). Usage: bash benchmarks/answers_kv.sh [locomo|rag|needle|kv]...
+set -euo pipefail
+cd "$(dirname "$0")/.."
+D=${D:-../shared/data}
+CACHE=${R3MEM_MEMORY_CACHE:-/tmp/r3mem-memories}
+R3="${R3:-.venv/bin/r3mem} eval"
+BASE="bm25,embedding,no_memory,full_context"
+run() {  # task, out name, extra args...
+  local task=$1 out=$2; shift 2
+  [ -f "benchmarks/$task/results/$out.json" ] && { echo "have $out"; return; }
+  echo "== $task $out ($(date -u +%H:%M))"
+  $R3 "$task" --memory-cache "$CACHE" --out "benchmarks/$task/results/$out.json" "$@" > /dev/null
+}
+tasks=("$@")
+[ ${#tasks[@]} -eq 0 ] && tasks=(locomo rag needle kv)
+for task in "${tasks[@]}"; do
+  case $task in
+    locomo)
+      L="--data $D/locomo/locomo_dev8.json"
+      run locomo locomo8_kv $L --methods "r3mem,$BASE"
+      run locomo locomo8_kv_source $L --methods r3mem --answer-read source
+      run locomo locomo8_kv_cache $L --methods r3mem --answer-read cache ;;
+    rag)
+      N="--data $D/nq_open/nq-open-oracle_dev.jsonl.gz --limit 200"
+      run rag nq-oracle_kv $N --methods "r3mem,$BASE"
+      run rag nq-oracle_kv_cache $N --methods r3mem --answer-read cache
+      run rag nq-distract20_kv $N --distractors 19 --methods "r3mem,$BASE"
+      run rag nq-distract20_kv_cache $N --distractors 19 --methods r3mem --answer-read cache ;;
+    needle)
+      run needle pg-essays_kv --data "$D/needle_haystack/PaulGrahamEssays" --lengths 1000,2000,4000,8000 \
+        --depths 0,0.25,0.5,0.75,1 --methods "r3mem,$BASE" ;;
+    kv)
+      run kv kv75_kv --data "$D/nq_open/kv-retrieval-75_keys_dev.jsonl.gz" --limit 100 --methods "r3mem,$BASE" ;;
+  esac
+done
