@@ -66,6 +66,14 @@ def test_write_then_recall_on_a_store(tmp_path, text_file):
         assert store.get_memory("ann", "notes").through_turn == 6
 
 
+def test_session_ids_that_cannot_be_named_in_a_path_are_refused(tmp_path, text_file):
+    db = str(tmp_path / "s.db")
+    r = run("write", text_file, "--store", db, "--session", "x/y")
+    assert r.exit_code == 1 and "session_id 'x/y' is not allowed" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "s.db").exists()  # refused before the store was opened or the model loaded
+
+
 def test_write_then_recall_on_a_memory_file(tmp_path, text_file):
     mem = tmp_path / "notes.r3mem"
     first = json.loads(ok("write", text_file, "--memory", mem, "--json").stdout)

@@ -225,6 +225,28 @@ def test_a_retry_that_succeeds_returns_the_answer():
     assert len(t.seen) == 2
 
 
+@pytest.mark.parametrize("call, gone", [(lambda c: c.delete_session("s"), 404), (lambda c: c.delete_me(), 401)],
+                         ids=["delete_session", "delete_me"])
+def test_a_retried_delete_that_finds_nothing_has_succeeded(call, gone):
+    """The first DELETE did its work but its 204 was lost (a timeout): the retry finds nothing left."""
+    first = [True]
+
+    def reply(request):
+        if first[0]:
+            first[0] = False
+            raise httpx.ReadTimeout("answer lost", request=request)
+        return httpx.Response(gone, json={"error": "not_found" if gone == 404 else "unauthorized", "message": "gone"})
+
+    t = Counting(reply)
+    with Client("http://r3mem.invalid", "tok", retries=2, backoff=0, transport=t) as c:
+        assert call(c) is None
+    assert len(t.seen) == 2
+    # without a lost first answer, finding nothing is an error as before
+    t = Counting(lambda r: httpx.Response(gone, json={"error": "x", "message": "gone"}))
+    with Client("http://r3mem.invalid", "tok", retries=2, backoff=0, transport=t) as c, pytest.raises(ApiError):
+        call(c)
+
+
 def test_client_errors_are_not_retried():
     t = Counting(lambda r: httpx.Response(404, json={"error": "not_found", "message": "session 's' not found"}))
     with Client("http://r3mem.invalid", "tok", retries=3, backoff=0, transport=t) as c, pytest.raises(NotFound):
@@ -257,7 +279,10 @@ def test_timeout_and_unreachable_service():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="retries"):
         Client("http://127.0.0.1:1", retries=-1)
-    with pytest.raises(ValueError, match="timeout"):
-        Client("http://127.0.0.1:1", timeout=0)
+    for bad in (0, -1, float("nan"), float("inf"), True, "5"):
+        with pytest.raises(ValueError, match="timeout must be a finite number"):
+            Client("http://127.0.0.1:1", timeout=bad)
+    with pytest.raises(ValueError, match="backoff"):
+        Client("http://127.0.0.1:1", backoff=float("nan"))
     with Client("http://127.0.0.1:1") as c, pytest.raises(ValueError, match="session_id"):
         c.write("", "text")

@@ -145,6 +145,35 @@ def test_stdio_end_to_end_with_the_sdk_client(tmp_path):
 # ----------------------------------------------------------------------------------- schemas and results
 
 
+def test_stdio_answers_every_request_even_malformed_ones(tmp_path):
+    """Raw lines to `r3mem mcp` over stdio: a request with string params, one with a lone surrogate escape,
+    and a line that is not JSON each get their JSON-RPC error (the SDK alone answered none of them); a
+    malformed notification gets nothing; the session goes on answering valid requests."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+           "R3MEM_BASE_MODEL": "tiny-llama", "R3MEM_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}}
+    lines = [json.dumps(init), json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+             '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":"write_memory"}',
+             '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"write_memory",'
+             '"arguments":{"text":"bad \\ud800 text"}}}',
+             "this is not json",
+             '{"jsonrpc":"2.0","method":"notifications/cancelled","params":"no"}',
+             json.dumps({"jsonrpc": "2.0", "id": 3, "method": "tools/list"})]
+    proc = subprocess.run([sys.executable, "-m", "r3mem.cli.main", "mcp", "--store", str(tmp_path / "s.db")],
+                          input="\n".join(lines) + "\n", capture_output=True, text=True, env=env, timeout=DEADLINE_S)
+    replies = [json.loads(x) for x in proc.stdout.splitlines() if x.strip()]
+    by_id = {r.get("id"): r for r in replies}
+    assert by_id[1]["error"]["code"] == -32602 and "object" in by_id[1]["error"]["message"]
+    assert by_id[2]["error"]["code"] == -32602 and "lone surrogate" in by_id[2]["error"]["message"]
+    assert by_id[None]["error"]["code"] == -32700
+    assert {t["name"] for t in by_id[3]["result"]["tools"]} == TOOLS  # still serving after the bad lines
+    assert len(replies) == 5, replies  # initialize, 1, 2, the unparsable line, 3: nothing for the notification
+
+
 def test_every_tool_and_argument_is_described_for_an_agent(server):
     async def go():
         async with InProcessClient(server) as c:
@@ -206,6 +235,12 @@ def test_tool_errors_carry_the_library_message(server):
     assert "must not be empty" in error_text(empty)
     assert "top_k" in error_text(too_many, False)
     assert "session 'other' not found for user 'ann'" in error_text(unknown)
+
+
+def test_session_ids_follow_the_stores_one_rule(server, store):
+    (bad,) = call(server, ("write_memory", {"text": "One line.", "session_id": "a/b"}))
+    assert "session_id 'a/b' is not allowed" in error_text(bad)
+    assert store.list_sessions("ann") == []  # nothing stored under an id the service could not name
 
 
 def test_list_sessions_before_anything_was_written(server):

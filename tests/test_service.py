@@ -211,7 +211,26 @@ def test_bad_bodies_get_clear_json_errors(client, alice):
     assert_error(streamed, 413, "payload_too_large")
     assert_error(client.post("/sessions/nope/write", json={"text": "hi"}, headers=alice), 404, "not_found", "nope")
     assert_error(client.get("/no/such/route"), 404, "not_found")
-    assert client.get("/sessions/s/turns", headers=alice).json() == {"turns": []}  # nothing was written
+    # what the framework reported only as "There was an error parsing the body": say what and where
+    assert_error(client.post("/sessions/s/write", content=b'{"text": "caf\xe9"}', headers=json_headers), 400,
+                 "malformed_json", "not valid UTF-8: byte 0xe9 at offset 13")
+    deep = b'{"text": "x", "meta": ' + b"[" * 200 + b"]" * 200 + b"}"
+    assert_error(client.post("/sessions/s/write", content=deep, headers=json_headers), 400, "malformed_json",
+                 "deeper than 64 levels")
+    brackets_in_text = {"text": "[[[[" * 100 + '"{{{{' * 50}  # brackets inside a string are text, not nesting
+    assert client.post("/sessions/s/write", json=brackets_in_text, headers=alice).status_code == 201
+    assert client.get("/sessions/s/turns", headers=alice).json()["turns"][0]["text"] == brackets_in_text["text"]
+    assert len(client.get("/sessions/s/turns", headers=alice).json()["turns"]) == 1  # nothing else was written
+
+
+def test_security_headers(client, alice):
+    ui = client.get("/ui/")
+    assert ui.status_code == 200 and ui.headers["x-frame-options"] == "DENY"
+    csp = ui.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert ui.headers["x-content-type-options"] == "nosniff"
+    api = client.get("/sessions", headers=alice)
+    assert api.headers["x-content-type-options"] == "nosniff" and "content-security-policy" not in api.headers
 
 
 # ----------------------------------------------------------------------------------- real servers

@@ -612,3 +612,15 @@ def test_new_sqlite_store_files_are_owner_only(tmp_path: Path) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o640
     finally:
         os.umask(old)
+
+
+def test_one_session_id_rule_for_every_door(store):
+    store.create_user("alice")
+    for bad in ("a/b", "..", "../etc", ".hidden", "a b", "é", "x" * 129, ""):
+        with pytest.raises(ValueError, match="is not allowed"):
+            store.create_session("alice", bad)
+    ok = store.create_session("alice", "A-z_0.9~x")
+    export = store.export_session("alice", ok.session_id)
+    with pytest.raises(ValueError, match="session_id 'x/y' is not allowed"):
+        store.import_session("alice", export, session_id="x/y")
+    assert [s.session_id for s in store.list_sessions("alice")] == ["A-z_0.9~x"]

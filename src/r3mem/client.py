@@ -18,6 +18,7 @@ exponential backoff; a write, chat, create or import is sent exactly once.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from typing import Any
@@ -130,8 +131,12 @@ class Client:
                  backoff: float = 0.25, transport: httpx.BaseTransport | None = None) -> None:
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be an int >= 0, got {retries!r}")
-        if not timeout or timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
+                or timeout <= 0:
+            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+        if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not math.isfinite(backoff) \
+                or backoff < 0:
+            raise ValueError(f"backoff must be a finite number of seconds >= 0, got {backoff!r}")
         self.url, self.retries, self.backoff = url.rstrip("/"), retries, backoff
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(timeout),
@@ -151,7 +156,9 @@ class Client:
 
     # ----- transport ---------------------------------------------------------------------------
     def _request(self, method: str, path: str, *, idempotent: bool, json: Any = None,
-                 params: dict[str, Any] | None = None) -> httpx.Response:
+                 params: dict[str, Any] | None = None, done_if: int | None = None) -> httpx.Response:
+        """`done_if`: a status that, answering a retry, means an earlier attempt did the work (a delete
+        whose 204 was lost finds nothing the second time: that delete succeeded)."""
         attempts = 1 + (self.retries if idempotent else 0)
         for attempt in range(attempts):
             last = attempt + 1 == attempts
@@ -167,6 +174,8 @@ class Client:
             if response.status_code in RETRY_STATUSES and not last:
                 self._sleep(attempt, response.headers.get("retry-after"))
                 continue
+            if attempt and done_if is not None and response.status_code == done_if:
+                return response
             if response.is_error:
                 raise _error(response)
             return response
@@ -179,8 +188,10 @@ class Client:
         time.sleep(delay)
 
     def _json(self, method: str, path: str, *, idempotent: bool, json: Any = None,
-              params: dict[str, Any] | None = None) -> Any:
-        response = self._request(method, path, idempotent=idempotent, json=json, params=params)
+              params: dict[str, Any] | None = None, done_if: int | None = None) -> Any:
+        response = self._request(method, path, idempotent=idempotent, json=json, params=params, done_if=done_if)
+        if response.is_error:  # `done_if` on a retry: the work was done
+            return None
         return None if response.status_code == 204 or not response.content else response.json()
 
     # ----- system ------------------------------------------------------------------------------
@@ -198,8 +209,9 @@ class Client:
         return self._json("POST", "/users", idempotent=False, json={"user_id": user_id})
 
     def delete_me(self) -> None:
-        """`DELETE /users/me`: delete the caller with all their sessions (the token stops working)."""
-        self._json("DELETE", "/users/me", idempotent=True)
+        """`DELETE /users/me`: delete the caller with all their sessions (the token stops working; a retry
+        after a lost answer that finds the token gone has succeeded)."""
+        self._json("DELETE", "/users/me", idempotent=True, done_if=401)
 
     # ----- sessions ----------------------------------------------------------------------------
     def list_sessions(self) -> list[dict[str, Any]]:
@@ -216,8 +228,9 @@ class Client:
         return self._json("GET", f"/sessions/{_sid(session_id)}", idempotent=True)
 
     def delete_session(self, session_id: str) -> None:
-        """`DELETE /sessions/{id}`: delete the session's turns and memory."""
-        self._json("DELETE", f"/sessions/{_sid(session_id)}", idempotent=True)
+        """`DELETE /sessions/{id}`: delete the session's turns and memory (a retry after a lost answer that
+        finds the session gone has succeeded; a first attempt that finds nothing raises `NotFound`)."""
+        self._json("DELETE", f"/sessions/{_sid(session_id)}", idempotent=True, done_if=404)
 
     def list_turns(self, session_id: str) -> list[dict[str, Any]]:
         """`GET /sessions/{id}/turns`: the session's turns, in order."""

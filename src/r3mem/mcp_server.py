@@ -328,7 +328,83 @@ def run(server: MCPServer, transport: str = "stdio", host: str = "127.0.0.1", po
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
     if transport == "stdio":
-        server.run("stdio")
+        import anyio
+
+        anyio.run(_run_stdio, server)
     else:
         server.run("streamable-http", host=host, port=port, streamable_http_path=path)
 
+
+def screen(line: str):
+    """None if the SDK can read `line` as a JSON-RPC message; else the JSON-RPC error to answer it with.
+
+    The SDK's stdio transport drops a line it cannot validate without replying, so a client waits
+    forever for the answer to a request whose `params` is a string or whose text holds a lone
+    surrogate escape. Here every request with an id is answered (-32602 invalid params, -32600 invalid
+    request) and an unparsable line gets -32700 with a null id, as streamable HTTP answers them;
+    a malformed notification (no id) gets nothing, as JSON-RPC asks."""
+    import json
+
+    import mcp_types as types
+    from pydantic import ValidationError
+
+    try:
+        types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+        return None
+    except ValidationError as exc:
+        reason = exc.errors()[0].get("msg", "invalid message") if exc.errors() else "invalid message"
+
+    def error(rid, code: int, message: str):
+        return types.JSONRPCError(jsonrpc="2.0", id=rid, error=types.ErrorData(code=code, message=message))
+
+    try:
+        raw = json.loads(line)
+    except ValueError:
+        return error(None, types.PARSE_ERROR, "Parse error: the line is not JSON")
+    rid = raw.get("id") if isinstance(raw, dict) else None
+    if isinstance(rid, bool) or not isinstance(rid, (int, str)):
+        has_method = isinstance(raw, dict) and isinstance(raw.get("method"), str) and "id" not in raw
+        return None if has_method else error(None, types.INVALID_REQUEST, f"Invalid request: {reason}")
+    try:
+        json.dumps(raw, ensure_ascii=False).encode("utf-8")  # a lone surrogate escape cannot be encoded
+    except UnicodeEncodeError:
+        return error(rid, types.INVALID_PARAMS, "Invalid params: the text holds a lone surrogate (not valid Unicode)")
+    if not isinstance(raw.get("method"), str):
+        return error(rid, types.INVALID_REQUEST, f"Invalid request: {reason}")
+    return error(rid, types.INVALID_PARAMS, f"Invalid params: {reason}")
+
+
+class _ScreenedLines:
+    """The lines of an async text file, those `screen` refuses answered through `reply` and held back."""
+
+    def __init__(self, lines) -> None:
+        self._lines, self.reply = lines, None
+
+    def __aiter__(self):
+        return self._screened()
+
+    async def _screened(self):
+        async for line in self._lines:
+            if not line.strip():
+                continue
+            answer = screen(line)
+            if answer is None:
+                yield line
+            elif self.reply is not None:
+                await self.reply(answer)
+
+
+async def _run_stdio(server: MCPServer) -> None:
+    """`MCPServer.run("stdio")` with every line screened first (see `screen`)."""
+    import sys
+    from io import TextIOWrapper
+
+    import anyio
+    from mcp.server.stdio import stdio_server
+    from mcp.shared.message import SessionMessage
+
+    stdin = _ScreenedLines(anyio.wrap_file(TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")))
+    async with stdio_server(stdin=stdin) as (read_stream, write_stream):
+        stdin.reply = lambda message: write_stream.send(SessionMessage(message))
+        low = server._lowlevel_server  # the SDK's own run_stdio_async does this; only the stdin differs
+        await low.run(read_stream, write_stream, low.create_initialization_options())

@@ -63,7 +63,10 @@ def chat(
 ) -> None:
     """Chat on a session (created if missing; a new one without --session). /quit or Ctrl-D exits."""
     from r3mem.agent import ChatAgent, ensure_session
+    from r3mem.store import check_session_id
 
+    if session is not None:
+        check_session_id(session)  # before the model loads
     engine = load_engine(model, base_model)
     with open_store(store) as st:
         sess = ensure_session(st, user, session)

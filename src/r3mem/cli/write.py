@@ -47,6 +47,10 @@ def check_target(memory: Path | None, store: str | None, session: str | None) ->
         raise CLIError("give either --memory FILE.r3mem or --session ID [--store PATH], not both")
     if memory is None and session is None:
         raise CLIError("missing target: give --session ID [--store PATH] or --memory FILE.r3mem")
+    if session is not None:
+        from r3mem.store import check_session_id
+
+        check_session_id(session)  # before the model loads: the store would refuse it after
 
 
 def write_memory_file(engine, text: str, path: Path) -> dict:

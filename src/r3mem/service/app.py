@@ -44,7 +44,7 @@ from r3mem import __version__
 from r3mem.agent import ChatAgent
 from r3mem.memcache import MemoryCache
 from r3mem.service import schemas as S
-from r3mem.service.errors import ApiError, BodyLimit, NoEncodedSlash, install_error_handlers
+from r3mem.service.errors import ApiError, BodyLimit, NoEncodedSlash, SecurityHeaders, install_error_handlers
 from r3mem.store import MemoryStore, Session, Turn, parse_export
 
 __all__ = ["create_app", "UI_DIR"]
@@ -147,6 +147,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(NoEncodedSlash)
+    app.add_middleware(SecurityHeaders)
     _system_routes(app, svc)
     _session_routes(app, svc)
     _memory_routes(app, svc)

@@ -128,6 +128,10 @@ class BodyLimit:
                 return
             if not message.get("more_body", False):
                 break
+        problem = _json_body_problem(scope, bytes(body))
+        if problem is not None:
+            await self._reply(send, 400, "malformed_json", problem)
+            return
         await self.app(scope, _replay(bytes(body), receive), send)
 
     async def _too_large(self, send: Send) -> None:
@@ -140,6 +144,72 @@ class BodyLimit:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": payload})
+
+
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of a JSON request body (session `meta` itself is limited to 32 levels)."""
+
+
+def _json_body_problem(scope: Scope, body: bytes) -> str | None:
+    """What makes a JSON body unreadable in a way the framework reports only as "There was an error
+    parsing the body": invalid UTF-8 (with its byte offset) or nesting past `MAX_JSON_DEPTH`. None when
+    neither (other syntax errors are reported by the framework with their position)."""
+    ctype = dict(scope.get("headers") or []).get(b"content-type", b"").split(b";")[0].strip().lower()
+    if not body or ctype != b"application/json":
+        return None
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"request body is not valid UTF-8: byte 0x{body[e.start]:02x} at offset {e.start}"
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:  # brackets outside strings; linear, no recursion
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                return f"request body nests JSON deeper than {MAX_JSON_DEPTH} levels"
+        elif ch in "]}":
+            depth -= 1
+    return None
+
+
+class SecurityHeaders:
+    """ASGI middleware: `nosniff` on every response; the inspector's pages (`/ui`) also get a
+    Content-Security-Policy allowing only this origin's own files, and may not be framed."""
+
+    CSP = (b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+           b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+    UI = [(b"content-security-policy", CSP), (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer")]
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ui = scope.get("path", "").startswith("/ui")
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-content-type-options"]
+                headers.append((b"x-content-type-options", b"nosniff"))
+                if ui:
+                    headers += self.UI
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 class NoEncodedSlash:

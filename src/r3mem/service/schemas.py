@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from r3mem.store import SESSION_ID_PATTERN, SESSION_ID_RULE
 from r3mem.text import MAX_QUERY_CHARS
 
 Retrieval = Literal["bm25", "embedding"] | None
@@ -29,9 +30,6 @@ class UserOut(BaseModel):
     token: str = Field(description="The user's API token; shown only this once.")
 
 
-SESSION_ID_PATTERN = r"^[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,127}$"
-SESSION_ID_RULE = ("1-128 characters from A-Z a-z 0-9 - . _ ~ (URL-safe, so every id round-trips in a path), "
-                   "not starting with '.'")
 META_RULE = "Free-form JSON object: at most 32 levels deep and 64 KiB as UTF-8 JSON, valid Unicode, finite numbers."
 
 

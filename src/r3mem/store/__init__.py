@@ -7,6 +7,8 @@ the tables and their versions.
 """
 
 from r3mem.store.records import (
+    SESSION_ID_PATTERN,
+    SESSION_ID_RULE,
     Conflict,
     InvalidExport,
     NotFound,
@@ -17,11 +19,15 @@ from r3mem.store.records import (
     StoreError,
     Turn,
     User,
+    check_session_id,
 )
 from r3mem.store.store import MemoryStore
 from r3mem.store.transfer import parse_export
 
 __all__ = [
+    "SESSION_ID_PATTERN",
+    "SESSION_ID_RULE",
+    "check_session_id",
     "Conflict",
     "InvalidExport",
     "MemoryStore",

@@ -133,6 +133,22 @@ def _check_id(kind: str, value: object) -> None:
     _check_text(kind, value)
 
 
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,127}$"
+SESSION_ID_RULE = ("1-128 characters from A-Z a-z 0-9 - . _ ~ (URL-safe, so every id round-trips in a path), "
+                   "not starting with '.'")
+
+
+def check_session_id(value: object) -> str:
+    """The one rule for a new session's id, whatever door it comes through (CLI, Python, HTTP, MCP,
+    import): a session the store holds can always be named in a URL path, listed, read and deleted."""
+    import re
+
+    if not isinstance(value, str) or not re.fullmatch(SESSION_ID_PATTERN, value):
+        shown = value[:40] if isinstance(value, str) else value
+        raise ValueError(f"session_id {shown!r} is not allowed: {SESSION_ID_RULE}")
+    return value
+
+
 
 def _check_speaker(speaker: object) -> str:
     if not isinstance(speaker, str) or not speaker or len(speaker) > 64:

@@ -50,6 +50,7 @@ from r3mem.store.records import (
     _check_speaker,
     _check_text,
     _check_time,
+    check_session_id,
 )
 from r3mem.store.rows import (
     _allocate_turn_index,
@@ -249,8 +250,7 @@ class MemoryStore:
         self, user_id: str, session_id: str | None = None, meta: dict[str, Any] | None = None
     ) -> Session:
         """Create a session (random id unless given) for an existing user."""
-        session_id = uuid.uuid4().hex if session_id is None else session_id
-        _check_id("session_id", session_id)
+        session_id = uuid.uuid4().hex if session_id is None else check_session_id(session_id)
         meta = _check_meta(meta)
         now = time.time()
         with self._tx(f"create session {session_id!r} for user {user_id!r}", write=True) as conn:
@@ -451,7 +451,7 @@ class MemoryStore:
     def import_session(self, user_id: str, data: dict[str, Any], session_id: str | None = None) -> Session:
         """Recreate an exported session for ``user_id`` (under ``session_id`` if given), in one transaction."""
         parsed = parse_export(data, session_id)
-        session_id = parsed["session_id"]
+        session_id = check_session_id(parsed["session_id"])
         with self._tx(f"import session {session_id!r} for user {user_id!r}", write=True) as conn:
             _require_user(conn, user_id)
             if _session_row(conn, user_id, session_id) is not None:
