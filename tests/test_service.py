@@ -214,9 +214,9 @@ def test_bad_bodies_get_clear_json_errors(client, alice):
     # what the framework reported only as "There was an error parsing the body": say what and where
     assert_error(client.post("/sessions/s/write", content=b'{"text": "caf\xe9"}', headers=json_headers), 400,
                  "malformed_json", "not valid UTF-8: byte 0xe9 at offset 13")
-    deep = b'{"text": "x", "meta": ' + b"[" * 200 + b"]" * 200 + b"}"
+    deep = b'{"text": "x", "meta": ' + b"[" * 2000 + b"]" * 2000 + b"}"
     assert_error(client.post("/sessions/s/write", content=deep, headers=json_headers), 400, "malformed_json",
-                 "deeper than 64 levels")
+                 "deeper than 512 levels")
     brackets_in_text = {"text": "[[[[" * 100 + '"{{{{' * 50}  # brackets inside a string are text, not nesting
     assert client.post("/sessions/s/write", json=brackets_in_text, headers=alice).status_code == 201
     assert client.get("/sessions/s/turns", headers=alice).json()["turns"][0]["text"] == brackets_in_text["text"]

@@ -310,11 +310,11 @@ class ChatAgent:
                 "slots": slots}
 
     def recall(self, query: str | None = None, level: str = "paragraph", index: int | None = None,
-               top_k: int = 1) -> Recalled:
+               top_k: int = 1, select: str | None = None) -> Recalled:
         """`engine.recall` on the session memory; each slot also carries the `turn_id` it came from."""
         mem, stored = self.memory()
         with self._lock:
-            rec = self.engine.recall(mem, query=query, level=level, index=index, top_k=top_k)
+            rec = self.engine.recall(mem, query=query, level=level, index=index, top_k=top_k, select=select)
         turn_ids = {(r.level, r.key): r.turn_id for r in (stored.slots if stored else [])}
         rec.slots = [dict(s, turn_id=turn_ids.get((s["level"], s["key"]))) for s in rec.slots]
         return rec

@@ -258,21 +258,24 @@ class Client:
         return self._json("GET", f"/sessions/{_sid(session_id)}/memory", idempotent=True)
 
     def recall(self, session_id: str, query: str | None = None, level: str = "paragraph",
-               index: int | None = None, top_k: int = 1) -> dict[str, Any]:
-        """`POST /sessions/{id}/recall`: reconstructed text, with per-slot text, turn and confidence."""
+               index: int | None = None, top_k: int = 1, select: str | None = None) -> dict[str, Any]:
+        """`POST /sessions/{id}/recall`: reconstructed text, with per-slot text, turn and confidence;
+        `select` chooses how slots are found (hybrid, dense, lexical, likelihood)."""
         return self._json("POST", f"/sessions/{_sid(session_id)}/recall", idempotent=True,
-                          json=_drop_none({"query": query, "level": level, "index": index, "top_k": top_k}))
+                          json=_drop_none({"query": query, "level": level, "index": index, "top_k": top_k,
+                                           "select": select}))
 
     def answer(self, session_id: str, question: str, top_k: int = 2, max_new_tokens: int = 64,
-               retrieval: str | None = None) -> dict[str, Any]:
-        """`POST /sessions/{id}/answer`: an answer from recalled memory (nothing stored)."""
+               retrieval: str | None = None, read: str | None = None) -> dict[str, Any]:
+        """`POST /sessions/{id}/answer`: an answer from memory (nothing stored); `read` is what the reader
+        gets: text (recalled), source (the stored turns) or cache (the slots' keys and values)."""
         return self._json("POST", f"/sessions/{_sid(session_id)}/answer", idempotent=True,
                           json=_drop_none({"question": question, "top_k": top_k, "max_new_tokens": max_new_tokens,
-                                           "retrieval": retrieval}))
+                                           "retrieval": retrieval, "read": read}))
 
     def chat(self, session_id: str, text: str, top_k: int = 2, max_new_tokens: int = 64,
-             retrieval: str | None = None) -> dict[str, Any]:
+             retrieval: str | None = None, read: str | None = None) -> dict[str, Any]:
         """`POST /sessions/{id}/chat`: store the message, answer it, store the reply (never retried)."""
         return self._json("POST", f"/sessions/{_sid(session_id)}/chat", idempotent=False,
                           json=_drop_none({"text": text, "top_k": top_k, "max_new_tokens": max_new_tokens,
-                                           "retrieval": retrieval}))
+                                           "retrieval": retrieval, "read": read}))

@@ -204,7 +204,7 @@ def create_server(engine, store: MemoryStore, user_id: str = "local", *, default
     memories = MemoryCache()  # decoded session memories, reused while their version stands
 
     def agent(session_id: str | None, *, create: bool = False, retrieval: str | None = None,
-              top_k: int = 2) -> ChatAgent:
+              top_k: int = 2, read: str = "text") -> ChatAgent:
         sid = session_id or default_session
         if create:
             ensure_session(store, user_id, sid)
@@ -216,7 +216,7 @@ def create_server(engine, store: MemoryStore, user_id: str = "local", *, default
 
                 retrievers.setdefault(retrieval, make_retriever(retrieval))
         return ChatAgent(engine, store, user_id, sid, retrieval, top_k=top_k, lock=model_lock,
-                         retriever=retrievers.get(retrieval) if retrieval else None, cache=memories)
+                         retriever=retrievers.get(retrieval) if retrieval else None, cache=memories, read=read)
 
     writes = ToolAnnotations(title="Write to memory", read_only_hint=False, destructive_hint=False,
                              idempotent_hint=False, open_world_hint=False)
@@ -285,6 +285,10 @@ def create_server(engine, store: MemoryStore, user_id: str = "local", *, default
         retrieval: Annotated[Literal["bm25", "embedding"] | None, Field(
             default=None, description="Also re-rank recalled slots with keyword (bm25) or embedding search; "
                                       "omit to use the memory's own ranking.")] = None,
+        read: Annotated[Literal["text", "source", "cache"], Field(
+            description="What the answering model reads: text (the slots found, reconstructed from memory), "
+                        "source (the stored turns they came from; fastest) or cache (the slots' keys and "
+                        "values, no text).")] = "text",
         session_id: SessionArg = None,
     ) -> AnswerResult:
         """Answer a question from a session's memory with the memory's own small language model.
@@ -292,7 +296,7 @@ def create_server(engine, store: MemoryStore, user_id: str = "local", *, default
         Recalls the most relevant slots, answers from them, and returns the answer with the recalled
         passages and how confident the memory was of them. Nothing is stored. For a stronger answer,
         call recall_memory and answer yourself."""
-        a = agent(session_id, retrieval=retrieval, top_k=top_k)
+        a = agent(session_id, retrieval=retrieval, top_k=top_k, read=read)
         reply = a.respond(question, max_new_tokens).to_dict()
         reply.pop("turns", None)
         reply.setdefault("confidence", _confidence(reply["slots"]))

@@ -121,10 +121,11 @@ class _Service:
 
         return make_retriever(kind)  # the embedding retriever shares the process's one MiniLM encoder
 
-    def agent(self, user: str, session_id: str, retrieval: str | None = None, top_k: int = 2) -> ChatAgent:
+    def agent(self, user: str, session_id: str, retrieval: str | None = None, top_k: int = 2,
+              read: str = "text") -> ChatAgent:
         self.store.get_session(user, session_id)  # 404 before any work
         return ChatAgent(self.engine, self.store, user, session_id, retrieval, top_k=top_k, lock=self.model_lock,
-                         retriever=self.retriever(retrieval), cache=self.memories)
+                         retriever=self.retriever(retrieval), cache=self.memories, read=read)
 
     def memory_info(self, user: str, session_id: str) -> S.MemoryInfo:
         stored = self.store.get_memory(user, session_id)
@@ -238,16 +239,16 @@ def _memory_routes(app: FastAPI, svc: _Service) -> None:
     def recall(session_id: str, body: S.RecallIn, creds: Creds) -> dict[str, Any]:
         """Reconstruct text from the session memory by running the model backward."""
         agent = svc.agent(svc.user(creds), session_id)
-        return agent.recall(body.query, body.level, body.index, body.top_k).to_dict()
+        return agent.recall(body.query, body.level, body.index, body.top_k, body.select).to_dict()
 
     @app.post("/sessions/{session_id}/answer", response_model=S.ReplyOut, tags=["memory"])
     def answer(session_id: str, body: S.AnswerIn, creds: Creds) -> dict[str, Any]:
         """Answer a question from recalled memory with the base model; nothing is stored."""
-        agent = svc.agent(svc.user(creds), session_id, body.retrieval, body.top_k)
+        agent = svc.agent(svc.user(creds), session_id, body.retrieval, body.top_k, body.read)
         return agent.respond(body.question, body.max_new_tokens).to_dict()
 
     @app.post("/sessions/{session_id}/chat", response_model=S.ChatOut, tags=["memory"])
     def chat(session_id: str, body: S.ChatIn, creds: Creds) -> dict[str, Any]:
         """Store the message as a turn, answer it from memory, store the reply as an assistant turn."""
-        agent = svc.agent(svc.user(creds), session_id, body.retrieval, body.top_k)
+        agent = svc.agent(svc.user(creds), session_id, body.retrieval, body.top_k, body.read)
         return agent.chat(body.text, body.max_new_tokens).to_dict()

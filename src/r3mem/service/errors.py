@@ -146,8 +146,10 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": payload})
 
 
-MAX_JSON_DEPTH = 64
-"""Deepest nesting of a JSON request body (session `meta` itself is limited to 32 levels)."""
+MAX_JSON_DEPTH = 512
+"""Deepest nesting of a JSON request body read at all: below the JSON parser's recursion limit (~1,000),
+where the framework would answer only "There was an error parsing the body". Shallower bodies reach the
+validators, which say what is too deep (session `meta`: 32 levels)."""
 
 
 def _json_body_problem(scope: Scope, body: bytes) -> str | None:

@@ -10,6 +10,10 @@ from r3mem.store import SESSION_ID_PATTERN, SESSION_ID_RULE
 from r3mem.text import MAX_QUERY_CHARS
 
 Retrieval = Literal["bm25", "embedding"] | None
+Select = Literal["hybrid", "dense", "lexical", "likelihood"] | None
+Read = Literal["text", "source", "cache"]
+READ_HELP = ("What the reader is given: text (the slots found, expanded back from memory), source (the stored "
+             "turns they were written from: no expansion, fastest) or cache (the slots' keys and values).")
 
 
 class _Strict(BaseModel):
@@ -120,6 +124,8 @@ class RecallIn(_Strict):
     level: Literal["document", "paragraph", "entity"] = "paragraph"
     index: int | None = Field(None, description="Recall this slot instead of searching.")
     top_k: int = Field(1, ge=1, le=32)
+    select: Select = Field(None, description="How slots are found: hybrid (default: the slots' dense and lexical "
+                                             "keys), dense, lexical, or likelihood (the model over every slot).")
 
 
 class Confidence(BaseModel):
@@ -156,6 +162,7 @@ class AnswerIn(_Strict):
     top_k: int = Field(2, ge=1, le=32)
     max_new_tokens: int = Field(64, ge=1, le=512)
     retrieval: Retrieval = Field(None, description="Re-rank recalled slots with bm25 or embedding retrieval.")
+    read: Read = Field("text", description=READ_HELP)
 
 
 class ChatIn(_Strict):
@@ -163,6 +170,7 @@ class ChatIn(_Strict):
     top_k: int = Field(2, ge=1, le=32)
     max_new_tokens: int = Field(64, ge=1, le=512)
     retrieval: Retrieval = None
+    read: Read = Field("text", description=READ_HELP)
 
 
 class ReplyOut(BaseModel):
