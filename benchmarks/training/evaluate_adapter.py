@@ -29,7 +29,7 @@ from r3mem.hierarchy import paragraph_spans
 from r3mem.recall import reconstruct_scored
 from r3mem.text import read_text, strip_gutenberg
 from r3mem.tokens import tokenize
-from r3mem.writer import compress_texts
+from r3mem.writer import compress_slots
 
 
 def _paragraph_ids(engine: R3Mem, text: str, n: int, min_tokens: int, max_tokens: int) -> list[list[int]]:
@@ -63,7 +63,7 @@ def reconstruction(engine: R3Mem, paras: list[list[int]], ratios: list[float]) -
     tok, res = engine.tokenizer, {}
     for r in ratios:
         t0 = time.perf_counter()
-        states = compress_texts(engine.model, paras, r, tok.pad_token_id)
+        states = [st for st, _ in compress_slots(engine.model, paras, r, tok.pad_token_id)]  # quantized: --bits
         recs = reconstruct_scored(engine.model, tok, states, [len(p) + 4 for p in paras])
         hyps = [x.text for x in recs]
         hyp_ids = [tokenize(tok, h) for h in hyps]
@@ -160,11 +160,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="1 while a training run shares the machine")
     ap.add_argument("--compute-dtype", default="float32", choices=["float32", "bfloat16"],
                     help="arithmetic of the model passes (bfloat16: autocast)")
+    ap.add_argument("--bits", type=int, default=16, choices=[16, 8, 4, 2],
+                    help="memory_bits: the paragraphs' memory tokens quantized to this many bits (16: float16)")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    engine = R3Mem.from_pretrained(a.model, compute_dtype=a.compute_dtype, keys=None)
+    engine = R3Mem.from_pretrained(a.model, compute_dtype=a.compute_dtype, keys=None, memory_bits=a.bits)
     text = strip_gutenberg(read_text(a.book))
     paras = _paragraph_ids(engine, text, a.paragraphs, a.min_tokens, a.max_tokens)
     t0 = time.perf_counter()

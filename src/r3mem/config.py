@@ -60,6 +60,10 @@ class R3MemConfig:
     memory_mode: str = "kv"
     # How memories are stored (slots, document state, memory files); compute stays in the model's dtype.
     memory_dtype: str = "float16"  # float16 | bfloat16 | float32
+    # Bits per number of the paragraph and entity slots' memory tokens: 16 (stored in `memory_dtype`), or 8, 4, 2
+    # (group-wise quantized, `quant.py`; the document state stays in `memory_dtype`). A storage choice at use
+    # time: memory files record it.
+    memory_bits: int = 16
     # kv mode, rotary models: where memory tokens sit. "spread": token j at the end of its share of the text
     # it was written from, and a reader reconstructing that text puts token i at position i (a local
     # alignment prior, 50x faster to learn: LOG 2026-12-02); "prefix": memory at 0..k-1, readers after it.
@@ -124,6 +128,10 @@ class R3MemConfig:
         _check(self.memory_dtype in MEMORY_DTYPES, "memory_dtype", f"must be one of {MEMORY_DTYPES}", self.memory_dtype)
         _check(self.compute_dtype in COMPUTE_DTYPES, "compute_dtype", f"must be one of {COMPUTE_DTYPES}",
                self.compute_dtype)
+        _check(self.memory_bits in (16, 8, 4, 2) and not isinstance(self.memory_bits, bool), "memory_bits",
+               "must be one of 16, 8, 4, 2", self.memory_bits)
+        _check(self.memory_bits == 16 or self.memory_dtype == "float16", "memory_bits",
+               "below 16 needs memory_dtype float16", self.memory_bits)
         _check(
             self.reversible_mode in ("adapters", "coupling"),
             "reversible_mode",

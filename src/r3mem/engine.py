@@ -112,7 +112,8 @@ class R3Mem:
     @classmethod
     def from_pretrained(cls, adapter_dir: str | Path | None = None, base_model: str | None = None,
                         config: R3MemConfig | None = None, levels: Iterable[str] | None = None,
-                        keys: str | KeyEncoder | None = "minilm", compute_dtype: str | None = "auto") -> R3Mem:
+                        keys: str | KeyEncoder | None = "minilm", compute_dtype: str | None = "auto",
+                        memory_bits: int | None = None) -> R3Mem:
         """Load base model + adapter folder. With no folder: the shipped adapter, else untrained adapters.
 
         `levels` overrides which hierarchy levels `write` builds, e.g. `("document",)` for the
@@ -121,7 +122,8 @@ class R3Mem:
         built with other levels. `keys`: the slots' retrieval-key encoder (see the class docstring).
         `compute_dtype`: "float32", "bfloat16" (autocast: 2x faster writes on a CPU with AVX-512 BF16, the
         same reconstruction: LOG 2026-12-06), "auto" (bfloat16 where the hardware has it natively) or
-        None (the config's)."""
+        None (the config's). `memory_bits`: 8, 4 or 2 store the slots' memory tokens quantized (`quant.py`;
+        memory files record it), 16 (the default) in float16."""
         keys = _key_encoder(keys)  # an unknown name fails before the model loads
         if adapter_dir is None and config is None and (default_adapter_dir() / "r3mem_adapter.json").exists():
             adapter_dir = default_adapter_dir()
@@ -133,6 +135,8 @@ class R3Mem:
             over["hierarchy_levels"] = levels
         if compute_dtype is not None:
             over["compute_dtype"] = auto_compute_dtype() if compute_dtype == "auto" else compute_dtype
+        if memory_bits is not None:
+            over["memory_bits"] = memory_bits
         if adapter_dir is None:
             cfg = (config or R3MemConfig()).replace(**over)
             base, tok = load_base(cfg.base_model)
@@ -175,6 +179,7 @@ class R3Mem:
                 "num_mem_tokens": c.num_mem_tokens,
                 "levels": list(c.hierarchy_levels),
                 "dtype": c.memory_dtype,
+                **({"bits": c.memory_bits} if c.memory_bits != 16 else {}),
             },
             "keys": self.keys.name if self.keys is not None else None,
         }

@@ -20,6 +20,8 @@ from safetensors.torch import save as st_save
 from r3mem import __version__
 from r3mem.io import atomic_write_bytes, sha256_hex
 from r3mem.memory import Memory, Slot
+from r3mem.quant import BITS as QUANT_BITS
+from r3mem.quant import Packed, dequantize, group_of
 
 __all__ = [
     "FORMAT",
@@ -38,6 +40,7 @@ FORMAT = "r3mem-memory"
 # 2: memories stored in 16-bit (`memory_dtype`), key/value memories; version 1 files (float32) are refused.
 # 3: slots carry retrieval keys (`keys.py`): dense keys as one [slots, KEY_DIM] tensor per level, term counts
 #    in the slot's header entry, the key encoder in the identity. Version 2 files load as memories without keys.
+#    Quantized slots (`memory_bits` < 16, in the identity's memory layout) store codes, minima and steps.
 FORMAT_VERSION = 3
 OLDEST_READABLE = 2
 
@@ -58,7 +61,10 @@ def _tensors(mem: Memory) -> tuple[dict[str, torch.Tensor], list[str]]:
     seen: dict[int, str] = {}
     for s in mem.paragraphs + mem.entities:
         name = seen.setdefault(id(s.state), f"slot.{len(seen)}")
-        t[name] = s.state
+        if s.packed is None:
+            t[name] = s.state
+        else:  # a quantized slot: only its codes are stored (`quant.py`); loading dequantizes them
+            t.update({f"{name}.codes": s.packed.codes, f"{name}.low": s.packed.low, f"{name}.step": s.packed.step})
         names.append(name)
     for level, slots in (("paragraph", mem.paragraphs), ("entity", mem.entities)):
         if slots and all(s.dense is not None for s in slots):
@@ -78,7 +84,8 @@ def _checksum(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
 def _slot_meta(s: Slot, state: str) -> dict[str, Any]:
     return {"level": s.level, "key": s.key, "start": s.start, "end": s.end, "n_tokens": s.n_tokens,
             "parent": s.parent, "mentions": [list(m) for m in s.mentions], "state": state,
-            **({"terms": s.terms} if s.terms is not None else {})}
+            **({"terms": s.terms} if s.terms is not None else {}),
+            **({"bits": s.packed.bits, "shape": list(s.packed.shape)} if s.packed is not None else {})}
 
 
 def encode_memory(mem: Memory, identity: dict[str, Any]) -> bytes:
@@ -201,17 +208,46 @@ def _terms(m: dict[str, Any]) -> dict[str, int] | None:
     return terms
 
 
-def _slots(metas: list[dict[str, Any]], tensors: dict[str, torch.Tensor], level: str) -> list[Slot]:
+def _packed(m: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Packed:
+    """A quantized slot's codes, checked against its header entry before anything is computed."""
+    name, bits, shape = m["state"], m["bits"], m["shape"]
+    if bits not in QUANT_BITS[1:] or not isinstance(shape, list) or not shape or \
+            not all(type(d) is int and d > 0 for d in shape) or group_of(shape[-1]) * bits % 8:
+        raise ValueError(f"slot {name}: bits {bits!r} or shape {shape!r} is not a quantized state")
+    codes, low, step = (tensors[f"{name}.{part}"] for part in ("codes", "low", "step"))
+    want = {"codes": (tuple(shape[:-1]) + (shape[-1] * bits // 8,), torch.uint8),
+            "low": (tuple(shape[:-1]) + (shape[-1] // group_of(shape[-1]),), torch.float16)}
+    want["step"] = want["low"]
+    for part, t in (("codes", codes), ("low", low), ("step", step)):
+        if (tuple(t.shape), t.dtype) != want[part]:
+            raise ValueError(f"slot {name}.{part} has shape {tuple(t.shape)} {t.dtype}, expected {want[part]}")
+    if not (torch.isfinite(low).all() and torch.isfinite(step).all()):
+        raise ValueError(f"slot {name}: quantization scales hold NaN or infinite values")
+    return Packed(codes, low, step, bits, tuple(shape))
+
+
+def _slots(metas: list[dict[str, Any]], tensors: dict[str, torch.Tensor], level: str,
+           unpacked: dict[str, tuple[torch.Tensor, Packed]]) -> list[Slot]:
     out = []
     dense = tensors.get(f"dense.{level}")
     if dense is not None and (dense.dim() != 2 or dense.shape[0] != len(metas)):
         raise ValueError(f"dense.{level} has shape {tuple(dense.shape)} for {len(metas)} slots")
     for i, m in enumerate(metas):
-        if not isinstance(m["state"], str) or not m["state"].startswith("slot.") or m["state"] not in tensors:
-            raise KeyError(f"slot state {m['state']!r}")
-        out.append(Slot(m["level"], m["key"], m["start"], m["end"], m["n_tokens"], tensors[m["state"]],
+        name = m["state"]
+        if not isinstance(name, str) or not name.startswith("slot."):
+            raise KeyError(f"slot state {name!r}")
+        if name in tensors:
+            state, packed = tensors[name], None
+        elif f"{name}.codes" in tensors:
+            if name not in unpacked:  # a state shared by several slots is dequantized once, and stays shared
+                p = _packed(m, tensors)
+                unpacked[name] = (dequantize(p), p)
+            state, packed = unpacked[name]
+        else:
+            raise KeyError(f"slot state {name!r}")
+        out.append(Slot(m["level"], m["key"], m["start"], m["end"], m["n_tokens"], state,
                         parent=m["parent"], mentions=[tuple(x) for x in m["mentions"]],
-                        dense=None if dense is None else dense[i], terms=_terms(m)))
+                        dense=None if dense is None else dense[i], terms=_terms(m), packed=packed))
     if any((s.dense is None) != (s.terms is None) for s in out):
         raise ValueError(f"{level} slots have dense keys without term counts or the other way round")
     return out
@@ -229,6 +265,7 @@ def decode_memory(data: bytes, identity: dict[str, Any], name: str = "memory fil
     claimed = meta.pop("checksum", None)
     if claimed != _checksum(meta, tensors):
         raise MemoryFileError(f"{name}: checksum mismatch, the file was modified or corrupted")
+    unpacked: dict[str, tuple[torch.Tensor, Packed]] = {}
     try:
         return Memory(
             doc_state=tensors["doc_state"],
@@ -237,8 +274,8 @@ def decode_memory(data: bytes, identity: dict[str, Any], name: str = "memory fil
             offset=meta["offset"],
             n_tokens=meta["n_tokens"],
             n_segments=meta["n_segments"],
-            paragraphs=_slots(meta["paragraphs"], tensors, "paragraph"),
-            entities=_slots(meta["entities"], tensors, "entity"),
+            paragraphs=_slots(meta["paragraphs"], tensors, "paragraph", unpacked),
+            entities=_slots(meta["entities"], tensors, "entity", unpacked),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise MemoryFileError(f"{name}: inconsistent header ({e})") from None

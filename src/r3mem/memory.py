@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from r3mem.quant import Packed, packed_bytes
+
 __all__ = ["Slot", "Memory"]
 
 
@@ -45,6 +47,7 @@ class Slot:
     mentions: list[tuple[int, int]] = field(default_factory=list)
     dense: torch.Tensor | None = None  # [KEY_DIM] float16, unit norm
     terms: dict[str, int] | None = None
+    packed: Packed | None = None  # `state` quantized (memory_bits < 16): what memory files store; `state` is its value
 
     @property
     def n_mem_tokens(self) -> int:
@@ -94,7 +97,10 @@ class Memory:
         return next((e for e in self.entities if e.key.lower() == low), None)
 
     def state_bytes(self) -> int:
-        """Bytes of tensor state held: constant doc state + slots (linear in paragraphs kept). A state
-        shared by several slots (entities first named in one sentence) counts once, as it is stored."""
-        unique = {id(s.state): s.state for s in self.paragraphs + self.entities}
-        return sum(t.numel() * t.element_size() for t in [self.doc_state, *unique.values()])
+        """Bytes of memory state as stored: constant doc state + slots (linear in paragraphs kept), a
+        quantized slot by its codes. A state shared by several slots (entities first named in one
+        sentence) counts once, as it is stored."""
+        unique = {id(s.state): s for s in self.paragraphs + self.entities}
+        slots = sum(packed_bytes(s.packed) if s.packed is not None else s.state.numel() * s.state.element_size()
+                    for s in unique.values())
+        return self.doc_state.numel() * self.doc_state.element_size() + slots

@@ -24,7 +24,7 @@ from r3mem.keys import KeyEncoder
 from r3mem.memory import Memory, Slot
 from r3mem.model import COMPRESS, QUERY, R3MemModel
 from r3mem.tokens import IGNORE_INDEX, pad_batch, tokenize
-from r3mem.writer import add_keys, compress_texts, effective_doc_state
+from r3mem.writer import add_keys, compress_slots, effective_doc_state
 
 __all__ = ["SELECTS", "DEFAULT_SELECT", "DEFAULT_RERANK", "Recalled", "Reconstruction", "find", "rank", "recall",
            "recall_many", "score_query", "reconstruct", "reconstruct_scored"]
@@ -144,9 +144,9 @@ def _pending_slot(model: R3MemModel, tok, mem: Memory, keys: KeyEncoder | None) 
     p = paras[0] if len(paras) == 1 else None
     text = mem.pending_text.strip() if p is None else p.text
     ids = tokenize(tok, text)[: model.cfg.max_paragraph_tokens]
-    st = compress_texts(model, [ids], model.cfg.paragraph_ratio, tok.pad_token_id)[0]
+    st, packed = compress_slots(model, [ids], model.cfg.paragraph_ratio, tok.pad_token_id)[0]
     start = mem.offset + (p.start if p else len(mem.pending_text) - len(mem.pending_text.lstrip()))
-    slot = Slot("paragraph", f"p{len(mem.paragraphs)}", start, start + len(text), len(ids), st)
+    slot = Slot("paragraph", f"p{len(mem.paragraphs)}", start, start + len(text), len(ids), st, packed=packed)
     add_keys([slot], [tok.decode(ids)], keys)
     return [slot]
 

@@ -14,10 +14,11 @@ from r3mem.hierarchy import Span, entity_spans, paragraph_spans, sentence_spans
 from r3mem.keys import KeyEncoder, dense_tensor, key_text, terms_of
 from r3mem.memory import Memory, Slot
 from r3mem.model import R3MemModel
+from r3mem.quant import Packed, dequantize, quantize
 from r3mem.recurrence import fold
 from r3mem.tokens import pad_batch, slot_tokens, tokenize
 
-__all__ = ["write_text", "write_texts", "flush", "effective_doc_state", "compress_texts", "add_keys"]
+__all__ = ["write_text", "write_texts", "flush", "effective_doc_state", "compress_texts", "compress_slots", "add_keys"]
 
 _TRAILING_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*$")
 _SLOT_BATCH = 8
@@ -59,6 +60,22 @@ def compress_texts(
     # A repeat shares its first occurrence's tensor (states are immutable values): stored once in memory
     # and in memory files.
     return [done[i] if i in done else done[first[key]] for i, key in enumerate(keys)]
+
+
+def compress_slots(model: R3MemModel, seqs: list[list[int]], ratio: float | list[float],
+                   pad_id: int) -> list[tuple[torch.Tensor, Packed | None]]:
+    """`compress_texts` as slots store it: with `memory_bits` < 16 each state quantized (`quant.py`),
+    returned as (its dequantized value, the codes); else (the state, None). Shared states stay shared."""
+    states = compress_texts(model, seqs, ratio, pad_id)
+    bits = model.cfg.memory_bits
+    if bits == 16:
+        return [(s, None) for s in states]
+    done: dict[int, tuple[torch.Tensor, Packed]] = {}
+    for s in states:
+        if id(s) not in done:
+            p = quantize(s, bits)
+            done[id(s)] = (dequantize(p, s.dtype), p)
+    return [done[id(s)] for s in states]
 
 
 def _split_commit(buf: str) -> tuple[list[Span], int]:
@@ -181,17 +198,20 @@ def _commit(model, tok, jobs: list[tuple[Memory, str, list[Span], int]], keys: K
     for (m, es), (_, buf, _, _) in zip(ent_jobs, jobs):
         ent_seqs += [tokenize(tok, buf[e.start - m.offset : e.end - m.offset]) for e in es]
     # Both levels in one call, so text shared between them is compressed once.
-    states = iter(compress_texts(model, para_seqs + ent_seqs,
+    states = iter(compress_slots(model, para_seqs + ent_seqs,
                                  [cfg.paragraph_ratio] * len(para_seqs) + [cfg.entity_ratio] * len(ent_seqs), pad_id))
     new_slots, new_texts = [], []
     for (m, ps, _), (_, buf, _, _) in zip(para_jobs, jobs):
-        slots = [Slot("paragraph", key, s, e, len(c), next(states)) for key, s, e, c in ps]
+        slots = []
+        for key, s, e, c in ps:
+            state, packed = next(states)
+            slots.append(Slot("paragraph", key, s, e, len(c), state, packed=packed))
         m.paragraphs.extend(slots)
         new_slots += slots
         new_texts += [buf[s.start - m.offset:s.end - m.offset] for s in slots]
     for (m, es), (_, buf, _, _) in zip(ent_jobs, jobs):
         for e in es:
-            e.state = next(states)
+            e.state, e.packed = next(states)
         m.entities.extend(es)
         new_slots += es
         new_texts += [buf[e.start - m.offset:e.end - m.offset] for e in es]

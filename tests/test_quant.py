@@ -1,0 +1,95 @@
+"""Quantized memory tokens: the codes, memories written with them, their files and what refuses them."""
+
+import pytest
+import torch
+from conftest import perturb_trainables, tiny_cfg
+
+from r3mem.engine import R3Mem
+from r3mem.memfile import MemoryFileError
+from r3mem.quant import dequantize, group_of, packed_bytes, quantize
+from r3mem.tiny import SAMPLE_TEXT, tiny_model
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_codes_round_trip_within_half_a_step(bits):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 2, 5, 64, generator=g) * 2).to(torch.float16)
+    p = quantize(x, bits)
+    y = dequantize(p)
+    assert y.shape == x.shape and y.dtype == torch.float16
+    step = p.step.float().repeat_interleave(group_of(64), -1).reshape(x.shape)
+    assert ((y.float() - x.float()).abs() <= step / 2 + 1e-2 * step + 1e-3).all()
+    assert packed_bytes(p) == x.numel() * bits // 8 + 2 * 2 * x.numel() // 32
+    groups = x.float().reshape(3, 2, 5, 2, 32)
+    assert torch.equal(p.low.float(), groups.amin(-1).half().float())  # each group's minimum is exact
+    const = quantize(torch.full((4, 32), 0.5, dtype=torch.float16), bits)
+    assert torch.equal(dequantize(const), torch.full((4, 32), 0.5, dtype=torch.float16))  # a zero step
+    with pytest.raises(ValueError, match="memory_bits"):
+        quantize(x, 3)
+
+
+def _engine(tok, bits):
+    eng = R3Mem.from_base(tiny_model("llama"), tok, tiny_cfg(memory_bits=bits), keys=None)
+    perturb_trainables(eng.model)
+    eng._refresh_identity()
+    return eng
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_quantized_memories_are_split_invariant_smaller_and_round_trip(tok, bits):
+    eng = _engine(tok, bits)
+    whole = eng.flush(eng.write(SAMPLE_TEXT))
+    cut = len(SAMPLE_TEXT) // 2
+    split = eng.flush(eng.write(SAMPLE_TEXT[cut:], eng.write(SAMPLE_TEXT[:cut])))
+    blob = eng.to_bytes(whole)
+    assert eng.to_bytes(split) == blob
+    back = eng.from_bytes(blob)
+    assert eng.to_bytes(back) == blob
+    for a, b in zip(whole.paragraphs + whole.entities, back.paragraphs + back.entities):
+        assert a.packed.bits == bits and torch.equal(a.state, b.state) and torch.equal(a.state, dequantize(a.packed))
+    # entities first named in one sentence still share one state, in memory and in the file
+    shared = [e for e in back.entities if any(o is not e and o.state is e.state for o in back.entities)]
+    assert len(shared) == len([e for e in whole.entities if any(o is not e and o.state is e.state
+                                                                 for o in whole.entities)])
+    full = _engine(tok, 16)
+    plain = full.flush(full.write(SAMPLE_TEXT))
+    assert whole.state_bytes() < plain.state_bytes() and len(blob) < len(full.to_bytes(plain))
+    # the quantized values are what the full-precision memory holds, to within half a step
+    for q, f in zip(whole.paragraphs, plain.paragraphs):
+        step = q.packed.step.float().repeat_interleave(group_of(q.state.shape[-1]), -1).reshape(q.state.shape)
+        assert ((q.state.float() - f.state.float()).abs() <= step / 2 + 1e-2 * step + 1e-3).all()
+    assert isinstance(eng.recall(back, index=0).text, str)
+
+
+def test_a_memory_of_other_bits_is_refused_naming_both(tok):
+    four, eight, full = _engine(tok, 4), _engine(tok, 8), _engine(tok, 16)
+    blob = four.to_bytes(four.write(SAMPLE_TEXT))
+    with pytest.raises(MemoryFileError, match="'bits': 4.*'bits': 8"):
+        eight.from_bytes(blob)
+    with pytest.raises(MemoryFileError, match="memory_layout"):
+        full.from_bytes(blob)
+    assert full.identity["memory_layout"].get("bits") is None  # float16 memories keep their old identity
+
+
+def test_a_tampered_quantized_slot_is_refused(tok):
+    import json
+    import struct
+
+    eng = _engine(tok, 4)
+    blob = eng.to_bytes(eng.write(SAMPLE_TEXT))
+    (n,) = struct.unpack("<Q", blob[:8])
+    raw = json.loads(blob[8:8 + n])
+    meta = json.loads(raw["__metadata__"]["r3mem"])
+    meta["paragraphs"][0]["shape"][-1] = 20  # claims another shape than its codes have
+    from r3mem.memfile import _checksum
+
+    meta.pop("checksum")
+    from safetensors.torch import load as st_load
+
+    meta["checksum"] = _checksum(meta, st_load(blob))
+    raw["__metadata__"]["r3mem"] = json.dumps(meta)
+    head = json.dumps(raw).encode()
+    head += b" " * (-len(head) % 8)
+    forged = struct.pack("<Q", len(head)) + head + blob[8 + n:]
+    with pytest.raises(MemoryFileError, match=r"inconsistent header \(slot slot.0.codes has shape"):
+        eng.from_bytes(forged)
