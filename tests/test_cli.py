@@ -43,6 +43,12 @@ COMMANDS = [[], ["demo"], ["write"], ["recall"], ["chat"], ["serve"], ["train"],
             ["memory", "list"], ["memory", "show"], ["memory", "export"], ["memory", "import"], ["memory", "delete"]]
 
 
+def test_version_flag_and_command():
+    from r3mem import __version__
+
+    assert ok("--version").stdout.strip() == __version__ == ok("version").stdout.strip()
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "r3mem")
 def test_help(command):
     r = ok(*command, "--help")

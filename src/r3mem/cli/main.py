@@ -31,6 +31,18 @@ def version() -> None:
     print(__version__)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the r3mem version and exit.")) -> None:
+    """R³Mem: reversible compressed memory for language models."""
+
+
 def main() -> None:
     """The `r3mem` console script and `python -m r3mem`."""
     app()
