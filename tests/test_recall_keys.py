@@ -134,3 +134,28 @@ def test_a_memory_with_nothing_written_answers_nothing_remembered(trained_like, 
         text, rec = trained_like.answer("Who adopted a dog?", trained_like.new_memory(), read=read)
         assert text == "nothing remembered" and rec.slots == []
     assert calls == []
+
+
+def test_expansion_is_unconditioned_cached_and_batched_across_sizes(trained_like, monkeypatch):
+    from r3mem.recall import reconstruct_scored
+
+    mem = trained_like.write("A short one.\n\n" + "".join(t + "\n\n" for t in TURNS))
+    sizes = {s.n_mem_tokens for s in mem.paragraphs}
+    assert len(sizes) > 1  # slots of different sizes
+    decodes, queries = [], []
+    real_decode = trained_like.model.decode
+    monkeypatch.setattr(trained_like.model, "decode", lambda st, *a, **k: decodes.append(st.shape[0])
+                        or real_decode(st, *a, **k))
+    real_rs = recall_mod.reconstruct_scored
+    monkeypatch.setattr(recall_mod, "reconstruct_scored",
+                        lambda m, t, st, mx, q=None, *a, **k: queries.append(q) or real_rs(m, t, st, mx, q, *a, **k))
+    first = trained_like.recall(mem, top_k=12)  # no query: every slot, all sizes in one decoding batch of 8 + 5
+    assert decodes == [8, 5] and queries == [[None] * 13]
+    alone = [reconstruct_scored(trained_like.model, trained_like.tokenizer, [s.state], [min(24, s.n_tokens + 8)])[0].text
+             for s in mem.paragraphs]
+    assert [s["text"] for s in first.slots] == alone  # padded and masked in a batch == expanded alone
+    decodes.clear()
+    again = trained_like.recall(mem, query="Which dog did Caroline adopt?", top_k=2)
+    assert decodes == [] and again.slots[0]["text"] in alone  # unconditioned: the slots' cached expansions
+    trained_like.recall(mem, query="Which dog did Caroline adopt?", top_k=2, condition=True)
+    assert decodes == [2] and queries[-1] == ["Which dog did Caroline adopt?"] * 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -48,6 +49,9 @@ class Slot:
     dense: torch.Tensor | None = None  # [KEY_DIM] float16, unit norm
     terms: dict[str, int] | None = None
     packed: Packed | None = None  # `state` quantized (memory_bits < 16): what memory files store; `state` is its value
+    # (cap, Reconstruction) of the last greedy expansion without a query: a function of the state alone, so
+    # recalling the slot again costs nothing. Not part of the value (not compared, not stored).
+    recalled: Any = field(default=None, repr=False, compare=False)
 
     @property
     def n_mem_tokens(self) -> int:

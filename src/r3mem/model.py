@@ -220,14 +220,15 @@ class R3MemModel(nn.Module):
     def _run(self, x: torch.Tensor, mask: torch.Tensor, direction: str, state: torch.Tensor | None,
              n_read: int, capture: int = 0, use_cache: bool = False, past: torch.Tensor | None = None,
              start: torch.Tensor | int | None = None, tail_positions: torch.Tensor | None = None,
-             write_tail: int = 0):
+             write_tail: int = 0, past_mask: torch.Tensor | None = None):
         """Pack, run the decoder stack once, unpack. Returns (hidden [B,T,d], ctx, cache, packed mask,
         packed positions [B, T]).
 
         `past` is a kv memory [B, L, 2, H, k, hd] read as a cache prefix, and the returned mask covers
         the memory too. Real tokens take positions `start` ([B, 1] or int; default: k, after the
         memory), `start + 1`, ...; `tail_positions` [B, n] overrides those of the last n tokens (write
-        tokens placed over the text they summarise). `write_tail`: the last n tokens are write tokens
+        tokens placed over the text they summarise). `past_mask` [B, k]: 0 on padding memory tokens (rows
+        of memories with fewer tokens, padded to share a batch). `write_tail`: the last n tokens are write tokens
         (they take the write adapter when the model has one and the direction is compress).
         """
         xp, mp, order = _pack_left(x, mask)
@@ -255,7 +256,8 @@ class R3MemModel(nn.Module):
         self._set_direction(direction, write=write_mask is not None)
         self._ctx = ctx
         try:
-            full = torch.cat([mp.new_ones(mp.shape[0], k), mp], 1) if k else mp
+            head = mp.new_ones(mp.shape[0], k) if past_mask is None else past_mask.to(mp.dtype)
+            full = torch.cat([head, mp], 1) if k else mp
             out = self.body(inputs_embeds=xp, attention_mask=full, position_ids=pos,
                             past_key_values=cache, use_cache=use_cache)
         finally:
@@ -397,11 +399,12 @@ class R3MemModel(nn.Module):
                query: tuple[torch.Tensor, torch.Tensor] | None = None, direction: str = EXPAND,
                marker: int = EXPAND_MARK, prompt: tuple[torch.Tensor, torch.Tensor] | None = None,
                temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None,
-               probs: list[list[float]] | None = None) -> list[list[int]]:
+               probs: list[list[float]] | None = None, past_mask: torch.Tensor | None = None) -> list[list[int]]:
         """Greedy (temperature 0) or nucleus-sampled decoding with a key/value cache.
 
         `probs`, if given a list, receives per row the probability the model gave each token it
         produced (softmax of the logits at temperature 1), from the same pass: no extra forward.
+        `past_mask` [B, k] (kv memories): 0 on the padding memory tokens of shorter memories.
         """
         start: torch.Tensor | int | None = None
         if prompt is not None:  # LM continuation: a head, then the prompt tokens
@@ -416,7 +419,7 @@ class R3MemModel(nn.Module):
             x, m, k = self._expand_prefix(state, query, marker)
             start = self._reader_start(state, m)
         hidden, _, cache, mp, pos = self._run(x, m, direction, state, k, use_cache=True,
-                                              past=state if self.kv else None, start=start)
+                                              past=state if self.kv else None, start=start, past_mask=past_mask)
         # The last logical position is real for every row, so it predicts the first new token.
         B = x.shape[0]
         out: list[list[int]] = [[] for _ in range(B)]
