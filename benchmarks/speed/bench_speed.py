@@ -27,6 +27,7 @@ import torch
 
 from r3mem.config import R3MemConfig
 from r3mem.engine import R3Mem
+from r3mem.quant import packed_bytes
 from r3mem.text import read_text, strip_gutenberg
 
 
@@ -113,8 +114,10 @@ def memory_cost(engine: R3Mem, mem, text: str, n_tokens: int) -> dict:
     file_bytes = len(engine.to_bytes(mem))
     return {"memory_dtype": str(mem.doc_state.dtype).removeprefix("torch."), "memory_tokens": mem_tokens,
             "bytes_per_memory_token": state / max(mem_tokens, 1),
-            "bytes_per_slot": sum(s.state.numel() * s.state.element_size() for s in slots) / max(len(slots), 1),
+            "bytes_per_slot": sum(packed_bytes(s.packed) if s.packed is not None
+                                  else s.state.numel() * s.state.element_size() for s in slots) / max(len(slots), 1),
             "bytes_per_1k_text_tokens": state / n_tokens * 1000, "memory_file_bytes": file_bytes,
+            "file_bytes_per_1k_text_tokens": file_bytes / n_tokens * 1000,
             "text_bytes": len(text.encode()), "file_over_text": file_bytes / max(len(text.encode()), 1)}
 
 
@@ -128,6 +131,20 @@ def costs(engine: R3Mem, source: str, lengths: list[int]) -> list[dict]:
                "doc_state_shape": list(mem.doc_state.shape), **memory_cost(engine, mem, text, n)}
         rows.append(row)
         print(json.dumps(row), flush=True)
+    return rows
+
+
+LEVEL_SETS = (("document",), ("document", "paragraph"), ("document", "paragraph", "entity"))
+
+
+def cost_grid(model: Path | None, source: str, lengths: list[int], bits: list[int]) -> list[dict]:
+    """`costs` for every memory precision and hierarchy setting: what a memory of the same text costs."""
+    rows = []
+    for b in bits:
+        for levels in LEVEL_SETS:
+            engine = R3Mem.from_pretrained(model, levels=levels, memory_bits=b)
+            for row in costs(engine, source, lengths):
+                rows.append({"memory_bits": b, "levels": list(levels), **row})
     return rows
 
 
@@ -223,13 +240,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="recall timings: median of this many runs")
     ap.add_argument("--cost-only", action="store_true", help="only what memories cost on disk (no timings)")
+    ap.add_argument("--cost-grid", default=None, help="with --cost-only: memory_bits to cost, e.g. 16,8,4,2, each "
+                    "with the document level alone, + paragraphs, + entities")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     cfg = R3MemConfig(base_model=a.base_model) if a.base_model else None
     engine = R3Mem.from_pretrained(a.model, base_model=a.base_model, config=cfg)
     lengths = [int(x) for x in a.lengths.split(",")]
-    if a.cost_only:
+    if a.cost_only and a.cost_grid:
+        rows = cost_grid(a.model, a.source, lengths, [int(x) for x in a.cost_grid.split(",")])
+    elif a.cost_only:
         rows = costs(engine, a.source, lengths)
     else:
         rows = run(engine, a.source, lengths, [int(x) for x in a.batch_sizes.split(",")], a.repeats)
