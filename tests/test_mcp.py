@@ -89,7 +89,7 @@ def test_stdio_end_to_end_with_the_sdk_client(tmp_path):
                     {"speaker": "assistant", "text": "Noted: the river froze."}]})
                 results["note"] = await s.call_tool("write_memory", {"text": "Buy bread."})  # the default session
                 results["recall"] = await s.call_tool("recall_memory", {"session_id": "trip", "query": "stone house",
-                                                                        "top_k": 2})
+                                                                        "top_k": 2, "include_tokens": True})
                 results["answer"] = await s.call_tool("answer_from_memory", {"session_id": "trip", "top_k": 1,
                                                                              "question": "Who built the house?",
                                                                              "max_new_tokens": 4})
@@ -205,8 +205,13 @@ def test_recall_passes_the_library_result_through(server, engine, store):
     expected = ChatAgent(engine, store, "ann", "s").recall("ferry").to_dict()
     got = structured(r)
     assert got.pop("session_id") == "s"
-    assert got == json.loads(json.dumps(expected))  # text, confidence, slots with turn_id, confidence and tokens
+    for slot in expected["slots"]:  # compact by default: confidence as numbers, no per-token list
+        assert slot["tokens"]
+        slot["tokens"] = None
+    assert got == json.loads(json.dumps(expected))  # text, confidence, slots with turn_id and confidence
     assert structured(by_index)["slots"][0]["key"] == "p0"
+    (full,) = call(server, ("recall_memory", {"session_id": "s", "query": "ferry", "include_tokens": True}))
+    assert "".join(t["text"] for t in structured(full)["slots"][0]["tokens"]) == structured(full)["slots"][0]["text"]
 
 
 def test_answer_with_bm25_retrieval(server):

@@ -91,7 +91,8 @@ class SlotResult(_Open):
     key: str = Field(description="Slot id within the session memory, e.g. p0.")
     start: int = Field(description="Character offset where the slot's source text starts.")
     end: int
-    score: float | None = Field(None, description="Relevance to the query (mean log-probability; higher is better).")
+    score: float | None = Field(None, description="Relevance to the query (higher is better; the key search's fused "
+                                                  "rank score, or a mean log-probability with select=likelihood).")
     text: str | None = Field(None, description="This slot's reconstructed text.")
     turn_id: int | None = Field(None, description="Index of the turn the slot's text came from.")
     confidence: Confidence | None = None
@@ -144,6 +145,16 @@ class TurnIn(BaseModel):
 SessionArg = Annotated[str | None, Field(
     default=None, min_length=1, max_length=128,
     description="Session to use (any short name, e.g. a project or conversation id); omit for the default session.")]
+TokensArg = Annotated[bool, Field(
+    description="Also return every reconstructed piece with its probability (long: about 30 characters of "
+                "JSON per token). Off: each slot's confidence as numbers only.")]
+
+
+def _compact(slots: list[dict[str, Any]], include_tokens: bool) -> list[dict[str, Any]]:
+    """Slots without their per-token lists unless asked: an agent's context is not the place for them."""
+    return slots if include_tokens else [{k: v for k, v in s.items() if k != "tokens"} for s in slots]
+
+
 QueryArg = Annotated[str | None, Field(
     default=None, min_length=1, max_length=MAX_QUERY_CHARS,
     description="What to look for: the `top_k` slots that best match it are recalled. Omit it "
@@ -264,6 +275,7 @@ def create_server(engine, store: MemoryStore, user_id: str = "local", *, default
         top_k: TopKArg = 1,
         index: IndexArg = None,
         session_id: SessionArg = None,
+        include_tokens: TokensArg = False,
     ) -> RecallResult:
         """Reconstruct text from a session's memory: what was written about `query`.
 
@@ -273,6 +285,7 @@ def create_server(engine, store: MemoryStore, user_id: str = "local", *, default
         a = agent(session_id)
         rec = a.recall(query, level, index, top_k).to_dict()
         rec.setdefault("confidence", _confidence(rec["slots"]))
+        rec["slots"] = _compact(rec["slots"], include_tokens)
         return RecallResult(session_id=a.session_id, **rec)
 
     @server.tool(annotations=ToolAnnotations(title="Answer from memory", **reads))
@@ -290,6 +303,7 @@ def create_server(engine, store: MemoryStore, user_id: str = "local", *, default
                         "source (the stored turns they came from; fastest) or cache (the slots' keys and "
                         "values, no text).")] = "text",
         session_id: SessionArg = None,
+        include_tokens: TokensArg = False,
     ) -> AnswerResult:
         """Answer a question from a session's memory with the memory's own small language model.
 
@@ -300,6 +314,7 @@ def create_server(engine, store: MemoryStore, user_id: str = "local", *, default
         reply = a.respond(question, max_new_tokens).to_dict()
         reply.pop("turns", None)
         reply.setdefault("confidence", _confidence(reply["slots"]))
+        reply["slots"] = _compact(reply["slots"], include_tokens)
         return AnswerResult(session_id=a.session_id, **reply)
 
     @server.tool(annotations=ToolAnnotations(title="List sessions", **reads))
