@@ -151,8 +151,8 @@ def test_expansion_is_unconditioned_cached_and_batched_across_sizes(trained_like
                         lambda m, t, st, mx, q=None, *a, **k: queries.append(q) or real_rs(m, t, st, mx, q, *a, **k))
     first = trained_like.recall(mem, top_k=12)  # no query: every slot, all sizes in one decoding batch of 8 + 5
     assert decodes == [8, 5] and queries == [[None] * 13]
-    alone = [reconstruct_scored(trained_like.model, trained_like.tokenizer, [s.state], [min(24, s.n_tokens + 8)])[0].text
-             for s in mem.paragraphs]
+    model, tok = trained_like.model, trained_like.tokenizer
+    alone = [reconstruct_scored(model, tok, [s.state], [min(24, s.n_tokens + 8)])[0].text for s in mem.paragraphs]
     assert [s["text"] for s in first.slots] == alone  # padded and masked in a batch == expanded alone
     decodes.clear()
     again = trained_like.recall(mem, query="Which dog did Caroline adopt?", top_k=2)
