@@ -19,16 +19,16 @@ tasks=("$@")
 for task in "${tasks[@]}"; do
   case $task in
     locomo)
-      L="--data $D/locomo/locomo_dev8.json"
+      L="--data $D/locomo/locomo_dev8.json --per-doc ${PER_DOC:-40}"  # every conversation, its first 40 questions
       run locomo locomo8_kv $L --methods "r3mem,$BASE"
       run locomo locomo8_kv_source $L --methods r3mem --answer-read source
       run locomo locomo8_kv_cache $L --methods r3mem --answer-read cache ;;
     rag)
-      N="--data $D/nq_open/nq-open-oracle_dev.jsonl.gz --limit 200"
+      N="--data $D/nq_open/nq-open-oracle_dev.jsonl.gz --limit ${RAG_LIMIT:-100}"
       run rag nq-oracle_kv $N --methods "r3mem,$BASE"
       run rag nq-oracle_kv_cache $N --methods r3mem --answer-read cache
-      run rag nq-distract20_kv $N --distractors 19 --methods "r3mem,$BASE"
-      run rag nq-distract20_kv_cache $N --distractors 19 --methods r3mem --answer-read cache ;;
+      run rag nq-distract10_kv $N --distractors 9 --methods "r3mem,$BASE"
+      run rag nq-distract10_kv_cache $N --distractors 9 --methods r3mem --answer-read cache ;;
     needle)
       run needle pg-essays_kv --data "$D/needle_haystack/PaulGrahamEssays" --lengths 1000,2000,4000,8000 \
         --depths 0,0.25,0.5,0.75,1 --methods "r3mem,$BASE" ;;

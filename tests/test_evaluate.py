@@ -472,3 +472,15 @@ def test_latin1_book_needs_and_takes_encoding(tmp_path):
     doc = run_eval("recon", book, "--limit", "1", "--ratios", "4", "--methods", "no_memory", "--encoding", "latin-1")
     assert doc["task"] == "recon"
     assert "unknown encoding" in _fails("recon", "--data", str(book), "--encoding", "klingon")
+
+
+def test_locomo_per_doc_keeps_the_first_questions_of_every_conversation():
+    from r3mem.evaluate import locomo
+    from r3mem.evaluate.common import EvalOptions
+
+    every = locomo.load(LOCOMO, EvalOptions())
+    one_each = locomo.load(LOCOMO, EvalOptions(per_doc=1))
+    assert len(every) == len(one_each) == 2 and sum(len(d.questions) for d in every) > 2
+    assert [[q.qid for q in d.questions] for d in one_each] == [[d.questions[0].qid] for d in every]
+    with pytest.raises(ValueError, match="--per-doc: must be >= 1, got 0"):
+        EvalOptions(per_doc=0).validate()

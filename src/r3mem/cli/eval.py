@@ -85,6 +85,9 @@ def evaluate(
         typer.Option("--memory-cache", readable=False, help="Memory methods, QA: keep written memories in this "
                      "folder and reuse them (runs that change only how questions are answered write once)."),
     ] = None,
+    per_doc: Annotated[
+        int | None, typer.Option("--per-doc", help="locomo: first N scored questions of each conversation.")
+    ] = None,
     distractors: Annotated[
         int, typer.Option("--distractors", help="rag: passages of other questions around the gold one (0: oracle).")
     ] = 0,
@@ -101,6 +104,7 @@ def evaluate(
 
         opts = EvalOptions(
             limit=limit,
+            per_doc=per_doc,
             budget=budget,
             top_k=top_k,
             max_new_tokens=max_new_tokens,

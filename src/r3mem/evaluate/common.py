@@ -26,6 +26,8 @@ class EvalOptions:
     """Everything a task protocol needs besides the data and the methods (resolved into the JSON)."""
 
     limit: int | None = None  # first N examples (books, paragraphs, questions, needle cells)
+    # locomo: first N scored questions of each conversation, so a bounded run still covers every conversation
+    per_doc: int | None = None
     budget: int | None = None  # context tokens the reader may see (None: the task's default)
     top_k: int = 2  # slots / chunks recalled per question
     max_new_tokens: int = 32  # answer length
@@ -55,6 +57,7 @@ class EvalOptions:
                 raise ValueError(msg)
 
         check(self.limit is None or self.limit >= 0, f"--limit: must be >= 0, got {self.limit}")
+        check(self.per_doc is None or self.per_doc >= 1, f"--per-doc: must be >= 1, got {self.per_doc}")
         check(self.budget is None or self.budget >= 1, f"--budget: must be >= 1, got {self.budget}")
         check(self.top_k >= 1, f"--top-k: must be >= 1, got {self.top_k}")
         check(self.max_new_tokens >= 1, f"--max-new-tokens: must be >= 1, got {self.max_new_tokens}")

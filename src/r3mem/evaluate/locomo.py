@@ -4,7 +4,8 @@ fraction of annotated evidence turns (dia_ids) inside what was put in front of t
 recalled slots' spans, the retrieved chunks, the window).
 
 Categories 1-4 are scored; category 5 (adversarial, no gold answer) is left out, as in the Mem0 /
-A-Mem protocol. ``--limit N`` keeps the first N scored questions (conversations in file order).
+A-Mem protocol. ``--limit N`` keeps the first N scored questions (conversations in file order);
+``--per-doc N`` the first N of each conversation (a bounded run that still covers every conversation).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def load(path: Path, opts: EvalOptions) -> list[QADoc]:
         for j, qa in enumerate(conv.qa):
             if qa.category not in CATEGORIES or qa.answer is None:
                 continue
-            if left is not None and left <= 0:
+            if (left is not None and left <= 0) or (opts.per_doc is not None and len(doc.questions) >= opts.per_doc):
                 break
             gold = tuple(where[d] for d in qa.evidence if d in where)
             doc.questions.append(
