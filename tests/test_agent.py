@@ -265,3 +265,56 @@ def test_respond_reads_recalled_text_stored_turns_or_the_cache(engine, store):
         s["key"] for s in src.slots]
     with pytest.raises(ValueError, match="read must be one of"):
         ChatAgent(engine, store, "alice", "r", read="both")
+
+
+# ----- curation: edit, delete, dedupe -----------------------------------------------------------
+
+
+def _same_memory(engine, stored, turns):
+    """The stored memory is exactly what writing these (speaker, text) turns from scratch gives."""
+    whole = engine.write("".join(format_turn(s, t) for s, t in turns))
+    mem = engine.from_bytes(stored.blob)
+    assert [(s.key, s.start, s.end) for s in mem.paragraphs] == [(s.key, s.start, s.end) for s in whole.paragraphs]
+    assert torch.allclose(mem.doc_state, whole.doc_state, atol=1e-5)
+
+
+def test_delete_turn_rebuilds_the_memory_and_nothing_returns_its_text(engine, store, agent):
+    secret = "The locker code is Wabasha nine."
+    for speaker, text in [TURNS[0], ("Melanie", secret), *TURNS[1:]]:
+        agent.turn(text, speaker)
+    assert any("Wabasha" in s["source"] for s in agent.describe()["slots"])  # in memory before the delete
+    gone, version = agent.delete_turn(2)
+    assert gone.text == secret and version == _stored(store).version
+    stored = _stored(store)
+    assert stored.through_turn == 4 and [r.turn_id for r in stored.slots if r.level == "paragraph"] == [1, 3, 4]
+    _same_memory(engine, stored, TURNS)  # as if the turn had never been said
+    assert all("Wabasha" not in (s["source"] + s["key"]) for s in agent.describe()["slots"])
+    assert "Wabasha" not in str(store.export_session("alice", "s1"))
+    reply = agent.respond("What is the locker code?", max_new_tokens=4)
+    assert all(s["turn_id"] != 2 for s in reply.slots)
+    with pytest.raises(NotFound, match="turn 2 of session 's1'"):
+        agent.delete_turn(2)
+
+
+def test_edit_turn_rebuilds_from_the_new_text_and_keeps_the_old(engine, store, agent):
+    for speaker, text in TURNS:
+        agent.turn(text, speaker)
+    turn, _ = agent.edit_turn(1, "Henry Sibley built a brick house near the mill.")
+    assert turn.index == 1 and turn.speaker == "Caroline"
+    edited = [("Caroline", "Henry Sibley built a brick house near the mill."), *TURNS[1:]]
+    _same_memory(engine, _stored(store), edited)
+    assert [r.text for r in store.turn_history("alice", "s1", 1)] == [TURNS[0][1]]
+    with pytest.raises(ValueError, match="text must not be empty"):
+        agent.edit_turn(1, "  ")
+    assert store.get_turn("alice", "s1", 1).text == edited[0][1]  # nothing changed by the refused edit
+
+
+def test_write_dedupes_a_repeated_fact_but_chat_keeps_the_dialogue(engine, store, agent):
+    first, v1 = agent.write("I moved to Lisbon in May.")
+    again, v2 = agent.write("i moved to lisbon in may")
+    assert again == first and v2 == v1 and len(store.list_turns("alice", "s1")) == 1
+    assert len([r for r in _stored(store).slots if r.level == "paragraph"]) == 1
+    kept, _ = agent.write("I moved to Lisbon in May.", dedupe=False)
+    assert kept.index == 2
+    plain = ChatAgent(engine, store, "alice", "s1", dedupe=False)
+    assert plain.turn("I moved to Lisbon in May.").index == 3

@@ -20,6 +20,7 @@ def tiny_env(monkeypatch, tmp_path):
     monkeypatch.delenv("R3MEM_MODEL", raising=False)
     monkeypatch.delenv("R3MEM_DEBUG", raising=False)
     monkeypatch.delenv("R3MEM_USER", raising=False)
+    monkeypatch.delenv("R3MEM_STORE", raising=False)
 
 
 @pytest.fixture
@@ -40,7 +41,8 @@ def ok(*args, input=None):
 
 
 COMMANDS = [[], ["demo"], ["write"], ["recall"], ["chat"], ["serve"], ["train"], ["version"], ["memory"],
-            ["memory", "list"], ["memory", "show"], ["memory", "export"], ["memory", "import"], ["memory", "delete"]]
+            ["memory", "list"], ["memory", "show"], ["memory", "export"], ["memory", "import"], ["memory", "delete"],
+            ["memory", "edit"], ["memory", "forget"]]
 
 
 def test_version_flag_and_command():
@@ -112,6 +114,31 @@ def test_chat_repl(tmp_path):
     # end of input (Ctrl-D) ends the loop too, and the session continues where it stopped
     r = ok("chat", "--store", db, "--session", "talk", "--max-new-tokens", "4", input="again\n")
     assert r.stdout.count("assistant>") == 1 and f"({len(turns)} earlier turns)" in r.stderr
+
+
+def test_store_from_the_environment(tmp_path, text_file, monkeypatch):
+    monkeypatch.setenv("R3MEM_STORE", str(tmp_path / "env.db"))
+    ok("write", text_file, "--session", "e")
+    with MemoryStore(tmp_path / "env.db") as store:
+        assert len(store.list_turns("local", "e")) == 3
+    assert [r["session_id"] for r in json.loads(ok("memory", "list", "--json").stdout)] == ["e"]
+    assert "user 'local' not found" in run("memory", "list", "--store", tmp_path / "other.db").output  # flag wins
+
+
+def test_memory_edit_and_forget_single_turns(tmp_path, text_file):
+    db = tmp_path / "m.db"
+    ok("write", text_file, "--store", db, "--session", "a")
+    edited = json.loads(ok("memory", "edit", "a", "2", "In winter the lake froze.", "--store", db, "--json").stdout)
+    assert edited["text"] == "In winter the lake froze." and edited["memory_version"] >= 2
+    ok("memory", "forget", "a", "1", "--store", db, "--yes")
+    shown = json.loads(ok("memory", "show", "a", "--store", db, "--json").stdout)
+    assert [t["index"] for t in shown["turn_list"]] == [2, 3] and {s["turn_id"] for s in shown["slot_list"]} == {2, 3}
+    with MemoryStore(db) as store:
+        assert [r.text for r in store.turn_history("local", "a", 2)] == ["In winter the river froze."]
+    r = run("memory", "forget", "a", "1", "--store", db, "--yes")
+    assert r.exit_code != 0 and "turn 1 of session 'a'" in r.output and "Traceback" not in r.output
+    assert run("memory", "forget", "a", "2", "--store", db, input="n\n").exit_code == 1  # not confirmed: kept
+    assert len(json.loads(ok("memory", "show", "a", "--store", db, "--json").stdout)["turn_list"]) == 2
 
 
 def test_memory_show_export_import_delete(tmp_path, text_file):

@@ -113,6 +113,29 @@ def test_every_verb_against_a_live_service(service, users, alice):
     assert body.json()["turns"] == turns
 
 
+def test_curation_and_jobs_against_a_live_service(alice):
+    alice.create_session("notes")
+    first = alice.write("notes", "My locker code is 4711.")
+    assert alice.write("notes", "my locker code is 4711")["turn"] == first["turn"]  # deduplicated
+    assert alice.write("notes", "my locker code is 4711", dedupe=False)["turn"]["index"] == 2
+    queued = alice.write("notes", "The ferry leaves at noon.", wait=False)
+    assert queued["memory_version"] is None and queued["job"]["kind"] == "write"
+    done = alice.wait_job(queued["job"]["job_id"], timeout_s=60)
+    assert done["state"] == "done" and alice.get_session("notes")["memory"]["through_turn"] == 3
+    assert [j["job_id"] for j in alice.jobs("notes")] == [queued["job"]["job_id"]]
+    edited = alice.edit_turn("notes", 3, "The ferry leaves at one.")
+    assert edited["turn"]["text"] == "The ferry leaves at one." and edited["memory_version"] >= 1
+    assert [h["text"] for h in alice.get_turn("notes", 3)["history"]] == ["The ferry leaves at noon."]
+    assert alice.delete_turn("notes", 1)["turn"]["text"] == "My locker code is 4711."
+    assert [t["index"] for t in alice.list_turns("notes")] == [2, 3]
+    with pytest.raises(NotFound, match="turn 1"):
+        alice.delete_turn("notes", 1)  # a first attempt that finds nothing is an error
+    with pytest.raises(NotFound, match="job"):
+        alice.job("0123456789abcdef")
+    with pytest.raises(ValueError, match="timeout_s must be a finite number"):
+        alice.wait_job("x", timeout_s=float("nan"))
+
+
 def test_session_ids_are_escaped_in_paths(alice):
     alice.create_session("x")
     alice.write("x", "Only in x.")

@@ -24,7 +24,8 @@ from r3mem.mcp_server import create_server  # noqa: E402
 from r3mem.store import MemoryStore  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-TOOLS = {"write_memory", "write_conversation", "recall_memory", "answer_from_memory", "list_sessions", "delete_session"}
+TOOLS = {"write_memory", "write_conversation", "recall_memory", "answer_from_memory", "list_sessions", "delete_session",
+         "search_memories", "list_memories", "get_memory", "update_memory", "delete_memory"}
 DEADLINE_S = 240  # the whole stdio conversation, model loading included
 
 
@@ -246,6 +247,35 @@ def test_session_ids_follow_the_stores_one_rule(server, store):
     (bad,) = call(server, ("write_memory", {"text": "One line.", "session_id": "a/b"}))
     assert "session_id 'a/b' is not allowed" in error_text(bad)
     assert store.list_sessions("ann") == []  # nothing stored under an id the service could not name
+
+
+def test_single_memories_listed_edited_deleted_and_searched_across_sessions(server, store):
+    call(server, ("write_conversation", {"session_id": "trip", "turns": [
+        {"speaker": "user", "text": "The ferry to Lisbon leaves at noon."},
+        {"speaker": "user", "text": "Pack the blue umbrella."},
+        {"speaker": "user", "text": "My locker code is 4711."}]}),
+         ("write_memory", {"session_id": "home", "text": "The plumber comes on Tuesday."}),
+         ("write_memory", {"session_id": "home", "text": "the plumber comes on tuesday"}))  # a repeat: not stored
+    page, rest, one, edited, gone, found, missing = call(
+        server, ("list_memories", {"session_id": "trip", "limit": 2}),
+        ("list_memories", {"session_id": "trip", "offset": 2}),
+        ("update_memory", {"session_id": "trip", "index": 1, "text": "The ferry to Lisbon leaves at one."}),
+        ("get_memory", {"session_id": "trip", "index": 1}),
+        ("delete_memory", {"session_id": "trip", "index": 3}),
+        ("search_memories", {"query": "when does the plumber come", "top_k": 3}),
+        ("get_memory", {"session_id": "trip", "index": 3}))
+    page, rest = structured(page), structured(rest)
+    assert [m["index"] for m in page["memories"]] == [1, 2] and page["total"] == 3 and page["next_offset"] == 2
+    assert [m["index"] for m in rest["memories"]] == [3] and rest["next_offset"] is None
+    assert structured(one)["memory"]["text"] == "The ferry to Lisbon leaves at one."
+    assert [h["text"] for h in structured(edited)["history"]] == ["The ferry to Lisbon leaves at noon."]
+    assert structured(gone)["memory"]["text"] == "My locker code is 4711."
+    assert "turn 3 of session 'trip'" in error_text(missing)
+    hits = structured(found)["memories"]
+    assert {(h["session_id"], h["index"]) for h in hits} <= {("trip", 1), ("trip", 2), ("home", 1)}
+    assert ("home", 1) in {(h["session_id"], h["index"]) for h in hits} and len(hits) == 3
+    assert len(store.list_turns("ann", "home")) == 1
+    assert "4711" not in json.dumps(store.export_session("ann", "trip"))
 
 
 def test_list_sessions_before_anything_was_written(server):

@@ -73,6 +73,19 @@ def test_health_version_and_openapi(client, engine):
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
 
 
+def test_docs_pages_work_offline_with_named_operations(client):
+    import re
+
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert assets and all(a.startswith("/") for a in assets), (page, assets)  # nothing from a CDN
+        for asset in assets:
+            assert client.get(asset).status_code == 200, asset
+    ops = {op["operationId"] for path in client.get("/openapi.json").json()["paths"].values() for op in path.values()}
+    assert {"list_sessions", "write", "recall", "answer", "edit_turn", "delete_turn", "get_job"} <= ops
+
+
 def test_user_creation_needs_the_admin_token(client, engine, store):
     assert_error(client.post("/users", json={"user_id": "x"}), 401, "unauthorized", "admin")
     assert_error(client.post("/users", json={"user_id": "x"}, headers=bearer("guess")), 401, "unauthorized")
@@ -234,6 +247,28 @@ def test_security_headers(client, alice):
 
 
 # ----------------------------------------------------------------------------------- real servers
+
+
+def test_huge_headers_get_431_and_malformed_requests_a_json_400(app):
+    import socket
+
+    def raw(request: bytes) -> bytes:
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(request)
+            s.shutdown(socket.SHUT_WR)
+            got = b""
+            while chunk := s.recv(65536):  # a reset (the server closing on unread bytes) fails the test
+                got += chunk
+        return got
+
+    with uvicorn_server(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        huge = raw(b"GET /sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + b"a" * 1_000_000 + b"\r\n\r\n")
+        bad = raw(b"GET /sessions HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+    head, _, body = huge.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 ") and json.loads(body)["error"] == "headers_too_large", huge[:200]
+    head, _, body = bad.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and json.loads(body)["error"] == "bad_request", bad[:200]
 
 
 def test_parallel_writers_over_http_lose_no_turn(app, store):
@@ -569,7 +604,7 @@ def test_fuzzed_imports_never_500_nor_write_partially(client, alice):
         assert "\n" not in r.json().get("message", "")
         if r.status_code == 201:
             got = client.get("/sessions/fz", headers=alice).json()
-            assert isinstance(got["created_at"], float) and got["memory"]["through_turn"] <= got["turn_count"], got
+            assert got["created_at"].endswith("Z") and got["memory"]["through_turn"] <= got["turn_count"], got
             assert client.get("/sessions/fz/export", headers=alice).status_code == 200
             assert client.delete("/sessions/fz", headers=alice).status_code == 204
         assert _session_ids(client, alice) == before
@@ -704,3 +739,87 @@ def test_ui_is_served_as_static_files(client):
     script = client.get("/ui/app.js")
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
     assert "innerHTML" not in script.text  # stored text is only ever set as textContent
+
+
+# ----------------------------------------------------------------------------------- curation and jobs
+
+
+def _wait_job(client, headers, job_id, timeout_s=60):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}", headers=headers).json()
+        if job["state"] in ("done", "failed", "cancelled"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+def test_edit_and_delete_single_turns(client, alice):
+    client.post("/sessions", json={"session_id": "s"}, headers=alice)
+    for text in ("My locker code is 4711.", "Henry Sibley built a stone house.", "The river froze in winter."):
+        assert client.post("/sessions/s/write", json={"text": text}, headers=alice).status_code == 201
+    again = client.post("/sessions/s/write", json={"text": "the river froze in winter"}, headers=alice)
+    assert again.status_code == 201 and again.json()["turn"]["index"] == 3  # deduplicated: the stored turn
+    r = client.patch("/sessions/s/turns/2", json={"text": "Henry Sibley built a brick house."}, headers=alice)
+    assert r.status_code == 200, r.text
+    assert r.json()["turn"]["text"] == "Henry Sibley built a brick house." and r.json()["memory_version"] >= 1
+    detail = client.get("/sessions/s/turns/2", headers=alice).json()
+    assert [h["text"] for h in detail["history"]] == ["Henry Sibley built a stone house."]
+    memory = client.get("/sessions/s/memory", headers=alice).json()
+    assert any("brick" in s["source"] for s in memory["slots"]) and not any("stone" in s["source"]
+                                                                              for s in memory["slots"])
+    r = client.delete("/sessions/s/turns/1", headers=alice)
+    assert r.status_code == 200 and r.json()["turn"]["text"] == "My locker code is 4711."
+    assert [t["index"] for t in client.get("/sessions/s/turns", headers=alice).json()["turns"]] == [2, 3]
+    assert "4711" not in client.get("/sessions/s/export", headers=alice).text
+    assert "4711" not in client.get("/sessions/s/memory", headers=alice).text
+    recalled = client.post("/sessions/s/recall", json={"query": "locker code", "top_k": 4}, headers=alice).json()
+    assert all(s["turn_id"] in (2, 3) for s in recalled["slots"])
+    # bad input: a clear 4xx and nothing changed
+    assert_error(client.delete("/sessions/s/turns/1", headers=alice), 404, "not_found", "turn 1")
+    assert_error(client.patch("/sessions/s/turns/9", json={"text": "x"}, headers=alice), 404, "not_found", "turn 9")
+    assert client.patch("/sessions/s/turns/2", json={"text": ""}, headers=alice).status_code == 422
+    assert client.get("/sessions/s/turns/0", headers=alice).status_code == 422
+    bob = new_user(client, "bob")
+    assert_error(client.delete("/sessions/s/turns/2", headers=bob), 404, "not_found")
+    assert [t["text"] for t in client.get("/sessions/s/turns", headers=alice).json()["turns"]] == [
+        "Henry Sibley built a brick house.", "The river froze in winter."]
+
+
+def test_writes_in_background_jobs_with_status(client, alice):
+    client.post("/sessions", json={"session_id": "s"}, headers=alice)
+    r = client.post("/sessions/s/write?wait=false", json={"text": "Traders came by canoe."}, headers=alice)
+    assert r.status_code == 202, r.text
+    job = r.json()["job"]
+    assert r.headers["location"] == f"/jobs/{job['job_id']}" and r.json()["memory_version"] is None
+    assert job["kind"] == "write" and job["turn_index"] == 1 and job["state"] in ("queued", "running", "done")
+    done = _wait_job(client, alice, job["job_id"])
+    assert done["state"] == "done" and (done["done"], done["total"]) == (1, 1)
+    session = client.get("/sessions/s", headers=alice).json()
+    assert session["memory"]["version"] == done["memory_version"] and session["memory"]["through_turn"] == 1
+    assert [j["job_id"] for j in client.get("/jobs?session_id=s", headers=alice).json()["jobs"]] == [job["job_id"]]
+    bob = new_user(client, "bob")
+    assert_error(client.get(f"/jobs/{job['job_id']}", headers=bob), 404, "not_found", "job")
+    assert_error(client.delete(f"/jobs/{job['job_id']}", headers=bob), 404, "not_found", "job")
+    assert client.get("/jobs", headers=bob).json() == {"jobs": []}
+    assert client.delete(f"/jobs/{job['job_id']}", headers=alice).json()["state"] == "done"  # finished: kept
+
+
+def test_a_long_backlog_goes_to_a_job_instead_of_the_request(engine, store):
+    app = create_app(engine, store, admin_token=ADMIN, max_sync_turns=3)
+    with TestClient(app) as client:
+        alice = new_user(client, "alice")
+        client.post("/sessions", json={"session_id": "s"}, headers=alice)
+        store.append_turns("alice", "s", [("user", f"imported line {i}.") for i in range(5)])  # no memory yet
+        r = client.post("/sessions/s/write", json={"text": "one more"}, headers=alice)
+        assert r.status_code == 202 and r.json()["turn"]["index"] == 6  # stored at once; 6 turns to fold > 3
+        done = _wait_job(client, alice, r.json()["job"]["job_id"])
+        assert done["state"] == "done" and done["total"] == 6
+        assert client.get("/sessions/s", headers=alice).json()["memory"]["through_turn"] == 6
+        small = client.post("/sessions/s/write", json={"text": "and another"}, headers=alice)
+        assert small.status_code == 201 and small.json()["memory_version"] == done["memory_version"] + 1
+        r = client.delete("/sessions/s/turns/1", headers=alice)  # the rebuild folds 6 turns: a job
+        assert r.status_code == 202 and _wait_job(client, alice, r.json()["job"]["job_id"])["state"] == "done"
+        assert client.get("/sessions/s", headers=alice).json()["memory"]["through_turn"] == 7
+    with pytest.raises(ValueError, match="max_sync_turns must be an int >= 0"):
+        create_app(engine, store, max_sync_turns=-1)

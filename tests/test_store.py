@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from r3mem.store import (
     Conflict,
+    InvalidExport,
     MemoryStore,
     NotFound,
     SchemaTooNew,
@@ -33,6 +34,7 @@ from r3mem.store import (
     StoreError,
     migrations,
     schema,
+    text_key,
 )
 
 PG_URL = os.environ.get("R3MEM_TEST_PG_URL")
@@ -139,6 +141,19 @@ def test_fresh_store_is_at_latest_version_and_matches_schema_py(store: MemorySto
             for fk in table.foreign_key_constraints
         }
         assert found_fks == wanted_fks, table.name
+
+
+def test_a_version_1_store_upgrades_with_its_data(url: str, raw: Engine) -> None:
+    with raw.begin() as conn:  # a database as r3mem left it before turn revisions existed
+        migrations.upgrade(conn, "test", target=1)
+        conn.execute(text("INSERT INTO users (user_id, created_at) VALUES ('alice', 1.0)"))
+        conn.execute(text("INSERT INTO sessions VALUES ('alice', 's', 1.0, 1.0, '{}', 1)"))
+        conn.execute(text("INSERT INTO turns VALUES ('alice', 's', 1, 'user', 'old text', 1.0)"))
+    assert "turn_revisions" not in inspect(raw).get_table_names()
+    with MemoryStore(url) as store:
+        assert store.schema_version == migrations.LATEST == 2
+        store.edit_turn("alice", "s", 1, "new text")
+        assert [r.text for r in store.turn_history("alice", "s", 1)] == ["old text"]
 
 
 def test_reopening_keeps_data_and_version(url: str) -> None:
@@ -275,8 +290,10 @@ def test_put_and_get_memory_with_versions(store: MemoryStore) -> None:
         store.put_memory("alice", "s", b"stale", _slots(1, "bad"), 5, expected_version=1)
     got = store.get_memory("alice", "s")
     assert (got.blob, got.version, got.slots) == (b"second", 2, _slots(2, "v2"))
-    assert store.put_memory("alice", "s", b"", [], 0) == 3
+    assert store.put_memory("alice", "s", b"x", [], 0) == 3
     assert store.get_memory("alice", "s").slots == []
+    with pytest.raises(ValueError, match="memory blob is empty"):  # empty is the store's own reset marker
+        store.put_memory("alice", "s", b"", [], 0)
 
 
 def test_corrupted_blob_is_detected_on_read(store: MemoryStore, raw: Engine) -> None:
@@ -624,3 +641,100 @@ def test_one_session_id_rule_for_every_door(store):
     with pytest.raises(ValueError, match="session_id 'x/y' is not allowed"):
         store.import_session("alice", export, session_id="x/y")
     assert [s.session_id for s in store.list_sessions("alice")] == ["A-z_0.9~x"]
+
+
+# --------------------------------------------------------------------------- curation of single turns
+
+
+def test_edit_turn_keeps_its_history_and_resets_a_memory_that_read_it(store: MemoryStore) -> None:
+    store.create_user("alice")
+    store.create_session("alice", "s")
+    first = store.append_turns("alice", "s", [("user", "I live in Porto."), ("user", "I like tea.")])
+    store.put_memory("alice", "s", b"mem", _slots(2, "v1"), through_turn=2)
+    edited = store.edit_turn("alice", "s", 1, "I live in Lisbon.")
+    assert (edited.index, edited.text, edited.speaker, edited.timestamp) == (1, "I live in Lisbon.", "user",
+                                                                             first[0].timestamp)
+    assert [t.text for t in store.list_turns("alice", "s")] == ["I live in Lisbon.", "I like tea."]
+    (rev,) = store.turn_history("alice", "s", 1)
+    assert (rev.index, rev.rev, rev.speaker, rev.text) == (1, 1, "user", "I live in Porto.")
+    store.edit_turn("alice", "s", 1, "I live in Braga.", speaker="bob")
+    assert [r.text for r in store.turn_history("alice", "s", 1)] == ["I live in Porto.", "I live in Lisbon."]
+    assert store.get_turn("alice", "s", 1).speaker == "bob"
+    reset = store.get_memory("alice", "s")  # covered turn 1: nothing of the old text is left in memory
+    assert (reset.blob, reset.through_turn, reset.slots, reset.version) == (b"", 0, [], 3)
+    assert store.export_session("alice", "s")["memory"] is None
+    with pytest.raises(Conflict):  # a writer that read version 1 cannot store a memory of the old text
+        store.put_memory("alice", "s", b"stale", [], 2, expected_version=1)
+    assert store.put_memory("alice", "s", b"rebuilt", [], 2, expected_version=3) == 4
+
+
+def test_delete_turn_forgets_its_text_everywhere_in_the_store(store: MemoryStore) -> None:
+    store.create_user("alice")
+    store.create_session("alice", "s")
+    store.append_turns("alice", "s", [("user", "my pin is 4711"), ("user", "hello"), ("user", "bye")])
+    store.edit_turn("alice", "s", 1, "my pin is 1234")
+    store.put_memory("alice", "s", b"mem", [SlotRecord("paragraph", "p0", 0, 5, turn_id=1, text="my pin")], 3)
+    gone = store.delete_turn("alice", "s", 1)
+    assert gone.text == "my pin is 1234"
+    assert [t.index for t in store.list_turns("alice", "s")] == [2, 3]  # the gap stays: indices are never reused
+    exported = json.dumps(store.export_session("alice", "s"))
+    assert "pin" not in exported  # neither the turn, its earlier text nor a slot's text
+    assert store.turn_history("alice", "s") == []
+    assert store.append_turn("alice", "s", "new").index == 4
+    with pytest.raises(NotFound, match="turn 1 of session 's' of user 'alice' not found"):
+        store.delete_turn("alice", "s", 1)
+    with pytest.raises(NotFound, match="turn 9 of session 's'"):
+        store.edit_turn("alice", "s", 9, "x")
+    with pytest.raises(ValueError, match="turn index must be an int in 1"):
+        store.get_turn("alice", "s", 0)
+    store.create_user("bob")
+    with pytest.raises(NotFound):  # another user's session is not found, whatever the turn
+        store.delete_turn("bob", "s", 2)
+    assert [t.index for t in store.list_turns("alice", "s")] == [2, 3, 4]
+
+
+def test_change_beyond_the_memory_bumps_its_version_and_keeps_it(store: MemoryStore) -> None:
+    store.create_user("alice")
+    store.create_session("alice", "s")
+    store.append_turns("alice", "s", [("user", "one"), ("user", "two"), ("user", "three")])
+    store.put_memory("alice", "s", b"mem", _slots(1, "v1"), through_turn=1)
+    store.edit_turn("alice", "s", 3, "THREE")
+    kept = store.get_memory("alice", "s")
+    assert (kept.blob, kept.through_turn, kept.version, kept.slots) == (b"mem", 1, 2, _slots(1, "v1"))
+    with pytest.raises(Conflict):  # a writer that was folding turns 2-3 from version 1 rereads them
+        store.put_memory("alice", "s", b"old three", [], 3, expected_version=1)
+    store.create_session("alice", "fresh")
+    store.append_turn("alice", "fresh", "x")
+    store.edit_turn("alice", "fresh", 1, "y")  # no memory yet: a first write begun before it conflicts too
+    with pytest.raises(Conflict):
+        store.put_memory("alice", "fresh", b"old x", [], 1, expected_version=0)
+
+
+def test_dedupe_returns_the_stored_turn_instead_of_a_second(store: MemoryStore) -> None:
+    store.create_user("alice")
+    store.create_session("alice", "s")
+    (a,) = store.append_turns("alice", "s", [("user", "I moved to Lisbon.")], dedupe=True)
+    b, c, d = store.append_turns("alice", "s", [("user", "i moved  to LISBON"), ("bob", "I moved to Lisbon."),
+                                                 ("bob", "I moved to Lisbon!")], dedupe=True)
+    assert b == a and c.index == 2 and d == c  # same speaker and text_key: the stored turn; another speaker: new
+    assert len(store.list_turns("alice", "s")) == 2
+    assert store.append_turns("alice", "s", [("user", "I moved to Lisbon.")])[0].index == 3  # dedupe is opt-in
+    assert text_key("  Ｉ moved\tto Lisbon… ") == "i moved to lisbon"
+
+
+def test_export_round_trips_turn_history(store: MemoryStore) -> None:
+    store.create_user("alice")
+    store.create_session("alice", "s")
+    store.append_turns("alice", "s", [("user", "a"), ("user", "b")])
+    store.edit_turn("alice", "s", 2, "b2")
+    store.delete_turn("alice", "s", 1)
+    data = store.export_session("alice", "s")
+    assert data["turns"] == [{"index": 2, "speaker": "user", "text": "b2", "timestamp": data["turns"][0]["timestamp"],
+                              "history": [dict(data["turns"][0]["history"][0], speaker="user", text="b")]}]
+    store.import_session("alice", data, "copy")
+    assert [(r.index, r.text) for r in store.turn_history("alice", "copy")] == [(2, "b")]
+    assert store.append_turn("alice", "copy", "c").index == 3
+    bad = json.loads(json.dumps(data))
+    bad["turns"][0]["history"] = [{"speaker": "user", "text": 5, "timestamp": 1.0, "replaced_at": 2.0}]
+    with pytest.raises(InvalidExport, match=r"turns\[0\]\.history\[0\]\.text must be a str"):
+        store.import_session("alice", bad, "copy2")

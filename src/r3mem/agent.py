@@ -128,6 +128,8 @@ class ChatAgent:
             expanded back from memory), "source" (the stored turns the slots were written from: no
             expansion; the memory finds, the store supplies the words) or "cache" (the slots' keys
             and values read as the reader's cache, no text).
+        dedupe: `write` / `turn` store a turn that repeats a stored one (same speaker and normalised
+            text) only once; `chat` and `add_turns` keep every turn of a transcript.
     """
 
     def __init__(
@@ -144,6 +146,7 @@ class ChatAgent:
         retriever=None,
         cache: MemoryCache | None = None,
         read: str = "text",
+        dedupe: bool = True,
     ) -> None:
         if retrieval not in RETRIEVALS:
             raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {retrieval!r}")
@@ -157,25 +160,59 @@ class ChatAgent:
         self._lock = lock if lock is not None else contextlib.nullcontext()
         self._retriever = retriever
         self._cache = cache
-        self.read = read
+        self.read, self.dedupe = read, dedupe
 
     def __repr__(self) -> str:
         return f"ChatAgent(user={self.user_id!r}, session={self.session_id!r}, retrieval={self.retrieval!r})"
 
     # ----- writing ---------------------------------------------------------------------------
     def turn(self, text: str, speaker: str = "user", timestamp: float | None = None) -> Turn:
-        """Store one turn and return once the session memory (committed) covers it."""
+        """Store one turn and return once the session memory (committed) covers it (see `write`)."""
         return self.write(text, speaker, timestamp)[0]
 
-    def write(self, text: str, speaker: str = "user", timestamp: float | None = None) -> tuple[Turn, int]:
-        """`turn`, also returning the committed memory version that covers the new turn."""
+    def write(self, text: str, speaker: str = "user", timestamp: float | None = None,
+              dedupe: bool | None = None) -> tuple[Turn, int]:
+        """`turn`, also returning the committed memory version that covers the new turn.
+
+        With `dedupe` (default: the agent's), a turn that is the same as one stored before (same speaker,
+        same `store.text_key`: case, spacing and end punctuation aside) is not stored or written again:
+        the stored turn is returned, with the memory version that covers it."""
+        turn = self.store_turn(text, speaker, timestamp, dedupe)
+        return turn, self.sync_after([turn])
+
+    def store_turn(self, text: str, speaker: str = "user", timestamp: float | None = None,
+                   dedupe: bool | None = None) -> Turn:
+        """The store half of `write`: the turn is stored (or found, see `write`), the memory is not
+        touched; `sync` (or any later write) folds it in."""
         text = check_text("text", text, non_empty=True)
         self.memory()  # a memory this engine cannot read (another model) fails here, before the turn is stored
-        turn = self.store.append_turn(self.user_id, self.session_id, text, speaker, timestamp)
-        return turn, self._sync_stored([turn])
+        (turn,) = self.store.append_turns(self.user_id, self.session_id, [(speaker, text)], timestamp,
+                                          dedupe=self.dedupe if dedupe is None else dedupe)
+        return turn
+
+    def backlog(self) -> int:
+        """Stored turns the memory does not cover yet (what the next `sync` writes)."""
+        _, stored, _ = self._current()
+        return len(self.store.list_turns(self.user_id, self.session_id, since=stored.through_turn if stored else 0))
+
+    # ----- curation --------------------------------------------------------------------------
+    def edit_turn(self, index: int, text: str, speaker: str | None = None) -> tuple[Turn, int]:
+        """Replace turn `index`'s text (and speaker), then bring the memory up to date; returns the edited
+        turn and the memory version that covers every turn. What the edit replaced stays in the turn's
+        history (`store.turn_history`); a memory that read the old text is rebuilt from the turns."""
+        text = check_text("text", text, non_empty=True)
+        turn = self.store.edit_turn(self.user_id, self.session_id, index, text, speaker)
+        return turn, self.sync_after([turn], "edited")
+
+    def delete_turn(self, index: int) -> tuple[Turn, int]:
+        """Forget turn `index`: it is deleted with its history and the memory is rebuilt from the other
+        turns, so no recall, answer or export returns its text. Returns the deleted turn and the version."""
+        turn = self.store.delete_turn(self.user_id, self.session_id, index)
+        return turn, self.sync_after([turn], "deleted")
 
     def add_turns(self, turns: Iterable[tuple[str, str]], progress: Progress | None = None) -> list[Turn]:
-        """Store many (speaker, text) turns, then bring the memory up to date in one write."""
+        """Store many (speaker, text) turns, then bring the memory up to date in one write (a transcript:
+        repeated turns are kept; `write` deduplicates)."""
         items = [
             (speaker, check_text("text", text, non_empty=True)) for speaker, text in turns
         ]  # all checked before any is stored
@@ -184,20 +221,23 @@ class ChatAgent:
         # One transaction: a failure stores none of them, so a rerun does not store any twice.
         stored = self.store.append_turns(self.user_id, self.session_id, items) if items else []
         if stored:
-            self._sync_stored(stored, progress)
+            self.sync_after(stored, progress=progress)
         return stored
 
-    def _sync_stored(self, turns: list[Turn], progress: Progress | None = None) -> int:
-        """`sync` after `turns` were stored; a store failure then says that they were (the store's own
-        message, "nothing was written", is true of the memory only)."""
+    def sync_after(self, turns: list[Turn], done: str = "stored", progress: Progress | None = None) -> int:
+        """`sync` after `turns` were `done` (stored, edited, deleted) in the store; a store failure then says
+        that the change was made (the store's own message, "nothing was written", is true of the memory
+        only). After a write, stops once the memory covers the new turns; after an edit or delete, brings
+        the memory over every turn."""
         try:
-            return self.sync(until=turns[-1].index, progress=progress)
+            return self.sync(until=turns[-1].index if done == "stored" else None, progress=progress)
         except StoreError as e:
             if isinstance(e, (NotFound, Conflict)):
                 raise
             which = f"turn {turns[0].index}" if len(turns) == 1 else f"turns {turns[0].index}-{turns[-1].index}"
-            raise StoreError(f"{which} stored, but the memory was not updated (the next write will fold "
-                             f"{'it' if len(turns) == 1 else 'them'} in): {str(e).splitlines()[0]}") from e
+            raise StoreError(f"{which} {done}, but the memory was not updated (the next write will "
+                             f"{'fold it in' if done == 'stored' else 'rebuild it'}): {str(e).splitlines()[0]}"
+                             ) from e
 
     def sync(self, until: int | None = None, progress: Progress | None = None) -> int:
         """Write every stored turn the memory does not cover yet; return the memory version.
@@ -253,7 +293,7 @@ class ChatAgent:
 
     # ----- reading ---------------------------------------------------------------------------
     def _decode(self, stored: StoredMemory | None) -> Memory:
-        if stored is None:
+        if stored is None or not stored.blob:  # none yet, or reset by an edit: the next write rebuilds it
             return self.engine.new_memory()
         return self.engine.from_bytes(stored.blob, name=f"memory of session {self.session_id!r}")
 
@@ -339,7 +379,7 @@ class ChatAgent:
         check_query("question", question, non_empty=True)
         if self.read == "cache":
             return self._respond_cache(question, max_new_tokens, top_k or self.top_k)
-        slots = self._found_sources(question, top_k or self.top_k) if self.read == "source" \
+        slots = self.find_sources(question, top_k or self.top_k) if self.read == "source" \
             else self.recall_for(question, top_k)
         context = "\n\n".join(s.get("text") or "" for s in slots)
         prompt = self.prompt.format(context=context or "(nothing remembered yet)", question=question.strip())
@@ -347,8 +387,9 @@ class ChatAgent:
             text = self.engine.read(prompt, max_new_tokens=max_new_tokens)
         return Reply(text.strip(), context, slots)
 
-    def _found_sources(self, question: str, k: int) -> list[dict[str, Any]]:
-        """The slots found for `question` (no expansion), each with the stored turn it was written from."""
+    def find_sources(self, question: str, k: int) -> list[dict[str, Any]]:
+        """The `k` slots found for `question` by their keys (no expansion, no model pass over the slots), in
+        text order, each with `score` and the stored turn it was written from as `text`."""
         mem, stored = self.memory()
         with self._lock:
             found = self.engine.find(mem, question, top_k=k)
@@ -369,8 +410,8 @@ class ChatAgent:
 
     def chat(self, text: str, max_new_tokens: int = 64, speaker: str = "user") -> Reply:
         """Store the user's turn, answer it from memory, store the (non-empty) reply as an assistant turn."""
-        turns = [self.turn(text, speaker)]
+        turns = [self.write(text, speaker, dedupe=False)[0]]  # a dialogue's repeated "thanks" are its turns
         reply = self.respond(text[-MAX_QUERY_CHARS:], max_new_tokens)  # a long message is asked by its end
         if reply.text:
-            turns.append(self.turn(reply.text, "assistant"))
+            turns.append(self.write(reply.text, "assistant", dedupe=False)[0])
         return replace(reply, turns=turns)

@@ -109,6 +109,10 @@ def _sid(session_id: str) -> str:
     return quote(session_id, safe="")
 
 
+def _wait(wait: bool) -> dict[str, str] | None:
+    return None if wait else {"wait": "false"}
+
+
 def _drop_none(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if v is not None}
 
@@ -246,12 +250,60 @@ class Client:
         return self._json("POST", "/sessions/import", idempotent=False, json=data, params=params)
 
     # ----- memory ------------------------------------------------------------------------------
-    def write(self, session_id: str, text: str, speaker: str = "user") -> dict[str, Any]:
-        """`POST /sessions/{id}/write`: store a turn and write it into memory; {"turn", "memory_version"}.
+    def write(self, session_id: str, text: str, speaker: str = "user", *, dedupe: bool = True,
+              wait: bool = True) -> dict[str, Any]:
+        """`POST /sessions/{id}/write`: store a turn and write it into memory; {"turn", "memory_version", "job"}.
 
-        Never retried: a write whose answer was lost may have been stored."""
+        `dedupe`: a turn repeating a stored one (same speaker and normalised text) returns the stored one.
+        `wait=False` (or a long backlog on the service's side): answered once the turn is stored, with
+        `memory_version` None and the `job` folding it in (see `job` / `wait_job`). Never retried: a write
+        whose answer was lost may have been stored."""
         return self._json("POST", f"/sessions/{_sid(session_id)}/write", idempotent=False,
-                          json={"text": text, "speaker": speaker})
+                          json={"text": text, "speaker": speaker, "dedupe": dedupe}, params=_wait(wait))
+
+    # ----- curation ----------------------------------------------------------------------------
+    def get_turn(self, session_id: str, index: int) -> dict[str, Any]:
+        """`GET /sessions/{id}/turns/{index}`: the turn with `history`, what edits of it replaced."""
+        return self._json("GET", f"/sessions/{_sid(session_id)}/turns/{int(index)}", idempotent=True)
+
+    def edit_turn(self, session_id: str, index: int, text: str, speaker: str | None = None, *,
+                  wait: bool = True) -> dict[str, Any]:
+        """`PATCH /sessions/{id}/turns/{index}`: new text (and speaker); the memory is rebuilt (in a job when
+        long or `wait=False`). Retried: the same edit twice leaves the same turn (and one more revision)."""
+        return self._json("PATCH", f"/sessions/{_sid(session_id)}/turns/{int(index)}", idempotent=True,
+                          json=_drop_none({"text": text, "speaker": speaker}), params=_wait(wait))
+
+    def delete_turn(self, session_id: str, index: int, *, wait: bool = True) -> dict[str, Any] | None:
+        """`DELETE /sessions/{id}/turns/{index}`: forget the turn; returns {"turn" deleted, "memory_version",
+        "job"}, or None when a retry after a lost answer found it already gone (that delete succeeded)."""
+        return self._json("DELETE", f"/sessions/{_sid(session_id)}/turns/{int(index)}", idempotent=True,
+                          params=_wait(wait), done_if=404)
+
+    # ----- jobs --------------------------------------------------------------------------------
+    def jobs(self, session_id: str | None = None) -> list[dict[str, Any]]:
+        """`GET /jobs`: the caller's background memory jobs (of one session), oldest first."""
+        params = {"session_id": session_id} if session_id is not None else None
+        return self._json("GET", "/jobs", idempotent=True, params=params)["jobs"]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """`GET /jobs/{id}`: state (queued, running, done, failed, cancelled) and progress (done / total)."""
+        return self._json("GET", f"/jobs/{_sid(job_id)}", idempotent=True)
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """`DELETE /jobs/{id}`: cancel; the job's turns stay stored and the next write folds them in."""
+        return self._json("DELETE", f"/jobs/{_sid(job_id)}", idempotent=True)
+
+    def wait_job(self, job_id: str, timeout_s: float = 600.0, poll_s: float = 0.25) -> dict[str, Any]:
+        """Poll `job` until it has finished (done, failed or cancelled); `ClientError` after `timeout_s`."""
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s):
+            raise ValueError(f"timeout_s must be a finite number, got {timeout_s!r}")
+        deadline = time.monotonic() + timeout_s
+        while (job := self.job(job_id))["state"] in ("queued", "running"):
+            if time.monotonic() >= deadline:
+                raise ClientError(f"job {job_id} still {job['state']} after {timeout_s:g} s ({job['done']}/"
+                                  f"{job['total']} turns)")
+            time.sleep(poll_s)
+        return job
 
     def memory(self, session_id: str) -> dict[str, Any]:
         """`GET /sessions/{id}/memory`: document state size and every slot with the source text it holds."""

@@ -20,6 +20,7 @@ import functools
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,9 +48,12 @@ Long-term memory for this conversation partner, kept by r3mem. Text written to a
 into a reversible neural memory; recall runs the model backward to reconstruct the text, so a recall is a
 reconstruction, not a copy: check its `confidence` (0-1, the geometric mean of the probabilities the model
 gave the tokens it produced; below about 0.5 treat the text as unreliable).
-Use `write_memory` for each user message or fact worth keeping (or `write_conversation` for several turns),
-`recall_memory` to get back what was said about a topic, `answer_from_memory` to answer a question from
-memory in one step, `list_sessions` to see which sessions exist and `delete_session` to forget one.
+Use `write_memory` for each user message or fact worth keeping (or `write_conversation` for several turns;
+a repeat of a stored fact is not stored twice), `recall_memory` to get back what was said about a topic,
+`answer_from_memory` to answer a question from memory in one step, `search_memories` to find the stored
+memories about a topic across all sessions. Curate single memories with `list_memories`, `get_memory`,
+`update_memory` (its old text kept in its history) and `delete_memory` (forgotten: no recall returns it);
+`list_sessions` shows which sessions exist and `delete_session` forgets one.
 Sessions are created on first write; omit `session_id` to use the default session."""
 
 _T = TypeVar("_T")
@@ -67,7 +71,7 @@ class TurnResult(_Open):
     index: int = Field(description="1-based position of the turn in its session.")
     speaker: str
     text: str
-    timestamp: float = Field(description="Seconds since the epoch (UTC).")
+    timestamp: datetime = Field(description="When it was written (ISO 8601, UTC).")
 
 
 class WriteResult(_Open):
@@ -120,8 +124,8 @@ class AnswerResult(_Open):
 class SessionResult(_Open):
     session_id: str
     turn_count: int = Field(description="Number of turns written (the index of the last one).")
-    created_at: float
-    updated_at: float
+    created_at: datetime
+    updated_at: datetime
     meta: dict[str, Any]
 
 
@@ -132,6 +136,41 @@ class SessionListResult(_Open):
 class DeleteResult(_Open):
     session_id: str
     deleted: bool
+
+
+class RevisionResult(_Open):
+    rev: int = Field(description="1 for the memory's first edit, and so on.")
+    speaker: str
+    text: str = Field(description="The text the edit replaced.")
+    timestamp: datetime = Field(description="When that text was written (ISO 8601, UTC).")
+    replaced_at: datetime
+
+
+class MemoryItem(TurnResult):
+    session_id: str
+    history: list[RevisionResult] | None = Field(None, description="What edits replaced, oldest first "
+                                                                   "(get_memory only).")
+
+
+class MemoryListResult(_Open):
+    session_id: str
+    memories: list[MemoryItem] = Field(description="The session's memories (turns) in order, one page.")
+    total: int = Field(description="How many the session holds.")
+    next_offset: int | None = Field(None, description="Pass as `offset` for the next page; null on the last.")
+
+
+class ChangeResult(_Open):
+    memory: MemoryItem = Field(description="The memory as it now is (update) or as it was (delete).")
+    memory_version: int = Field(description="Session memory version rebuilt from the remaining memories.")
+
+
+class FoundMemory(MemoryItem):
+    score: float | None = Field(None, description="Relevance within its session (higher is better).")
+
+
+class SearchResult(_Open):
+    query: str
+    memories: list[FoundMemory] = Field(description="Best first, interleaved by rank across sessions.")
 
 
 class TurnIn(BaseModel):
@@ -169,6 +208,15 @@ TopKArg = Annotated[int, Field(ge=1, le=32, description="How many slots to recal
 
 def _turn(t: Turn) -> dict[str, Any]:
     return {"index": t.index, "speaker": t.speaker, "text": t.text, "timestamp": t.timestamp}
+
+
+def _item(t: Turn, **extra: Any) -> MemoryItem:
+    return MemoryItem(session_id=t.session_id, **_turn(t), **extra)
+
+
+IndexOfArg = Annotated[int, Field(ge=1, le=2**31 - 1, description="The memory's index in its session "
+                                                                   "(`index` from list_memories or a recall's "
+                                                                   "`turn_id`).")]
 
 
 def _session(s: Session) -> dict[str, Any]:
@@ -316,6 +364,80 @@ def create_server(engine, store: MemoryStore, user_id: str = "local", *, default
         reply.setdefault("confidence", _confidence(reply["slots"]))
         reply["slots"] = _compact(reply["slots"], include_tokens)
         return AnswerResult(session_id=a.session_id, **reply)
+
+    @server.tool(annotations=ToolAnnotations(title="Search memories in every session", **reads))
+    @_tool_errors
+    def search_memories(
+        query: Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for.")],
+        top_k: Annotated[int, Field(ge=1, le=32, description="How many memories to return.")] = 5,
+    ) -> SearchResult:
+        """Find the stored memories (turns) about `query` in all of this user's sessions, by the memory's
+        search keys (fast: no reconstruction); each comes with its session, index and stored text."""
+        try:
+            sessions = store.list_sessions(user_id)
+        except NotFound:
+            sessions = []
+        ranked = []
+        for s in sessions:
+            slots = sorted(agent(s.session_id).find_sources(query, top_k), key=lambda x: -(x["score"] or 0.0))
+            ranked += [(rank, -(slot["score"] or 0.0), s.session_id, slot) for rank, slot in enumerate(slots)
+                       if slot["turn_id"] is not None]
+        seen, found = set(), []
+        for *_, sid, slot in sorted(ranked, key=lambda r: r[:2]):
+            if (sid, slot["turn_id"]) in seen:
+                continue
+            seen.add((sid, slot["turn_id"]))
+            turn = store.get_turn(user_id, sid, slot["turn_id"])
+            found.append(FoundMemory(session_id=sid, score=slot["score"], **_turn(turn)))
+        return SearchResult(query=query, memories=found[:top_k])
+
+    @server.tool(annotations=ToolAnnotations(title="List memories", **reads))
+    @_tool_errors
+    def list_memories(
+        session_id: SessionArg = None,
+        offset: Annotated[int, Field(ge=0, description="Skip this many (paging).")] = 0,
+        limit: Annotated[int, Field(ge=1, le=200, description="At most this many.")] = 50,
+    ) -> MemoryListResult:
+        """List a session's memories (its stored turns) in order, a page at a time, with their indices."""
+        sid = session_id or default_session
+        turns = store.list_turns(user_id, sid)
+        page = turns[offset:offset + limit]
+        more = offset + limit < len(turns)
+        return MemoryListResult(session_id=sid, memories=[_item(t) for t in page], total=len(turns),
+                                next_offset=offset + limit if more else None)
+
+    @server.tool(annotations=ToolAnnotations(title="Get a memory", **reads))
+    @_tool_errors
+    def get_memory(index: IndexOfArg, session_id: SessionArg = None) -> MemoryItem:
+        """One stored memory (turn) with the history of its edits."""
+        sid = session_id or default_session
+        history = [RevisionResult(rev=r.rev, speaker=r.speaker, text=r.text, timestamp=r.timestamp,
+                                  replaced_at=r.replaced_at) for r in store.turn_history(user_id, sid, index)]
+        return _item(store.get_turn(user_id, sid, index), history=history)
+
+    @server.tool(annotations=ToolAnnotations(title="Update a memory", read_only_hint=False, destructive_hint=True,
+                                             idempotent_hint=True, open_world_hint=False))
+    @_tool_errors
+    def update_memory(
+        index: IndexOfArg,
+        text: Annotated[str, Field(min_length=1, description="The corrected text.")],
+        speaker: Annotated[str | None, Field(min_length=1, max_length=64,
+                                             description="A new speaker; omit to keep it.")] = None,
+        session_id: SessionArg = None,
+    ) -> ChangeResult:
+        """Correct a stored memory: its text (and speaker) is replaced, the old text kept in its history,
+        and the session memory rebuilt so recalls give the new text."""
+        turn, version = agent(session_id).edit_turn(index, text, speaker)
+        return ChangeResult(memory=_item(turn), memory_version=version)
+
+    @server.tool(annotations=ToolAnnotations(title="Delete a memory", read_only_hint=False, destructive_hint=True,
+                                             idempotent_hint=False, open_world_hint=False))
+    @_tool_errors
+    def delete_memory(index: IndexOfArg, session_id: SessionArg = None) -> ChangeResult:
+        """Forget one stored memory: it is deleted with its history and the session memory is rebuilt
+        without it, so no recall or answer can return it. Cannot be undone."""
+        turn, version = agent(session_id).delete_turn(index)
+        return ChangeResult(memory=_item(turn), memory_version=version)
 
     @server.tool(annotations=ToolAnnotations(title="List sessions", **reads))
     @_tool_errors

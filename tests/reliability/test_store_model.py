@@ -65,7 +65,7 @@ class StoreModel(RuleBasedStateMachine):
         self.store.create_session("ann", "s1")
         self.users["ann"] = {
             "token": "tok-ann-initial",
-            "sessions": {"s1": {"turns": [], "count": 0, "memory": None, "meta": {}}},
+            "sessions": {"s1": {"turns": [], "count": 0, "memory": None, "meta": {}, "history": {}}},
         }
 
     @rule(user=st.sampled_from(USERS), with_token=st.booleans())
@@ -90,7 +90,8 @@ class StoreModel(RuleBasedStateMachine):
                 self.store.create_session(user, sid, meta)
         else:
             assert self.store.create_session(user, sid, meta).turn_count == 0
-            self.users[user]["sessions"][sid] = {"turns": [], "count": 0, "memory": None, "meta": meta}
+            self.users[user]["sessions"][sid] = {"turns": [], "count": 0, "memory": None, "meta": meta,
+                                                 "history": {}}
 
     @rule(data=st.data(), text=turn_text, speaker=st.sampled_from(["user", "assistant", "Caroline"]))
     def append_turn(self, data, text, speaker):
@@ -105,8 +106,8 @@ class StoreModel(RuleBasedStateMachine):
         assert turn.index == s["count"]
         s["turns"].append((turn.index, speaker, text))
 
-    @rule(data=st.data(), blob=st.binary(max_size=48), n_slots=st.integers(0, 3), through=st.integers(0, 6),
-          expected=st.sampled_from(["none", "current", "current", "stale"]))
+    @rule(data=st.data(), blob=st.binary(min_size=1, max_size=48), n_slots=st.integers(0, 3),
+          through=st.integers(0, 6), expected=st.sampled_from(["none", "current", "current", "stale"]))
     def put_memory(self, data, blob, n_slots, through, expected):
         user, sid = self._target(data)
         slots = [SlotRecord("paragraph", f"p{i}", i, i + 1, turn_id=i + 1, text=f"slot {i}") for i in range(n_slots)]
@@ -127,6 +128,53 @@ class StoreModel(RuleBasedStateMachine):
             return
         assert self.store.put_memory(user, sid, blob, slots, through, expected_version=version) == current + 1
         s["memory"] = (blob, current + 1, through, slots)
+
+    def _turn_index(self, data, s) -> int:
+        """Mostly a turn of the session, sometimes one that is not there."""
+        if s and s["turns"] and data.draw(st.integers(0, 4), label="existing turn?") > 0:
+            return data.draw(st.sampled_from([t[0] for t in s["turns"]]), label="turn")
+        return data.draw(st.integers(1, 8), label="turn")
+
+    @staticmethod
+    def _invalidate(s, index) -> None:
+        """What an edit or delete of turn `index` does to the model's memory (see store.curation)."""
+        m = s["memory"]
+        if m is None:
+            s["memory"] = (b"", 1, 0, [])
+        elif m[2] >= index:
+            s["memory"] = (b"", m[1] + 1, 0, [])
+        else:
+            s["memory"] = (m[0], m[1] + 1, m[2], m[3])
+
+    @rule(data=st.data(), text=turn_text, speaker=st.sampled_from([None, "user", "Melanie"]))
+    def edit_turn(self, data, text, speaker):
+        user, sid = self._target(data)
+        s = self._session(user, sid)
+        index = self._turn_index(data, s)
+        pos = next((i for i, t in enumerate(s["turns"]) if t[0] == index), None) if s else None
+        if pos is None:
+            with pytest.raises(NotFound):
+                self.store.edit_turn(user, sid, index, text, speaker)
+            return
+        old = s["turns"][pos]
+        assert self.store.edit_turn(user, sid, index, text, speaker).text == text
+        s["turns"][pos] = (index, speaker or old[1], text)
+        s["history"].setdefault(index, []).append(old[2])
+        self._invalidate(s, index)
+
+    @rule(data=st.data())
+    def delete_turn(self, data):
+        user, sid = self._target(data)
+        s = self._session(user, sid)
+        index = self._turn_index(data, s)
+        if s is None or index not in [t[0] for t in s["turns"]]:
+            with pytest.raises(NotFound):
+                self.store.delete_turn(user, sid, index)
+            return
+        self.store.delete_turn(user, sid, index)
+        s["turns"] = [t for t in s["turns"] if t[0] != index]
+        s["history"].pop(index, None)
+        self._invalidate(s, index)
 
     @rule(data=st.data())
     def delete_session(self, data):
@@ -151,7 +199,8 @@ class StoreModel(RuleBasedStateMachine):
         data = json.loads(json.dumps(self.store.export_session(user, sid)))
         assert [(t["index"], t["speaker"], t["text"]) for t in data["turns"]] == s["turns"]
         assert data["session"]["turn_count"] == s["count"] and data["session"]["meta"] == s["meta"]
-        if s["memory"] is None:
+        assert {t["index"]: [h["text"] for h in t["history"]] for t in data["turns"] if "history" in t} == s["history"]
+        if s["memory"] is None or not s["memory"][0]:  # none, or reset by an edit or delete
             assert data["memory"] is None
         else:
             assert base64.b64decode(data["memory"]["blob_b64"]) == s["memory"][0]
@@ -187,6 +236,7 @@ class StoreModel(RuleBasedStateMachine):
             "count": count,
             "memory": memory,
             "meta": data["session"]["meta"],
+            "history": {t["index"]: [h["text"] for h in t["history"]] for t in data["turns"] if "history" in t},
         }
 
     @rule(data=st.data())
@@ -220,6 +270,10 @@ class StoreModel(RuleBasedStateMachine):
             assert listed == {sid: (s["count"], s["meta"]) for sid, s in model["sessions"].items()}
             for sid, s in model["sessions"].items():
                 assert [(t.index, t.speaker, t.text) for t in self.store.list_turns(user, sid)] == s["turns"]
+                history: dict[int, list[str]] = {}
+                for r in self.store.turn_history(user, sid):
+                    history.setdefault(r.index, []).append(r.text)
+                assert history == s["history"]
                 got = self.store.get_memory(user, sid)
                 if s["memory"] is None:
                     assert got is None

@@ -36,8 +36,9 @@ StoreOpt = Annotated[
     str | None,
     typer.Option(
         "--store",
-        help="Store file or URL (sqlite:///…, postgresql://…); default: the embedded SQLite store in your data dir "
-        "($R3MEM_HOME/store.db if set).",
+        envvar="R3MEM_STORE",
+        help="Store file or URL (sqlite:///…, postgresql://…); default: $R3MEM_STORE, else the embedded SQLite "
+        "store in your data dir ($R3MEM_HOME/store.db if set).",
     ),
 ]
 UserOpt = Annotated[str, typer.Option("--user", envvar="R3MEM_USER", help="User whose sessions to use.")]

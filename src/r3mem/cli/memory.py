@@ -1,5 +1,6 @@
-"""`r3mem memory list|show|export|import|delete`: manage the sessions kept in a store (only `import`
-of a session with a memory loads the model, to check that memory)."""
+"""`r3mem memory list|show|export|import|delete|edit|forget`: manage the sessions kept in a store, and single
+turns in them (`edit` and `forget` load the model to rebuild the memory; `import` of a session with a memory
+loads it to check that memory; the others never do)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ from r3mem.cli.common import (
     read_bytes,
 )
 
-app = typer.Typer(name="memory", help="List, show, export, import and delete stored sessions.", no_args_is_help=True,
-                  add_completion=False)
+app = typer.Typer(name="memory", help="List, show, export, import and delete stored sessions; edit or forget "
+                  "single turns.", no_args_is_help=True, add_completion=False)
 SessionArg = Annotated[str, typer.Argument(help="Session id.")]
 
 
@@ -64,7 +65,8 @@ def show(session: SessionArg, store: StoreOpt = None, user: UserOpt = DEFAULT_US
     """A session: memory summary, slots (with the turn each came from) and its latest turns."""
     with open_store(store) as st:
         info = session_summary(st, user, st.get_session(user, session))
-        turns = st.list_turns(user, session, since=max(0, info["turns"] - last) if last > 0 else None)
+        turns = st.list_turns(user, session)
+        turns = turns[-last:] if last > 0 else turns  # indices have gaps where turns were forgotten
         stored = st.get_memory(user, session)
     slots = [{"level": s.level, "key": s.key, "start": s.start, "end": s.end, "turn_id": s.turn_id}
              for s in (stored.slots if stored else [])]
@@ -160,3 +162,48 @@ def delete(session: Annotated[str | None, typer.Argument(help="Session id (omit 
     with open_store(store) as st:
         st.delete_user(user) if all_ else st.delete_session(user, session)
     console.print(f"deleted {what}", markup=False, highlight=False)
+
+
+IndexArg = Annotated[int, typer.Argument(help="The turn's index (see `r3mem memory show`).")]
+
+
+def _curate(session: str, index: int, store, user: str, model, base_model, change):
+    """Check the session and turn exist (before the model loads), then apply `change(agent)` and report."""
+    from r3mem.agent import ChatAgent
+
+    with open_store(store) as st:
+        st.get_turn(user, session, index)
+        agent = ChatAgent(load_engine(model, base_model), st, user, session)
+        turn, version = change(agent)
+    return turn, version
+
+
+@app.command("edit")
+def edit(session: SessionArg, index: IndexArg,
+         text: Annotated[str, typer.Argument(help="The turn's new text.")],
+         speaker: Annotated[str | None, typer.Option("--speaker", help="A new speaker (default: unchanged).")] = None,
+         store: StoreOpt = None, user: UserOpt = DEFAULT_USER, json_out: JsonOpt = False,
+         model: ModelOpt = None, base_model: BaseOpt = None) -> None:
+    """Replace a turn's text (its old text stays in the turn's history) and rebuild the memory from the turns."""
+    from r3mem.text import check_text
+
+    check_text("text", text, non_empty=True)
+    turn, version = _curate(session, index, store, user, model, base_model,
+                            lambda agent: agent.edit_turn(index, text, speaker))
+    info = {"session": session, "index": turn.index, "speaker": turn.speaker, "text": turn.text,
+            "memory_version": version}
+    emit_json(info) if json_out else out.print(f"edited turn {index} of {session!r}; memory v{version}",
+                                               markup=False)
+
+
+@app.command("forget")
+def forget(session: SessionArg, index: IndexArg, store: StoreOpt = None, user: UserOpt = DEFAULT_USER,
+           yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+           json_out: JsonOpt = False, model: ModelOpt = None, base_model: BaseOpt = None) -> None:
+    """Delete one turn with its history and rebuild the memory without it (no recall returns it after)."""
+    if not yes and not typer.confirm(f"forget turn {index} of session {session!r} of {user!r}?"):
+        raise typer.Exit(1)
+    turn, version = _curate(session, index, store, user, model, base_model, lambda agent: agent.delete_turn(index))
+    info = {"session": session, "index": turn.index, "forgotten": True, "memory_version": version}
+    emit_json(info) if json_out else out.print(f"forgot turn {index} of {session!r}; memory v{version}",
+                                               markup=False)

@@ -41,6 +41,7 @@ def serve(
     import uvicorn
 
     from r3mem.service import create_app
+    from r3mem.service.protocol import uvicorn_options
 
     check_listen(host, port, max_body_bytes)  # before the model loads, in one line
     engine = load_engine(model, base_model)
@@ -50,4 +51,5 @@ def serve(
     with open_store(store) as st:
         console.print(f"store: {st.url}", markup=False, highlight=False)
         app = create_app(engine, st, max_body_bytes=max_body_bytes, admin_token=admin_token)
-        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=60)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=60,
+                    **uvicorn_options())

@@ -12,7 +12,12 @@ Endpoints (all JSON; errors are `{"error", "message"}`, see `errors.py`):
     GET    /sessions/{id}                   one session with its memory's version and size
     DELETE /sessions/{id}                   delete a session (turns, memory, slots)
     GET    /sessions/{id}/turns             its turns
-    POST   /sessions/{id}/write             store a turn and write it into memory
+    GET    /sessions/{id}/turns/{index}     one turn with what edits of it replaced
+    PATCH  /sessions/{id}/turns/{index}     edit a turn (its old text kept in its history); memory rebuilt
+    DELETE /sessions/{id}/turns/{index}     forget a turn (with its history); memory rebuilt without it
+    POST   /sessions/{id}/write             store a turn and write it into memory (?wait=false: in a job)
+    GET    /jobs, /jobs/{id}                background memory jobs of the caller: state and progress
+    DELETE /jobs/{id}                       cancel a job (its turn stays stored; the next write folds it)
     POST   /sessions/{id}/recall            reconstruct text from memory (query / level / index / top_k)
     POST   /sessions/{id}/answer            answer a question from recalled memory (nothing stored)
     POST   /sessions/{id}/chat              write the message, answer it, store the reply
@@ -25,6 +30,11 @@ are synchronous, so they run in the server's thread pool; every model call holds
 model must not run in several threads at once) while store work proceeds in parallel. A write is
 answered only after its store transaction committed, so a graceful shutdown (which lets in-flight
 requests finish) loses no acknowledged write.
+
+A request runs bounded model work: when the memory would have to fold more than `max_sync_turns` turns
+(a long import caught up, an edit early in a long session), or the caller asks `wait=false`, the change
+is committed, the memory catch-up is queued as a job (`jobs.py`) and the answer is 202 with the job and
+its `Location`; `GET /jobs/{id}` reports progress.
 """
 
 from __future__ import annotations
@@ -37,14 +47,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Response
+from fastapi import Path as FastApiPath
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from r3mem import __version__
 from r3mem.agent import ChatAgent
 from r3mem.memcache import MemoryCache
 from r3mem.service import schemas as S
 from r3mem.service.errors import ApiError, BodyLimit, NoEncodedSlash, SecurityHeaders, install_error_handlers
+from r3mem.service.jobs import Job, JobRunner
 from r3mem.store import MemoryStore, Session, Turn, parse_export
 
 __all__ = ["create_app", "UI_DIR"]
@@ -53,6 +66,9 @@ UI_DIR = Path(__file__).with_name("ui")  # plain HTML/CSS/JS, no build step, no 
 
 _bearer = HTTPBearer(auto_error=False, description="A user's API token (from POST /users), or the admin token.")
 Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+Wait = Annotated[bool, Query(description="false: answer once the change is stored (202) and fold it into "
+                                         "memory in a background job (GET /jobs/{id} for its progress).")]
+TurnIndex = Annotated[int, FastApiPath(ge=1, le=2**31 - 1, description="The turn's index (1-based).")]
 ImportId = Annotated[str | None, Query(pattern=S.SESSION_ID_PATTERN,
                                        description=f"Import under this id. {S.SESSION_ID_RULE}.")]
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -68,6 +84,12 @@ def _unauthorized(message: str) -> ApiError:
 
 def _turn_out(t: Turn) -> S.TurnOut:
     return S.TurnOut(index=t.index, speaker=t.speaker, text=t.text, timestamp=t.timestamp)
+
+
+def _job_out(j: Job) -> S.JobOut:
+    return S.JobOut(job_id=j.job_id, session_id=j.session_id, kind=j.kind, state=j.state, done=j.done, total=j.total,
+                    memory_version=j.memory_version, turn_index=j.turn_index, error=j.error,
+                    created_at=j.created_at, finished_at=j.finished_at)
 
 
 def _session_out(s: Session, memory: S.MemoryInfo | None = None) -> S.SessionOut:
@@ -97,10 +119,30 @@ def _check_export(engine, data: dict[str, Any], session_id: str | None) -> dict[
 class _Service:
     """The state every handler shares: engine, store, the model lock and the shared dense encoder."""
 
-    def __init__(self, engine, store: MemoryStore, admin_token: str | None) -> None:
+    def __init__(self, engine, store: MemoryStore, admin_token: str | None, max_sync_turns: int) -> None:
         self.engine, self.store, self.admin_token = engine, store, admin_token
         self.model_lock = threading.Lock()
         self.memories = MemoryCache()  # decoded session memories, reused while their version stands
+        self.jobs = JobRunner()
+        self.max_sync_turns = max_sync_turns
+
+    def fold(self, agent: ChatAgent, kind: str, turn: Turn, wait: bool, response: Response) -> S.WriteOut:
+        """Bring the memory up to date after `turn` changed (committed): here when the work is bounded and
+        the caller waits, else in a job (202, `Location: /jobs/{id}`)."""
+        if wait and agent.backlog() <= self.max_sync_turns:
+            version = agent.sync_after([turn], {"write": "stored", "edit": "edited", "delete": "deleted"}[kind])
+            return S.WriteOut(turn=_turn_out(turn), memory_version=version)
+        job = self.jobs.submit(agent.user_id, agent.session_id, kind, lambda progress: agent.sync(progress=progress),
+                               turn_index=turn.index)
+        response.status_code = 202
+        response.headers["Location"] = f"/jobs/{job.job_id}"
+        return S.WriteOut(turn=_turn_out(turn), memory_version=None, job=_job_out(job))
+
+    def job(self, user: str, job_id: str) -> Job:
+        job = self.jobs.get(user, job_id)
+        if job is None:
+            raise ApiError(404, "not_found", f"job {job_id[:40]!r} not found")
+        return job
 
     def user(self, creds: HTTPAuthorizationCredentials | None) -> str:
         if creds is None:
@@ -136,14 +178,22 @@ class _Service:
 
 
 def create_app(
-    engine, store: MemoryStore, *, max_body_bytes: int = 1_000_000, admin_token: str | None = None
+    engine, store: MemoryStore, *, max_body_bytes: int = 1_000_000, admin_token: str | None = None,
+    max_sync_turns: int = 256,
 ) -> FastAPI:
-    """The HTTP service over an `R3Mem` engine and a `MemoryStore` (the caller owns and closes both)."""
+    """The HTTP service over an `R3Mem` engine and a `MemoryStore` (the caller owns and closes both).
+
+    `max_sync_turns`: the most turns a request folds into memory itself; more go to a background job."""
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
-    svc = _Service(engine, store, admin_token)
-    app = FastAPI(title="r3mem", version=__version__, responses=_ERRORS,
-                  description="R³Mem memory service: sessions of turns written into reversible compressed memory.")
+    if isinstance(max_sync_turns, bool) or not isinstance(max_sync_turns, int) or max_sync_turns < 0:
+        raise ValueError(f"max_sync_turns must be an int >= 0, got {max_sync_turns!r}")
+    svc = _Service(engine, store, admin_token, max_sync_turns)
+    # FastAPIOffline: /docs and /redoc from assets inside the package (FastAPI's load them from a CDN);
+    # operation ids are the handlers' names (list_sessions, write, ...) rather than path-derived strings.
+    app = FastAPIOffline(title="r3mem", version=__version__, responses=_ERRORS,
+                         description="R³Mem memory service: sessions of turns written into reversible compressed "
+                                     "memory.", generate_unique_id_function=lambda route: route.name)
     app.state.service = svc
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
@@ -152,6 +202,8 @@ def create_app(
     _system_routes(app, svc)
     _session_routes(app, svc)
     _memory_routes(app, svc)
+    _curation_routes(app, svc)
+    _job_routes(app, svc)
     app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
     return app
 
@@ -224,11 +276,14 @@ def _session_routes(app: FastAPI, svc: _Service) -> None:
 
 
 def _memory_routes(app: FastAPI, svc: _Service) -> None:
-    @app.post("/sessions/{session_id}/write", status_code=201, response_model=S.WriteOut, tags=["memory"])
-    def write(session_id: str, body: S.WriteIn, creds: Creds) -> S.WriteOut:
-        """Store a turn and write it into the session memory; answered after both are committed."""
-        turn, version = svc.agent(svc.user(creds), session_id).write(body.text, body.speaker)
-        return S.WriteOut(turn=_turn_out(turn), memory_version=version)
+    @app.post("/sessions/{session_id}/write", status_code=201, response_model=S.WriteOut, tags=["memory"],
+              responses={202: {"model": S.WriteOut, "description": "Turn stored; a job folds it into memory"}})
+    def write(session_id: str, body: S.WriteIn, creds: Creds, response: Response, wait: Wait = True) -> S.WriteOut:
+        """Store a turn and write it into the session memory; answered after both are committed (201), or
+        once the turn is stored with the job that writes it (202: `wait=false`, or a long backlog)."""
+        agent = svc.agent(svc.user(creds), session_id)
+        turn = agent.store_turn(body.text, body.speaker, dedupe=body.dedupe)
+        return svc.fold(agent, "write", turn, wait, response)
 
     @app.get("/sessions/{session_id}/memory", response_model=S.MemoryDetail, tags=["memory"])
     def describe(session_id: str, creds: Creds) -> dict[str, Any]:
@@ -252,3 +307,55 @@ def _memory_routes(app: FastAPI, svc: _Service) -> None:
         """Store the message as a turn, answer it from memory, store the reply as an assistant turn."""
         agent = svc.agent(svc.user(creds), session_id, body.retrieval, body.top_k, body.read)
         return agent.chat(body.text, body.max_new_tokens).to_dict()
+
+
+def _curation_routes(app: FastAPI, svc: _Service) -> None:
+    responses = {202: {"model": S.WriteOut, "description": "Changed; a job rebuilds the memory"}}
+
+    @app.get("/sessions/{session_id}/turns/{index}", response_model=S.TurnDetail, tags=["curation"])
+    def get_turn(session_id: str, index: TurnIndex, creds: Creds) -> S.TurnDetail:
+        """One turn, with what edits of it replaced (oldest first)."""
+        user = svc.user(creds)
+        turn = svc.store.get_turn(user, session_id, index)
+        history = [S.RevisionOut(rev=r.rev, speaker=r.speaker, text=r.text, timestamp=r.timestamp,
+                                 replaced_at=r.replaced_at) for r in svc.store.turn_history(user, session_id, index)]
+        return S.TurnDetail(**_turn_out(turn).model_dump(), history=history)
+
+    @app.patch("/sessions/{session_id}/turns/{index}", response_model=S.WriteOut, tags=["curation"],
+               responses=responses)
+    def edit_turn(session_id: str, index: TurnIndex, body: S.TurnEditIn, creds: Creds, response: Response,
+                  wait: Wait = True) -> S.WriteOut:
+        """Replace a turn's text (and speaker); the old text stays in its history, the memory is rebuilt from
+        the turns as they now are (nothing recalls the old text)."""
+        agent = svc.agent(svc.user(creds), session_id)
+        turn = svc.store.edit_turn(agent.user_id, session_id, index, body.text, body.speaker)
+        return svc.fold(agent, "edit", turn, wait, response)
+
+    @app.delete("/sessions/{session_id}/turns/{index}", response_model=S.WriteOut, tags=["curation"],
+                responses=responses)
+    def delete_turn(session_id: str, index: TurnIndex, creds: Creds, response: Response,
+                    wait: Wait = True) -> S.WriteOut:
+        """Forget a turn: deleted with its history, the memory rebuilt from the other turns; returns it."""
+        agent = svc.agent(svc.user(creds), session_id)
+        turn = svc.store.delete_turn(agent.user_id, session_id, index)
+        return svc.fold(agent, "delete", turn, wait, response)
+
+
+def _job_routes(app: FastAPI, svc: _Service) -> None:
+    @app.get("/jobs", response_model=S.JobList, tags=["jobs"])
+    def list_jobs(creds: Creds, session_id: str | None = None) -> S.JobList:
+        """The caller's background jobs (of one session with `session_id`), oldest first."""
+        return S.JobList(jobs=[_job_out(j) for j in svc.jobs.list(svc.user(creds), session_id)])
+
+    @app.get("/jobs/{job_id}", response_model=S.JobOut, tags=["jobs"])
+    def get_job(job_id: str, creds: Creds) -> S.JobOut:
+        """A job's state and progress (turns folded / to fold); another user's job is 404."""
+        return _job_out(svc.job(svc.user(creds), job_id))
+
+    @app.delete("/jobs/{job_id}", status_code=202, response_model=S.JobOut, tags=["jobs"])
+    def cancel_job(job_id: str, creds: Creds) -> S.JobOut:
+        """Cancel a job: a queued one never runs, a running one stops after its current batch and leaves the
+        memory at the version it started from (its turns stay stored; the next write folds them)."""
+        user = svc.user(creds)
+        svc.job(user, job_id)
+        return _job_out(svc.jobs.cancel(user, job_id))

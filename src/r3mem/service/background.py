@@ -22,9 +22,11 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, timeout_s: floa
     """
     import uvicorn
 
+    from r3mem.service.protocol import uvicorn_options
+
     sock = socket.socket()
     sock.bind((host, port))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **uvicorn_options()))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout_s

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from r3mem.store import SESSION_ID_PATTERN, SESSION_ID_RULE
 from r3mem.text import MAX_QUERY_CHARS
+
+# Times are ISO 8601 in UTC ("2026-12-07T01:21:10.123456Z"); the store keeps seconds since the epoch, which
+# pydantic converts on the way out. Exports keep the seconds (a file format, round-tripped as stored).
+Time = datetime
 
 Retrieval = Literal["bm25", "embedding"] | None
 Select = Literal["hybrid", "dense", "lexical", "likelihood"] | None
@@ -86,8 +91,8 @@ class MemoryDetail(BaseModel):
 
 class SessionOut(BaseModel):
     session_id: str
-    created_at: float
-    updated_at: float
+    created_at: Time
+    updated_at: Time
     meta: dict[str, Any]
     turn_count: int
     memory: MemoryInfo | None = None
@@ -101,21 +106,64 @@ class TurnOut(BaseModel):
     index: int
     speaker: str
     text: str
-    timestamp: float
+    timestamp: Time
 
 
 class TurnList(BaseModel):
     turns: list[TurnOut]
 
 
+class RevisionOut(BaseModel):
+    rev: int = Field(description="1 for the turn's first edit, and so on.")
+    speaker: str
+    text: str = Field(description="The text this edit replaced.")
+    timestamp: Time = Field(description="When that text was said.")
+    replaced_at: Time
+
+
+class TurnDetail(TurnOut):
+    history: list[RevisionOut] = Field(description="What edits of this turn replaced, oldest first.")
+
+
 class WriteIn(_Strict):
     text: str = Field(min_length=1, description="The turn's text, written into the session memory.")
     speaker: str = Field("user", min_length=1, max_length=64)
+    dedupe: bool = Field(True, description="A turn that repeats a stored one (same speaker; same text up to case, "
+                                           "spacing and end punctuation) is not stored again: the stored one is "
+                                           "returned.")
+
+
+class TurnEditIn(_Strict):
+    text: str = Field(min_length=1, description="The turn's new text; the old one is kept in its history.")
+    speaker: str | None = Field(None, min_length=1, max_length=64, description="A new speaker (omit: unchanged).")
+
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+class JobOut(BaseModel):
+    job_id: str
+    session_id: str
+    kind: Literal["write", "edit", "delete", "sync"]
+    state: JobState
+    done: int = Field(description="Turns folded into memory so far.")
+    total: int | None = Field(None, description="Turns to fold (null until the job starts).")
+    memory_version: int | None = Field(None, description="Committed version covering every turn, once done.")
+    turn_index: int | None = None
+    error: str | None = None
+    created_at: Time
+    finished_at: Time | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
 
 
 class WriteOut(BaseModel):
-    turn: TurnOut
-    memory_version: int = Field(description="Memory version that covers this turn (committed when returned).")
+    turn: TurnOut = Field(description="The turn stored (write), edited (PATCH) or deleted (DELETE).")
+    memory_version: int | None = Field(
+        description="Memory version that covers every turn (committed when returned); null when a job folds them.")
+    job: JobOut | None = Field(None, description="With 202: the background job bringing the memory up to date.")
 
 
 class RecallIn(_Strict):

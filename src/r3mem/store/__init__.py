@@ -2,7 +2,8 @@
 
 Independent of the neural model: memories are stored as opaque blobs with slot metadata.
 `store` holds `MemoryStore`; `records` its errors, records and validators; `backends` the SQLite and
-PostgreSQL engines; `rows` the row helpers; `transfer` export and import; `schema` and `migrations`
+PostgreSQL engines; `rows` the row helpers;
+`curation` edits, deletes and deduplication of single turns; `transfer` export and import; `schema` and `migrations`
 the tables and their versions.
 """
 
@@ -18,8 +19,10 @@ from r3mem.store.records import (
     StoredMemory,
     StoreError,
     Turn,
+    TurnRevision,
     User,
     check_session_id,
+    text_key,
 )
 from r3mem.store.store import MemoryStore
 from r3mem.store.transfer import parse_export
@@ -38,6 +41,8 @@ __all__ = [
     "StoreError",
     "StoredMemory",
     "Turn",
+    "TurnRevision",
     "User",
+    "text_key",
     "parse_export",
 ]

@@ -111,8 +111,30 @@ def _v1_initial(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v2_turn_revisions(conn: Connection) -> None:
+    """The history of edited turns (a frozen copy of the table at version 2)."""
+    md = MetaData(naming_convention=schema.NAMING_CONVENTION)
+    Table("turns", md, Column("user_id", String(255), primary_key=True),
+          Column("session_id", String(255), primary_key=True), Column("idx", Integer, primary_key=True))
+    Table(
+        "turn_revisions", md,
+        Column("user_id", String(255), primary_key=True),
+        Column("session_id", String(255), primary_key=True),
+        Column("idx", Integer, primary_key=True),
+        Column("rev", Integer, primary_key=True),
+        Column("speaker", String(64), nullable=False),
+        Column("text", Text, nullable=False),
+        Column("timestamp", Double, nullable=False),
+        Column("replaced_at", Double, nullable=False),
+        ForeignKeyConstraint(["user_id", "session_id", "idx"], ["turns.user_id", "turns.session_id", "turns.idx"],
+                             ondelete="CASCADE"),
+    )
+    md.tables["turn_revisions"].create(conn)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "initial schema: users, sessions, turns, memories, slots", _v1_initial),
+    Migration(2, "turn_revisions: what edits of turns replaced", _v2_turn_revisions),
 ]
 LATEST: int = MIGRATIONS[-1].version
 

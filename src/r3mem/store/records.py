@@ -74,7 +74,7 @@ class Session:
 
 @dataclass(frozen=True)
 class Turn:
-    """One utterance; ``index`` is 1-based and contiguous within the session."""
+    """One utterance; ``index`` is 1-based and increasing within the session (a deleted turn leaves a gap)."""
 
     user_id: str
     session_id: str
@@ -82,6 +82,20 @@ class Turn:
     speaker: str
     text: str
     timestamp: float
+
+
+
+@dataclass(frozen=True)
+class TurnRevision:
+    """What an edit of a turn replaced: its speaker and text then, when it was said (``timestamp``) and
+    when the edit replaced it (``replaced_at``); ``rev`` counts the turn's edits from 1."""
+
+    index: int
+    rev: int
+    speaker: str
+    text: str
+    timestamp: float
+    replaced_at: float
 
 
 
@@ -101,7 +115,9 @@ class SlotRecord:
 
 @dataclass(frozen=True)
 class StoredMemory:
-    """The current memory of a session: the blob, its version, coverage and slots."""
+    """The current memory of a session: the blob, its version, coverage and slots. An empty blob (with
+    ``through_turn`` 0 and no slots) is a reset memory: a turn it covered was edited or deleted, and the
+    next write rebuilds it from the turns (see `curation`)."""
 
     user_id: str
     session_id: str
@@ -111,6 +127,16 @@ class StoredMemory:
     slots: list[SlotRecord] = field(default_factory=list)
     updated_at: float = 0.0
 
+
+
+def text_key(text: str) -> str:
+    """What two turns must share to be the same turn for deduplication: the text after Unicode
+    compatibility normalisation (NFKC), case folding, whitespace runs collapsed to one space and
+    trailing sentence punctuation dropped ("I moved to Lisbon." == "i moved  to lisbon")."""
+    import unicodedata
+
+    folded = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    return folded.rstrip(".!?;,… ").strip()
 
 
 def _check_text(kind: str, value: object) -> str:
@@ -220,6 +246,8 @@ def _check_meta(meta: dict[str, Any] | None) -> dict[str, Any]:
 def _check_blob(blob: object) -> bytes:
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise ValueError(f"memory blob must be bytes, got {type(blob).__name__}")
+    if not blob:
+        raise ValueError("memory blob is empty (an empty blob marks a reset memory in the store)")
     return bytes(blob)
 
 

@@ -1,7 +1,7 @@
 """Tables of the persistent memory store (SQLAlchemy 2.x declarative).
 
-Layout: users → sessions → turns, and per session at most one current memory
-(an opaque blob written by the model side) with its ordered slot metadata.
+Layout: users → sessions → turns (→ the revisions an edit replaced), and per session at most one
+current memory (an opaque blob written by the model side) with its ordered slot metadata.
 
 Every child row carries the full owner key (``user_id``, ``session_id``) and a
 foreign key with ``ON DELETE CASCADE``: deleting a user or a session removes
@@ -80,7 +80,7 @@ class SessionRow(Base):
 
 
 class TurnRow(Base):
-    """One utterance; ``idx`` is 1-based and contiguous within its session."""
+    """One utterance; ``idx`` is 1-based and increasing within its session (a deleted turn leaves a gap)."""
 
     __tablename__ = "turns"
     __table_args__ = (
@@ -99,8 +99,35 @@ class TurnRow(Base):
     timestamp: Mapped[float] = mapped_column(Double, nullable=False)
 
 
+class TurnRevisionRow(Base):
+    """What an edit replaced: the turn's earlier speaker and text, when it was said and when it was
+    replaced. Deleting the turn deletes its revisions too (a forgotten turn leaves no text behind)."""
+
+    __tablename__ = "turn_revisions"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["user_id", "session_id", "idx"],
+            ["turns.user_id", "turns.session_id", "turns.idx"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    user_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rev: Mapped[int] = mapped_column(Integer, primary_key=True)
+    speaker: Mapped[str] = mapped_column(String(64), nullable=False)
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    timestamp: Mapped[float] = mapped_column(Double, nullable=False)
+    replaced_at: Mapped[float] = mapped_column(Double, nullable=False)
+
+
 class MemoryRow(Base):
-    """The current memory of a session: opaque blob plus bookkeeping for optimistic locking."""
+    """The current memory of a session: opaque blob plus bookkeeping for optimistic locking.
+
+    An empty blob is a reset memory (an edit or delete of a turn it covered): it holds nothing and
+    covers no turn, but keeps the version counting, so a writer that began before the reset conflicts
+    instead of storing a memory of the old text."""
 
     __tablename__ = "memories"
     __table_args__ = (
@@ -150,5 +177,6 @@ schema_version = SchemaVersionRow.__table__
 users = UserRow.__table__
 sessions = SessionRow.__table__
 turns = TurnRow.__table__
+turn_revisions = TurnRevisionRow.__table__
 memories = MemoryRow.__table__
 slots = SlotRow.__table__

@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from r3mem.store import migrations
+from r3mem.store import curation, migrations
 from r3mem.store import schema as S
 from r3mem.store.backends import _WRITE, _describe_failure, _make_engine, _reason
 from r3mem.store.records import (
@@ -41,6 +41,7 @@ from r3mem.store.records import (
     StoredMemory,
     StoreError,
     Turn,
+    TurnRevision,
     User,
     _check_blob,
     _check_count,
@@ -75,6 +76,7 @@ from r3mem.store.transfer import (
     EXPORT_FORMAT_VERSION,
     _export_memory,
     _insert_imported,
+    export_turn,
     parse_export,
 )
 
@@ -296,14 +298,24 @@ class MemoryStore:
         return self.append_turns(user_id, session_id, [(speaker, text)], timestamp)[0]
 
     def append_turns(
-        self, user_id: str, session_id: str, items: Sequence[tuple[str, str]], timestamp: float | None = None
+        self, user_id: str, session_id: str, items: Sequence[tuple[str, str]], timestamp: float | None = None,
+        *, dedupe: bool = False,
     ) -> list[Turn]:
-        """Append (speaker, text) turns with consecutive indices in one transaction: all or none."""
+        """Append (speaker, text) turns with consecutive indices in one transaction: all or none.
+
+        With ``dedupe``, an item that is the same turn as one already stored (same speaker, same
+        `records.text_key`), or as an earlier item, is not stored again: its place in the result
+        holds the existing turn (whose index is not new)."""
         items = [(_check_speaker(speaker), _check_text("turn text", text)) for speaker, text in items]
         stamp = time.time() if timestamp is None else _check_time(timestamp)
-        turns = []
+        turns: list[Turn] = []
         with self._tx(f"append turns to session {session_id!r} of user {user_id!r}", write=True) as conn:
+            if dedupe:
+                _touch_session(conn, user_id, session_id, stamp)  # PostgreSQL: serialise with other appenders
             for speaker, text in items:
+                if dedupe and (same := curation.same_turn(conn, user_id, session_id, speaker, text)) is not None:
+                    turns.append(same)
+                    continue
                 index = _allocate_turn_index(conn, user_id, session_id, stamp)
                 conn.execute(
                     insert(S.turns).values(
@@ -323,6 +335,48 @@ class MemoryStore:
                 query = query.where(S.turns.c.idx > since)
             rows = conn.execute(query).all()
         return [_turn(row) for row in rows]
+
+    def get_turn(self, user_id: str, session_id: str, index: int) -> Turn:
+        """One turn (NotFound when the session has no turn with this index)."""
+        index = _check_count("turn index", index, low=1)
+        with self._tx(f"read turn {index} of session {session_id!r} of user {user_id!r}") as conn:
+            _require_session(conn, user_id, session_id)
+            return curation.get_turn_row(conn, user_id, session_id, index)
+
+    def edit_turn(self, user_id: str, session_id: str, index: int, text: str, speaker: str | None = None) -> Turn:
+        """Replace a turn's text (and speaker); what it replaced is kept in `turn_history`.
+
+        The memory is invalidated in the same transaction (see `curation`): a memory that covered the turn
+        is reset, so nothing recalls the old text; the next write rebuilds it from the turns."""
+        index = _check_count("turn index", index, low=1)
+        text = _check_text("turn text", text)
+        speaker = None if speaker is None else _check_speaker(speaker)
+        now = time.time()
+        with self._tx(f"edit turn {index} of session {session_id!r} of user {user_id!r}", write=True) as conn:
+            _touch_session(conn, user_id, session_id, now)
+            old = curation.get_turn_row(conn, user_id, session_id, index)
+            turn = curation.edit_turn_row(conn, user_id, session_id, index, speaker or old.speaker, text, now)
+            curation.invalidate_memory(conn, user_id, session_id, index, now)
+        return turn
+
+    def delete_turn(self, user_id: str, session_id: str, index: int) -> Turn:
+        """Delete a turn and its history (forgotten: no export or recall returns its text once the memory is
+        rebuilt, and the memory that covered it is reset in the same transaction). Returns what was deleted."""
+        index = _check_count("turn index", index, low=1)
+        now = time.time()
+        with self._tx(f"delete turn {index} of session {session_id!r} of user {user_id!r}", write=True) as conn:
+            _touch_session(conn, user_id, session_id, now)
+            turn = curation.delete_turn_row(conn, user_id, session_id, index)
+            curation.invalidate_memory(conn, user_id, session_id, index, now)
+        return turn
+
+    def turn_history(self, user_id: str, session_id: str, index: int | None = None) -> list[TurnRevision]:
+        """What edits replaced: of one turn (which must exist) or, with ``index=None``, of every turn."""
+        with self._tx(f"read the turn history of session {session_id!r} of user {user_id!r}") as conn:
+            _require_session(conn, user_id, session_id)
+            if index is not None:
+                curation.get_turn_row(conn, user_id, session_id, _check_count("turn index", index, low=1))
+            return curation.revisions(conn, user_id, session_id, index)
 
     def get_turns(self, user_id: str, session_id: str, indices: Sequence[int]) -> list[Turn]:
         """The turns with these indices, in index order (indices that do not exist are left out)."""
@@ -436,16 +490,18 @@ class MemoryStore:
             turn_rows = conn.execute(
                 select(S.turns).where(*_session_key(S.turns, user_id, session_id)).order_by(S.turns.c.idx)
             ).all()
+            history: dict[int, list[TurnRevision]] = {}
+            for rev in curation.revisions(conn, user_id, session_id):
+                history.setdefault(rev.index, []).append(rev)
             memory = _read_memory(conn, user_id, session_id)
         return {
             "format": EXPORT_FORMAT,
             "format_version": EXPORT_FORMAT_VERSION,
             "user_id": user_id,
             "session": {k: v for k, v in asdict(session).items() if k != "user_id"},
-            "turns": [
-                {"index": r.idx, "speaker": r.speaker, "text": r.text, "timestamp": r.timestamp} for r in turn_rows
-            ],
-            "memory": None if memory is None else _export_memory(memory),
+            "turns": [export_turn(r, history.get(r.idx, [])) for r in turn_rows],
+            # a reset memory (a covered turn was edited or deleted) holds nothing: the import rebuilds it
+            "memory": None if memory is None or not memory.blob else _export_memory(memory),
         }
 
     def import_session(self, user_id: str, data: dict[str, Any], session_id: str | None = None) -> Session:

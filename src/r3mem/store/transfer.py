@@ -16,6 +16,7 @@ from r3mem.store.records import (
     InvalidExport,
     SlotRecord,
     StoredMemory,
+    TurnRevision,
     _check_count,
     _check_id,
     _check_meta,
@@ -96,6 +97,15 @@ def _parse_export(data: Any) -> dict[str, Any]:
     return {"session": session, "turns": turns, "memory": memory, "turn_count": turn_count}
 
 
+def export_turn(row: Any, history: list[TurnRevision]) -> dict[str, Any]:
+    """A turn as an export holds it; `history` (what edits replaced, oldest first) only when it has one."""
+    out = {"index": row.idx, "speaker": row.speaker, "text": row.text, "timestamp": row.timestamp}
+    if history:
+        out["history"] = [{"speaker": r.speaker, "text": r.text, "timestamp": r.timestamp,
+                           "replaced_at": r.replaced_at} for r in history]
+    return out
+
+
 def _parse_turn(i: int, turn: Any) -> dict[str, Any]:
     if not isinstance(turn, dict):
         raise ValueError(f"turns[{i}] must be an object")
@@ -103,7 +113,15 @@ def _parse_turn(i: int, turn: Any) -> dict[str, Any]:
     speaker = _check_speaker(turn.get("speaker"))
     text = _check_text(f"turns[{i}].text", turn.get("text"))
     stamp = _check_time(turn.get("timestamp"), f"turns[{i}].timestamp")
-    return {"idx": index, "speaker": speaker, "text": text, "timestamp": stamp}
+    history = turn.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise ValueError(f"turns[{i}].history must be a list of objects")
+    revs = [{"rev": r + 1, "speaker": _check_speaker(h.get("speaker")),
+             "text": _check_text(f"turns[{i}].history[{r}].text", h.get("text")),
+             "timestamp": _check_time(h.get("timestamp"), f"turns[{i}].history[{r}].timestamp"),
+             "replaced_at": _check_time(h.get("replaced_at"), f"turns[{i}].history[{r}].replaced_at")}
+            for r, h in enumerate(history)]
+    return {"idx": index, "speaker": speaker, "text": text, "timestamp": stamp, "history": revs}
 
 
 def _parse_memory(memory: Any) -> dict[str, Any]:
@@ -142,8 +160,13 @@ def _insert_imported(conn: Connection, user_id: str, session_id: str, parsed: di
             turn_count=parsed["turn_count"],
         )
     )
+    owner = {"user_id": user_id, "session_id": session_id}
     if parsed["turns"]:
-        conn.execute(insert(S.turns), [dict(t, user_id=user_id, session_id=session_id) for t in parsed["turns"]])
+        conn.execute(insert(S.turns), [{k: v for k, v in t.items() if k != "history"} | owner
+                                       for t in parsed["turns"]])
+    revisions = [dict(h, idx=t["idx"]) | owner for t in parsed["turns"] for h in t["history"]]
+    if revisions:
+        conn.execute(insert(S.turn_revisions), revisions)
     memory = parsed["memory"]
     if memory is not None:
         blob = memory["blob"]
