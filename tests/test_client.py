@@ -10,12 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from conftest import free_port, wait_healthy
 
 from r3mem.client import (
     ApiError,
+    AsyncClient,
     BadRequest,
     Client,
     Conflict,
@@ -66,7 +68,7 @@ def service(tmp_path_factory):
 def users(service):
     url, _ = service
     with Client(url, ADMIN) as admin:
-        return {name: admin.create_user(name)["token"] for name in ("alice", "bob")}
+        return {name: admin.create_user(name).token for name in ("alice", "bob")}
 
 
 @pytest.fixture
@@ -83,57 +85,73 @@ def test_every_verb_against_a_live_service(service, users, alice):
     assert alice.health() == {"status": "ok"}
     assert {"r3mem", "base_model_id", "adapter_hash"} <= set(alice.version())
     created = alice.create_session("trip", meta={"topic": "travel"})
-    assert created["session_id"] == "trip" and created["meta"] == {"topic": "travel"}
-    random_id = alice.create_session()["session_id"]
-    assert [s["session_id"] for s in alice.list_sessions()] == ["trip", random_id]
+    assert created.session_id == "trip" and created.meta == {"topic": "travel"}
+    random_id = alice.create_session().session_id
+    assert [s.session_id for s in alice.list_sessions()] == ["trip", random_id]
     w = alice.write("trip", "Henry Sibley built a stone house.", speaker="Caroline")
-    assert w["turn"]["index"] == 1 and w["turn"]["speaker"] == "Caroline" and w["memory_version"] == 1
+    assert w.turn.index == 1 and w.turn.speaker == "Caroline" and w.memory_version == 1
     alice.write("trip", "The river froze in winter.")
     rec = alice.recall("trip", query="stone house", top_k=2)
-    assert rec["level"] == "paragraph" and sorted(s["turn_id"] for s in rec["slots"]) == [1, 2]
-    assert alice.recall("trip", index=1)["slots"][0]["key"] == "p1"
+    assert rec.level == "paragraph" and sorted(s.turn_id for s in rec.slots) == [1, 2]
+    assert alice.recall("trip", index=1).slots[0].key == "p1"
     ans = alice.answer("trip", "Who built the house?", top_k=1, max_new_tokens=4, retrieval="bm25")
-    assert isinstance(ans["text"], str) and len(ans["slots"]) == 1
+    assert isinstance(ans.text, str) and len(ans.slots) == 1
     chat = alice.chat("trip", "Remember the ferry.", max_new_tokens=4)
-    assert chat["turns"][0]["index"] == 3 and chat["turns"][0]["text"] == "Remember the ferry."
+    assert chat.turns[0].index == 3 and chat.turns[0].text == "Remember the ferry."
     turns = alice.list_turns("trip")
-    assert [t["index"] for t in turns] == list(range(1, 3 + len(chat["turns"])))
+    assert [t.index for t in turns] == list(range(1, 3 + len(chat.turns)))
     info = alice.get_session("trip")
-    assert info["turn_count"] == len(turns) and info["memory"]["through_turn"] == len(turns)
+    assert info.turn_count == len(turns) and info.memory.through_turn == len(turns)
     exported = alice.export_session("trip")
     assert base64.b64decode(exported["memory"]["blob_b64"])
     copy = alice.import_session(exported, session_id="copy")
-    assert copy["session_id"] == "copy" and copy["turn_count"] == len(turns)
+    assert copy.session_id == "copy" and copy.turn_count == len(turns)
     assert alice.export_session("copy")["memory"]["blob_b64"] == exported["memory"]["blob_b64"]
     assert alice.delete_session("copy") is None
     with pytest.raises(NotFound):
         alice.get_session("copy")
     with httpx.Client(base_url=url) as raw:  # the client sent what the API documents
         body = raw.get("/sessions/trip/turns", headers={"Authorization": f"Bearer {users['alice']}"})
-    assert body.json()["turns"] == turns
+    assert body.json()["turns"] == [t.model_dump(mode="json") for t in turns]
 
 
 def test_curation_and_jobs_against_a_live_service(alice):
     alice.create_session("notes")
     first = alice.write("notes", "My locker code is 4711.")
-    assert alice.write("notes", "my locker code is 4711")["turn"] == first["turn"]  # deduplicated
-    assert alice.write("notes", "my locker code is 4711", dedupe=False)["turn"]["index"] == 2
+    assert alice.write("notes", "my locker code is 4711").turn == first.turn  # deduplicated
+    assert alice.write("notes", "my locker code is 4711", dedupe=False).turn.index == 2
     queued = alice.write("notes", "The ferry leaves at noon.", wait=False)
-    assert queued["memory_version"] is None and queued["job"]["kind"] == "write"
-    done = alice.wait_job(queued["job"]["job_id"], timeout_s=60)
-    assert done["state"] == "done" and alice.get_session("notes")["memory"]["through_turn"] == 3
-    assert [j["job_id"] for j in alice.jobs("notes")] == [queued["job"]["job_id"]]
+    assert queued.memory_version is None and queued.job.kind == "write"
+    done = alice.wait_job(queued.job.job_id, timeout_s=60)
+    assert done.state == "done" and alice.get_session("notes").memory.through_turn == 3
+    assert [j.job_id for j in alice.jobs("notes")] == [queued.job.job_id]
     edited = alice.edit_turn("notes", 3, "The ferry leaves at one.")
-    assert edited["turn"]["text"] == "The ferry leaves at one." and edited["memory_version"] >= 1
-    assert [h["text"] for h in alice.get_turn("notes", 3)["history"]] == ["The ferry leaves at noon."]
-    assert alice.delete_turn("notes", 1)["turn"]["text"] == "My locker code is 4711."
-    assert [t["index"] for t in alice.list_turns("notes")] == [2, 3]
+    assert edited.turn.text == "The ferry leaves at one." and edited.memory_version >= 1
+    assert [h.text for h in alice.get_turn("notes", 3).history] == ["The ferry leaves at noon."]
+    assert alice.delete_turn("notes", 1).turn.text == "My locker code is 4711."
+    assert [t.index for t in alice.list_turns("notes")] == [2, 3]
     with pytest.raises(NotFound, match="turn 1"):
         alice.delete_turn("notes", 1)  # a first attempt that finds nothing is an error
     with pytest.raises(NotFound, match="job"):
         alice.job("0123456789abcdef")
     with pytest.raises(ValueError, match="timeout_s must be a finite number"):
         alice.wait_job("x", timeout_s=float("nan"))
+
+
+def test_async_client_against_a_live_service(service, users):
+    async def go():
+        async with AsyncClient(service[0], users["alice"]) as c:
+            await c.create_session("async")
+            w = await c.write("async", "The ferry leaves at noon.", wait=False)
+            done = await c.wait_job(w.job.job_id, timeout_s=60)
+            rec = await c.recall("async", query="ferry")
+            with pytest.raises(NotFound, match="'nope' not found"):
+                await c.get_session("nope")
+            return w, done, rec, await c.list_turns("async")
+
+    w, done, rec, turns = anyio.run(go)
+    assert w.turn.index == 1 and done.state == "done" and done.memory_version == 1
+    assert rec.slots[0].turn_id == 1 and [t.text for t in turns] == ["The ferry leaves at noon."]
 
 
 def test_session_ids_are_escaped_in_paths(alice):
@@ -143,7 +161,7 @@ def test_session_ids_are_escaped_in_paths(alice):
         with pytest.raises(ApiError) as e:
             alice.list_turns(sid)
         assert e.value.status in (400, 404, 422), sid
-    assert [t["text"] for t in alice.list_turns("x")] == ["Only in x."]
+    assert [t.text for t in alice.list_turns("x")] == ["Only in x."]
     alice.delete_session("x")
 
 
@@ -173,14 +191,14 @@ def test_errors_are_typed_and_carry_the_service_message(service, users, alice):
         alice.create_user("mallory")
     with Client(url, users["bob"]) as bob, pytest.raises(NotFound):
         bob.write("errs", "Not mine.")  # another user's session is invisible
-    assert [t["text"] for t in alice.list_turns("errs")] == ["One turn."]
+    assert [t.text for t in alice.list_turns("errs")] == ["One turn."]
     assert issubclass(Forbidden, ApiError) and issubclass(ServiceUnavailable, ApiError)
 
 
 def test_delete_me_revokes_the_token(service):
     url, _ = service
     with Client(url, ADMIN) as admin:
-        token = admin.create_user("carol")["token"]
+        token = admin.create_user("carol").token
     with Client(url, token) as carol:
         carol.create_session("s")
         assert carol.delete_me() is None
@@ -238,6 +256,31 @@ def test_only_idempotent_requests_are_retried(reply):
             with pytest.raises(ServiceUnavailable) as e:
                 c.health()
         assert e.value.message == "store is down" and e.value.kind == "store_unavailable"
+
+
+class AsyncCounting(httpx.AsyncBaseTransport):
+    def __init__(self, reply):
+        self.reply, self.seen = reply, []
+
+    async def handle_async_request(self, request):
+        self.seen.append((request.method, request.url.path))
+        return self.reply(request)
+
+
+def test_async_client_retries_by_the_same_rules():
+    t = AsyncCounting(_unavailable)
+
+    async def go():
+        async with AsyncClient("http://r3mem.invalid", "tok", retries=2, backoff=0, transport=t) as c:
+            with pytest.raises(ServiceUnavailable, match="store is down"):
+                await c.list_sessions()
+            assert len(t.seen) == 3
+            t.seen.clear()
+            with pytest.raises(ServiceUnavailable):
+                await c.write("s", "hi")
+            assert t.seen == [("POST", "/sessions/s/write")]  # a write is sent once
+
+    anyio.run(go)
 
 
 def test_a_retry_that_succeeds_returns_the_answer():

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from r3mem import __version__
 from r3mem.agent import ChatAgent, ensure_session
 from r3mem.memcache import MemoryCache
+from r3mem.service.schemas import RevisionOut
 from r3mem.store import MemoryStore, NotFound, Session, StoreError, Turn
 from r3mem.text import MAX_QUERY_CHARS
 
@@ -138,12 +139,7 @@ class DeleteResult(_Open):
     deleted: bool
 
 
-class RevisionResult(_Open):
-    rev: int = Field(description="1 for the memory's first edit, and so on.")
-    speaker: str
-    text: str = Field(description="The text the edit replaced.")
-    timestamp: datetime = Field(description="When that text was written (ISO 8601, UTC).")
-    replaced_at: datetime
+RevisionResult = RevisionOut  # one model for what an edit replaced, shared with the HTTP service
 
 
 class MemoryItem(TurnResult):

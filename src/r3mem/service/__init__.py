@@ -7,8 +7,16 @@
 The OpenAPI schema is served at /openapi.json, interactive docs at /docs.
 """
 
-from r3mem.service.app import create_app
-from r3mem.service.background import serve_in_thread
-from r3mem.service.errors import ApiError
-
 __all__ = ["create_app", "serve_in_thread", "ApiError"]
+
+_LAZY = {"create_app": "r3mem.service.app", "serve_in_thread": "r3mem.service.background",
+         "ApiError": "r3mem.service.errors"}
+
+
+def __getattr__(name: str):
+    # Lazy so that `r3mem.service.schemas` (what the HTTP client shares) does not import the model side.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
