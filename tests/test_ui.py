@@ -143,3 +143,45 @@ def test_inspector_recall_by_query_and_a_bad_token(served, page):
     page.click("#sessions a[data-session=empty]")
     page.wait_for_selector("#slots tbody td.muted")
     assert "nothing written into memory yet" in page.inner_text("#slots tbody")
+
+
+def test_inspector_curates_turns_and_finds_slots_in_them(served, page):
+    url, agent = served
+    page.on("dialog", lambda d: d.accept())  # the confirmation of "Forget"
+    _log_in(page, url)
+    page.fill("#session-filter", "tri")
+    assert page.locator("#sessions a").all_inner_texts() == ["trip"]
+    page.fill("#session-filter", "")
+    page.click("#sessions a[data-session=trip]")
+    page.wait_for_selector("#slots tbody tr[data-key]")
+    # a slot's turn link opens the turns and marks the slot's text in its turn
+    page.click("#slots tbody tr[data-level=paragraph] td.turn a >> nth=1")
+    assert page.is_visible("#turn-2.highlight mark")
+    assert page.inner_text("#turn-2 mark") in "user: " + TURNS[1]
+    # write a turn, edit it, forget another: the store and the memory follow, the page shows them
+    page.fill("#write-text", "The riad had a blue door.")
+    page.click("#write-form button")
+    page.wait_for_selector("#turn-4")
+    page.click("#turn-4 .edit-turn")
+    page.fill("#turn-4 input.edit", "The riad had a green door.")
+    page.click("#turn-4 .save-turn")
+    page.wait_for_selector("#turn-4 >> text=green door")
+    page.click("#turn-1 .forget-turn")
+    page.wait_for_selector("#turn-1", state="detached")
+    store = agent.store
+    assert [t.text for t in store.list_turns("alice", "trip")] == [TURNS[1], TURNS[2], "The riad had a green door."]
+    assert store.get_memory("alice", "trip").through_turn == 4
+    assert [r.text for r in store.turn_history("alice", "trip", 4)] == ["The riad had a blue door."]
+    assert "Tangier" not in page.inner_text("#slots tbody")  # the forgotten turn's slots are gone
+    with page.expect_download() as download:
+        page.click("#export")
+    assert "green door" in open(download.value.path(), encoding="utf-8").read()
+    # query results show their score; document-level recall works
+    page.fill("#query", "green door")
+    page.click("#query-form button")
+    page.wait_for_selector(".comparison .score")
+    assert "score" in page.inner_text(".comparison .score")
+    page.select_option("#query-level", "document")
+    page.fill("#query-k", "1")
+    page.click("#query-form button")
+    page.wait_for_selector(".comparison[data-key]")

@@ -62,13 +62,22 @@ function logout() {
 
 // ----- sessions ------------------------------------------------------------------------------
 
+let allSessions = [];
+
 async function loadSessions() {
-  const { sessions } = await api("GET", "sessions");
+  ({ sessions: allSessions } = await api("GET", "sessions"));
+  renderSessions();
+}
+
+function renderSessions() {
+  const filter = $("#session-filter").value.trim().toLowerCase();
   const list = $("#sessions");
   list.replaceChildren();
-  if (!sessions.length) list.append(el("li", { class: "muted" }, "no sessions yet"));
-  for (const s of sessions) {
+  const shown = allSessions.filter((s) => s.session_id.toLowerCase().includes(filter));
+  if (!shown.length) list.append(el("li", { class: "muted" }, allSessions.length ? "no session matches" : "no sessions yet"));
+  for (const s of shown) {
     const link = el("a", { href: "#", "data-session": s.session_id }, s.session_id);
+    link.classList.toggle("active", current !== null && current.id === s.session_id);
     link.addEventListener("click", (ev) => {
       ev.preventDefault();
       openSession(s.session_id).catch((e) => showError(e.message));
@@ -77,18 +86,20 @@ async function loadSessions() {
   }
 }
 
-let current = null; // { id, memory } of the open session
+let current = null; // { id, memory, turns, shown } of the open session
+const PAGE = 50; // turns shown at first (the latest); "Show earlier turns" shows PAGE more
 
-async function openSession(id) {
+async function openSession(id, keepPage = false) {
   showError("");
   const [turns, memory] = await Promise.all([api("GET", `${sid(id)}/turns`), api("GET", `${sid(id)}/memory`)]);
-  current = { id, memory };
+  const shown = keepPage && current && current.id === id ? current.shown : PAGE;
+  current = { id, memory, turns: turns.turns, shown };
   for (const a of document.querySelectorAll("#sessions a")) a.classList.toggle("active", a.dataset.session === id);
   $("#session-title").textContent = id;
   renderSummary(memory, turns.turns.length);
   renderSlots(memory.slots);
-  renderTurns(turns.turns);
-  $("#recall").replaceChildren();
+  renderTurns();
+  if (!keepPage) $("#recall").replaceChildren();
   $("#session").hidden = false;
 }
 
@@ -117,16 +128,94 @@ function renderSlots(slots) {
     const button = el("button", { type: "button" }, "Recall");
     button.addEventListener("click", () => recallSlot(s).catch((e) => showError(e.message)));
     body.append(el("tr", { "data-key": s.key, "data-level": s.level },
-      el("td", {}, s.level), el("td", {}, s.key), el("td", {}, s.turn_id ?? "–"),
+      el("td", {}, s.level), el("td", {}, s.key), el("td", { class: "turn" }, turnLink(s)),
       el("td", {}, `${s.n_tokens} → ${s.mem_tokens}`), el("td", { class: "source" }, s.source.trim()),
       el("td", {}, button)));
   }
   if (!slots.length) body.append(el("tr", {}, el("td", { colSpan: 6, class: "muted" }, "nothing written into memory yet")));
 }
 
-function renderTurns(turns) {
-  $("#turns").replaceChildren(...turns.map((t) =>
-    el("li", { value: t.index }, el("b", {}, `${t.speaker}: `), t.text)));
+function turnLink(slot) {
+  if (slot.turn_id == null) return "–";
+  const link = el("a", { href: "#", title: "show this slot's text in its turn" }, String(slot.turn_id));
+  link.addEventListener("click", (ev) => { ev.preventDefault(); showInTurn(slot); });
+  return link;
+}
+
+// Mark the slot's source text inside its turn (the turn's text as the memory saw it: "speaker: text").
+function showInTurn(slot) {
+  const pos = current.turns.findIndex((t) => t.index === slot.turn_id);
+  if (pos < 0) return;
+  current.shown = Math.max(current.shown, current.turns.length - pos);
+  renderTurns(slot);
+  $("#turns-box").open = true;
+  const item = $(`#turn-${slot.turn_id}`);
+  if (item) item.scrollIntoView({ block: "center" });
+}
+
+function renderTurns(slot = null) {
+  const turns = current.turns.slice(Math.max(0, current.turns.length - current.shown));
+  $("#more-turns").hidden = turns.length === current.turns.length;
+  $("#turns").replaceChildren(...turns.map((t) => turnItem(t, slot && slot.turn_id === t.index ? slot : null)));
+}
+
+function turnItem(t, slot) {
+  const text = el("span", { class: "text" });
+  const stream = `${t.speaker}: ${t.text}`;
+  const span = slot ? slot.source.trim() : "";
+  const at = span ? stream.indexOf(span) : -1;
+  if (at >= 0) text.append(stream.slice(0, at), el("mark", {}, span), stream.slice(at + span.length));
+  else text.append(el("b", {}, `${t.speaker}: `), t.text);
+  const edit = el("button", { type: "button", class: "edit-turn" }, "Edit");
+  const forget = el("button", { type: "button", class: "forget-turn" }, "Forget");
+  const item = el("li", { value: t.index, id: `turn-${t.index}`, class: slot ? "highlight" : "" }, text, edit, forget);
+  edit.addEventListener("click", () => editTurn(item, t));
+  forget.addEventListener("click", () => forgetTurn(t).catch((e) => showError(e.message)));
+  return item;
+}
+
+function editTurn(item, t) {
+  const input = el("input", { class: "edit", value: t.text });
+  const save = el("button", { type: "button", class: "save-turn" }, "Save");
+  const cancel = el("button", { type: "button" }, "Cancel");
+  save.addEventListener("click", () => changed(api("PATCH", `${sid(current.id)}/turns/${t.index}`, { text: input.value }),
+                                                `turn ${t.index} edited`).catch((e) => showError(e.message)));
+  cancel.addEventListener("click", () => renderTurns());
+  item.replaceChildren(el("b", {}, `${t.speaker}: `), input, save, cancel);
+  input.focus();
+}
+
+async function forgetTurn(t) {
+  if (!confirm(`Forget turn ${t.index}? It is deleted with its history and the memory is rebuilt without it.`)) return;
+  await changed(api("DELETE", `${sid(current.id)}/turns/${t.index}`), `turn ${t.index} forgotten`);
+}
+
+// After a write, edit or delete: wait for its background job if it got one (202), then show the session anew.
+async function changed(request, what) {
+  showError("");
+  const out = await request;
+  if (out && out.job) {
+    $("#status").textContent = `${what}; memory being rebuilt in the background…`;
+    let job = out.job;
+    while (!["done", "failed", "cancelled"].includes(job.state)) {
+      await new Promise((ok) => setTimeout(ok, 500));
+      job = await api("GET", `jobs/${encodeURIComponent(job.job_id)}`);
+      $("#status").textContent = `${what}; memory being rebuilt: ${job.done}/${job.total ?? "?"} turns`;
+    }
+    if (job.state !== "done") throw new Error(`memory job ${job.state}: ${job.error || ""}`);
+  }
+  $("#status").textContent = `${what}; memory v${out && out.memory_version != null ? out.memory_version : "?"}`;
+  await Promise.all([openSession(current.id, true), loadSessions()]);
+}
+
+async function exportSession() {
+  const data = await api("GET", `${sid(current.id)}/export`);
+  const link = el("a", { href: URL.createObjectURL(new Blob([JSON.stringify(data, null, 1)], { type: "application/json" })),
+                         download: `${current.id}.r3mem-session.json` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  $("#status").textContent = `exported ${data.turns.length} turns`;
 }
 
 // ----- recall and comparison -----------------------------------------------------------------
@@ -193,7 +282,8 @@ function comparison(slot, rec) {
     conf.geo_mean == null ? "" : `confidence: geometric mean ${conf.geo_mean.toFixed(3)}, min ${conf.min.toFixed(3)}`,
   ].filter(Boolean).join(" · ");
   return el("article", { class: "comparison", "data-key": rec.key },
-    el("h3", {}, `${rec.level} ${rec.key}`, el("span", { class: "muted" }, rec.turn_id == null ? "" : ` · turn ${rec.turn_id}`)),
+    el("h3", {}, `${rec.level} ${rec.key}`, el("span", { class: "muted" }, rec.turn_id == null ? "" : ` · turn ${rec.turn_id}`),
+       el("span", { class: "muted score" }, rec.score == null ? "" : ` · score ${rec.score.toFixed(3)}`)),
     el("p", { class: "stats" }, stats),
     el("div", { class: "side-by-side" },
       el("div", {}, el("h4", {}, "original"), original),
@@ -208,6 +298,16 @@ $("#login").addEventListener("submit", (ev) => {
   login($("#token").value.trim()).catch((e) => showError(e.message));
 });
 $("#logout").addEventListener("click", logout);
+$("#session-filter").addEventListener("input", renderSessions);
+$("#more-turns").addEventListener("click", () => { current.shown += PAGE; renderTurns(); });
+$("#export").addEventListener("click", () => exportSession().catch((e) => showError(e.message)));
+$("#write-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const body = { text: $("#write-text").value, speaker: $("#write-speaker").value.trim() || "user" };
+  changed(api("POST", `${sid(current.id)}/write`, body), "turn written")
+    .then(() => { $("#write-text").value = ""; })
+    .catch((e) => showError(e.message));
+});
 $("#query-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   recallQuery($("#query").value, $("#query-level").value, Number($("#query-k").value) || 1)
