@@ -318,3 +318,16 @@ def test_write_dedupes_a_repeated_fact_but_chat_keeps_the_dialogue(engine, store
     assert kept.index == 2
     plain = ChatAgent(engine, store, "alice", "s1", dedupe=False)
     assert plain.turn("I moved to Lisbon in May.").index == 3
+
+
+def test_recall_checks_expansions_against_the_stored_turns(engine, store, agent, monkeypatch):
+    for speaker, text in TURNS:
+        agent.turn(text, speaker)
+    seen = []
+    real = engine.recall
+    monkeypatch.setattr(engine, "recall", lambda mem, **kw: seen.append(kw.get("drafts")) or real(mem, **kw))
+    agent.recall("stone house", top_k=2)
+    mem, _ = agent.memory()
+    assert [seen[-1](s) for s in mem.paragraphs] == [format_turn(sp, t).strip() for sp, t in TURNS]
+    ChatAgent(engine, store, "alice", "s1", verify=False).recall("stone house")
+    assert seen[-1] is None

@@ -159,3 +159,30 @@ def test_expansion_is_unconditioned_cached_and_batched_across_sizes(trained_like
     assert decodes == [] and again.slots[0]["text"] in alone  # unconditioned: the slots' cached expansions
     trained_like.recall(mem, query="Which dog did Caroline adopt?", top_k=2, condition=True)
     assert decodes == [2] and queries[-1] == ["Which dog did Caroline adopt?"] * 2
+
+
+def test_a_draft_that_is_the_greedy_expansion_is_accepted_in_one_pass(trained_like, monkeypatch):
+    from r3mem.recall import reconstruct_scored, verify_drafts
+
+    mem = trained_like.write("".join(t + "\n\n" for t in TURNS))
+    model, tok = trained_like.model, trained_like.tokenizer
+    states = [s.state for s in mem.paragraphs]
+    caps = [min(24, s.n_tokens + 8) for s in mem.paragraphs]
+    decoded = reconstruct_scored(model, tok, states, caps)
+    checked = verify_drafts(model, tok, states, [r.token_ids for r in decoded], caps)
+    for d, c in zip(decoded, checked):  # the decoder's own output is accepted, with the same probabilities
+        assert c is not None and c.token_ids == d.token_ids and c.text == d.text
+        assert c.token_probs == pytest.approx(d.token_probs, abs=1e-4)
+    wrong = [r.token_ids[:-1] + [(r.token_ids[-1] + 1) % len(tok)] for r in decoded]
+    assert verify_drafts(model, tok, states, wrong, caps) == [None] * len(states)  # one token off: refused
+    # recall with drafts: the same text as decoding, and no decoding loop for accepted drafts
+    by_key = {s.key: r.token_ids for s, r in zip(mem.paragraphs, decoded)}
+    decodes = []
+    real_decode = model.decode
+    monkeypatch.setattr(model, "decode", lambda st, *a, **k: decodes.append(st.shape[0]) or real_decode(st, *a, **k))
+    fresh = trained_like.from_bytes(trained_like.to_bytes(mem))  # no cached expansions
+    got = trained_like.recall(fresh, drafts=lambda s: by_key[s.key])  # every slot
+    assert [s["text"] for s in got.slots] == [r.text for r in decoded] and decodes == []
+    fresh = trained_like.from_bytes(trained_like.to_bytes(mem))
+    bad = trained_like.recall(fresh, drafts=lambda s: "something else entirely")
+    assert [s["text"] for s in bad.slots] == [r.text for r in decoded] and sum(decodes) == len(decoded)

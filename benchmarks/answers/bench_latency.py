@@ -6,7 +6,10 @@ grown: 100 turns, then on to 1,000, then to 10,000 (`engine.write` of 64 turns a
 as turn by turn, writes being split-invariant), and at each size the same questions (the first
 conversation's, categories 1-4) are answered, model loaded, one at a time:
 
-- `r3mem text`: `engine.answer(q, mem)`: keys search, the top 2 slots expanded, the reader;
+- `r3mem text`: `engine.answer(q, mem)`: keys search, the top 2 slots expanded (decoded; no slot's
+  cached expansion is reused: every question pays for its own), the reader;
+- `r3mem text checked`: the same with `drafts=` the slots' source text: each expansion is checked against
+  it in one pass and decoded only where it differs (the same text as decoding), as `ChatAgent` does;
 - `r3mem cache`: `engine.answer(q, mem, read="cache")`: keys search, the reader reads the slots' cache;
 - `r3mem source`: `engine.find` + the reader over the found slots' own turns (`ChatAgent(read="source")`);
 - `bm25`: BM25 over the turns (index built once per size) + the reader, the same prompt and budget.
@@ -59,17 +62,31 @@ def answer_latency(engine: R3Mem, mem, turns: list[str], questions: list[str], b
     for t in turns:
         starts.append(pos)
         pos += len(t) + 2
-    out: dict[str, list[float]] = {"r3mem text": [], "r3mem cache": [], "r3mem source": [], "bm25": []}
+    out: dict[str, list[float]] = {"r3mem text": [], "r3mem text checked": [], "r3mem cache": [],
+                                   "r3mem source": [], "bm25": []}
+    accepted, same = [], []  # per question: slots whose checked expansion needed no decoding; same answer?
     tok = engine.tokenizer
 
     def head(s: str) -> str:
         ids = tok(s, add_special_tokens=False)["input_ids"]
         return s if len(ids) <= budget else tok.decode(ids[:budget])
 
+    def cold() -> None:  # every question pays for its expansions (no slot's cached expansion is reused)
+        for s in mem.paragraphs:
+            s.recalled = None
+
     for q in questions:
+        cold()
         t0 = time.perf_counter()
-        engine.answer(q, mem, top_k=2, max_new_tokens=32)
+        plain, _ = engine.answer(q, mem, top_k=2, max_new_tokens=32)
         out["r3mem text"].append(time.perf_counter() - t0)
+        cold()
+        decoded = _count_decodes(engine)
+        t0 = time.perf_counter()
+        checked, _ = engine.answer(q, mem, top_k=2, max_new_tokens=32, drafts=lambda s: text[s.start:s.end])
+        out["r3mem text checked"].append(time.perf_counter() - t0)
+        accepted.append(2 - decoded())
+        same.append(plain == checked)
         t0 = time.perf_counter()
         engine.answer(q, mem, top_k=2, max_new_tokens=32, read="cache")
         out["r3mem cache"].append(time.perf_counter() - t0)
@@ -81,7 +98,29 @@ def answer_latency(engine: R3Mem, mem, turns: list[str], questions: list[str], b
         ranked = sorted(i for i, _ in bm.search(q, k=2))
         engine.read(answer_prompt(head("\n\n".join(turns[i] for i in ranked)), q), 32)
         out["bm25"].append(time.perf_counter() - t0)
-    return {name: _stats(v) for name, v in out.items()}
+    res = {name: _stats(v) for name, v in out.items()}
+    res["r3mem text checked"]["slots_accepted_per_question"] = statistics.mean(accepted)
+    res["r3mem text checked"]["same_answer_as_decoded"] = statistics.mean(same)
+    return res
+
+
+def _count_decodes(engine: R3Mem):
+    """Counts the rows the next expansion decodes (the slots whose draft was refused): call the result."""
+    from r3mem import recall as recall_mod
+
+    real, rows = recall_mod.reconstruct_scored, [0]
+
+    def counting(model, tok, states, *a, **k):
+        rows[0] += len(states)
+        return real(model, tok, states, *a, **k)
+
+    recall_mod.reconstruct_scored = counting
+
+    def done() -> int:
+        recall_mod.reconstruct_scored = real
+        return rows[0]
+
+    return done
 
 
 def write_500(engine: R3Mem, turns: list[str]) -> dict:

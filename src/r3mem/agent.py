@@ -130,6 +130,9 @@ class ChatAgent:
             and values read as the reader's cache, no text).
         dedupe: `write` / `turn` store a turn that repeats a stored one (same speaker and normalised
             text) only once; `chat` and `add_turns` keep every turn of a transcript.
+        verify: recalled slots are checked against the stored turns they were written from in one model
+            pass and decoded only where the memory's greedy expansion differs (`recall.verify_drafts`):
+            the same text as decoding, at a fraction of the cost. False: always decode.
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class ChatAgent:
         cache: MemoryCache | None = None,
         read: str = "text",
         dedupe: bool = True,
+        verify: bool = True,
     ) -> None:
         if retrieval not in RETRIEVALS:
             raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {retrieval!r}")
@@ -160,7 +164,7 @@ class ChatAgent:
         self._lock = lock if lock is not None else contextlib.nullcontext()
         self._retriever = retriever
         self._cache = cache
-        self.read, self.dedupe = read, dedupe
+        self.read, self.dedupe, self.verify = read, dedupe, verify
 
     def __repr__(self) -> str:
         return f"ChatAgent(user={self.user_id!r}, session={self.session_id!r}, retrieval={self.retrieval!r})"
@@ -349,12 +353,23 @@ class ChatAgent:
                 "state_bytes": mem.state_bytes(), "paragraphs": len(mem.paragraphs), "entities": len(mem.entities),
                 "slots": slots}
 
+    def _drafts(self, stored: StoredMemory | None):
+        """slot -> the text of the stored turns it was written from (the stream `format_turn` builds), for
+        `recall(drafts=...)`: an expansion that equals it is checked in one pass instead of decoded."""
+        if stored is None or not self.verify:
+            return None
+        turns = self.store.list_turns(self.user_id, self.session_id)
+        stream = "".join(format_turn(t.speaker, t.text) for t in turns if t.index <= stored.through_turn)
+        return lambda slot: stream[slot.start:slot.end] if slot.end <= len(stream) else None
+
     def recall(self, query: str | None = None, level: str = "paragraph", index: int | None = None,
                top_k: int = 1, select: str | None = None) -> Recalled:
         """`engine.recall` on the session memory; each slot also carries the `turn_id` it came from."""
         mem, stored = self.memory()
+        drafts = self._drafts(stored) if level != "document" else None
         with self._lock:
-            rec = self.engine.recall(mem, query=query, level=level, index=index, top_k=top_k, select=select)
+            rec = self.engine.recall(mem, query=query, level=level, index=index, top_k=top_k, select=select,
+                                     drafts=drafts)
         turn_ids = {(r.level, r.key): r.turn_id for r in (stored.slots if stored else [])}
         rec.slots = [dict(s, turn_id=turn_ids.get((s["level"], s["key"]))) for s in rec.slots]
         return rec

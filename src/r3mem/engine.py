@@ -321,10 +321,12 @@ class R3Mem:
         return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
     def answer(self, question: str, memory: Memory, top_k: int = 2, max_new_tokens: int = 32, *,
-               read: str = "text", select: str | None = None) -> tuple[str, Recalled]:
+               read: str = "text", select: str | None = None, drafts=None) -> tuple[str, Recalled]:
         """Answer a question from the memory: find the `top_k` slots for it, then
 
-        - `read="text"`: expand them back into text and give it to the bare base model (`read`);
+        - `read="text"`: expand them back into text and give it to the bare base model (`read`); with
+          `drafts` (slot -> the text it was written from, where the caller keeps it) each expansion is
+          checked against it in one pass and decoded only if the check fails (`recall.verify_drafts`);
         - `read="cache"`: no expansion; the chosen slots' keys and values, joined as if their texts
           followed one another, are the cache prefix the question is read after (compress adapter),
           about `paragraph_ratio` times fewer tokens than their text (kv memories only).
@@ -339,7 +341,7 @@ class R3Mem:
         if not memory.paragraphs and not memory.pending_text.strip():
             return NOTHING_REMEMBERED, Recalled("", "paragraph", [])
         if read == "text":
-            rec = self.recall(memory, query=question, top_k=top_k, select=select)
+            rec = self.recall(memory, query=question, top_k=top_k, select=select, drafts=drafts)
             return self.read(answer_prompt(rec.text, question), max_new_tokens).split("\n")[0].strip(), rec
         slots, scores = find(self.model, self.tokenizer, memory, question, "paragraph", None, top_k,
                              select or (DEFAULT_SELECT if self.keys is not None else "likelihood"), DEFAULT_RERANK,

@@ -16,7 +16,7 @@ costs nothing.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -155,6 +155,37 @@ def reconstruct_scored(model: R3MemModel, tok, states: list[torch.Tensor], max_t
     return out  # type: ignore[return-value]
 
 
+@torch.no_grad()
+def verify_drafts(model: R3MemModel, tok, states: list[torch.Tensor], drafts: list[list[int]],
+                  max_tokens: list[int]) -> list[Reconstruction | None]:
+    """Greedy expansion checked against a guess, in one teacher-forced pass instead of a decoding loop.
+
+    `drafts[i]` is a guess of memory i's greedy unconditioned expansion (token ids; e.g. the stored text
+    the slot was written from). The guess followed by EOS (or cut at `max_tokens[i]`, where decoding would
+    stop) is fed to the decoder at once; if the decoder's argmax at every position is the guess's next
+    token, the guess *is* the greedy expansion (each step of greedy decoding would have produced it), and
+    it is returned with the probability of each token from the same pass. Otherwise None: the caller
+    decodes that memory. Shapes: states [k, d] tensors of one memory each (as `reconstruct_scored`)."""
+    out: list[Reconstruction | None] = [None] * len(states)
+    eos = tok.eos_token_id
+    targets = [d[:m] if len(d) >= m else d + [eos] for d, m in zip(drafts, max_tokens)]
+    for chunks in _groups(states).values():
+        for chunk in chunks:
+            st = torch.stack([states[i] for i in chunk])
+            ids, mask = pad_batch([targets[i] for i in chunk], tok.pad_token_id, st.device)
+            hidden, _ = model.expand(st, ids, mask)
+            logits = model.logits(hidden).float()  # [B, T, vocab]: position t predicts target token t
+            best = logits.argmax(-1)
+            probs = torch.softmax(logits, -1).gather(-1, ids[..., None])[..., 0]
+            for j, i in enumerate(chunk):
+                n = int(mask[j].sum())
+                if bool((best[j, :n] == ids[j, :n]).all()):
+                    got = drafts[i][:max_tokens[i]]
+                    out[i] = Reconstruction(tok.decode(got, skip_special_tokens=True), got,
+                                            probs[j, :len(got)].tolist())
+    return out
+
+
 def reconstruct(model: R3MemModel, tok, states: list[torch.Tensor], max_tokens: list[int],
                 query: str | list[str | None] | None = None, temperature: float = 0.0, top_p: float = 1.0,
                 generator: torch.Generator | None = None) -> list[str]:
@@ -282,8 +313,14 @@ def recall_many(
     rerank: int = DEFAULT_RERANK,
     keys: KeyEncoder | None = None,
     condition: bool = False,
+    drafts: Callable[[Slot], str | Sequence[int] | None] | None = None,
 ) -> list[Recalled]:
     """Recall from several memories at once: the chosen slots of all of them expand in shared batches.
+
+    `drafts(slot)` may give a guess of a slot's expansion (the text it was written from, where the caller
+    keeps it, tokenized as the writer did; or token ids): greedy unconditioned expansions are then checked
+    against the guess in one pass (`verify_drafts`) and decoded only where the check fails; the result is
+    the greedy expansion either way.
 
     With a query, `select` chooses how slots are found (`SELECTS`; the key searches need `keys`, the
     encoder the memory's slots were keyed with) and `rerank` how many of the found ones are re-ranked
@@ -296,7 +333,7 @@ def recall_many(
     cap = max_new_tokens or model.cfg.max_recall_tokens
     picks = [find(model, tok, m, q, level, index, top_k, select, rerank, keys) for m, q in zip(mems, queries)]
     flat = [(slot, q if condition else None) for (slots, _), q in zip(picks, queries) for slot in slots]
-    recs = iter(_expand(model, tok, flat, cap, temperature, top_p, generator))
+    recs = iter(_expand(model, tok, flat, cap, temperature, top_p, generator, drafts))
     out = []
     for slots, scores in picks:
         got = [next(recs) for _ in slots]
@@ -308,13 +345,25 @@ def recall_many(
 
 
 def _expand(model: R3MemModel, tok, flat: list[tuple[Slot, str | None]], cap: int, temperature: float,
-            top_p: float, generator: torch.Generator | None) -> list[Reconstruction]:
+            top_p: float, generator: torch.Generator | None,
+            drafts: Callable[[Slot], str | Sequence[int] | None] | None = None) -> list[Reconstruction]:
     """The expansion of every (slot, query); greedy unconditioned ones of stored slots come from, and go
-    to, the slot's own cache."""
+    to, the slot's own cache, and are first checked against the slot's draft where there is one."""
     cacheable = [temperature <= 0 and q is None and s.level != "document" for s, q in flat]
     out: list[Reconstruction | None] = [
         s.recalled[1] if ok and s.recalled is not None and s.recalled[0] == _cap(s, cap) else None
         for (s, _), ok in zip(flat, cacheable)]
+    if drafts is not None:
+        guess = {i: drafts(flat[i][0]) for i, r in enumerate(out) if r is None and cacheable[i]}
+        guess = {i: (tokenize(tok, g)[:model.cfg.max_paragraph_tokens] if isinstance(g, str) else list(g))
+                 for i, g in guess.items() if g}
+        order = list(guess)
+        checked = verify_drafts(model, tok, [flat[i][0].state for i in order], [guess[i] for i in order],
+                                [_cap(flat[i][0], cap) for i in order]) if order else []
+        for i, r in zip(order, checked):
+            if r is not None:
+                out[i] = r
+                flat[i][0].recalled = (_cap(flat[i][0], cap), r)
     todo = [i for i, r in enumerate(out) if r is None]
     got = reconstruct_scored(model, tok, [flat[i][0].state for i in todo], [_cap(flat[i][0], cap) for i in todo],
                              [flat[i][1] for i in todo], temperature, top_p, generator) if todo else []
