@@ -174,7 +174,11 @@ def test_a_draft_that_is_the_greedy_expansion_is_accepted_in_one_pass(trained_li
         assert c is not None and c.token_ids == d.token_ids and c.text == d.text
         assert c.token_probs == pytest.approx(d.token_probs, abs=1e-4)
     wrong = [r.token_ids[:-1] + [(r.token_ids[-1] + 1) % len(tok)] for r in decoded]
-    assert verify_drafts(model, tok, states, wrong, caps) == [None] * len(states)  # one token off: refused
+    assert verify_drafts(model, tok, states, wrong, caps, repairs=0) == [None] * len(states)  # one token off
+    repaired = verify_drafts(model, tok, states, wrong, caps, repairs=1)  # ... fixed by one more pass
+    assert [r.token_ids for r in repaired] == [r.token_ids for r in decoded]
+    far = [[(t + 7) % len(tok) for t in r.token_ids] for r in decoded]  # every token wrong: beyond repair
+    assert verify_drafts(model, tok, states, far, caps, repairs=2) == [None] * len(states)
     # recall with drafts: the same text as decoding, and no decoding loop for accepted drafts
     by_key = {s.key: r.token_ids for s, r in zip(mem.paragraphs, decoded)}
     decodes = []

@@ -155,34 +155,60 @@ def reconstruct_scored(model: R3MemModel, tok, states: list[torch.Tensor], max_t
     return out  # type: ignore[return-value]
 
 
+REPAIRS = 8  # verification passes after the first, each fixing the first token where a draft was wrong
+
+
 @torch.no_grad()
 def verify_drafts(model: R3MemModel, tok, states: list[torch.Tensor], drafts: list[list[int]],
-                  max_tokens: list[int]) -> list[Reconstruction | None]:
-    """Greedy expansion checked against a guess, in one teacher-forced pass instead of a decoding loop.
+                  max_tokens: list[int], repairs: int = REPAIRS) -> list[Reconstruction | None]:
+    """Greedy expansion checked against a guess, in teacher-forced passes instead of a decoding loop.
 
     `drafts[i]` is a guess of memory i's greedy unconditioned expansion (token ids; e.g. the stored text
     the slot was written from). The guess followed by EOS (or cut at `max_tokens[i]`, where decoding would
     stop) is fed to the decoder at once; if the decoder's argmax at every position is the guess's next
     token, the guess *is* the greedy expansion (each step of greedy decoding would have produced it), and
-    it is returned with the probability of each token from the same pass. Otherwise None: the caller
-    decodes that memory. Shapes: states [k, d] tensors of one memory each (as `reconstruct_scored`)."""
+    it is returned with the probability of each token from the same pass. Where it is not, the first wrong
+    token is replaced by the argmax there (dropped, where the argmax is the guess's next token; an EOS
+    there ends the guess) and the rest of the guess kept, and the check repeats, at most `repairs` times:
+    a memory that got one word wrong and then went on like its source costs two passes. Still wrong after
+    that: None, and the caller decodes that memory.
+    Shapes: states [k, d] tensors of one memory each (as `reconstruct_scored`)."""
     out: list[Reconstruction | None] = [None] * len(states)
     eos = tok.eos_token_id
-    targets = [d[:m] if len(d) >= m else d + [eos] for d, m in zip(drafts, max_tokens)]
-    for chunks in _groups(states).values():
-        for chunk in chunks:
-            st = torch.stack([states[i] for i in chunk])
-            ids, mask = pad_batch([targets[i] for i in chunk], tok.pad_token_id, st.device)
-            hidden, _ = model.expand(st, ids, mask)
-            logits = model.logits(hidden).float()  # [B, T, vocab]: position t predicts target token t
-            best = logits.argmax(-1)
-            probs = torch.softmax(logits, -1).gather(-1, ids[..., None])[..., 0]
-            for j, i in enumerate(chunk):
-                n = int(mask[j].sum())
-                if bool((best[j, :n] == ids[j, :n]).all()):
-                    got = drafts[i][:max_tokens[i]]
-                    out[i] = Reconstruction(tok.decode(got, skip_special_tokens=True), got,
-                                            probs[j, :len(got)].tolist())
+    guess = [list(d) for d in drafts]
+    todo = list(range(len(states)))
+    for _ in range(repairs + 1):
+        if not todo:
+            break
+        targets = {i: guess[i][:max_tokens[i]] if len(guess[i]) >= max_tokens[i] else guess[i] + [eos] for i in todo}
+        wrong = []
+        for chunks in _groups([states[i] for i in todo]).values():
+            for chunk in chunks:
+                rows = [todo[c] for c in chunk]
+                st = torch.stack([states[i] for i in rows])
+                ids, mask = pad_batch([targets[i] for i in rows], tok.pad_token_id, st.device)
+                hidden, _ = model.expand(st, ids, mask)
+                logits = model.logits(hidden).float()  # [B, T, vocab]: position t predicts target token t
+                best = logits.argmax(-1)
+                probs = torch.softmax(logits, -1).gather(-1, ids[..., None])[..., 0]
+                for j, i in enumerate(rows):
+                    n = int(mask[j].sum())
+                    off = (best[j, :n] != ids[j, :n]).nonzero()
+                    if len(off) == 0:
+                        got = guess[i][:max_tokens[i]]
+                        out[i] = Reconstruction(tok.decode(got, skip_special_tokens=True), got,
+                                                probs[j, :len(got)].tolist())
+                        continue
+                    k, fix = int(off[0]), int(best[j, int(off[0])])
+                    g = guess[i]
+                    if fix == eos:  # the memory ends here
+                        guess[i] = g[:k]
+                    elif k + 1 < len(g) and fix == g[k + 1]:  # the memory skips a token of its source
+                        guess[i] = g[:k] + g[k + 1:]
+                    else:  # the memory says another token here
+                        guess[i] = g[:k] + [fix] + g[k + 1:]
+                    wrong.append(i)
+        todo = sorted(wrong)
     return out
 
 
