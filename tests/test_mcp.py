@@ -321,3 +321,21 @@ def test_mcp_command_help_and_bad_transport(monkeypatch, tmp_path):
     assert r.exit_code == 0 and "--transport" in r.output
     r = CliRunner().invoke(cli, ["mcp", "--transport", "carrier-pigeon"])
     assert r.exit_code == 1 and "--transport must be one of stdio, streamable-http" in r.output
+
+
+def test_write_conversation_reports_progress_to_a_client_that_asks(server):
+    seen = []
+
+    async def progress(done, total, message):
+        seen.append((done, total, message))
+
+    async def go():
+        async with InProcessClient(server) as c:
+            turns = [{"speaker": "user", "text": f"Line {i} about the ferry."} for i in range(70)]
+            return await c.call_tool("write_conversation", {"session_id": "p", "turns": turns},
+                                     progress_callback=progress)
+
+    result = anyio.run(go)
+    assert len(structured(result)["turns"]) == 70
+    assert [(d, t) for d, t, _ in seen] == [(64, 70), (70, 70)]  # after each write batch of 64 turns
+    assert seen[-1][2] == "70/70 turns written into memory"

@@ -33,7 +33,7 @@ from r3mem.store import MemoryStore, NotFound, Session, StoreError, Turn
 from r3mem.text import MAX_QUERY_CHARS
 
 try:
-    from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver import Context, MCPServer
     from mcp.server.mcpserver.exceptions import ToolError
     from mcp.types import ToolAnnotations
 except ImportError as e:  # pragma: no cover - exercised only without the extra
@@ -226,6 +226,19 @@ def _confidence(slots: list[dict[str, Any]]) -> float | None:
     return min(vals) if vals else None
 
 
+def _reporter(ctx: Context | None):
+    """A `ChatAgent` progress callback that sends MCP progress notifications (tools run in a worker thread;
+    the notification is sent on the server's event loop). A client that gave no progress token gets none."""
+    if ctx is None:
+        return None
+    import anyio.from_thread
+
+    def report(done: int, total: int) -> None:
+        anyio.from_thread.run(ctx.report_progress, done, total, f"{done}/{total} turns written into memory")
+
+    return report
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -301,13 +314,15 @@ def create_server(engine, store: MemoryStore, user_id: str = "local", *, default
         turns: Annotated[list[TurnIn], Field(min_length=1, max_length=256,
                                              description="The turns in the order they were said.")],
         session_id: SessionArg = None,
+        ctx: Context | None = None,
     ) -> WriteResult:
         """Write several conversation turns into a session's memory at once (faster than one call each).
 
         Each turn is {"speaker": "user" | "assistant" | a name, "text": "..."}. The session is created if
-        it does not exist; all turns are in memory when this returns."""
+        it does not exist; all turns are in memory when this returns (progress is reported as the turns
+        are folded into memory, to a client that asks for it)."""
         a = agent(session_id, create=True)
-        stored = a.add_turns([(t.speaker, t.text) for t in turns])
+        stored = a.add_turns([(t.speaker, t.text) for t in turns], progress=_reporter(ctx))
         version = a.sync()
         return WriteResult(session_id=a.session_id, turns=[_turn(t) for t in stored], memory_version=version)
 
