@@ -305,3 +305,20 @@ def test_repeated_slot_text_is_compressed_once_with_the_same_state(trained_like,
     assert len({id(s.state) for s in back.paragraphs + back.entities}) == 1
     with pytest.raises(ValueError, match="ratios"):
         compress_texts(model, seqs, [4.0], pad)
+
+
+@pytest.mark.parametrize("debug", ["", "1"])
+def test_building_an_engine_is_quiet_unless_debugging(debug):
+    """Library deprecation warnings of transformers/peft (seen while wrapping a model) stay out of the
+    caller's output, and the caller's own warning filters are as they were afterwards."""
+    import subprocess
+    import sys
+
+    code = ("import warnings; from r3mem.engine import R3Mem; from r3mem.tiny import tiny_model, tiny_tokenizer, "
+            "tiny_config; R3Mem.from_base(tiny_model('llama'), tiny_tokenizer(), tiny_config()); "
+            "warnings.warn('mine', FutureWarning)")
+    env = {**__import__("os").environ, "R3MEM_DEBUG": debug}
+    err = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120).stderr
+    assert "FutureWarning: mine" in err  # the caller's own warnings still show
+    assert ("is_gradient_checkpointing" in err) == bool(debug)

