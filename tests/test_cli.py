@@ -21,6 +21,7 @@ def tiny_env(monkeypatch, tmp_path):
     monkeypatch.delenv("R3MEM_DEBUG", raising=False)
     monkeypatch.delenv("R3MEM_USER", raising=False)
     monkeypatch.delenv("R3MEM_STORE", raising=False)
+    monkeypatch.setenv("R3MEM_CONFIG", str(tmp_path / "no-config.toml"))  # never the real user's file
 
 
 @pytest.fixture
@@ -123,6 +124,27 @@ def test_store_from_the_environment(tmp_path, text_file, monkeypatch):
         assert len(store.list_turns("local", "e")) == 3
     assert [r["session_id"] for r in json.loads(ok("memory", "list", "--json").stdout)] == ["e"]
     assert "user 'local' not found" in run("memory", "list", "--store", tmp_path / "other.db").output  # flag wins
+
+
+def test_config_file_gives_option_defaults(tmp_path, text_file, monkeypatch):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'store = "{tmp_path / "cfg.db"}"\nuser = "ann"\n[memory.show]\nlast = 1\n')
+    monkeypatch.setenv("R3MEM_CONFIG", str(cfg))
+    ok("write", text_file, "--session", "c")
+    with MemoryStore(tmp_path / "cfg.db") as store:
+        assert len(store.list_turns("ann", "c")) == 3  # store and user from the file
+    assert len(json.loads(ok("memory", "show", "c", "--json").stdout)["turn_list"]) == 1  # a subcommand's table
+    assert len(json.loads(ok("memory", "show", "c", "--last", "0", "--json").stdout)["turn_list"]) == 3  # flag wins
+    monkeypatch.setenv("R3MEM_USER", "bob")  # the environment wins over the file
+    assert "user 'bob' not found" in run("memory", "list").output
+    monkeypatch.delenv("R3MEM_USER")
+    for text, words in [('colour = "red"\n', "'colour' is no option of any command"),
+                        ('[serve]\nlast = 1\n', "[serve] 'last' is no option of `r3mem serve`"),
+                        ('[nope]\nport = 1\n', "[nope]: no such command"),
+                        ('store = \n', "not a valid TOML file")]:
+        cfg.write_text(text)
+        r = run("memory", "list")
+        assert r.exit_code == 1 and words in r.output and "Traceback" not in r.output, r.output
 
 
 def test_memory_edit_and_forget_single_turns(tmp_path, text_file):

@@ -38,9 +38,16 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+def _root(ctx: typer.Context,
+          version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                        help="Print the r3mem version and exit.")) -> None:
-    """R³Mem: reversible compressed memory for language models."""
+    """R³Mem: reversible compressed memory for language models (defaults for options: $R3MEM_CONFIG or
+    ~/.config/r3mem/config.toml, see `r3mem.cli.config`)."""
+    from r3mem.cli.config import default_map
+
+    if ctx.resilient_parsing:  # shell completion: no file reading
+        return
+    ctx.default_map = default_map(ctx.command)
 
 
 def main() -> None:
