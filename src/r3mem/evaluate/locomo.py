@@ -67,7 +67,10 @@ def run(method, docs: list[QADoc], opts: EvalOptions, budget: int) -> dict[str, 
             "summary": {"f1": metrics["f1"], f"evidence_recall@{opts.top_k}": metrics[f"evidence_recall@{opts.top_k}"]},
             "memory_bytes_per_doc": res["memory_bytes_per_doc"], "memory_tokens_per_doc": res["memory_tokens_per_doc"],
             "wall_time_s": res["wall_time_s"], "store_s_per_doc": res["store_s_per_doc"],
-            "answer_s_per_question": res["answer_s_per_question"], "samples": samples(res["records"], opts.samples)}
+            "answer_s_per_question": res["answer_s_per_question"], "samples": samples(res["records"], opts.samples),
+            # per question, for paired comparisons between methods and runs (bootstrap intervals)
+            "per_question": [{"qid": r["qid"], "f1": round(r["f1"], 4), "evidence_recall": r.get("evidence_recall")}
+                             for r in recs]}
 
 
 def stats(docs: list[QADoc], tok) -> dict[str, Any]:
