@@ -155,7 +155,7 @@ def reconstruct_scored(model: R3MemModel, tok, states: list[torch.Tensor], max_t
     return out  # type: ignore[return-value]
 
 
-REPAIRS = 8  # verification passes after the first, each fixing the first token where a draft was wrong
+REPAIRS = 1  # verification passes after the first, each fixing the first token where a draft was wrong (LOG 2026-12-07)
 
 
 @torch.no_grad()
