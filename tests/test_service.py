@@ -823,3 +823,11 @@ def test_a_long_backlog_goes_to_a_job_instead_of_the_request(engine, store):
         assert client.get("/sessions/s", headers=alice).json()["memory"]["through_turn"] == 7
     with pytest.raises(ValueError, match="max_sync_turns must be an int >= 0"):
         create_app(engine, store, max_sync_turns=-1)
+
+
+def test_times_are_iso_8601_utc_even_far_from_now(client, alice, store):
+    client.post("/sessions", json={"session_id": "t"}, headers=alice)
+    store.append_turn("alice", "t", "late", timestamp=253402300799.0)  # the last second of year 9999
+    store.append_turn("alice", "t", "early", timestamp=-62135596800.0)  # the first of year 1
+    got = [t["timestamp"] for t in client.get("/sessions/t/turns", headers=alice).json()["turns"]]
+    assert got == ["9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z"]  # seconds, not read as milliseconds

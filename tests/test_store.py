@@ -738,3 +738,14 @@ def test_export_round_trips_turn_history(store: MemoryStore) -> None:
     bad["turns"][0]["history"] = [{"speaker": "user", "text": 5, "timestamp": 1.0, "replaced_at": 2.0}]
     with pytest.raises(InvalidExport, match=r"turns\[0\]\.history\[0\]\.text must be a str"):
         store.import_session("alice", bad, "copy2")
+
+
+def test_times_are_refused_outside_the_years_iso_8601_can_say(store: MemoryStore) -> None:
+    from r3mem.store.records import MAX_TIME, MIN_TIME
+
+    store.create_user("alice")
+    store.create_session("alice", "s")
+    for bad in (MAX_TIME + 1, MIN_TIME - 1):
+        with pytest.raises(ValueError, match="between the years 1 and 9999"):
+            store.append_turn("alice", "s", "x", timestamp=bad)
+    assert store.append_turn("alice", "s", "x", timestamp=MAX_TIME).timestamp == MAX_TIME

@@ -20,7 +20,6 @@ import functools
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from r3mem import __version__
 from r3mem.agent import ChatAgent, ensure_session
 from r3mem.memcache import MemoryCache
-from r3mem.service.schemas import RevisionOut
+from r3mem.service.schemas import RevisionOut, Time
 from r3mem.store import MemoryStore, NotFound, Session, StoreError, Turn
 from r3mem.text import MAX_QUERY_CHARS
 
@@ -72,7 +71,7 @@ class TurnResult(_Open):
     index: int = Field(description="1-based position of the turn in its session.")
     speaker: str
     text: str
-    timestamp: datetime = Field(description="When it was written (ISO 8601, UTC).")
+    timestamp: Time = Field(description="When it was written (ISO 8601, UTC).")
 
 
 class WriteResult(_Open):
@@ -125,8 +124,8 @@ class AnswerResult(_Open):
 class SessionResult(_Open):
     session_id: str
     turn_count: int = Field(description="Number of turns written (the index of the last one).")
-    created_at: datetime
-    updated_at: datetime
+    created_at: Time
+    updated_at: Time
     meta: dict[str, Any]
 
 

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from r3mem.store import SESSION_ID_PATTERN, SESSION_ID_RULE
 from r3mem.text import MAX_QUERY_CHARS
 
-# Times are ISO 8601 in UTC ("2026-12-07T01:21:10.123456Z"); the store keeps seconds since the epoch, which
-# pydantic converts on the way out. Exports keep the seconds (a file format, round-tripped as stored).
-Time = datetime
+
+def _utc(value: Any) -> Any:
+    """Seconds since the epoch as an aware UTC datetime (pydantic's own conversion would read values past
+    2e10 as milliseconds); a datetime or string is left to pydantic."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, timezone.utc)
+    return value
+
+
+# Times are ISO 8601 in UTC ("2026-12-07T01:21:10.123456Z"); the store keeps seconds since the epoch (years
+# 1-9999, `store.records.MIN_TIME..MAX_TIME`). Exports keep the seconds (a file format, round-tripped as stored).
+Time = Annotated[datetime, BeforeValidator(_utc)]
 
 Retrieval = Literal["bm25", "embedding"] | None
 Select = Literal["hybrid", "dense", "lexical", "likelihood"] | None

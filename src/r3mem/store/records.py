@@ -183,9 +183,17 @@ def _check_speaker(speaker: object) -> str:
 
 
 
+# Seconds since the epoch of 0001-01-01 and 9999-12-31T23:59:59 UTC: what an ISO 8601 date can say
+# (the service and MCP give times in ISO 8601).
+MIN_TIME, MAX_TIME = -62135596800.0, 253402300799.0
+
+
 def _check_time(value: object, kind: str = "timestamp") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{kind} must be a finite number of seconds (UTC), got {value!r}")
+    if not MIN_TIME <= value <= MAX_TIME:
+        raise ValueError(f"{kind} must be between the years 1 and 9999 (seconds {MIN_TIME:.0f}..{MAX_TIME:.0f}), "
+                         f"got {_short(value)}")
     return float(value)
 
 
