@@ -18,6 +18,7 @@ All state lives in the store; the agent only holds references (engine, store, id
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import time
 from bisect import bisect_right
@@ -66,6 +67,12 @@ class Reply:
 def format_turn(speaker: str, text: str) -> str:
     """The text a turn contributes to memory: one paragraph "Speaker: text" (its own slot)."""
     return f"{speaker}: {without_nul(text).strip()}\n\n"  # NUL is dropped here so slot offsets stay exact
+
+
+def _stream(turns: Iterable[Turn], through: int) -> str:
+    """The text the memory was written from: turns up to index `through`, each formatted by `format_turn`
+    (slot offsets point into it)."""
+    return "".join(format_turn(t.speaker, t.text) for t in turns if t.index <= through)
 
 
 def ensure_session(store: MemoryStore, user_id: str, session_id: str | None = None) -> Session:
@@ -331,7 +338,7 @@ class ChatAgent:
         mem, stored, blob_bytes = self._current()
         turns = self.store.list_turns(self.user_id, self.session_id)
         through = stored.through_turn if stored else 0
-        stream = "".join(format_turn(t.speaker, t.text) for t in turns if t.index <= through)
+        stream = _stream(turns, through)
         turn_ids = {(r.level, r.key): r.turn_id for r in (stored.slots if stored else [])}
         tok = self.engine.tokenizer
         doc = mem.doc_state
@@ -358,9 +365,12 @@ class ChatAgent:
         `recall(drafts=...)`: an expansion that equals it is checked in one pass instead of decoded."""
         if stored is None or not self.verify:
             return None
-        turns = self.store.list_turns(self.user_id, self.session_id)
-        stream = "".join(format_turn(t.speaker, t.text) for t in turns if t.index <= stored.through_turn)
-        return lambda slot: stream[slot.start:slot.end] if slot.end <= len(stream) else None
+
+        @functools.cache  # read the turns only if a slot needs a draft (not when its expansion is cached)
+        def stream() -> str:
+            return _stream(self.store.list_turns(self.user_id, self.session_id), stored.through_turn)
+
+        return lambda slot: stream()[slot.start:slot.end] if slot.end <= len(stream()) else None
 
     def recall(self, query: str | None = None, level: str = "paragraph", index: int | None = None,
                top_k: int = 1, select: str | None = None) -> Recalled:

@@ -394,12 +394,14 @@ def create_server(engine, store: MemoryStore, user_id: str = "local", *, default
                        if slot["turn_id"] is not None]
         seen, found = set(), []
         for *_, sid, slot in sorted(ranked, key=lambda r: r[:2]):
+            if len(found) == top_k:
+                break
             if (sid, slot["turn_id"]) in seen:
                 continue
             seen.add((sid, slot["turn_id"]))
             turn = store.get_turn(user_id, sid, slot["turn_id"])
             found.append(FoundMemory(session_id=sid, score=slot["score"], **_turn(turn)))
-        return SearchResult(query=query, memories=found[:top_k])
+        return SearchResult(query=query, memories=found)
 
     @server.tool(annotations=ToolAnnotations(title="List memories", **reads))
     @_tool_errors

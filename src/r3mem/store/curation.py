@@ -48,11 +48,12 @@ def get_turn_row(conn: Connection, user_id: str, session_id: str, index: int) ->
     return _turn(row)
 
 
-def edit_turn_row(conn: Connection, user_id: str, session_id: str, index: int, speaker: str, text: str,
+def edit_turn_row(conn: Connection, user_id: str, session_id: str, index: int, speaker: str | None, text: str,
                   now: float) -> Turn:
-    """Replace the turn's speaker and text (its timestamp stays: when it was said); the old ones become
-    the turn's next revision."""
+    """Replace the turn's text and speaker (None: unchanged; its timestamp stays: when it was said); the
+    old ones become the turn's next revision."""
     old = get_turn_row(conn, user_id, session_id, index)
+    speaker = speaker or old.speaker
     rev = conn.execute(
         select(func.coalesce(func.max(S.turn_revisions.c.rev), 0)).where(
             *_session_key(S.turn_revisions, user_id, session_id), S.turn_revisions.c.idx == index)
@@ -83,21 +84,20 @@ def revisions(conn: Connection, user_id: str, session_id: str, index: int | None
             for r in conn.execute(query).all()]
 
 
-def invalidate_memory(conn: Connection, user_id: str, session_id: str, index: int, now: float) -> str:
+def invalidate_memory(conn: Connection, user_id: str, session_id: str, index: int, now: float) -> None:
     """After turn `index` changed: reset a memory that covers it, else give the memory a new version.
 
-    Returns "reset" or "bumped". With no memory row yet, an empty one is inserted at version 1, so a
-    first write that began before the change conflicts as well."""
+    With no memory row yet, an empty one is inserted at version 1, so a first write that began before the
+    change conflicts as well."""
     key = _session_key(S.memories, user_id, session_id)
     row = conn.execute(select(S.memories.c.version, S.memories.c.through_turn).where(*key)).first()
     if row is None:
         conn.execute(insert(S.memories).values(user_id=user_id, session_id=session_id, blob=b"",
                                                blob_sha256=_EMPTY_SHA, version=1, through_turn=0, updated_at=now))
-        return "reset"
+        return
     if row.through_turn < index:
         conn.execute(update(S.memories).where(*key).values(version=row.version + 1, updated_at=now))
-        return "bumped"
+        return
     conn.execute(update(S.memories).where(*key).values(blob=b"", blob_sha256=_EMPTY_SHA, version=row.version + 1,
                                                        through_turn=0, updated_at=now))
     conn.execute(delete(S.slots).where(*_session_key(S.slots, user_id, session_id)))
-    return "reset"

@@ -354,8 +354,7 @@ class MemoryStore:
         now = time.time()
         with self._tx(f"edit turn {index} of session {session_id!r} of user {user_id!r}", write=True) as conn:
             _touch_session(conn, user_id, session_id, now)
-            old = curation.get_turn_row(conn, user_id, session_id, index)
-            turn = curation.edit_turn_row(conn, user_id, session_id, index, speaker or old.speaker, text, now)
+            turn = curation.edit_turn_row(conn, user_id, session_id, index, speaker, text, now)
             curation.invalidate_memory(conn, user_id, session_id, index, now)
         return turn
 
