@@ -6,7 +6,7 @@ from conftest import perturb_trainables, tiny_cfg
 
 from r3mem.engine import R3Mem
 from r3mem.memfile import MemoryFileError
-from r3mem.quant import dequantize, group_of, packed_bytes, quantize
+from r3mem.quant import dequantize, fake_quantize, group_of, packed_bytes, quantize
 from r3mem.tiny import SAMPLE_TEXT, tiny_model
 
 
@@ -26,6 +26,20 @@ def test_codes_round_trip_within_half_a_step(bits):
     assert torch.equal(dequantize(const), torch.full((4, 32), 0.5, dtype=torch.float16))  # a zero step
     with pytest.raises(ValueError, match="memory_bits"):
         quantize(x, 3)
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_fake_quantize_reads_what_the_writer_stores_with_the_identity_gradient(bits):
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(2, 3, 4, 64, generator=g) * 3).requires_grad_()
+    y = fake_quantize(x, bits)
+    assert y.dtype == x.dtype
+    assert torch.equal(y.detach(), dequantize(quantize(x.detach().half(), bits), torch.float32))
+    assert not torch.equal(y.detach(), x.detach())  # it did round
+    w = torch.randn(x.shape, generator=g)
+    (y * w).sum().backward()
+    assert torch.equal(x.grad, w)  # straight through: d y / d x = 1
+    assert fake_quantize(x, 16) is x
 
 
 def _engine(tok, bits):

@@ -13,7 +13,7 @@ from r3mem.cli.main import app
 from r3mem.cli.train import resolve_config_path
 from r3mem.config import ConfigError, load_config
 from r3mem.engine import R3Mem
-from r3mem.losses import lm_losses, pair_losses
+from r3mem.losses import lm_losses, pair_losses, recon_losses
 from r3mem.tokens import pad_batch
 from r3mem.train.config import TrainConfig, apply_overrides
 from r3mem.train.loop import lr_factor, step_losses, train
@@ -301,6 +301,38 @@ def test_read_previous_is_drawn_per_document_batch_without_changing_the_batches(
     assert {b["read_previous"] for b in batches[0.5]} == {False, True}
     with pytest.raises(ConfigError, match="^lm_read_previous: must be in"):
         TrainConfig(lm_read_previous=1.5)
+
+
+def test_quant_bits_reads_a_share_of_slot_batches_quantized_and_trains_the_writer_through_it(tiny_cfg_train, tok):
+    from r3mem.backbone import load_base
+    from r3mem.train.mixture import TrainingData
+
+    _, btok = load_base(tiny_cfg_train.model.base_model)
+    cfg = dataclasses.replace(tiny_cfg_train, curriculum=({"until": 1.0, "levels": ["recon", "paragraph"]},))
+    batches = {(b, p): [TrainingData(dataclasses.replace(cfg, quant_bits=b, quant_p=p), btok).batch(s)
+                        for s in range(16)] for b, p in ((16, 0.5), (4, 0.5), (4, 1.0))}
+    for b16, b4, b4all in zip(*batches.values()):
+        assert torch.equal(b16["ctx"][0], b4["ctx"][0]) and torch.equal(b16["ctx"][0], b4all["ctx"][0])
+    assert {b["bits"] for b in batches[16, 0.5]} == {16}
+    assert {b["bits"] for b in batches[4, 0.5]} == {4, 16}
+    assert {b["bits"] for b in batches[4, 1.0]} == {4}
+    with pytest.raises(ConfigError, match="^quant_bits: must be one of"):
+        TrainConfig(quant_bits=3)
+
+    model = tiny_r3("llama", segment_len=8)
+    perturb_trainables(model)
+    ids = tok("Henry Sibley built a stone house near the ferry in the spring.", add_special_tokens=False)["input_ids"]
+    dev = torch.device("cpu")
+    ctx, tgt = pad_batch([ids], 0, dev), pad_batch([ids + [0]], 0, dev)
+    with torch.no_grad():
+        full = recon_losses(model, ctx, tgt, 4.0).backward
+        two = recon_losses(model, ctx, tgt, 4.0, bits=2).backward
+        stepped = step_losses(model, {"level": "recon", "ctx": ctx, "target": tgt, "ratio": 4.0, "bits": 2}).backward
+    assert not torch.isclose(full, two), "the reader must see the rounded memory"
+    torch.testing.assert_close(stepped, two)  # the training step passes the batch's bits on
+    g = _grads(model, lambda: recon_losses(model, ctx, tgt, 4.0, bits=2).backward)
+    writer = [n for n in g if "lora" in n and "compress" in n and float(g[n].abs().sum()) > 0]
+    assert writer, "the writer's adapter must get a gradient through the quantizer"
 
 
 def test_micro_batches_add_up_to_the_gradient_of_the_whole_batch(tiny_cfg_train, tmp_path):

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from r3mem.model import COMPRESS, QUERY, R3MemModel
+from r3mem.quant import fake_quantize
 from r3mem.recurrence import fold
 from r3mem.tokens import lm_labels, slot_tokens
 
@@ -84,11 +85,13 @@ def lm_losses(
 
 def pair_losses(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], query: tuple[torch.Tensor, torch.Tensor],
                 target: tuple[torch.Tensor, torch.Tensor], ratio: float, w_fwd: float, w_bwd: float, w_cyc: float,
-                condition_on_query: bool = True) -> LossTerms:
-    """Hierarchical context-query pairs: compress the context into ceil(len/ratio) memory tokens."""
+                condition_on_query: bool = True, bits: int = 16) -> LossTerms:
+    """Hierarchical context-query pairs: compress the context into ceil(len/ratio) memory tokens (read
+    at `bits`, `quant.fake_quantize`)."""
     B = ctx[0].shape[0]
     k = slot_tokens(int(ctx[1].sum(1).max()), ratio, model.memory.max_slot)
     state, _, _ = model.compress(model.embed(ctx[0]), ctx[1], model.slot_prior(B), k)
+    state = fake_quantize(state, bits)
     fwd = bwd = cyc = _zero(model)
     if w_fwd > 0:
         hidden, lab = model.expand(state, query[0], query[1], direction=COMPRESS, marker=QUERY)
@@ -103,8 +106,9 @@ def pair_losses(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], query
 
 
 def recon_losses(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], target: tuple[torch.Tensor, torch.Tensor],
-                 ratio: float, w_cyc: float = 0.0, text_lm: bool = False) -> LossTerms:
-    """Autoencoding: compress the text into ceil(len/ratio) memory tokens, reconstruct it (and <eos>).
+                 ratio: float, w_cyc: float = 0.0, text_lm: bool = False, bits: int = 16) -> LossTerms:
+    """Autoencoding: compress the text into ceil(len/ratio) memory tokens, reconstruct it (and <eos>)
+    from them as read at `bits` (`quant.fake_quantize`: 16 leaves them as they are).
 
     `text_lm`: the forward term is the text's own next-token loss in the compress pass (no memory
     read), otherwise zero.
@@ -112,6 +116,7 @@ def recon_losses(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], targ
     k = slot_tokens(int(ctx[1].sum(1).max()), ratio, model.memory.max_slot)
     labels = lm_labels(*ctx) if text_lm else None
     state, lm_sum, lm_n = model.compress(model.embed(ctx[0]), ctx[1], model.slot_prior(ctx[0].shape[0]), k, labels)
+    state = fake_quantize(state, bits)
     hidden, lab = model.expand(state, target[0], target[1])
     cyc = cycle_term(model, state, hidden, target[1]) if w_cyc > 0 else _zero(model)
     fwd = lm_sum / lm_n.clamp(min=1) if text_lm else _zero(model)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["BITS", "GROUP", "Packed", "group_of", "quantize", "dequantize", "packed_bytes"]
+__all__ = ["BITS", "GROUP", "Packed", "group_of", "quantize", "dequantize", "fake_quantize", "packed_bytes"]
 
 BITS = (16, 8, 4, 2)  # 16: float16, not quantized
 GROUP = 32
@@ -89,6 +89,17 @@ def dequantize(p: Packed, dtype: torch.dtype = torch.float16) -> torch.Tensor:
     g = codes.reshape(*p.shape[:-1], n // G, G).float()
     x = p.low.float()[..., None] + g * p.step.float()[..., None]
     return x.reshape(p.shape).to(dtype)
+
+
+def fake_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """`x` [..., n] as a reader of its `bits`-bit memory sees it (cast to float16, quantized, dequantized:
+    the numbers the writer stores), with the gradient of the identity (straight-through estimator), so
+    training can put the quantizer in the loop: the reader learns from quantized memory tokens and the
+    writer's gradient passes the rounding unchanged. 16: `x` itself."""
+    if bits == 16:
+        return x
+    q = dequantize(quantize(x.detach().to(torch.float16), bits), x.dtype)
+    return q + (x - x.detach())  # exactly q forward (x - x is 0), the identity backward
 
 
 def packed_bytes(p: Packed) -> int:

@@ -63,6 +63,12 @@ class TrainConfig:
     max_query_tokens: int = 32
     train_ratios: tuple[float, ...] = (4.0, 8.0)  # compression ratios sampled for pair batches
     query_dropout: float = 0.5  # fraction of backward passes not conditioned on the query
+    # Quantizer in the loop: this fraction of slot batches (reconstruction and pair levels) is expanded
+    # from its memory tokens quantized to `quant_bits` (`quant.fake_quantize`, straight-through), so the
+    # reader learns the memory a `memory_bits` engine stores. 16: never (the document state is never
+    # quantized, as at use).
+    quant_bits: int = 16
+    quant_p: float = 0.5
     # Start from this adapter folder's weights (a committed adapter of an earlier run) when the run
     # folder has no checkpoint yet; the step count continues from the adapter's, the optimizer is new.
     # Its LoRA may be of a smaller rank than `model.lora_rank`: it is grown (train/warmstart.py).
@@ -121,6 +127,10 @@ class TrainConfig:
             self.train_ratios,
         )
         _check(0 <= self.query_dropout <= 1, "query_dropout", "must be in [0, 1]", self.query_dropout)
+        _check(self.quant_bits in (16, 8, 4, 2) and not isinstance(self.quant_bits, bool), "quant_bits",
+               "must be one of 16, 8, 4, 2", self.quant_bits)
+        _check(isinstance(self.quant_p, (int, float)) and not isinstance(self.quant_p, bool)
+               and 0 <= self.quant_p <= 1, "quant_p", "must be a number in [0, 1]", self.quant_p)
         _check(0 <= self.lm_read_previous <= 1, "lm_read_previous", "must be in [0, 1]", self.lm_read_previous)
         _check(len(self.curriculum) > 0, "curriculum", "must have at least one phase", self.curriculum)
         prev = 0.0

@@ -62,12 +62,12 @@ def step_losses(model: R3MemModel, batch: dict) -> LossTerms:
     c = model.cfg
     if batch["level"] == "recon":
         return recon_losses(model, batch["ctx"], batch["target"], batch["ratio"], c.w_cyc,
-                            text_lm=c.recon_lm and c.w_fwd > 0)
+                            text_lm=c.recon_lm and c.w_fwd > 0, bits=batch.get("bits", 16))
     if batch["level"] == "document":
         return lm_losses(model, batch["ids"], batch["mask"], c.w_fwd, c.w_bwd, c.w_cyc,
                          read_previous=batch.get("read_previous", False))
     return pair_losses(model, batch["ctx"], batch["query"], batch["target"], batch["ratio"], c.w_fwd, c.w_bwd, c.w_cyc,
-                       condition_on_query=batch["use_query"])
+                       condition_on_query=batch["use_query"], bits=batch.get("bits", 16))
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):

@@ -82,7 +82,7 @@ class TrainingData:
         level = levels[int(torch.randint(len(levels), (1,), generator=g))]
         B = self.cfg.batch_size
         if level == "recon":
-            return self._recon_batch(step, g)
+            return self._with_bits(self._recon_batch(step, g), g)
         if level == "document":
             rows = [self.windows[int(i)] for i in torch.randint(len(self.windows), (B,), generator=g)]
             seqs = [self.token_docs[w.doc][w.start:w.start + w.length] for w in rows]
@@ -97,10 +97,16 @@ class TrainingData:
         ratio = ratios[int(torch.randint(len(ratios), (1,), generator=g))]
         use_query = bool(torch.rand((), generator=g) >= self.cfg.query_dropout)
         pad, eos = self.tok.pad_token_id, self.tok.eos_token_id
-        return {"level": level, "ratio": ratio, "use_query": use_query,
-                "ctx": pad_batch([p.ctx for p in items], pad, torch.device("cpu")),
-                "query": pad_batch([p.query + [eos] for p in items], pad, torch.device("cpu")),
-                "target": pad_batch([p.ctx + [eos] for p in items], pad, torch.device("cpu"))}
+        return self._with_bits({"level": level, "ratio": ratio, "use_query": use_query,
+                                "ctx": pad_batch([p.ctx for p in items], pad, torch.device("cpu")),
+                                "query": pad_batch([p.query + [eos] for p in items], pad, torch.device("cpu")),
+                                "target": pad_batch([p.ctx + [eos] for p in items], pad, torch.device("cpu"))}, g)
+
+    def _with_bits(self, batch: dict, g: torch.Generator) -> dict:
+        """The slot batch with the bits its memory tokens are read at (`quant_bits` for a `quant_p`
+        share of batches, else 16); drawn only when asked for, so that runs without it keep their batches."""
+        quantized = self.cfg.quant_bits < 16 and bool(torch.rand((), generator=g) < self.cfg.quant_p)
+        return {**batch, "bits": self.cfg.quant_bits if quantized else 16}
 
     def _recon_batch(self, step: int, g: torch.Generator) -> dict:
         """Autoencoding: a source drawn uniformly, then `batch_size` neighbours in its length-sorted pool
