@@ -187,6 +187,46 @@ def test_a_draft_that_is_the_greedy_expansion_is_accepted_in_one_pass(trained_li
     fresh = trained_like.from_bytes(trained_like.to_bytes(mem))  # no cached expansions
     got = trained_like.recall(fresh, drafts=lambda s: by_key[s.key])  # every slot
     assert [s["text"] for s in got.slots] == [r.text for r in decoded] and decodes == []
+    drafted = []
+    real_drafted = model.decode_drafted
+    monkeypatch.setattr(model, "decode_drafted", lambda st, *a, **k: drafted.append(1) or real_drafted(st, *a, **k))
     fresh = trained_like.from_bytes(trained_like.to_bytes(mem))
-    bad = trained_like.recall(fresh, drafts=lambda s: "something else entirely")
-    assert [s["text"] for s in bad.slots] == [r.text for r in decoded] and sum(decodes) == len(decoded)
+    bad = trained_like.recall(fresh, drafts=lambda s: "something else entirely")  # refused: decoded with the draft
+    assert [s["text"] for s in bad.slots] == [r.text for r in decoded]
+    assert decodes == [] and len(drafted) == len(decoded)
+
+
+def test_drafted_decoding_gives_greedy_decodings_tokens_in_fewer_passes(trained_like):
+    from r3mem.model import _realign
+    from r3mem.recall import reconstruct_scored
+
+    mem = trained_like.write("".join(t + "\n\n" for t in TURNS))
+    model, tok = trained_like.model, trained_like.tokenizer
+    passes = []
+    hook = model.body.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        for slot in mem.paragraphs:
+            cap = min(24, slot.n_tokens + 8)
+            want = reconstruct_scored(model, tok, [slot.state], [cap])[0]
+            g = want.token_ids
+            assert len(g) >= 4, "the check needs expansions of a few tokens"
+            drafts = {"itself": g, "one replaced": g[:2] + [(g[2] + 5) % len(tok)] + g[3:],
+                      "one dropped": g[:1] + g[2:], "one added": g[:2] + [(g[1] + 3) % len(tok)] + g[2:],
+                      "garbage": [(t + 7) % len(tok) for t in g], "empty": []}
+            for name, draft in drafts.items():
+                passes.clear()
+                probs: list[float] = []
+                got = model.decode_drafted(slot.state[None], draft, cap, tok.eos_token_id, probs=probs)
+                assert got == g, name
+                assert probs == pytest.approx(want.token_probs, abs=1e-4), name
+                if name == "itself":  # the prefix pass, then the whole draft in one pass
+                    assert len(passes) == 2
+                if name == "garbage":  # nothing kept: one pass per token, as decoding
+                    assert len(passes) == len(g) + (len(g) < cap)
+            passes.clear()
+            short = model.decode_drafted(slot.state[None], g, 2, tok.eos_token_id)  # the cap is kept
+            assert short == g[:2] and len(passes) == 2
+    finally:
+        hook.remove()
+    assert _realign([5, 6, 7, 8], 1, 6) == 2 and _realign([5, 6, 7, 8], 1, 8) == 4  # agree; skipped one
+    assert _realign([5, 6, 7, 8], 1, 9) == 2  # another token in its place

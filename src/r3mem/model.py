@@ -56,6 +56,19 @@ def _unpack(h: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return out.scatter_(1, order.unsqueeze(-1).expand_as(h), h)
 
 
+DRAFT_LOOKAHEAD = 32  # draft tokens fed per pass of `decode_drafted` (a slot holds at most 96 text tokens)
+
+
+def _realign(guess: list[int], d: int, said: int, reach: int = 4) -> int:
+    """Where the draft goes on after the model said token `said` where the draft had `guess[d]`: after it
+    when they agree; after its next occurrence within `reach` tokens (the model skipped draft tokens);
+    else after `guess[d]` (the model said another token in its place)."""
+    for j in range(d, min(d + 1 + reach, len(guess))):
+        if guess[j] == said:
+            return j + 1
+    return d + 1
+
+
 def _exclusive(fn):
     """Run a model operation holding the model's lock: the active LoRA direction and the call context
     are state of the shared PEFT layers, so two passes must never interleave (threads of a service)."""
@@ -451,6 +464,59 @@ class R3MemModel(nn.Module):
             finally:
                 self._ctx = None
             cache, last = o.past_key_values, o.last_hidden_state[:, -1]
+        if probs is not None:
+            probs.extend(p_out)
+        return out
+
+    @torch.no_grad()
+    @_exclusive
+    def decode_drafted(self, state: torch.Tensor, draft: list[int], max_new_tokens: int, eos_id: int | None,
+                       probs: list[float] | None = None, lookahead: int = DRAFT_LOOKAHEAD) -> list[int]:
+        """Greedy expansion of one memory (`state` [1, ...]) with a guess of it (`draft`, token ids, e.g. the
+        text the slot was written from) fed ahead of the model: speculative decoding with the draft as the
+        draft model. Each pass feeds the model's next token and up to `lookahead` draft tokens after it, keeps
+        the draft tokens the model would have produced itself (its argmax after the tokens before equals
+        them) and crops the rest from the cache; where the model says another token the draft is realigned
+        (`_realign`). The tokens are greedy decoding's, one pass per run of right draft tokens instead of one
+        per token. `probs`, if given a list, receives each token's probability (as `decode`'s)."""
+        x, m, k = self._expand_prefix(state, None, EXPAND_MARK)
+        hidden, _, cache, mp, pos = self._run(x, m, EXPAND, state, k, use_cache=True,
+                                              past=state if self.kv else None, start=self._reader_start(state, m))
+        logits = self.logits(hidden[:, -1]).float()  # [1, vocab]: predicts the first token
+        pos = pos[:, -1:]
+        guess = list(draft) + ([eos_id] if eos_id is not None else [])
+        out, p_out, d = [], [], 0
+        while len(out) < max_new_tokens:
+            nxt = int(logits[0].argmax())
+            if nxt == eos_id:
+                break
+            out.append(nxt)
+            p_out.append(float(torch.softmax(logits[0], -1)[nxt]))
+            if len(out) == max_new_tokens:
+                break
+            d = _realign(guess, d, nxt)
+            ahead = guess[d:d + min(lookahead, max_new_tokens - len(out))]
+            feed = torch.tensor([[nxt, *ahead]], device=state.device)
+            fpos = pos + torch.arange(1, feed.shape[1] + 1, device=pos.device)
+            fmp = torch.cat([mp, mp.new_ones(1, feed.shape[1])], 1)
+            self._ctx = _CallContext(EXPAND) if self.couplings is not None else None
+            try:
+                o = self.body(inputs_embeds=self.embed(feed), attention_mask=fmp, position_ids=fpos,
+                              past_key_values=cache, use_cache=True)
+            finally:
+                self._ctx = None
+            lg = self.logits(o.last_hidden_state[0].float()).float()  # [1 + len(ahead), vocab]
+            best = lg.argmax(-1).tolist()
+            a = 0  # draft tokens kept: row a of lg predicts after feed[a]
+            while a < len(ahead) and best[a] == ahead[a] and ahead[a] != eos_id:
+                out.append(ahead[a])
+                p_out.append(float(torch.softmax(lg[a], -1)[ahead[a]]))
+                a += 1
+            d += a
+            cache = o.past_key_values
+            if len(ahead) > a:  # the next token and the kept draft tokens stay in the cache
+                cache.crop(a - len(ahead))  # transformers 5: a negative count of tokens to remove
+            mp, pos, logits = fmp[:, :fmp.shape[1] - len(ahead) + a], fpos[:, a:a + 1], lg[a:a + 1]
         if probs is not None:
             probs.extend(p_out)
         return out

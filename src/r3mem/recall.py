@@ -212,6 +212,14 @@ def verify_drafts(model: R3MemModel, tok, states: list[torch.Tensor], drafts: li
     return out
 
 
+def _decode_drafted(model: R3MemModel, tok, state: torch.Tensor, draft: list[int], cap: int) -> Reconstruction:
+    """The greedy expansion of one memory (`state` [k, d]) decoded with `draft` fed ahead
+    (`R3MemModel.decode_drafted`)."""
+    probs: list[float] = []
+    ids = model.decode_drafted(state[None], draft, cap, tok.eos_token_id, probs=probs)
+    return Reconstruction(tok.decode(ids, skip_special_tokens=True), ids, probs)
+
+
 def reconstruct(model: R3MemModel, tok, states: list[torch.Tensor], max_tokens: list[int],
                 query: str | list[str | None] | None = None, temperature: float = 0.0, top_p: float = 1.0,
                 generator: torch.Generator | None = None) -> list[str]:
@@ -387,9 +395,10 @@ def _expand(model: R3MemModel, tok, flat: list[tuple[Slot, str | None]], cap: in
         checked = verify_drafts(model, tok, [flat[i][0].state for i in order], [guess[i] for i in order],
                                 [_cap(flat[i][0], cap) for i in order]) if order else []
         for i, r in zip(order, checked):
-            if r is not None:
-                out[i] = r
-                flat[i][0].recalled = (_cap(flat[i][0], cap), r)
+            if r is None:  # refused: decoded with its draft fed ahead (the same tokens as `reconstruct_scored`)
+                r = _decode_drafted(model, tok, flat[i][0].state, guess[i], _cap(flat[i][0], cap))
+            out[i] = r
+            flat[i][0].recalled = (_cap(flat[i][0], cap), r)
     todo = [i for i, r in enumerate(out) if r is None]
     got = reconstruct_scored(model, tok, [flat[i][0].state for i in todo], [_cap(flat[i][0], cap) for i in todo],
                              [flat[i][1] for i in todo], temperature, top_p, generator) if todo else []
