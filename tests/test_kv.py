@@ -191,7 +191,7 @@ def test_spread_memory_is_written_and_read_at_the_documented_positions():
     one = torch.ones(1, n, dtype=torch.long)
     with torch.no_grad():
         mem, _, _ = model.compress(model.embed(ids), one, None, k)
-        hidden, _ = model.expand(mem, ids, one)
+        hidden, _ = model.teacher_force(mem, ids, one)
         c = R3MemModel.spread_positions(torch.tensor([n]), k)[0]
         x = torch.cat([model.memory.marker(1, SEP), model.embed(ids), model.memory.write_tokens(1, k)], 1)
         model._set_direction(COMPRESS)
@@ -218,7 +218,7 @@ def test_slots_of_different_lengths_batch_like_single_rows(positions):
         one, _, _ = model.compress(model.embed(a[None]), mask[:1], None, 4)
         two, _, _ = model.compress(model.embed(b[None]), mask[1:, :6], None, 4)
         torch.testing.assert_close(both, torch.cat([one, two]), atol=1e-5, rtol=1e-4)
-        assert model.decode(both, 5, None) == model.decode(one, 5, None) + model.decode(two, 5, None)
+        assert model.reconstruct(both, 5, None) == model.reconstruct(one, 5, None) + model.reconstruct(two, 5, None)
 
 
 @pytest.mark.parametrize("positions", ["spread", "prefix"])
@@ -235,7 +235,7 @@ def test_generation_after_a_memory_predicts_as_the_segment_scoring_does(position
     with torch.no_grad():
         mem, _, _ = model.compress(model.embed(_ids(16, seed=4)), one, None, 4)
         probs: list[list[float]] = []
-        (g,) = model.decode(mem, 1, None, direction=COMPRESS, prompt=(prompt, torch.ones_like(prompt)), probs=probs)
+        (g,) = model.continue_text(mem, (prompt, torch.ones_like(prompt)), 1, None, probs=probs)
         seq = torch.cat([prompt, torch.tensor([g])], 1)
         labels = torch.full_like(seq, IGNORE_INDEX)
         labels[0, -1] = g[0]  # score only the token after the prompt

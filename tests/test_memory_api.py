@@ -104,30 +104,34 @@ def test_generate_recall_read_puts_the_expanded_memory_before_the_prompt(trained
     eng = trained_like
     mem = eng.flush(eng.write(SAMPLE_TEXT))  # flushed: the state read is the stored one
     calls = []
-    real = eng.model.decode
+    real_rec, real_cont = eng.model.reconstruct, eng.model.continue_text
 
-    def spy(state, n, eos, **kw):
-        out = real(state, n, eos, **kw)
-        calls.append((state, n, kw, out))
-        return out
+    def spy(name, real):
+        def call(state, *a, **kw):
+            out = real(state, *a, **kw)
+            calls.append((name, state, a, kw, out))
+            return out
+        return call
 
-    monkeypatch.setattr(eng.model, "decode", spy)
+    monkeypatch.setattr(eng.model, "reconstruct", spy("reconstruct", real_rec))
+    monkeypatch.setattr(eng.model, "continue_text", spy("continue_text", real_cont))
     text = eng.generate("The river", mem, max_new_tokens=3, read="recall", recall_tokens=5)
-    (st1, n1, kw1, recalled), (st2, n2, kw2, out) = calls
-    assert n1 == 5 and "prompt" not in kw1 and "direction" not in kw1  # the backward expansion, no query
+    (k1, st1, a1, kw1, recalled), (k2, st2, a2, kw2, out) = calls
+    assert (k1, a1[0], kw1) == ("reconstruct", 5, {})  # the backward expansion, no query
     assert torch.equal(st1, st2) and torch.equal(st1[0], mem.doc_state)  # read with the memory still the cache
-    prompt_ids = kw2["prompt"][0][0].tolist()
+    prompt_ids = a2[0][0][0].tolist()
+    assert k2 == "continue_text"
     assert prompt_ids == recalled[0] + eng.tokenizer("The river", add_special_tokens=False)["input_ids"]
-    assert n2 == 3 and text == eng.tokenizer.decode(out[0], skip_special_tokens=True)
+    assert a2[1] == 3 and text == eng.tokenizer.decode(out[0], skip_special_tokens=True)
     calls.clear()
     eng.generate("The river", mem, max_new_tokens=3, read="recall")
-    assert calls[0][1] == eng.config.segment_len  # default: one segment of text
+    assert calls[0][2][0] == eng.config.segment_len  # default: one segment of text
     # a memory with nothing written has nothing to recall: the recall read is the cache read
     calls.clear()
     fresh = eng.new_memory()
     assert eng.generate("The river", fresh, max_new_tokens=3, read="recall") == \
         eng.generate("The river", fresh, max_new_tokens=3)
-    assert len(calls) == 2
+    assert [c[0] for c in calls] == ["continue_text"] * 2
     for bad, msg in (({"read": "text"}, "read: must be 'cache' or 'recall'"),
                      ({"read": "recall", "recall_tokens": 0}, "recall_tokens: must be an integer >= 1")):
         with pytest.raises(ValueError, match=msg):

@@ -238,13 +238,13 @@ def test_batch_of_two_equals_two_batches_of_one(family, memory_mode):
     with torch.no_grad():
         both, one, two = _encode_batch_and_rows(model, a, b)
         # expansion (teacher forced) and greedy decoding are padding-correct too
-        hb, _ = model.expand(both, ids, mask)
-        h1, _ = model.expand(one, a[None], torch.ones(1, 20, dtype=torch.long))
-        h2, _ = model.expand(two, b[None], torch.ones(1, 13, dtype=torch.long))
+        hb, _ = model.teacher_force(both, ids, mask)
+        h1, _ = model.teacher_force(one, a[None], torch.ones(1, 20, dtype=torch.long))
+        h2, _ = model.teacher_force(two, b[None], torch.ones(1, 13, dtype=torch.long))
         torch.testing.assert_close(hb[0], h1[0], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(hb[1, :13], h2[0], atol=1e-5, rtol=1e-4)
-        db = model.decode(both, 6, None)
-        assert db == [model.decode(one, 6, None)[0], model.decode(two, 6, None)[0]]
+        db = model.reconstruct(both, 6, None)
+        assert db == [model.reconstruct(one, 6, None)[0], model.reconstruct(two, 6, None)[0]]
 
 
 def test_directions_use_different_adapters_and_both_get_gradients():
@@ -253,7 +253,7 @@ def test_directions_use_different_adapters_and_both_get_gradients():
     ids = _ids(10)
     mask = torch.ones_like(ids)
     state, loss, n = model.encode(ids, mask, with_loss=True)
-    hidden, labels = model.expand(state, ids, mask)
+    hidden, labels = model.teacher_force(state, ids, mask)
     rec, m = model._ce(hidden, labels)
     (loss / n + rec / m).backward()
     comp = [p for name, p in model.named_parameters() if ".compress." in name]
@@ -306,7 +306,7 @@ def test_write_adapter_gets_gradients_and_keeps_batches_padding_correct():
     a, b = _ids(20, seed=4)[0], _ids(13, seed=5)[0]
     ids, mask = pad_batch([a.tolist(), b.tolist()], 0, torch.device("cpu"))
     state, loss, n = model.encode(ids, mask, with_loss=True)
-    hidden, labels = model.expand(state, ids, mask)
+    hidden, labels = model.teacher_force(state, ids, mask)
     rec, m = model._ce(hidden, labels)
     (loss / n + rec / m).backward()
     for name in ("compress", "expand", "write"):
@@ -322,7 +322,6 @@ def test_generation_after_an_input_memory_predicts_as_the_segment_scoring_does(m
     reads a segment after that memory, so the generated token's probability is its LM-loss probability."""
     import math
 
-    from r3mem.model import COMPRESS
     from r3mem.tokens import IGNORE_INDEX
 
     model = tiny_r3(memory_mode=mode)
@@ -333,7 +332,7 @@ def test_generation_after_an_input_memory_predicts_as_the_segment_scoring_does(m
     with torch.no_grad():
         mem, _, _ = model.compress(model.embed(text), torch.ones_like(text), model.initial_state(1), 4)
         probs: list[list[float]] = []
-        (g,) = model.decode(mem, 1, None, direction=COMPRESS, prompt=(prompt, torch.ones_like(prompt)), probs=probs)
+        (g,) = model.continue_text(mem, (prompt, torch.ones_like(prompt)), 1, None, probs=probs)
         seq = torch.cat([prompt, torch.tensor([g])], 1)
         labels = torch.full_like(seq, IGNORE_INDEX)
         labels[0, -1] = g[0]

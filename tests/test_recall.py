@@ -25,7 +25,7 @@ def test_token_probabilities_equal_a_teacher_forced_pass_over_the_output(tok):
     assert len(rec.token_probs) == len(rec.token_ids) > 0
     ids = torch.tensor([rec.token_ids])
     with torch.no_grad():
-        hidden, _ = eng.model.expand(state[None], ids, torch.ones_like(ids))
+        hidden, _ = eng.model.teacher_force(state[None], ids, torch.ones_like(ids))
         p = torch.softmax(eng.model.logits(hidden).float(), -1)[0].gather(-1, ids[0, :, None])[:, 0]
     torch.testing.assert_close(torch.tensor(rec.token_probs), p, atol=1e-4, rtol=1e-3)
 

@@ -106,8 +106,9 @@ def test_answer_reads_text_or_the_slots_as_a_cache(trained_like, monkeypatch):
     text, rec = trained_like.answer("Which dog did Caroline adopt?", mem, top_k=2, max_new_tokens=3)
     assert isinstance(text, str) and len(rec.slots) == 2 and rec.text
     seen = []
-    real = trained_like.model.decode
-    monkeypatch.setattr(trained_like.model, "decode", lambda state, *a, **k: seen.append(state) or real(state, *a, **k))
+    real = trained_like.model.continue_text
+    monkeypatch.setattr(trained_like.model, "continue_text",
+                        lambda state, *a, **k: seen.append(state) or real(state, *a, **k))
     text, rec = trained_like.answer("Which dog did Caroline adopt?", mem, top_k=2, max_new_tokens=3, read="cache")
     keys = [s["key"] for s in rec.slots]
     assert isinstance(text, str) and rec.text == "" and len(keys) == 2 and "p7" in keys
@@ -143,8 +144,8 @@ def test_expansion_is_unconditioned_cached_and_batched_across_sizes(trained_like
     sizes = {s.n_mem_tokens for s in mem.paragraphs}
     assert len(sizes) > 1  # slots of different sizes
     decodes, queries = [], []
-    real_decode = trained_like.model.decode
-    monkeypatch.setattr(trained_like.model, "decode", lambda st, *a, **k: decodes.append(st.shape[0])
+    real_decode = trained_like.model.reconstruct
+    monkeypatch.setattr(trained_like.model, "reconstruct", lambda st, *a, **k: decodes.append(st.shape[0])
                         or real_decode(st, *a, **k))
     real_rs = recall_mod.reconstruct_scored
     monkeypatch.setattr(recall_mod, "reconstruct_scored",
@@ -182,14 +183,16 @@ def test_a_draft_that_is_the_greedy_expansion_is_accepted_in_one_pass(trained_li
     # recall with drafts: the same text as decoding, and no decoding loop for accepted drafts
     by_key = {s.key: r.token_ids for s, r in zip(mem.paragraphs, decoded)}
     decodes = []
-    real_decode = model.decode
-    monkeypatch.setattr(model, "decode", lambda st, *a, **k: decodes.append(st.shape[0]) or real_decode(st, *a, **k))
+    real_decode = model.reconstruct
+    monkeypatch.setattr(model, "reconstruct",
+                        lambda st, *a, **k: decodes.append(st.shape[0]) or real_decode(st, *a, **k))
     fresh = trained_like.from_bytes(trained_like.to_bytes(mem))  # no cached expansions
     got = trained_like.recall(fresh, drafts=lambda s: by_key[s.key])  # every slot
     assert [s["text"] for s in got.slots] == [r.text for r in decoded] and decodes == []
     drafted = []
-    real_drafted = model.decode_drafted
-    monkeypatch.setattr(model, "decode_drafted", lambda st, *a, **k: drafted.append(1) or real_drafted(st, *a, **k))
+    real_drafted = model.reconstruct_drafted
+    monkeypatch.setattr(model, "reconstruct_drafted",
+                        lambda st, *a, **k: drafted.append(1) or real_drafted(st, *a, **k))
     fresh = trained_like.from_bytes(trained_like.to_bytes(mem))
     bad = trained_like.recall(fresh, drafts=lambda s: "something else entirely")  # refused: decoded with the draft
     assert [s["text"] for s in bad.slots] == [r.text for r in decoded]
@@ -216,7 +219,7 @@ def test_drafted_decoding_gives_greedy_decodings_tokens_in_fewer_passes(trained_
             for name, draft in drafts.items():
                 passes.clear()
                 probs: list[float] = []
-                got = model.decode_drafted(slot.state[None], draft, cap, tok.eos_token_id, probs=probs)
+                got = model.reconstruct_drafted(slot.state[None], draft, cap, tok.eos_token_id, probs=probs)
                 assert got == g, name
                 assert probs == pytest.approx(want.token_probs, abs=1e-4), name
                 if name == "itself":  # the prefix pass, then the whole draft in one pass
@@ -224,7 +227,7 @@ def test_drafted_decoding_gives_greedy_decodings_tokens_in_fewer_passes(trained_
                 if name == "garbage":  # nothing kept: one pass per token, as decoding
                     assert len(passes) == len(g) + (len(g) < cap)
             passes.clear()
-            short = model.decode_drafted(slot.state[None], g, 2, tok.eos_token_id)  # the cap is kept
+            short = model.reconstruct_drafted(slot.state[None], g, 2, tok.eos_token_id)  # the cap is kept
             assert short == g[:2] and len(passes) == 2
     finally:
         hook.remove()

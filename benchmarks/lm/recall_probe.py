@@ -43,7 +43,7 @@ def main() -> None:
     previous = iter([ids[s - seg:s]] for s in range(seg, len(ids), seg))
     prefixes = {
         "carry": None,
-        "recall": lambda st: m.decode(st, seg, tok.eos_token_id),
+        "recall": lambda st: m.reconstruct(st, seg, tok.eos_token_id),
         # the segment before the one being scored: fold asks once per segment after the first
         "oracle": lambda st: next(previous),
     }

@@ -87,10 +87,10 @@ def _recall_latency(engine: R3Mem, mem, history: str, n_new: int, repeats: int) 
 
     def recall_off():
         with engine.model.adapters_disabled():
-            engine.model.decode(slot.state[None], n_new, None)
+            engine.model.reconstruct(slot.state[None], n_new, None)
 
     for _ in range(repeats):
-        t_r.append(_timed(lambda: engine.model.decode(slot.state[None], n_new, None))[1] / n_new)
+        t_r.append(_timed(lambda: engine.model.reconstruct(slot.state[None], n_new, None))[1] / n_new)
         t_off.append(_timed(recall_off)[1] / n_new)
         t_b.append(_timed(lambda: _base_generate(engine, short, n_new))[1] / n_new)
         if fits:

@@ -51,7 +51,7 @@ def teacher_forced(engine: R3Mem, paras: list[list[int]], states: list[torch.Ten
     nll, hits, n = 0.0, 0, 0
     for p, st in zip(paras, states):
         target = torch.tensor([p + [eos]])
-        hidden, labels = model.expand(st[None].to(torch.float32), target, torch.ones_like(target))
+        hidden, labels = model.teacher_force(st[None].to(torch.float32), target, torch.ones_like(target))
         logits = model.logits(hidden)[0].float()
         nll += float(torch.nn.functional.cross_entropy(logits, labels[0], reduction="sum"))
         hits += int((logits.argmax(-1) == labels[0]).sum())

@@ -32,7 +32,7 @@ from r3mem.memfile import (
     save_memory,
 )
 from r3mem.memory import Memory, Slot
-from r3mem.model import COMPRESS, R3MemModel
+from r3mem.model import R3MemModel, Sampling
 from r3mem.prompts import MEMORY_QA_PROMPT, answer_prompt
 from r3mem.recall import DEFAULT_RERANK, DEFAULT_SELECT, Recalled, find, rank, recall_many, reconstruct
 from r3mem.text import check_query, check_text, without_nul
@@ -270,11 +270,11 @@ class R3Mem:
         written = mem.n_segments > 0 or bool(mem.pending_ids) or bool(mem.pending_text.strip())
         if read == "recall" and written:
             n = recall_tokens if recall_tokens is not None else self.config.segment_len
-            ids = self.model.decode(state, n, self.tokenizer.eos_token_id)[0] + ids
+            ids = self.model.reconstruct(state, n, self.tokenizer.eos_token_id)[0] + ids
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        out = self.model.decode(state, max_new_tokens, self.tokenizer.eos_token_id, direction=COMPRESS,
-                                prompt=pad_batch([ids], self.tokenizer.pad_token_id, state.device),
-                                temperature=temperature, top_p=top_p, generator=gen)
+        out = self.model.continue_text(state, pad_batch([ids], self.tokenizer.pad_token_id, state.device),
+                                       max_new_tokens, self.tokenizer.eos_token_id,
+                                       sampling=Sampling(temperature, top_p, gen))
         return self.tokenizer.decode(out[0], skip_special_tokens=True)
 
     @property
@@ -359,8 +359,8 @@ class R3Mem:
         end = self.config.segment_len if self.model.spread else sum(s.n_mem_tokens for s in slots)
         lengths = [s.n_tokens if self.model.spread else s.n_mem_tokens for s in slots]
         state = kv.join(self.model._rot, [s.state for s in slots], lengths, end)
-        out = self.model.decode(state, max_new_tokens, self.tokenizer.eos_token_id, direction=COMPRESS,
-                                prompt=pad_batch([ids], self.tokenizer.pad_token_id, state.device))
+        out = self.model.continue_text(state, pad_batch([ids], self.tokenizer.pad_token_id, state.device),
+                                       max_new_tokens, self.tokenizer.eos_token_id)
         return self.tokenizer.decode(out[0], skip_special_tokens=True).split("\n")[0].strip()
 
     def save(self, memory: Memory, path: str | Path) -> None:

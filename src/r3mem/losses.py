@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from r3mem.model import COMPRESS, QUERY, R3MemModel
+from r3mem.model import R3MemModel
 from r3mem.quant import fake_quantize
 from r3mem.recurrence import fold
 from r3mem.tokens import lm_labels, slot_tokens
@@ -69,7 +69,7 @@ def lm_losses(
         if read_previous:
             previous[:] = [seg[b, :int(smask[b].sum())].tolist() for b in range(seg.shape[0])]
         if w_bwd > 0 or w_cyc > 0:
-            hidden, lab = model.expand(state, seg, smask)
+            hidden, lab = model.teacher_force(state, seg, smask)
             if w_bwd > 0:
                 bwd[0] = bwd[0] + _mean_ce(model, hidden, lab)
             if w_cyc > 0:
@@ -94,10 +94,10 @@ def pair_losses(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], query
     state = fake_quantize(state, bits)
     fwd = bwd = cyc = _zero(model)
     if w_fwd > 0:
-        hidden, lab = model.expand(state, query[0], query[1], direction=COMPRESS, marker=QUERY)
+        hidden, lab = model.score(state, query[0], query[1])
         fwd = _mean_ce(model, hidden, lab)
     if w_bwd > 0 or w_cyc > 0:
-        hidden, lab = model.expand(state, target[0], target[1], query=query if condition_on_query else None)
+        hidden, lab = model.teacher_force(state, target[0], target[1], query=query if condition_on_query else None)
         if w_bwd > 0:
             bwd = _mean_ce(model, hidden, lab)
         if w_cyc > 0:
@@ -117,7 +117,7 @@ def recon_losses(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], targ
     labels = lm_labels(*ctx) if text_lm else None
     state, lm_sum, lm_n = model.compress(model.embed(ctx[0]), ctx[1], model.slot_prior(ctx[0].shape[0]), k, labels)
     state = fake_quantize(state, bits)
-    hidden, lab = model.expand(state, target[0], target[1])
+    hidden, lab = model.teacher_force(state, target[0], target[1])
     cyc = cycle_term(model, state, hidden, target[1]) if w_cyc > 0 else _zero(model)
     fwd = lm_sum / lm_n.clamp(min=1) if text_lm else _zero(model)
     return LossTerms(fwd, _mean_ce(model, hidden, lab), cyc)

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import threading
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,10 +29,36 @@ from r3mem.coupling import Coupling
 from r3mem.memory_tokens import VirtualMemory
 from r3mem.tokens import IGNORE_INDEX, lm_labels
 
-__all__ = ["R3MemModel", "COMPRESS", "EXPAND", "WRITE", "QUERY", "SEP"]
+__all__ = ["R3MemModel", "Compressed", "Sampling", "GREEDY", "COMPRESS", "EXPAND", "WRITE", "QUERY", "SEP"]
 
 COMPRESS, EXPAND, WRITE = "compress", "expand", "write"
 QUERY, EXPAND_MARK, SEP = 0, 1, 2  # marker indices in VirtualMemory.markers
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How each new token is chosen: the argmax (temperature 0), or drawn from the top-p nucleus of the
+    distribution at `temperature` with `generator`."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    generator: torch.Generator | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+GREEDY = Sampling()
+
+
+class Compressed(NamedTuple):
+    """What `compress` returns: the new memory, and the LM loss of the segment's tokens (a sum over
+    `n_scored` tokens; zeros without labels)."""
+
+    state: torch.Tensor
+    lm_loss: torch.Tensor
+    n_scored: torch.Tensor
 
 
 @dataclass
@@ -89,13 +116,16 @@ class R3MemModel(nn.Module):
 
         state (memory)   [B, levels, k, d]     input / layerwise mode (levels = 1, or 1 + L)
                          [B, L, 2, H, k, hd]   kv mode: keys and values, read as a cache prefix
-        compress         embeds [B, T, d], mask [B, T], state -> (new state with k = n_write, loss sum, n)
-        expand           state, target [B, T] -> (hidden predicting each target token [B, T, d], labels [B, T])
-        decode           state -> generated ids, one list per row
+        compress         embeds [B, T, d], mask [B, T], state -> Compressed(new state with k = n_write, loss sum, n)
+        teacher_force    state, target [B, T] -> (hidden predicting each target token [B, T, d], labels [B, T])
+        score            state, query [B, T] -> the same, forward: the memory as the question's context
+        reconstruct      state -> the memory's text as token ids, one list per row (`reconstruct_drafted`:
+                         one memory, with a guess of its text fed ahead)
+        continue_text    state, prompt [B, T] -> generated ids after the memory and the prompt
 
     The model keeps no state between calls: memories go in and come out as tensors. Within a call the
     active adapter and the hooks' context are shared state of the wrapped layers, so every pass holds
-    the model's re-entrant lock (`_run`, the whole of `decode`, `adapters_disabled`): one engine may be
+    the model's re-entrant lock (`_run`, the whole of each decoding loop, `adapters_disabled`): one engine may be
     used from several threads, its passes run one at a time.
     """
 
@@ -303,7 +333,7 @@ class R3MemModel(nn.Module):
         return None if self.kv else self.initial_state(batch)
 
     def compress(self, embeds: torch.Tensor, mask: torch.Tensor, state: torch.Tensor | None, n_write: int,
-                 labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 labels: torch.Tensor | None = None) -> Compressed:
         """One segment: returns (new state [B,levels,n_write,d], LM loss sum, number of scored tokens).
 
         `labels` (the segment's token ids, IGNORE_INDEX for padding) makes the read memory and each token
@@ -325,10 +355,10 @@ class R3MemModel(nn.Module):
         if labels is not None:
             T = embeds.shape[1]
             loss, n = self._ce(hidden[:, k - 1:k - 1 + T], labels)
-        return new, loss, n
+        return Compressed(new, loss, n)
 
     def _compress_kv(self, embeds: torch.Tensor, mask: torch.Tensor, state: torch.Tensor | None, n_write: int,
-                     labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     labels: torch.Tensor | None) -> Compressed:
         """[memory as cache] + <start> + segment + [write tokens] -> the write tokens' keys/values.
 
         The <start> marker predicts the segment's first token from the memory alone; it sits at
@@ -350,7 +380,7 @@ class R3MemModel(nn.Module):
         loss, n = hidden.new_zeros(()), hidden.new_zeros(())
         if labels is not None:
             loss, n = self._ce(hidden[:, :T], labels)
-        return new, loss, n
+        return Compressed(new, loss, n)
 
     def _ce(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.logits(hidden).float()
@@ -394,96 +424,127 @@ class R3MemModel(nn.Module):
         masks.append(masks[0].new_ones(B, 1))
         return torch.cat(parts, 1), torch.cat(masks, 1), k
 
-    def expand(self, state: torch.Tensor, target: torch.Tensor, target_mask: torch.Tensor,
-               query: tuple[torch.Tensor, torch.Tensor] | None = None, direction: str = EXPAND,
-               marker: int = EXPAND_MARK) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced expansion. Returns (hidden states predicting each target token [B,T,d], labels)."""
+    def _teacher_forced(self, state: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                        query: tuple[torch.Tensor, torch.Tensor] | None, direction: str,
+                        marker: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """[memory] + <marker> + [query] + <sep> + ids [B, T] in one pass -> (hidden states predicting
+        each token of `ids` [B, T, d], labels [B, T])."""
         x, m, k = self._expand_prefix(state, query, marker)
-        P, T = x.shape[1], target.shape[1]
+        P, T = x.shape[1], ids.shape[1]
         start = self._reader_start(state, m)
-        x = torch.cat([x, self.embed(target)], 1)
-        m = torch.cat([m, target_mask], 1)
+        x = torch.cat([x, self.embed(ids)], 1)
+        m = torch.cat([m, mask], 1)
         hidden, _, _, _, _ = self._run(x, m, direction, state, k, past=state if self.kv else None, start=start)
-        return hidden[:, P - 1:P - 1 + T], lm_labels(target, target_mask)
+        return hidden[:, P - 1:P - 1 + T], lm_labels(ids, mask)
+
+    def teacher_force(self, state: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                      query: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backward, teacher-forced: the memory (and `query`) predicting each token of `target` [B, T]
+        -> (hidden [B, T, d], labels [B, T]): the reconstruction loss, and the check of a draft."""
+        return self._teacher_forced(state, target, mask, query, EXPAND, EXPAND_MARK)
+
+    def score(self, state: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, the memory as a compressed context of a question: it predicting each token of `ids`
+        [B, T] -> (hidden [B, T, d], labels [B, T]): p(query | slot) and its training term."""
+        return self._teacher_forced(state, ids, mask, None, COMPRESS, QUERY)
 
     @torch.no_grad()
     @_exclusive
-    def decode(self, state: torch.Tensor, max_new_tokens: int, eos_id: int | None,
-               query: tuple[torch.Tensor, torch.Tensor] | None = None, direction: str = EXPAND,
-               marker: int = EXPAND_MARK, prompt: tuple[torch.Tensor, torch.Tensor] | None = None,
-               temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None,
-               probs: list[list[float]] | None = None, past_mask: torch.Tensor | None = None) -> list[list[int]]:
-        """Greedy (temperature 0) or nucleus-sampled decoding with a key/value cache.
+    def reconstruct(self, state: torch.Tensor, max_new_tokens: int, eos_id: int | None, *,
+                    query: tuple[torch.Tensor, torch.Tensor] | None = None, sampling: Sampling = GREEDY,
+                    probs: list[list[float]] | None = None, past_mask: torch.Tensor | None = None) -> list[list[int]]:
+        """Backward: the text of each memory in `state` [B, ...] (conditioned on `query`), decoded with a
+        key/value cache; one list of token ids per row, EOS not included.
 
         `probs`, if given a list, receives per row the probability the model gave each token it
         produced (softmax of the logits at temperature 1), from the same pass: no extra forward.
         `past_mask` [B, k] (kv memories): 0 on the padding memory tokens of shorter memories.
         """
-        start: torch.Tensor | int | None = None
-        if prompt is not None:  # LM continuation: a head, then the prompt tokens
-            e = self.embed(prompt[0])
-            if self.kv:  # [memory as cache] + <start>: a segment is read so after a memory (`_compress_kv`)
-                head, k, start = self.memory.marker(e.shape[0], SEP), 0, self._continue_at(state)
-            else:  # [memory] as input tokens
-                head, k = state[:, 0], state.shape[2]
-            x = torch.cat([head.to(e.dtype), e], 1)
-            m = torch.cat([prompt[1].new_ones(e.shape[0], head.shape[1]), prompt[1]], 1)
+        x, m, k = self._expand_prefix(state, query, EXPAND_MARK)
+        hidden, _, cache, mp, pos = self._run(x, m, EXPAND, state, k, use_cache=True,
+                                              past=state if self.kv else None, start=self._reader_start(state, m),
+                                              past_mask=past_mask)
+        return self._generate(EXPAND, hidden[:, -1], cache, mp, pos[:, -1:], max_new_tokens, eos_id, sampling, probs)
+
+    @torch.no_grad()
+    @_exclusive
+    def continue_text(self, state: torch.Tensor, prompt: tuple[torch.Tensor, torch.Tensor], max_new_tokens: int,
+                      eos_id: int | None, *, sampling: Sampling = GREEDY,
+                      probs: list[list[float]] | None = None) -> list[list[int]]:
+        """Forward: continue `prompt` (ids, mask [B, T]) after the memory, as a segment is read after one
+        in training (kv: the memory as the cache, then <start>; else the memory as input tokens)."""
+        e = self.embed(prompt[0])
+        if self.kv:
+            head, k, start = self.memory.marker(e.shape[0], SEP), 0, self._continue_at(state)
         else:
-            x, m, k = self._expand_prefix(state, query, marker)
-            start = self._reader_start(state, m)
-        hidden, _, cache, mp, pos = self._run(x, m, direction, state, k, use_cache=True,
-                                              past=state if self.kv else None, start=start, past_mask=past_mask)
+            head, k, start = state[:, 0], state.shape[2], None
+        x = torch.cat([head.to(e.dtype), e], 1)
+        m = torch.cat([prompt[1].new_ones(e.shape[0], head.shape[1]), prompt[1]], 1)
+        hidden, _, cache, mp, pos = self._run(x, m, COMPRESS, state, k, use_cache=True,
+                                              past=state if self.kv else None, start=start)
         # The last logical position is real for every row, so it predicts the first new token.
-        B = x.shape[0]
+        return self._generate(COMPRESS, hidden[:, -1], cache, mp, pos[:, -1:], max_new_tokens, eos_id, sampling,
+                              probs)
+
+    def _feed(self, direction: str, ids: torch.Tensor, cache, mp: torch.Tensor, pos: torch.Tensor):
+        """Run `ids` [B, n] after the cached ones: (hidden [B, n, d], cache, mask [B, cached + n], positions
+        [B, n]). The memory is already in the cache: the layer hooks only matter for coupling adapters."""
+        pos = pos[:, -1:] + torch.arange(1, ids.shape[1] + 1, device=pos.device)
+        mp = torch.cat([mp, mp.new_ones(ids.shape)], 1)
+        self._ctx = _CallContext(direction) if self.couplings is not None else None
+        try:
+            o = self.body(inputs_embeds=self.embed(ids), attention_mask=mp, position_ids=pos, past_key_values=cache,
+                          use_cache=True)
+        finally:
+            self._ctx = None
+        return o.last_hidden_state.float(), o.past_key_values, mp, pos
+
+    def _generate(self, direction: str, last: torch.Tensor, cache, mp: torch.Tensor, pos: torch.Tensor,
+                  max_new_tokens: int, eos_id: int | None, sampling: Sampling,
+                  probs: list[list[float]] | None) -> list[list[int]]:
+        """The key/value-cached decoding loop of `reconstruct` and `continue_text`: `last` [B, d] is the
+        hidden state predicting each row's first new token, `cache` / `mp` / `pos` what was run so far."""
+        B = last.shape[0]
         out: list[list[int]] = [[] for _ in range(B)]
-        done = torch.zeros(B, dtype=torch.bool, device=x.device)
-        pos = pos[:, -1:]
-        last = hidden[:, -1]
         p_out: list[list[float]] = [[] for _ in range(B)]
-        for _ in range(max_new_tokens):
+        done = [False] * B
+        for step in range(max_new_tokens):
             logits = self.logits(last).float()
-            nxt = self._pick(logits, temperature, top_p, generator)
+            nxt = self._pick(logits, sampling)
+            picked = nxt.tolist()
             p_nxt = torch.softmax(logits, -1).gather(-1, nxt[:, None])[:, 0].tolist() if probs is not None else None
-            for b in range(B):
-                if not done[b]:
-                    if eos_id is not None and nxt[b].item() == eos_id:
-                        done[b] = True
-                    else:
-                        out[b].append(int(nxt[b]))
-                        if p_nxt is not None:
-                            p_out[b].append(p_nxt[b])
-            if bool(done.all()):
+            for b, t in enumerate(picked):
+                if done[b]:
+                    continue
+                if t == eos_id:
+                    done[b] = True
+                else:
+                    out[b].append(t)
+                    if p_nxt is not None:
+                        p_out[b].append(p_nxt[b])
+            if all(done) or step + 1 == max_new_tokens:  # no pass for a token nobody reads
                 break
-            pos = pos + 1
-            mp = torch.cat([mp, mp.new_ones(B, 1)], 1)
-            # Memory is already in the cache: the layer hooks only matter for coupling adapters.
-            self._ctx = _CallContext(direction) if self.couplings is not None else None
-            try:
-                o = self.body(inputs_embeds=self.embed(nxt.unsqueeze(1)), attention_mask=mp, position_ids=pos,
-                              past_key_values=cache, use_cache=True)
-            finally:
-                self._ctx = None
-            cache, last = o.past_key_values, o.last_hidden_state[:, -1]
+            hidden, cache, mp, pos = self._feed(direction, nxt[:, None], cache, mp, pos)
+            last = hidden[:, -1]
         if probs is not None:
             probs.extend(p_out)
         return out
 
     @torch.no_grad()
     @_exclusive
-    def decode_drafted(self, state: torch.Tensor, draft: list[int], max_new_tokens: int, eos_id: int | None,
-                       probs: list[float] | None = None, lookahead: int = DRAFT_LOOKAHEAD) -> list[int]:
-        """Greedy expansion of one memory (`state` [1, ...]) with a guess of it (`draft`, token ids, e.g. the
-        text the slot was written from) fed ahead of the model: speculative decoding with the draft as the
-        draft model. Each pass feeds the model's next token and up to `lookahead` draft tokens after it, keeps
-        the draft tokens the model would have produced itself (its argmax after the tokens before equals
-        them) and crops the rest from the cache; where the model says another token the draft is realigned
-        (`_realign`). The tokens are greedy decoding's, one pass per run of right draft tokens instead of one
-        per token. `probs`, if given a list, receives each token's probability (as `decode`'s)."""
+    def reconstruct_drafted(self, state: torch.Tensor, draft: list[int], max_new_tokens: int, eos_id: int | None,
+                            probs: list[float] | None = None, lookahead: int = DRAFT_LOOKAHEAD) -> list[int]:
+        """Greedy `reconstruct` of one memory (`state` [1, ...]) with a guess of it (`draft`, token ids, e.g.
+        the text the slot was written from) fed ahead of the model: speculative decoding with the draft as
+        the draft model. Each pass feeds the model's next token and up to `lookahead` draft tokens after it,
+        keeps the draft tokens the model would have produced itself (its argmax after the tokens before
+        equals them) and crops the rest from the cache; where the model says another token the draft is
+        realigned (`_realign`). The tokens are greedy decoding's, one pass per run of right draft tokens
+        instead of one per token. `probs`, if given a list, receives each token's probability."""
         x, m, k = self._expand_prefix(state, None, EXPAND_MARK)
         hidden, _, cache, mp, pos = self._run(x, m, EXPAND, state, k, use_cache=True,
                                               past=state if self.kv else None, start=self._reader_start(state, m))
         logits = self.logits(hidden[:, -1]).float()  # [1, vocab]: predicts the first token
-        pos = pos[:, -1:]
         guess = list(draft) + ([eos_id] if eos_id is not None else [])
         out, p_out, d = [], [], 0
         while len(out) < max_new_tokens:
@@ -496,24 +557,16 @@ class R3MemModel(nn.Module):
                 break
             d = _realign(guess, d, nxt)
             ahead = guess[d:d + min(lookahead, max_new_tokens - len(out))]
-            feed = torch.tensor([[nxt, *ahead]], device=state.device)
-            fpos = pos + torch.arange(1, feed.shape[1] + 1, device=pos.device)
-            fmp = torch.cat([mp, mp.new_ones(1, feed.shape[1])], 1)
-            self._ctx = _CallContext(EXPAND) if self.couplings is not None else None
-            try:
-                o = self.body(inputs_embeds=self.embed(feed), attention_mask=fmp, position_ids=fpos,
-                              past_key_values=cache, use_cache=True)
-            finally:
-                self._ctx = None
-            lg = self.logits(o.last_hidden_state[0].float()).float()  # [1 + len(ahead), vocab]
+            h, cache, fmp, fpos = self._feed(EXPAND, torch.tensor([[nxt, *ahead]], device=state.device), cache, mp,
+                                             pos)
+            lg = self.logits(h[0]).float()  # [1 + len(ahead), vocab]: row a predicts after feed[a]
             best = lg.argmax(-1).tolist()
-            a = 0  # draft tokens kept: row a of lg predicts after feed[a]
+            a = 0  # draft tokens kept
             while a < len(ahead) and best[a] == ahead[a] and ahead[a] != eos_id:
                 out.append(ahead[a])
                 p_out.append(float(torch.softmax(lg[a], -1)[ahead[a]]))
                 a += 1
             d += a
-            cache = o.past_key_values
             if len(ahead) > a:  # the next token and the kept draft tokens stay in the cache
                 cache.crop(a - len(ahead))  # transformers 5: a negative count of tokens to remove
             mp, pos, logits = fmp[:, :fmp.shape[1] - len(ahead) + a], fpos[:, a:a + 1], lg[a:a + 1]
@@ -522,18 +575,16 @@ class R3MemModel(nn.Module):
         return out
 
     @staticmethod
-    def _pick(
-        logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
-    ) -> torch.Tensor:
-        if temperature <= 0:
+    def _pick(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+        if sampling.greedy:
             return logits.argmax(-1)
-        probs = torch.softmax(logits / temperature, -1)
-        if top_p < 1.0:
+        probs = torch.softmax(logits / sampling.temperature, -1)
+        if sampling.top_p < 1.0:
             sp, si = probs.sort(-1, descending=True)
-            cut = sp.cumsum(-1) - sp > top_p
+            cut = sp.cumsum(-1) - sp > sampling.top_p
             sp = sp.masked_fill(cut, 0.0)
             probs = torch.zeros_like(probs).scatter_(-1, si, sp)
-        return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator).squeeze(-1)
+        return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=sampling.generator).squeeze(-1)
 
     # ----- bookkeeping ------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

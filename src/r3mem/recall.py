@@ -26,7 +26,7 @@ from r3mem.hierarchy import LEVELS, paragraph_spans
 from r3mem.index import CONTEXT, RANKINGS, SlotIndex
 from r3mem.keys import KeyEncoder
 from r3mem.memory import Memory, Slot
-from r3mem.model import COMPRESS, QUERY, R3MemModel
+from r3mem.model import R3MemModel, Sampling
 from r3mem.tokens import IGNORE_INDEX, pad_batch, tokenize
 from r3mem.writer import add_keys, compress_slots, effective_doc_state
 
@@ -104,7 +104,7 @@ def score_query(model: R3MemModel, tok, states: list[torch.Tensor], query: str) 
         for chunk in chunks:
             st = torch.stack([states[i] for i in chunk])
             ids, mask = pad_batch([q] * len(chunk), tok.pad_token_id, st.device)
-            hidden, labels = model.expand(st, ids, mask, direction=COMPRESS, marker=QUERY)
+            hidden, labels = model.score(st, ids, mask)
             logp = -F.cross_entropy(
                 model.logits(hidden).float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
             )
@@ -146,9 +146,8 @@ def reconstruct_scored(model: R3MemModel, tok, states: list[torch.Tensor], max_t
         rows = [qids[i] for i in chunk]
         qb = pad_batch(rows, tok.pad_token_id, st.device) if any(rows) else None
         probs: list[list[float]] = []
-        ids = model.decode(st, max(max_tokens[i] for i in chunk), tok.eos_token_id, query=qb,
-                           temperature=temperature, top_p=top_p, generator=generator, probs=probs,
-                           past_mask=past_mask)
+        ids = model.reconstruct(st, max(max_tokens[i] for i in chunk), tok.eos_token_id, query=qb,
+                                sampling=Sampling(temperature, top_p, generator), probs=probs, past_mask=past_mask)
         for j, i in enumerate(chunk):
             got = ids[j][:max_tokens[i]]
             out[i] = Reconstruction(tok.decode(got, skip_special_tokens=True), got, probs[j][:len(got)])
@@ -187,7 +186,7 @@ def verify_drafts(model: R3MemModel, tok, states: list[torch.Tensor], drafts: li
                 rows = [todo[c] for c in chunk]
                 st = torch.stack([states[i] for i in rows])
                 ids, mask = pad_batch([targets[i] for i in rows], tok.pad_token_id, st.device)
-                hidden, _ = model.expand(st, ids, mask)
+                hidden, _ = model.teacher_force(st, ids, mask)
                 logits = model.logits(hidden).float()  # [B, T, vocab]: position t predicts target token t
                 best = logits.argmax(-1)
                 probs = torch.softmax(logits, -1).gather(-1, ids[..., None])[..., 0]
@@ -214,9 +213,9 @@ def verify_drafts(model: R3MemModel, tok, states: list[torch.Tensor], drafts: li
 
 def _decode_drafted(model: R3MemModel, tok, state: torch.Tensor, draft: list[int], cap: int) -> Reconstruction:
     """The greedy expansion of one memory (`state` [k, d]) decoded with `draft` fed ahead
-    (`R3MemModel.decode_drafted`)."""
+    (`R3MemModel.reconstruct_drafted`)."""
     probs: list[float] = []
-    ids = model.decode_drafted(state[None], draft, cap, tok.eos_token_id, probs=probs)
+    ids = model.reconstruct_drafted(state[None], draft, cap, tok.eos_token_id, probs=probs)
     return Reconstruction(tok.decode(ids, skip_special_tokens=True), ids, probs)
 
 

@@ -125,7 +125,7 @@ class MemoryMethod(Method):
         dev = self.engine.device
         x = torch.tensor([ids], device=dev)
         # The reversible read: before each segment, the memory is expanded back (greedy) into text.
-        prefix = (lambda st: model.decode(st, recall_tokens, eos)) if recall_tokens else None
+        prefix = (lambda st: model.reconstruct(st, recall_tokens, eos)) if recall_tokens else None
         out = fold(model, model.initial_state(1), x, torch.ones_like(x), with_loss=True, score_first=False,
                    carry=carry, segment_len=seg_len, read_prefix=prefix)
         return [(s, float(loss), int(n)) for s, (loss, n) in zip(range(0, len(ids), seg_len), out.per_segment)]
