@@ -8,6 +8,7 @@ from conftest import perturb_trainables, tiny_cfg
 
 from r3mem.engine import R3Mem
 from r3mem.memfile import FORMAT_VERSION, MemoryFileError, encode_memory
+from r3mem.model import Sampling
 from r3mem.tiny import SAMPLE_TEXT, tiny_model
 
 
@@ -79,6 +80,15 @@ def test_recall_modes(trained_like):
     doc = eng.recall(mem, level="document", max_new_tokens=5)
     assert doc.level == "document"
     assert eng.recall(mem, index=1).text == one.text  # greedy recall is deterministic
+    stored = eng.flush(mem)
+    greedy = eng.recall(stored, index=1)
+
+    def sampled(seed):
+        return eng.recall(stored, index=1, sampling=Sampling(2.0, 0.95, torch.Generator().manual_seed(seed))).text
+
+    draws = [sampled(s) for s in range(4)]
+    assert draws[0] == sampled(0) and len(set(draws)) > 1  # drawn, reproducibly from the generator
+    assert eng.recall(stored, index=1).text == greedy.text  # a sampled expansion is not cached as the greedy one
     with pytest.raises(ValueError, match="level"):
         eng.recall(mem, level="chapter")
     with pytest.raises(ValueError, match="query"):

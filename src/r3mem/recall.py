@@ -26,7 +26,7 @@ from r3mem.hierarchy import LEVELS, paragraph_spans
 from r3mem.index import CONTEXT, RANKINGS, SlotIndex
 from r3mem.keys import KeyEncoder
 from r3mem.memory import Memory, Slot
-from r3mem.model import R3MemModel, Sampling
+from r3mem.model import GREEDY, R3MemModel, Sampling
 from r3mem.tokens import IGNORE_INDEX, pad_batch, tokenize
 from r3mem.writer import add_keys, compress_slots, effective_doc_state
 
@@ -131,10 +131,10 @@ class Reconstruction:
 
 @torch.no_grad()
 def reconstruct_scored(model: R3MemModel, tok, states: list[torch.Tensor], max_tokens: list[int],
-                       query: str | list[str | None] | None = None, temperature: float = 0.0, top_p: float = 1.0,
-                       generator: torch.Generator | None = None) -> list[Reconstruction]:
-    """Backward expansion of each memory into text (greedy unless temperature > 0), with per-token
-    probabilities from the same decoding pass.
+                       query: str | list[str | None] | None = None,
+                       sampling: Sampling = GREEDY) -> list[Reconstruction]:
+    """Backward expansion of each memory into text (greedy unless `sampling` says otherwise), with
+    per-token probabilities from the same decoding pass.
 
     `query` conditions every expansion, or, as a list, each memory on its own query (None: none).
     """
@@ -147,7 +147,7 @@ def reconstruct_scored(model: R3MemModel, tok, states: list[torch.Tensor], max_t
         qb = pad_batch(rows, tok.pad_token_id, st.device) if any(rows) else None
         probs: list[list[float]] = []
         ids = model.reconstruct(st, max(max_tokens[i] for i in chunk), tok.eos_token_id, query=qb,
-                                sampling=Sampling(temperature, top_p, generator), probs=probs, past_mask=past_mask)
+                                sampling=sampling, probs=probs, past_mask=past_mask)
         for j, i in enumerate(chunk):
             got = ids[j][:max_tokens[i]]
             out[i] = Reconstruction(tok.decode(got, skip_special_tokens=True), got, probs[j][:len(got)])
@@ -220,10 +220,9 @@ def _decode_drafted(model: R3MemModel, tok, state: torch.Tensor, draft: list[int
 
 
 def reconstruct(model: R3MemModel, tok, states: list[torch.Tensor], max_tokens: list[int],
-                query: str | list[str | None] | None = None, temperature: float = 0.0, top_p: float = 1.0,
-                generator: torch.Generator | None = None) -> list[str]:
+                query: str | list[str | None] | None = None, sampling: Sampling = GREEDY) -> list[str]:
     """The texts of `reconstruct_scored`."""
-    return [r.text for r in reconstruct_scored(model, tok, states, max_tokens, query, temperature, top_p, generator)]
+    return [r.text for r in reconstruct_scored(model, tok, states, max_tokens, query, sampling)]
 
 
 def _pending_slot(model: R3MemModel, tok, mem: Memory, keys: KeyEncoder | None) -> list[Slot]:
@@ -338,10 +337,8 @@ def recall_many(
     index: int | None = None,
     top_k: int = 1,
     max_new_tokens: int | None = None,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    generator: torch.Generator | None = None,
     *,
+    sampling: Sampling = GREEDY,
     select: str = DEFAULT_SELECT,
     rerank: int = DEFAULT_RERANK,
     keys: KeyEncoder | None = None,
@@ -366,7 +363,7 @@ def recall_many(
     cap = max_new_tokens or model.cfg.max_recall_tokens
     picks = [find(model, tok, m, q, level, index, top_k, select, rerank, keys) for m, q in zip(mems, queries)]
     flat = [(slot, q if condition else None) for (slots, _), q in zip(picks, queries) for slot in slots]
-    recs = iter(_expand(model, tok, flat, cap, temperature, top_p, generator, drafts))
+    recs = iter(_expand(model, tok, flat, cap, sampling, drafts))
     out = []
     for slots, scores in picks:
         got = [next(recs) for _ in slots]
@@ -377,12 +374,11 @@ def recall_many(
     return out
 
 
-def _expand(model: R3MemModel, tok, flat: list[tuple[Slot, str | None]], cap: int, temperature: float,
-            top_p: float, generator: torch.Generator | None,
+def _expand(model: R3MemModel, tok, flat: list[tuple[Slot, str | None]], cap: int, sampling: Sampling,
             drafts: Callable[[Slot], str | Sequence[int] | None] | None = None) -> list[Reconstruction]:
     """The expansion of every (slot, query); greedy unconditioned ones of stored slots come from, and go
     to, the slot's own cache, and are first checked against the slot's draft where there is one."""
-    cacheable = [temperature <= 0 and q is None and s.level != "document" for s, q in flat]
+    cacheable = [sampling.greedy and q is None and s.level != "document" for s, q in flat]
     out: list[Reconstruction | None] = [
         s.recalled[1] if ok and s.recalled is not None and s.recalled[0] == _cap(s, cap) else None
         for (s, _), ok in zip(flat, cacheable)]
@@ -400,7 +396,7 @@ def _expand(model: R3MemModel, tok, flat: list[tuple[Slot, str | None]], cap: in
             flat[i][0].recalled = (_cap(flat[i][0], cap), r)
     todo = [i for i, r in enumerate(out) if r is None]
     got = reconstruct_scored(model, tok, [flat[i][0].state for i in todo], [_cap(flat[i][0], cap) for i in todo],
-                             [flat[i][1] for i in todo], temperature, top_p, generator) if todo else []
+                             [flat[i][1] for i in todo], sampling) if todo else []
     for i, r in zip(todo, got):
         out[i] = r
         if cacheable[i]:
@@ -429,11 +425,10 @@ def _token_pieces(tok, rec: Reconstruction) -> list[dict]:
 
 
 def recall(model: R3MemModel, tok, mem: Memory, query: str | None = None, level: str = "paragraph",
-           index: int | None = None, top_k: int = 1, max_new_tokens: int | None = None,
-           temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None, *,
-           select: str = DEFAULT_SELECT, rerank: int = DEFAULT_RERANK, keys: KeyEncoder | None = None,
-           condition: bool = False) -> Recalled:
+           index: int | None = None, top_k: int = 1, max_new_tokens: int | None = None, *,
+           sampling: Sampling = GREEDY, select: str = DEFAULT_SELECT, rerank: int = DEFAULT_RERANK,
+           keys: KeyEncoder | None = None, condition: bool = False) -> Recalled:
     """`recall_many` of one memory."""
-    (out,) = recall_many(model, tok, [mem], [query], level, index, top_k, max_new_tokens, temperature, top_p,
-                         generator, select=select, rerank=rerank, keys=keys, condition=condition)
+    (out,) = recall_many(model, tok, [mem], [query], level, index, top_k, max_new_tokens, sampling=sampling,
+                         select=select, rerank=rerank, keys=keys, condition=condition)
     return out
