@@ -62,10 +62,10 @@ def test_resume_equals_uninterrupted(tiny_cfg_train, tmp_path):
 
 def test_curriculum_starts_with_reconstruction_at_its_phase_ratios(tiny_cfg_train, tmp_path):
     from r3mem.backbone import load_base
-    from r3mem.train.mixture import TrainingData
+    from r3mem.train.mixture import TrainingMixture
 
     _, tok = load_base(tiny_cfg_train.model.base_model)
-    data = TrainingData(tiny_cfg_train, tok)
+    data = TrainingMixture(tiny_cfg_train, tok)
     first = [data.batch(s, m) for s in range(2) for m in range(2)]
     assert all(b["level"] == "recon" and b["ratio"] == 2.0 for b in first)
     for b in first:  # rows of a batch are length neighbours, each target its context + <eos>
@@ -288,11 +288,11 @@ def test_read_previous_scores_each_segment_after_the_true_text_before_it(tok):
 
 def test_read_previous_is_drawn_per_document_batch_without_changing_the_batches(tiny_cfg_train):
     from r3mem.backbone import load_base
-    from r3mem.train.mixture import TrainingData
+    from r3mem.train.mixture import TrainingMixture
 
     _, tok = load_base(tiny_cfg_train.model.base_model)
     cfg = dataclasses.replace(tiny_cfg_train, curriculum=({"until": 1.0, "levels": ["document"]},))
-    batches = {rate: [TrainingData(dataclasses.replace(cfg, lm_read_previous=rate), tok).batch(s) for s in range(12)]
+    batches = {rate: [TrainingMixture(dataclasses.replace(cfg, lm_read_previous=rate), tok).batch(s) for s in range(12)]
                for rate in (0.0, 0.5, 1.0)}
     for b0, b5, b1 in zip(*batches.values()):
         assert torch.equal(b0["ids"], b5["ids"]) and torch.equal(b0["ids"], b1["ids"])
@@ -305,11 +305,11 @@ def test_read_previous_is_drawn_per_document_batch_without_changing_the_batches(
 
 def test_quant_bits_reads_a_share_of_slot_batches_quantized_and_trains_the_writer_through_it(tiny_cfg_train, tok):
     from r3mem.backbone import load_base
-    from r3mem.train.mixture import TrainingData
+    from r3mem.train.mixture import TrainingMixture
 
     _, btok = load_base(tiny_cfg_train.model.base_model)
     cfg = dataclasses.replace(tiny_cfg_train, curriculum=({"until": 1.0, "levels": ["recon", "paragraph"]},))
-    batches = {(b, p): [TrainingData(dataclasses.replace(cfg, quant_bits=b, quant_p=p), btok).batch(s)
+    batches = {(b, p): [TrainingMixture(dataclasses.replace(cfg, quant_bits=b, quant_p=p), btok).batch(s)
                         for s in range(16)] for b, p in ((16, 0.5), (4, 0.5), (4, 1.0))}
     for b16, b4, b4all in zip(*batches.values()):
         assert torch.equal(b16["ctx"][0], b4["ctx"][0]) and torch.equal(b16["ctx"][0], b4all["ctx"][0])
@@ -337,12 +337,12 @@ def test_quant_bits_reads_a_share_of_slot_batches_quantized_and_trains_the_write
 
 def test_micro_batches_add_up_to_the_gradient_of_the_whole_batch(tiny_cfg_train, tmp_path):
     from r3mem.backbone import load_base
-    from r3mem.train.mixture import TrainingData, split_rows
+    from r3mem.train.mixture import TrainingMixture, split_rows
 
     cfg = dataclasses.replace(tiny_cfg_train, curriculum=({"until": 1.0, "levels": ["document"]},), batch_size=4,
                               lm_read_previous=1.0)
     _, tok = load_base(cfg.model.base_model)
-    batch = TrainingData(cfg, tok).batch(0)
+    batch = TrainingMixture(cfg, tok).batch(0)
     assert batch["mask"].all(), "rows of equal length: the row-weighted chunks are then exact"
     model = tiny_r3("llama", segment_len=cfg.model.segment_len)
     perturb_trainables(model)

@@ -24,10 +24,10 @@ from r3mem.config import ConfigError, save_config
 from r3mem.losses import LossTerms, lm_losses, pair_losses, recon_losses
 from r3mem.model import R3MemModel
 from r3mem.train.config import TrainConfig
-from r3mem.train.mixture import TrainingData, split_rows
+from r3mem.train.mixture import TrainingMixture, split_rows
 from r3mem.train.warmstart import init_from_adapter
 
-__all__ = ["train", "TrainResult", "step_losses", "lr_factor", "dist_info"]
+__all__ = ["train", "setup", "TrainResult", "step_losses", "lr_factor", "dist_info"]
 
 _CKPT = "checkpoints"
 
@@ -191,26 +191,45 @@ def _n_tokens(batch: dict) -> int:
     return int(batch["ctx"][1].sum() + batch["target"][1].sum() + batch["query"][1].sum())
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True, stop_after: int | None = None,
-          time_limit_s: float | None = None, progress: bool = True,
-          on_step: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train adapters + memory tokens. `stop_after` (a step) or `time_limit_s` (seconds of this
-    call's training) ends the run early, after a checkpoint of the last step: rerunning resumes it."""
+@dataclass
+class _Run:
+    """A run set up to train: its model, data, optimizer and schedule, from `start` (the step resumed)."""
+
+    cfg: TrainConfig
+    out: Path
+    model: R3MemModel
+    data: TrainingMixture
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    params: list[torch.Tensor]
+    device: torch.device
+    start: int
+    log_path: Path
+    rank: int
+    world: int
+
+    @property
+    def lead(self) -> bool:  # only the lead process writes logs, checkpoints and the final adapter
+        return self.rank == 0
+
+
+def setup(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> _Run:
+    """Everything a run needs before its first step: the process group, the run folder (its config
+    written), the model on its device, the data, the optimizer and schedule, resumed from the newest
+    checkpoint (`resume`) or started from `init_adapter`, and the log truncated to the step resumed."""
     out = Path(out_dir)
     rank, world = dist_info()
     _init_dist(world)
-    lead = rank == 0  # only the lead process writes logs, checkpoints and the final adapter
     out.mkdir(parents=True, exist_ok=True)
-    if lead:
+    if rank == 0:
         save_config(cfg, out / "train_config.yaml")
     device = _device(cfg, rank)  # before the model loads: a missing GPU fails at once
     torch.manual_seed(cfg.seed)
     base, tok = load_base(cfg.model.base_model)
     model = R3MemModel(base, cfg.model)
     model.to(device)
-    data = TrainingData(cfg, tok)
+    data = TrainingMixture(cfg, tok)
     opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    params = [p for g in opt.param_groups for p in g["params"]]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     start = _resume(out, model, opt, sched) if resume else 0
     if start == 0 and cfg.init_adapter:
@@ -219,69 +238,94 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True, stop_af
         for g in opt.param_groups:
             g["lr"] = g["initial_lr"] * lr_factor(start, cfg)
     log_path = out / "metrics.jsonl"
-    if lead and not resume:
-        log_path.unlink(missing_ok=True)
-    if lead:
+    if rank == 0:
+        if not resume:
+            log_path.unlink(missing_ok=True)
         _truncate_log(log_path, start)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    return _Run(cfg, out, model, data, opt, sched, params, device, start, log_path, rank, world)
+
+
+def _train_step(run: _Run, step: int) -> tuple[dict, int]:
+    """One optimizer step: the global batch (world x grad_accum micro-batches, each cut into chunks of
+    `micro_batch_size` rows), gradients averaged over processes and clipped. Returns (the logged loss
+    terms, gradient norm and level of the step; tokens seen)."""
+    cfg, model = run.cfg, run.model
+    run.opt.zero_grad(set_to_none=True)
+    sums = {"forward": 0.0, "backward": 0.0, "cycle": 0.0, "total": 0.0}
+    levels, toks = [], 0
+    for micro in range(cfg.grad_accum):
+        # The global batch is world x grad_accum micro-batches; each process takes its own share,
+        # so N processes with accumulation A equal one process with accumulation N*A.
+        batch = _to(run.data.batch(step, run.rank * cfg.grad_accum + micro), run.device)
+        levels.append(batch["level"])
+        for part, share in split_rows(batch, cfg.micro_batch_size):  # rows per pass: a memory bound
+            with _autocast(cfg, run.device):
+                terms = step_losses(model, part)
+                total = terms.total(cfg.model.w_fwd, cfg.model.w_bwd, cfg.model.w_cyc) * share / cfg.grad_accum
+            total.backward()
+            for k, v in terms.to_dict().items():
+                sums[k] += v * share / cfg.grad_accum
+            sums["total"] += float(total.detach())
+        toks += _n_tokens(batch)
+    for p in run.params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    logged = torch.tensor([sums[k] for k in ("forward", "backward", "cycle", "total")], dtype=torch.float64)
+    _all_reduce_mean([p.grad for p in run.params] + [logged], run.world)
+    sums = dict(zip(("forward", "backward", "cycle", "total"), logged.tolist()))
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.params, cfg.max_grad_norm))
+    run.opt.step()
+    run.sched.step()
+    return {"level": "+".join(sorted(set(levels))), "lr": run.opt.param_groups[0]["lr"],
+            **{k: round(v, 5) for k, v in sums.items()}, "grad_norm": round(grad_norm, 4)}, toks
+
+
+def _save_final(run: _Run) -> Path:
+    """The finished run's adapter (with its training config) and the loss plot."""
+    cfg, world = run.cfg, run.world
+    adapter_dir = run.out / "adapter"
+    save_adapter(adapter_dir, run.model.trainable_state_dict(), run.model.cfg, base_model_id(run.model.lm),
+                 {"trained": True, "steps": cfg.last_step,
+                  "examples_seen": _examples_seen(cfg.last_step, cfg, world), "train_config": cfg.to_dict()})
+    from r3mem.train.plot import plot_metrics
+
+    plot_metrics(run.log_path, run.out / "losses.png")
+    return adapter_dir
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True, stop_after: int | None = None,
+          time_limit_s: float | None = None, progress: bool = True,
+          on_step: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train adapters + memory tokens. `stop_after` (a step) or `time_limit_s` (seconds of this
+    call's training) ends the run early, after a checkpoint of the last step: rerunning resumes it."""
+    run = setup(cfg, out_dir, resume)
     end = cfg.last_step if stop_after is None else min(cfg.last_step, stop_after)
-    bar = _progress(progress and lead, start, cfg.last_step)
+    bar = _progress(progress and run.lead, run.start, cfg.last_step)
     metrics: dict = {}
     t0, toks = time.perf_counter(), 0
-    model.train()
-    for step in range(start, end):
-        opt.zero_grad(set_to_none=True)
-        sums = {"forward": 0.0, "backward": 0.0, "cycle": 0.0, "total": 0.0}
-        levels = []
-        for micro in range(cfg.grad_accum):
-            # The global batch is world x grad_accum micro-batches; each process takes its own share,
-            # so N processes with accumulation A equal one process with accumulation N*A.
-            batch = _to(data.batch(step, rank * cfg.grad_accum + micro), device)
-            levels.append(batch["level"])
-            for part, share in split_rows(batch, cfg.micro_batch_size):  # rows per pass: a memory bound
-                with _autocast(cfg, device):
-                    terms = step_losses(model, part)
-                    total = terms.total(cfg.model.w_fwd, cfg.model.w_bwd, cfg.model.w_cyc) * share / cfg.grad_accum
-                total.backward()
-                for k, v in terms.to_dict().items():
-                    sums[k] += v * share / cfg.grad_accum
-                sums["total"] += float(total.detach())
-            toks += _n_tokens(batch)
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        logged = torch.tensor([sums[k] for k in ("forward", "backward", "cycle", "total")], dtype=torch.float64)
-        _all_reduce_mean([p.grad for p in params] + [logged], world)
-        sums = dict(zip(("forward", "backward", "cycle", "total"), logged.tolist()))
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-        opt.step()
-        sched.step()
+    run.model.train()
+    for step in range(run.start, end):
+        logged, n = _train_step(run, step)
+        toks += n
         elapsed = time.perf_counter() - t0
-        metrics = {"step": step + 1, "level": "+".join(sorted(set(levels))), "lr": opt.param_groups[0]["lr"],
-                   **{k: round(v, 5) for k, v in sums.items()}, "grad_norm": round(grad_norm, 4),
-                   "tokens_per_s": round(toks / max(elapsed, 1e-9), 1), "elapsed_s": round(elapsed, 2)}
-        if lead and ((step + 1) % cfg.log_every == 0 or step == start or step + 1 == end):
-            with log_path.open("a") as f:
+        metrics = {"step": step + 1, **logged, "tokens_per_s": round(toks / max(elapsed, 1e-9), 1),
+                   "elapsed_s": round(elapsed, 2)}
+        if run.lead and ((step + 1) % cfg.log_every == 0 or step == run.start or step + 1 == end):
+            with run.log_path.open("a") as f:
                 f.write(json.dumps(metrics) + "\n")
         if on_step:
             on_step(metrics)
         bar(metrics)
-        out_of_time = _out_of_time(time_limit_s, elapsed, world, device)
-        if lead and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.last_step or out_of_time):
-            _save_checkpoint(out, model, opt, sched, step + 1, cfg, world)
-        _barrier(world)
+        out_of_time = _out_of_time(time_limit_s, elapsed, run.world, run.device)
+        if run.lead and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.last_step or out_of_time):
+            _save_checkpoint(run.out, run.model, run.opt, run.sched, step + 1, cfg, run.world)
+        _barrier(run.world)
         if out_of_time:
             end = step + 1
             break
-    adapter_dir = None
-    if end == cfg.last_step and lead:
-        adapter_dir = out / "adapter"
-        save_adapter(adapter_dir, model.trainable_state_dict(), model.cfg, base_model_id(model.lm),
-                     {"trained": True, "steps": cfg.last_step,
-                      "examples_seen": _examples_seen(cfg.last_step, cfg, world), "train_config": cfg.to_dict()})
-        from r3mem.train.plot import plot_metrics
-
-        plot_metrics(log_path, out / "losses.png")
-    return TrainResult(out, end, metrics, adapter_dir)
+    adapter_dir = _save_final(run) if end == cfg.last_step and run.lead else None
+    return TrainResult(run.out, end, metrics, adapter_dir)
 
 
 def _out_of_time(limit_s: float | None, elapsed: float, world: int, device: torch.device) -> bool:

@@ -19,7 +19,7 @@ from r3mem.train.config import TrainConfig
 from r3mem.train.pairs import build_examples
 from r3mem.train.windows import lm_windows, tokenize_text
 
-__all__ = ["TrainingData", "load_sources", "split_rows"]
+__all__ = ["TrainingMixture", "load_sources", "split_rows"]
 
 _MIN_CONTEXT_TOKENS = 8
 
@@ -49,7 +49,7 @@ def load_sources(sources: tuple[str, ...], max_chars: int | None = None) -> list
     return [(d, t[:max_chars] if max_chars else t) for d, t in docs]
 
 
-class TrainingData:
+class TrainingMixture:
     def __init__(self, cfg: TrainConfig, tokenizer) -> None:
         self.cfg, self.tok = cfg, tokenizer
         docs = load_sources(cfg.train_files, cfg.max_chars_per_file)
