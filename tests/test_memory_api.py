@@ -231,6 +231,56 @@ def test_bad_text_input(trained_like):
         eng.write([b"bytes"])
 
 
+def test_a_write_policy_chooses_levels_and_ratios_and_the_memory_keeps_it(trained_like, monkeypatch):
+    from r3mem import WritePolicy, memfile
+    from r3mem.config import ConfigError
+    from r3mem.tokens import slot_tokens
+
+    eng = trained_like
+    lean = WritePolicy(("document", "paragraph"), paragraph_ratio=8)
+    mem = eng.write(SAMPLE_TEXT, policy=lean)
+    default = eng.write(SAMPLE_TEXT)
+    assert mem.policy == lean and default.policy == WritePolicy.of(eng.config)
+    assert mem.entities == [] and default.entities  # no entity slots: that level is not in the policy
+    assert [s.n_mem_tokens for s in mem.paragraphs] == \
+        [slot_tokens(s.n_tokens, 8.0, eng.model.memory.max_slot) for s in mem.paragraphs]
+    assert sum(s.n_mem_tokens for s in mem.paragraphs) < sum(s.n_mem_tokens for s in default.paragraphs)
+    more = eng.write("Later text about the ferry.\n\n", mem)  # the memory's own policy, without asking again
+    assert more.policy == lean and more.entities == []
+    with pytest.raises(ValueError, match="^policy: this memory was written with"):
+        eng.write("x", mem, policy=WritePolicy())
+    with pytest.raises(ValueError, match="not in the levels this memory is written with"):
+        eng.recall(mem, query="Who was Henry Sibley?", level="entity")
+    # the pending paragraph is read at the memory's ratio, as a flush would write it
+    pending = eng.recall(mem, index=-1)
+    flushed = eng.flush(mem).paragraphs[-1]
+    assert pending.slots[0]["key"] == flushed.key
+    assert eng.find(mem, "Henry Sibley house", top_k=1)  # found among the policy's slots
+    back = eng.from_bytes(eng.to_bytes(eng.flush(mem)))
+    assert back.policy == lean
+    # a memory file of format 3 has no policy: it loads, and its next write takes the engine's
+    monkeypatch.setattr(memfile, "FORMAT_VERSION", 3)
+    no_policy = default.copy()
+    no_policy.policy = None
+    old = eng.to_bytes(no_policy)
+    monkeypatch.undo()
+    loaded = eng.from_bytes(old)
+    assert loaded.policy is None and eng.write("More.\n\n", loaded).policy == WritePolicy.of(eng.config)
+    # write_many: memories of different policies in one batch, as written one by one
+    both = eng.write_many([SAMPLE_TEXT, SAMPLE_TEXT], [eng.write("A.\n\n", policy=lean), eng.new_memory()])
+    alone = [eng.write(SAMPLE_TEXT, eng.write("A.\n\n", policy=lean)), eng.write(SAMPLE_TEXT)]
+    for a, b in zip(both, alone):
+        assert a.policy == b.policy and [s.key for s in a.paragraphs + a.entities] == \
+            [s.key for s in b.paragraphs + b.entities]
+        for x, y in zip(a.paragraphs, b.paragraphs):
+            torch.testing.assert_close(x.state, y.state, atol=1e-5, rtol=1e-4)
+    for bad, msg in ((dict(paragraph_ratio=0.5), "^paragraph_ratio: must be a finite number >= 1"),
+                     (dict(levels=("paragraph",)), "^levels: must be distinct levels"),
+                     (dict(entity_ratio=float("nan")), "^entity_ratio")):
+        with pytest.raises(ConfigError, match=msg):
+            WritePolicy(**bad)
+
+
 def test_write_many_equals_separate_writes(trained_like):
     eng = trained_like
     texts = [SAMPLE_TEXT, SAMPLE_TEXT[100:] + "\n\nExtra closing words by Mendota.\n\n", "Short one."]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["R3Mem", "R3MemConfig", "Memory", "Slot", "__version__"]
+__all__ = ["R3Mem", "R3MemConfig", "Memory", "Slot", "WritePolicy", "__version__"]
 
-_LAZY = {"R3Mem": "r3mem.engine", "R3MemConfig": "r3mem.config", "Memory": "r3mem.memory", "Slot": "r3mem.memory"}
+_LAZY = {"R3Mem": "r3mem.engine", "R3MemConfig": "r3mem.config", "Memory": "r3mem.memory", "Slot": "r3mem.memory",
+         "WritePolicy": "r3mem.memory"}
 
 
 def __getattr__(name: str):

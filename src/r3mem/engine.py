@@ -31,7 +31,7 @@ from r3mem.memfile import (
     load_memory,
     save_memory,
 )
-from r3mem.memory import Memory, Slot
+from r3mem.memory import Memory, Slot, WritePolicy
 from r3mem.model import R3MemModel, Sampling
 from r3mem.prompts import MEMORY_QA_PROMPT, answer_prompt
 from r3mem.recall import DEFAULT_RERANK, DEFAULT_SELECT, Recalled, find, rank, recall_many, reconstruct
@@ -191,23 +191,30 @@ class R3Mem:
         """An empty memory: the initial document state M_0 (computed with the weights, no model pass here)."""
         return Memory(doc_state=self._initial_doc_state.clone())
 
-    def write(self, text: str | Iterable[str], memory: Memory | None = None) -> Memory:
-        """Append text (a string or an iterable of chunks, e.g. a file streamed in pieces)."""
+    def write(self, text: str | Iterable[str], memory: Memory | None = None, *,
+              policy: WritePolicy | None = None) -> Memory:
+        """Append text (a string or an iterable of chunks, e.g. a file streamed in pieces).
+
+        `policy` (`WritePolicy`: levels and slot ratios) is what a new memory is written with (default:
+        the model config's); a memory keeps the policy of its first write, and another one is refused."""
         mem = memory if memory is not None else self.new_memory()
         chunks = [text] if isinstance(text, str) else text
         for chunk in chunks:
-            mem = write_text(self.model, self.tokenizer, mem, without_nul(check_text("write", chunk)), self.keys)
+            mem = write_text(self.model, self.tokenizer, mem, without_nul(check_text("write", chunk)), self.keys,
+                             policy)
         return mem
 
-    def write_many(self, texts: list[str], memories: list[Memory] | None = None) -> list[Memory]:
+    def write_many(self, texts: list[str], memories: list[Memory] | None = None, *,
+                   policy: WritePolicy | None = None) -> list[Memory]:
         """Batched write: many documents at once (slots and segment recurrence share batches)."""
         mems = memories if memories is not None else [self.new_memory() for _ in texts]
         for t in texts:
             check_text("write", t)
-        return write_texts(self.model, self.tokenizer, mems, [without_nul(t) for t in texts], self.keys)
+        return write_texts(self.model, self.tokenizer, mems, [without_nul(t) for t in texts], self.keys, policy)
 
-    def flush(self, memory: Memory) -> Memory:
-        return flush(self.model, self.tokenizer, memory, self.keys)
+    def flush(self, memory: Memory, *, policy: WritePolicy | None = None) -> Memory:
+        """Commit the pending paragraph and fold the last partial segment (`policy` as for `write`)."""
+        return flush(self.model, self.tokenizer, memory, self.keys, policy)
 
     def recall(self, memory: Memory, query: str | None = None, level: str = "paragraph", *,
                select: str | None = None, rerank: int | None = None, **kw: Any) -> Recalled:

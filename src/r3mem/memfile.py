@@ -19,7 +19,7 @@ from safetensors.torch import save as st_save
 
 from r3mem import __version__
 from r3mem.io import atomic_write_bytes, sha256_hex
-from r3mem.memory import Memory, Slot
+from r3mem.memory import Memory, Slot, WritePolicy
 from r3mem.quant import BITS as QUANT_BITS
 from r3mem.quant import Packed, dequantize, group_of
 
@@ -41,7 +41,9 @@ FORMAT = "r3mem-memory"
 # 3: slots carry retrieval keys (`keys.py`): dense keys as one [slots, KEY_DIM] tensor per level, term counts
 #    in the slot's header entry, the key encoder in the identity. Version 2 files load as memories without keys.
 #    Quantized slots (`memory_bits` < 16, in the identity's memory layout) store codes, minima and steps.
-FORMAT_VERSION = 3
+# 4: the memory's write policy (levels, slot ratios) in the header; version 2-3 files load without one (the
+#    engine's default policy at their next write, as they were written).
+FORMAT_VERSION = 4
 OLDEST_READABLE = 2
 
 
@@ -95,6 +97,7 @@ def encode_memory(mem: Memory, identity: dict[str, Any]) -> bytes:
         "format": FORMAT, "format_version": FORMAT_VERSION, "r3mem_version": __version__,
         **identity,
         "pending_text": mem.pending_text, "offset": mem.offset, "n_tokens": mem.n_tokens, "n_segments": mem.n_segments,
+        "policy": mem.policy.to_dict() if mem.policy is not None else None,
         "paragraphs": [_slot_meta(s, n) for s, n in zip(mem.paragraphs, names[:n_par])],
         "entities": [_slot_meta(s, n) for s, n in zip(mem.entities, names[n_par:])],
     }
@@ -253,6 +256,15 @@ def _slots(metas: list[dict[str, Any]], tensors: dict[str, torch.Tensor], level:
     return out
 
 
+def _policy(d: Any) -> WritePolicy | None:
+    if d is None:
+        return None
+    if not isinstance(d, dict) or set(d) != {"levels", "paragraph_ratio", "entity_ratio"} \
+            or not isinstance(d["levels"], list):
+        raise ValueError(f"policy {d!r} is not a write policy")
+    return WritePolicy(tuple(d["levels"]), d["paragraph_ratio"], d["entity_ratio"])  # validated there
+
+
 def decode_memory(data: bytes, identity: dict[str, Any], name: str = "memory file") -> Memory:
     meta, expected_len = _read_header(data, name)
     _check_identity(meta, identity, name)
@@ -276,6 +288,7 @@ def decode_memory(data: bytes, identity: dict[str, Any], name: str = "memory fil
             n_segments=meta["n_segments"],
             paragraphs=_slots(meta["paragraphs"], tensors, "paragraph", unpacked),
             entities=_slots(meta["entities"], tensors, "entity", unpacked),
+            policy=_policy(meta.get("policy")),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise MemoryFileError(f"{name}: inconsistent header ({e})") from None

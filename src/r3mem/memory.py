@@ -16,9 +16,43 @@ from typing import Any
 
 import torch
 
+from r3mem.config import ConfigError, R3MemConfig
+from r3mem.hierarchy import LEVELS
 from r3mem.quant import Packed, packed_bytes
 
-__all__ = ["Slot", "Memory"]
+__all__ = ["Slot", "Memory", "WritePolicy"]
+
+
+@dataclass(frozen=True)
+class WritePolicy:
+    """What a write builds: the hierarchy `levels` (always "document"; "paragraph" and "entity" slots
+    optional) and the compression ratios of the slots (text tokens per memory token). The weights
+    serve every level and ratio, so this is a choice at use, per memory: a memory records the policy
+    it was first written with and keeps it (`R3Mem.write(policy=...)`; default: the model config's)."""
+
+    levels: tuple[str, ...] = LEVELS
+    paragraph_ratio: float = 4.0
+    entity_ratio: float = 4.0
+
+    def __post_init__(self) -> None:
+        levels = (self.levels,) if isinstance(self.levels, str) else tuple(self.levels)
+        if not (levels and set(levels) <= set(LEVELS) and "document" in levels and len(set(levels)) == len(levels)):
+            raise ConfigError(f"levels: must be distinct levels of {LEVELS} including 'document' (got {levels!r})")
+        object.__setattr__(self, "levels", tuple(lv for lv in LEVELS if lv in levels))  # one order
+        for name in ("paragraph_ratio", "entity_ratio"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 1 or v == float("inf"):
+                raise ConfigError(f"{name}: must be a finite number >= 1 (got {v!r})")
+            object.__setattr__(self, name, float(v))
+
+    @classmethod
+    def of(cls, cfg: R3MemConfig) -> WritePolicy:
+        """The model config's policy: its `hierarchy_levels`, `paragraph_ratio` and `entity_ratio`."""
+        return cls(cfg.hierarchy_levels, cfg.paragraph_ratio, cfg.entity_ratio)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"levels": list(self.levels), "paragraph_ratio": self.paragraph_ratio,
+                "entity_ratio": self.entity_ratio}
 
 
 @dataclass
@@ -69,7 +103,8 @@ class Memory:
         paragraphs  list[Slot]          in text order
         entities    list[Slot]          in order of first mention
 
-    A Memory is a value: `R3Mem.write` returns a new one and never changes the one passed in.
+    A Memory is a value: `R3Mem.write` returns a new one and never changes the one passed in. `policy`
+    is the `WritePolicy` its slots were written with, recorded at its first write.
     `pending_ids` (tokens short of a full segment) and `pending_text` (after the last paragraph
     break) are what make writing A then B identical to writing A + B.
     """
@@ -82,6 +117,7 @@ class Memory:
     n_segments: int = 0  # segments folded into doc_state
     paragraphs: list[Slot] = field(default_factory=list)
     entities: list[Slot] = field(default_factory=list)
+    policy: WritePolicy | None = None  # what it was written with (None: not written yet, or an older file)
     # search indexes over the slots' keys, built on first use (`index.SlotIndex.of`); not part of the value
     indexes: dict = field(default_factory=dict, repr=False, compare=False)
 

@@ -28,7 +28,7 @@ from r3mem.keys import KeyEncoder
 from r3mem.memory import Memory, Slot
 from r3mem.model import GREEDY, R3MemModel, Sampling
 from r3mem.tokens import IGNORE_INDEX, pad_batch, tokenize
-from r3mem.writer import add_keys, compress_slots, effective_doc_state
+from r3mem.writer import add_keys, compress_slots, effective_doc_state, policy_of
 
 __all__ = ["SELECTS", "DEFAULT_SELECT", "DEFAULT_RERANK", "Recalled", "Reconstruction", "find", "rank", "recall",
            "recall_many", "score_query", "reconstruct", "reconstruct_scored"]
@@ -227,12 +227,13 @@ def reconstruct(model: R3MemModel, tok, states: list[torch.Tensor], max_tokens: 
 
 def _pending_slot(model: R3MemModel, tok, mem: Memory, keys: KeyEncoder | None) -> list[Slot]:
     paras = paragraph_spans(mem.pending_text)
-    if not paras or "paragraph" not in model.cfg.hierarchy_levels:
+    policy = policy_of(model, mem)
+    if not paras or "paragraph" not in policy.levels:
         return []
     p = paras[0] if len(paras) == 1 else None
     text = mem.pending_text.strip() if p is None else p.text
     ids = tokenize(tok, text)[: model.cfg.max_paragraph_tokens]
-    st, packed = compress_slots(model, [ids], model.cfg.paragraph_ratio, tok.pad_token_id)[0]
+    st, packed = compress_slots(model, [ids], policy.paragraph_ratio, tok.pad_token_id)[0]  # as a flush would
     start = mem.offset + (p.start if p else len(mem.pending_text) - len(mem.pending_text.lstrip()))
     slot = Slot("paragraph", f"p{len(mem.paragraphs)}", start, start + len(text), len(ids), st, packed=packed)
     add_keys([slot], [tok.decode(ids)], keys)
@@ -250,17 +251,17 @@ def _candidates(model, tok, mem: Memory, level: str, query: str | None,
 
 
 def _check_args(model: R3MemModel, query: str | None, level: str, top_k: int, select: str = DEFAULT_SELECT,
-                rerank: int = DEFAULT_RERANK) -> None:
+                rerank: int = DEFAULT_RERANK, mem: Memory | None = None) -> None:
+    """One error for the first bad argument; with `mem`, also a level its policy did not write."""
     if select not in SELECTS:
         raise ValueError(f"select: must be one of {SELECTS}, got {select!r}")
     if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 0:
         raise ValueError(f"rerank: must be an integer >= 0, got {rerank!r}")
     if level not in LEVELS:
         raise ValueError(f"level: must be one of {LEVELS}, got {level!r}")
-    if level not in model.cfg.hierarchy_levels:
-        raise ValueError(
-            f"level: {level!r} is not enabled in this model's hierarchy_levels {model.cfg.hierarchy_levels}"
-        )
+    levels = policy_of(model, mem).levels if mem is not None else LEVELS
+    if level not in levels:
+        raise ValueError(f"level: {level!r} is not in the levels this memory is written with {levels}")
     if query is not None and not query.strip():
         raise ValueError("query: must not be empty or whitespace")
     if top_k < 1:
@@ -291,7 +292,7 @@ def rank(model: R3MemModel, tok, mem: Memory, query: str, level: str = "paragrap
          select: str = DEFAULT_SELECT, rerank: int = DEFAULT_RERANK,
          keys: KeyEncoder | None = None) -> tuple[list[Slot], list[float]]:
     """The `top_k` slots of `level` ("paragraph" or "entity") for `query`, best first, with their scores."""
-    _check_args(model, query, level, top_k, select, rerank)
+    _check_args(model, query, level, top_k, select, rerank, mem)
     if level == "document" or query is None:
         raise ValueError("rank: needs a query and a slot level (paragraph or entity)")
     cands, own = _candidates(model, tok, mem, level, query, keys)
@@ -307,7 +308,7 @@ def find(model: R3MemModel, tok, mem: Memory, query: str | None, level: str = "p
     """The slots recall would expand, and their scores, without expanding them: slot `index`, the top-k
     for the query (`rank`, then in text order), or all. The document level is one slot, the effective
     document state."""
-    _check_args(model, query, level, top_k, select, rerank)
+    _check_args(model, query, level, top_k, select, rerank, mem)
     if level == "document":
         doc = Slot("document", "doc", 0, mem.offset + len(mem.pending_text), mem.n_tokens,
                    effective_doc_state(model, tok, mem))

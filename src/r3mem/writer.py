@@ -12,13 +12,14 @@ import torch
 
 from r3mem.hierarchy import Span, entity_spans, paragraph_spans, sentence_spans
 from r3mem.keys import KeyEncoder, dense_tensor, key_text, terms_of
-from r3mem.memory import Memory, Slot
+from r3mem.memory import Memory, Slot, WritePolicy
 from r3mem.model import R3MemModel
 from r3mem.quant import Packed, dequantize, quantize
 from r3mem.recurrence import fold
 from r3mem.tokens import pad_batch, slot_tokens, tokenize
 
-__all__ = ["write_text", "write_texts", "flush", "effective_doc_state", "compress_texts", "compress_slots", "add_keys"]
+__all__ = ["write_text", "write_texts", "flush", "effective_doc_state", "compress_texts", "compress_slots", "add_keys",
+           "policy_of", "with_policy"]
 
 _TRAILING_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*$")
 _SLOT_BATCH = 8
@@ -177,29 +178,44 @@ def add_keys(slots: list[Slot], texts: list[str], keys: KeyEncoder | None) -> No
         slot.dense, slot.terms = vec, terms_of(text)
 
 
+def policy_of(model: R3MemModel, mem: Memory) -> WritePolicy:
+    """The policy `mem` is written with: its own, or (not written yet, or from an older file) the model
+    config's."""
+    return mem.policy or WritePolicy.of(model.cfg)
+
+
+def with_policy(model: R3MemModel, mem: Memory, policy: WritePolicy | None) -> Memory:
+    """`mem` (a copy, to be written into) with its policy recorded: `policy`, or the one it has, or the
+    config's. A memory keeps one policy: another one for a memory that has one is refused."""
+    if policy is not None and mem.policy is not None and policy != mem.policy:
+        raise ValueError(f"policy: this memory was written with {mem.policy}; a memory keeps the policy of its "
+                         f"first write (got {policy})")
+    out = mem.copy()
+    out.policy = mem.policy or policy or WritePolicy.of(model.cfg)
+    return out
+
+
 def _commit(model, tok, jobs: list[tuple[Memory, str, list[Span], int]], keys: KeyEncoder | None = None) -> None:
-    """Commit complete paragraphs of several memories; slots of all of them are compressed together
-    and, with a key encoder, keyed from their text."""
+    """Commit complete paragraphs of several memories, each at its own policy (`Memory.policy`); slots
+    of all of them are compressed together and, with a key encoder, keyed from their text."""
     cfg, pad_id = model.cfg, tok.pad_token_id
-    para_jobs = (
-        [(m, *_paragraph_pieces(tok, cfg, paras, m)) for m, _, paras, _ in jobs]
-        if "paragraph" in cfg.hierarchy_levels
-        else []
-    )
+    para_jobs = [(m, *_paragraph_pieces(tok, cfg, paras, m)) if "paragraph" in m.policy.levels else (m, [], [])
+                 for m, _, paras, _ in jobs]
     firsts = {id(m): f for m, _, f in para_jobs}  # each paragraph's first slot: the parent of its entities
 
     def parents(m: Memory, paras: list[Span]) -> list[int]:
         return firsts.get(id(m)) or [len(m.paragraphs) + i for i in range(len(paras))]
 
-    ent_jobs = [(m, _entity_pieces(tok, buf, paras, m, parents(m, paras))) for m, buf, paras, _ in jobs] \
-        if "entity" in cfg.hierarchy_levels else []
+    ent_jobs = [(m, _entity_pieces(tok, buf, paras, m, parents(m, paras)) if "entity" in m.policy.levels else [])
+                for m, buf, paras, _ in jobs]
     para_seqs = [c for _, ps, _ in para_jobs for *_, c in ps]
+    ratios = [m.policy.paragraph_ratio for m, ps, _ in para_jobs for _ in ps]
     ent_seqs = []  # each new entity's sentence, cut from its memory's buffer
     for (m, es), (_, buf, _, _) in zip(ent_jobs, jobs):
         ent_seqs += [tokenize(tok, buf[e.start - m.offset : e.end - m.offset]) for e in es]
+        ratios += [m.policy.entity_ratio] * len(es)
     # Both levels in one call, so text shared between them is compressed once.
-    states = iter(compress_slots(model, para_seqs + ent_seqs,
-                                 [cfg.paragraph_ratio] * len(para_seqs) + [cfg.entity_ratio] * len(ent_seqs), pad_id))
+    states = iter(compress_slots(model, para_seqs + ent_seqs, ratios, pad_id))
     new_slots, new_texts = [], []
     for (m, ps, _), (_, buf, _, _) in zip(para_jobs, jobs):
         slots = []
@@ -227,12 +243,13 @@ def _commit(model, tok, jobs: list[tuple[Memory, str, list[Span], int]], keys: K
 
 @torch.no_grad()
 def write_texts(model: R3MemModel, tok, mems: list[Memory], texts: list[str],
-                keys: KeyEncoder | None = None) -> list[Memory]:
+                keys: KeyEncoder | None = None, policy: WritePolicy | None = None) -> list[Memory]:
     """Append texts[i] to mems[i], all in batches; returns new Memories, inputs are left untouched.
-    With `keys`, every new slot gets its retrieval keys (`keys.py`)."""
+    With `keys`, every new slot gets its retrieval keys (`keys.py`); `policy` (`with_policy`) says what
+    a memory's first write builds."""
     if len(mems) != len(texts):
         raise ValueError(f"write: {len(mems)} memories but {len(texts)} texts")
-    out = [m.copy() for m in mems]
+    out = [with_policy(model, m, policy) for m in mems]
     jobs = []
     for m, text in zip(out, texts):
         buf = m.pending_text + text
@@ -243,15 +260,17 @@ def write_texts(model: R3MemModel, tok, mems: list[Memory], texts: list[str],
     return out
 
 
-def write_text(model: R3MemModel, tok, mem: Memory, text: str, keys: KeyEncoder | None = None) -> Memory:
+def write_text(model: R3MemModel, tok, mem: Memory, text: str, keys: KeyEncoder | None = None,
+               policy: WritePolicy | None = None) -> Memory:
     """Return a new Memory with `text` appended; the input Memory is left untouched."""
-    return write_texts(model, tok, [mem], [text], keys)[0]
+    return write_texts(model, tok, [mem], [text], keys, policy)[0]
 
 
 @torch.no_grad()
-def flush(model: R3MemModel, tok, mem: Memory, keys: KeyEncoder | None = None) -> Memory:
+def flush(model: R3MemModel, tok, mem: Memory, keys: KeyEncoder | None = None,
+          policy: WritePolicy | None = None) -> Memory:
     """Commit the pending paragraph and fold a partial last segment into the document state."""
-    mem = mem.copy()
+    mem = with_policy(model, mem, policy)
     buf = mem.pending_text
     _commit(model, tok, [(mem, buf, paragraph_spans(buf), len(buf))], keys)
     _fold_segments(model, [mem], tok.pad_token_id, final=True)

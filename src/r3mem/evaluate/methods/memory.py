@@ -5,30 +5,17 @@ trained for.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
 
 from r3mem.evaluate.common import EvalOptions
 from r3mem.evaluate.methods.base import Answer, Method, _first_line, _head
+from r3mem.memory import WritePolicy
 from r3mem.prompts import answer_prompt
 from r3mem.recurrence import fold
 
 _GEN_PROMPT = "Question: {question}\nAnswer:"
-
-
-
-@contextlib.contextmanager
-def config_override(engine, **changes: Any):
-    """Temporarily replace fields of the engine's model config (ratios and levels are read per call)."""
-    old = engine.model.cfg
-    engine.model.cfg = old.replace(**changes)
-    try:
-        yield engine
-    finally:
-        engine.model.cfg = old
-
 
 
 class MemoryMethod(Method):
@@ -159,14 +146,12 @@ class MemoryMethod(Method):
         from r3mem.recall import reconstruct
 
         e = self.engine
-        with config_override(e, paragraph_ratio=float(ratio), hierarchy_levels=("document", "paragraph")):
-            mem = e.flush(e.write(text))
-            slots = mem.paragraphs
-            cap = e.config.max_recall_tokens
-            # Batched form of e.recall(mem, index=i) for every slot (same caps, no query).
-            hyps = reconstruct(
-                e.model, e.tokenizer, [s.state for s in slots], [min(cap, s.n_tokens + 8) for s in slots]
-            )
+        policy = WritePolicy(("document", "paragraph"), float(ratio), e.config.entity_ratio)
+        mem = e.flush(e.write(text, policy=policy))
+        slots = mem.paragraphs
+        cap = e.config.max_recall_tokens
+        # Batched form of e.recall(mem, index=i) for every slot (same caps, no query).
+        hyps = reconstruct(e.model, e.tokenizer, [s.state for s in slots], [min(cap, s.n_tokens + 8) for s in slots])
         refs = [text[s.start:s.end] for s in slots]
         slot_bytes = sum(s.state.numel() * s.state.element_size() for s in slots)
         return {
