@@ -34,7 +34,7 @@ from r3mem.memfile import (
 from r3mem.memory import Memory, Slot, WritePolicy
 from r3mem.model import R3MemModel, Sampling
 from r3mem.prompts import MEMORY_QA_PROMPT, answer_prompt
-from r3mem.recall import DEFAULT_RERANK, DEFAULT_SELECT, Recalled, find, rank, recall_many, reconstruct
+from r3mem.recall import DEFAULT_RERANK, DEFAULT_SELECT, Recalled, find, rank, recall_many, reconstruct, slot_cap
 from r3mem.text import check_query, check_text, without_nul
 from r3mem.tokens import pad_batch, tokenize
 from r3mem.writer import add_keys, effective_doc_state, flush, write_text, write_texts
@@ -408,7 +408,7 @@ class R3Mem:
         slots = mem.paragraphs + mem.entities
         cap = self.config.max_recall_tokens
         texts = reconstruct(self.model, self.tokenizer, [s.state for s in slots],
-                            [min(cap, s.n_tokens + 8) for s in slots])
+                            [slot_cap(s, cap) for s in slots])
         add_keys(slots, texts, self.keys)
         return mem
 

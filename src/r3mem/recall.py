@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from r3mem.hierarchy import LEVELS, paragraph_spans
+from r3mem.hierarchy import LEVELS
 from r3mem.index import CONTEXT, RANKINGS, SlotIndex
 from r3mem.keys import KeyEncoder
 from r3mem.memory import Memory, Slot
 from r3mem.model import GREEDY, R3MemModel, Sampling
 from r3mem.tokens import IGNORE_INDEX, pad_batch, tokenize
-from r3mem.writer import add_keys, compress_slots, effective_doc_state, policy_of
+from r3mem.writer import effective_doc_state, pending_slot, policy_of
 
 __all__ = ["SELECTS", "DEFAULT_SELECT", "DEFAULT_RERANK", "Recalled", "Reconstruction", "find", "rank", "recall",
            "recall_many", "score_query", "reconstruct", "reconstruct_scored"]
@@ -225,27 +225,12 @@ def reconstruct(model: R3MemModel, tok, states: list[torch.Tensor], max_tokens: 
     return [r.text for r in reconstruct_scored(model, tok, states, max_tokens, query, sampling)]
 
 
-def _pending_slot(model: R3MemModel, tok, mem: Memory, keys: KeyEncoder | None) -> list[Slot]:
-    paras = paragraph_spans(mem.pending_text)
-    policy = policy_of(model, mem)
-    if not paras or "paragraph" not in policy.levels:
-        return []
-    p = paras[0] if len(paras) == 1 else None
-    text = mem.pending_text.strip() if p is None else p.text
-    ids = tokenize(tok, text)[: model.cfg.max_paragraph_tokens]
-    st, packed = compress_slots(model, [ids], policy.paragraph_ratio, tok.pad_token_id)[0]  # as a flush would
-    start = mem.offset + (p.start if p else len(mem.pending_text) - len(mem.pending_text.lstrip()))
-    slot = Slot("paragraph", f"p{len(mem.paragraphs)}", start, start + len(text), len(ids), st, packed=packed)
-    add_keys([slot], [tok.decode(ids)], keys)
-    return [slot]
-
-
 def _candidates(model, tok, mem: Memory, level: str, query: str | None,
                 keys: KeyEncoder | None) -> tuple[list[Slot], bool]:
     """The slots to choose from, and whether they are the memory's own list (its index can be cached)."""
     if level == "paragraph":
-        pending = _pending_slot(model, tok, mem, keys)
-        return (mem.paragraphs + pending, False) if pending else (mem.paragraphs, True)
+        pending = pending_slot(model, tok, mem, keys)
+        return (mem.paragraphs + [pending], False) if pending else (mem.paragraphs, True)
     named = [e for e in mem.entities if query and e.key.lower() in query.lower()]
     return (named, False) if named else (mem.entities, True)
 
@@ -325,7 +310,9 @@ def find(model: R3MemModel, tok, mem: Memory, query: str | None, level: str = "p
     return cands, [None] * len(cands)
 
 
-def _cap(slot: Slot, cap: int) -> int:
+def slot_cap(slot: Slot, cap: int) -> int:
+    """Tokens an expansion of `slot` may produce: `cap`, and for a slot a few more than it holds (room
+    for the end of its text, not for running on)."""
     return cap if slot.level == "document" else min(cap, slot.n_tokens + 8)
 
 
@@ -381,7 +368,7 @@ def _expand(model: R3MemModel, tok, flat: list[tuple[Slot, str | None]], cap: in
     to, the slot's own cache, and are first checked against the slot's draft where there is one."""
     cacheable = [sampling.greedy and q is None and s.level != "document" for s, q in flat]
     out: list[Reconstruction | None] = [
-        s.recalled[1] if ok and s.recalled is not None and s.recalled[0] == _cap(s, cap) else None
+        s.recalled[1] if ok and s.recalled is not None and s.recalled[0] == slot_cap(s, cap) else None
         for (s, _), ok in zip(flat, cacheable)]
     if drafts is not None:
         guess = {i: drafts(flat[i][0]) for i, r in enumerate(out) if r is None and cacheable[i]}
@@ -389,19 +376,19 @@ def _expand(model: R3MemModel, tok, flat: list[tuple[Slot, str | None]], cap: in
                  for i, g in guess.items() if g}
         order = list(guess)
         checked = verify_drafts(model, tok, [flat[i][0].state for i in order], [guess[i] for i in order],
-                                [_cap(flat[i][0], cap) for i in order]) if order else []
+                                [slot_cap(flat[i][0], cap) for i in order]) if order else []
         for i, r in zip(order, checked):
             if r is None:  # refused: decoded with its draft fed ahead (the same tokens as `reconstruct_scored`)
-                r = _decode_drafted(model, tok, flat[i][0].state, guess[i], _cap(flat[i][0], cap))
+                r = _decode_drafted(model, tok, flat[i][0].state, guess[i], slot_cap(flat[i][0], cap))
             out[i] = r
-            flat[i][0].recalled = (_cap(flat[i][0], cap), r)
+            flat[i][0].recalled = (slot_cap(flat[i][0], cap), r)
     todo = [i for i, r in enumerate(out) if r is None]
-    got = reconstruct_scored(model, tok, [flat[i][0].state for i in todo], [_cap(flat[i][0], cap) for i in todo],
+    got = reconstruct_scored(model, tok, [flat[i][0].state for i in todo], [slot_cap(flat[i][0], cap) for i in todo],
                              [flat[i][1] for i in todo], sampling) if todo else []
     for i, r in zip(todo, got):
         out[i] = r
         if cacheable[i]:
-            flat[i][0].recalled = (_cap(flat[i][0], cap), r)
+            flat[i][0].recalled = (slot_cap(flat[i][0], cap), r)
     return out  # type: ignore[return-value]
 
 

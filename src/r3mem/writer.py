@@ -7,6 +7,7 @@ depend on how the text was split across `write` calls.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,7 +20,7 @@ from r3mem.recurrence import fold
 from r3mem.tokens import pad_batch, slot_tokens, tokenize
 
 __all__ = ["write_text", "write_texts", "flush", "effective_doc_state", "compress_texts", "compress_slots", "add_keys",
-           "policy_of", "with_policy"]
+           "pending_slot", "policy_of", "with_policy"]
 
 _TRAILING_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*$")
 _SLOT_BATCH = 8
@@ -101,10 +102,10 @@ def _fold_segments(model: R3MemModel, mems: list[Memory], pad_id: int, final: bo
     if not any(chunks):
         return
     state = torch.stack([m.doc_state for m in mems])
-    seg = model.cfg.segment_len
     # Row i holds its segments back to back; a row with fewer segments pads out and keeps its state.
     ids, mask = pad_batch([[t for piece in c for t in piece] for c in chunks], pad_id, state.device)
-    ids, mask = ids[:, :max(len(c) for c in chunks) * seg], mask[:, :max(len(c) for c in chunks) * seg]
+    n_seg = max(len(c) for c in chunks)
+    ids, mask = ids[:, :n_seg * seg], mask[:, :n_seg * seg]
     state = fold(model, state, ids, mask, store_dtype=model.store_dtype).state
     for mem, c, st in zip(mems, chunks, state):
         mem.doc_state = st
@@ -150,22 +151,38 @@ def _paragraph_pieces(
     return pieces, firsts
 
 
-def _entity_pieces(tok, buf: str, paras: list[Span], mem: Memory, parents: list[int]) -> list[Slot]:
-    """New entity slots (state filled in later) for names not yet in `mem`; every mention span of a
-    known or new name is recorded, and `parents[i]` is the paragraph slot a name first seen in paragraph
-    i points to. Entity spans are computed once per paragraph (linear time)."""
-    new: dict[str, Slot] = {}
+@dataclass
+class _NewEntity:
+    """An entity slot to be: its name, its first-mention sentence (span, token ids), the paragraph slot it
+    was first seen in and every mention's span; `Slot`ed once its sentence is compressed."""
+
+    key: str
+    start: int
+    end: int
+    ids: list[int]
+    parent: int
+    mentions: list[tuple[int, int]] = field(default_factory=list)
+
+
+def _entity_pieces(tok, buf: str, paras: list[Span], mem: Memory, parents: list[int]) -> list[_NewEntity]:
+    """The new entities of `paras` (names not yet in `mem`); every mention span of a known name is added
+    to its slot, and `parents[i]` is the paragraph slot a name first seen in paragraph i points to.
+    Entity spans are computed once per paragraph (linear time), each new sentence tokenized once."""
+    new: dict[str, _NewEntity] = {}
     for pi, p in enumerate(paras):
         sentences = sentence_spans(buf, p.start, p.end)
         for ent in entity_spans(buf, p.start, p.end, sentences=sentences):
             span = (mem.offset + ent.start, mem.offset + ent.end)
-            slot = mem.entity(ent.text) or new.get(ent.text.lower())
-            if slot is None:
+            known = mem.entity(ent.text)
+            if known is not None:
+                known.mentions.append(span)
+                continue
+            e = new.get(ent.text.lower())
+            if e is None:
                 sent = next((s for s in sentences if s.start <= ent.start < s.end), p)
-                slot = Slot("entity", ent.text, mem.offset + sent.start, mem.offset + sent.end,
-                            len(tokenize(tok, sent.text)), torch.empty(0), parent=parents[pi])
-                new[ent.text.lower()] = slot
-            slot.mentions.append(span)
+                e = new[ent.text.lower()] = _NewEntity(ent.text, mem.offset + sent.start, mem.offset + sent.end,
+                                                       tokenize(tok, sent.text), parents[pi])
+            e.mentions.append(span)
     return list(new.values())
 
 
@@ -195,50 +212,59 @@ def with_policy(model: R3MemModel, mem: Memory, policy: WritePolicy | None) -> M
     return out
 
 
-def _commit(model, tok, jobs: list[tuple[Memory, str, list[Span], int]], keys: KeyEncoder | None = None) -> None:
+@dataclass
+class _Job:
+    """One memory's share of a commit: its buffer (pending text + new text), the complete paragraphs in
+    it and where the pending tail starts; then the slots to write (`pieces`, `firsts`, `entities`)."""
+
+    mem: Memory
+    buf: str
+    paras: list[Span]
+    end: int
+    pieces: list[tuple[str, int, int, list[int]]] = field(default_factory=list)
+    firsts: list[int] = field(default_factory=list)
+    entities: list[_NewEntity] = field(default_factory=list)
+
+    def text(self, start: int, end: int) -> str:
+        """The buffer's text at stream offsets start:end."""
+        return self.buf[start - self.mem.offset:end - self.mem.offset]
+
+
+def _commit(model, tok, jobs: list[_Job], keys: KeyEncoder | None = None) -> None:
     """Commit complete paragraphs of several memories, each at its own policy (`Memory.policy`); slots
     of all of them are compressed together and, with a key encoder, keyed from their text."""
-    cfg, pad_id = model.cfg, tok.pad_token_id
-    para_jobs = [(m, *_paragraph_pieces(tok, cfg, paras, m)) if "paragraph" in m.policy.levels else (m, [], [])
-                 for m, _, paras, _ in jobs]
-    firsts = {id(m): f for m, _, f in para_jobs}  # each paragraph's first slot: the parent of its entities
-
-    def parents(m: Memory, paras: list[Span]) -> list[int]:
-        return firsts.get(id(m)) or [len(m.paragraphs) + i for i in range(len(paras))]
-
-    ent_jobs = [(m, _entity_pieces(tok, buf, paras, m, parents(m, paras)) if "entity" in m.policy.levels else [])
-                for m, buf, paras, _ in jobs]
-    para_seqs = [c for _, ps, _ in para_jobs for *_, c in ps]
-    ratios = [m.policy.paragraph_ratio for m, ps, _ in para_jobs for _ in ps]
-    ent_seqs = []  # each new entity's sentence, cut from its memory's buffer
-    for (m, es), (_, buf, _, _) in zip(ent_jobs, jobs):
-        ent_seqs += [tokenize(tok, buf[e.start - m.offset : e.end - m.offset]) for e in es]
-        ratios += [m.policy.entity_ratio] * len(es)
+    for j in jobs:
+        levels = j.mem.policy.levels
+        if "paragraph" in levels:
+            j.pieces, j.firsts = _paragraph_pieces(tok, model.cfg, j.paras, j.mem)
+        if "entity" in levels:  # each paragraph's first slot is the parent of the entities first seen in it
+            parents = j.firsts or [len(j.mem.paragraphs) + i for i in range(len(j.paras))]
+            j.entities = _entity_pieces(tok, j.buf, j.paras, j.mem, parents)
+    seqs = [c for j in jobs for *_, c in j.pieces] + [e.ids for j in jobs for e in j.entities]
+    ratios = [j.mem.policy.paragraph_ratio for j in jobs for _ in j.pieces] + \
+        [j.mem.policy.entity_ratio for j in jobs for _ in j.entities]
     # Both levels in one call, so text shared between them is compressed once.
-    states = iter(compress_slots(model, para_seqs + ent_seqs, ratios, pad_id))
-    new_slots, new_texts = [], []
-    for (m, ps, _), (_, buf, _, _) in zip(para_jobs, jobs):
-        slots = []
-        for key, s, e, c in ps:
+    states = iter(compress_slots(model, seqs, ratios, tok.pad_token_id))
+    new: list[tuple[Slot, str]] = []  # each new slot and its text, to key them
+    for j in jobs:
+        for key, start, end, c in j.pieces:
             state, packed = next(states)
-            slots.append(Slot("paragraph", key, s, e, len(c), state, packed=packed))
-        m.paragraphs.extend(slots)
-        new_slots += slots
-        new_texts += [buf[s.start - m.offset:s.end - m.offset] for s in slots]
-    for (m, es), (_, buf, _, _) in zip(ent_jobs, jobs):
-        for e in es:
-            e.state, e.packed = next(states)
-        m.entities.extend(es)
-        new_slots += es
-        new_texts += [buf[e.start - m.offset:e.end - m.offset] for e in es]
-    add_keys(new_slots, new_texts, keys)
-    for m, buf, paras, commit_end in jobs:
-        for p in paras:
+            j.mem.paragraphs.append(Slot("paragraph", key, start, end, len(c), state, packed=packed))
+            new.append((j.mem.paragraphs[-1], j.text(start, end)))
+    for j in jobs:
+        for e in j.entities:
+            state, packed = next(states)
+            j.mem.entities.append(Slot("entity", e.key, e.start, e.end, len(e.ids), state, parent=e.parent,
+                                       mentions=e.mentions, packed=packed))
+            new.append((j.mem.entities[-1], j.text(e.start, e.end)))
+    add_keys([slot for slot, _ in new], [text for _, text in new], keys)
+    for j in jobs:
+        for p in j.paras:
             ids = tokenize(tok, p.text + "\n\n")
-            m.pending_ids.extend(ids)
-            m.n_tokens += len(ids)
-        m.offset += commit_end
-        m.pending_text = buf[commit_end:]
+            j.mem.pending_ids.extend(ids)
+            j.mem.n_tokens += len(ids)
+        j.mem.offset += j.end
+        j.mem.pending_text = j.buf[j.end:]
 
 
 @torch.no_grad()
@@ -253,8 +279,7 @@ def write_texts(model: R3MemModel, tok, mems: list[Memory], texts: list[str],
     jobs = []
     for m, text in zip(out, texts):
         buf = m.pending_text + text
-        paras, commit_end = _split_commit(buf)
-        jobs.append((m, buf, paras, commit_end))
+        jobs.append(_Job(m, buf, *_split_commit(buf)))
     _commit(model, tok, jobs, keys)
     _fold_segments(model, out, tok.pad_token_id, final=False)
     return out
@@ -272,9 +297,27 @@ def flush(model: R3MemModel, tok, mem: Memory, keys: KeyEncoder | None = None,
     """Commit the pending paragraph and fold a partial last segment into the document state."""
     mem = with_policy(model, mem, policy)
     buf = mem.pending_text
-    _commit(model, tok, [(mem, buf, paragraph_spans(buf), len(buf))], keys)
+    _commit(model, tok, [_Job(mem, buf, paragraph_spans(buf), len(buf))], keys)
     _fold_segments(model, [mem], tok.pad_token_id, final=True)
     return mem
+
+
+def pending_slot(model: R3MemModel, tok, mem: Memory, keys: KeyEncoder | None = None) -> Slot | None:
+    """The paragraph slot a flush would write from the pending text now (at the memory's policy), without
+    changing `mem`; None when nothing is pending or the policy writes no paragraphs. Recall reads it as
+    the memory's last paragraph."""
+    paras = paragraph_spans(mem.pending_text)
+    policy = policy_of(model, mem)
+    if not paras or "paragraph" not in policy.levels:
+        return None
+    p = paras[0] if len(paras) == 1 else None
+    text = mem.pending_text.strip() if p is None else p.text
+    ids = tokenize(tok, text)[: model.cfg.max_paragraph_tokens]
+    st, packed = compress_slots(model, [ids], policy.paragraph_ratio, tok.pad_token_id)[0]
+    start = mem.offset + (p.start if p else len(mem.pending_text) - len(mem.pending_text.lstrip()))
+    slot = Slot("paragraph", f"p{len(mem.paragraphs)}", start, start + len(text), len(ids), st, packed=packed)
+    add_keys([slot], [tok.decode(ids)], keys)
+    return slot
 
 
 def effective_doc_state(model: R3MemModel, tok, mem: Memory) -> torch.Tensor:

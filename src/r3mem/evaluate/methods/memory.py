@@ -143,7 +143,7 @@ class MemoryMethod(Method):
         table and both directions exist whatever the hierarchy): the comparison is then at equal
         memory per paragraph. Entity slots are not written (they are not reconstructed here).
         """
-        from r3mem.recall import reconstruct
+        from r3mem.recall import reconstruct, slot_cap
 
         e = self.engine
         policy = WritePolicy(("document", "paragraph"), float(ratio), e.config.entity_ratio)
@@ -151,7 +151,7 @@ class MemoryMethod(Method):
         slots = mem.paragraphs
         cap = e.config.max_recall_tokens
         # Batched form of e.recall(mem, index=i) for every slot (same caps, no query).
-        hyps = reconstruct(e.model, e.tokenizer, [s.state for s in slots], [min(cap, s.n_tokens + 8) for s in slots])
+        hyps = reconstruct(e.model, e.tokenizer, [s.state for s in slots], [slot_cap(s, cap) for s in slots])
         refs = [text[s.start:s.end] for s in slots]
         slot_bytes = sum(s.state.numel() * s.state.element_size() for s in slots)
         return {
