@@ -9,7 +9,8 @@ conversation's, categories 1-4) are answered, model loaded, one at a time:
 - `r3mem text`: `engine.answer(q, mem)`: keys search, the top 2 slots expanded (decoded; no slot's
   cached expansion is reused: every question pays for its own), the reader;
 - `r3mem text checked`: the same with `drafts=` the slots' source text: each expansion is checked against
-  it in one pass and decoded only where it differs (the same text as decoding), as `ChatAgent` does;
+  it in one pass, and where it differs decoded with the draft fed ahead (speculative decoding; the same
+  text as decoding), as `ChatAgent` does;
 - `r3mem cache`: `engine.answer(q, mem, read="cache")`: keys search, the reader reads the slots' cache;
 - `r3mem source`: `engine.find` + the reader over the found slots' own turns (`ChatAgent(read="source")`);
 - `bm25`: BM25 over the turns (index built once per size) + the reader, the same prompt and budget.
@@ -105,19 +106,24 @@ def answer_latency(engine: R3Mem, mem, turns: list[str], questions: list[str], b
 
 
 def _count_decodes(engine: R3Mem):
-    """Counts the rows the next expansion decodes (the slots whose draft was refused): call the result."""
+    """Counts the slots the next expansion decodes (those whose draft was refused, decoded with the draft
+    fed ahead, and any decoded without one): call the result."""
     from r3mem import recall as recall_mod
 
-    real, rows = recall_mod.reconstruct_scored, [0]
+    real, real_drafted, rows = recall_mod.reconstruct_scored, recall_mod._decode_drafted, [0]
 
     def counting(model, tok, states, *a, **k):
         rows[0] += len(states)
         return real(model, tok, states, *a, **k)
 
-    recall_mod.reconstruct_scored = counting
+    def counting_drafted(*a, **k):
+        rows[0] += 1
+        return real_drafted(*a, **k)
+
+    recall_mod.reconstruct_scored, recall_mod._decode_drafted = counting, counting_drafted
 
     def done() -> int:
-        recall_mod.reconstruct_scored = real
+        recall_mod.reconstruct_scored, recall_mod._decode_drafted = real, real_drafted
         return rows[0]
 
     return done

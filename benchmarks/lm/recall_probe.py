@@ -25,7 +25,7 @@ import torch
 from r3mem.engine import R3Mem
 from r3mem.evaluate.datasets import load_pg19
 from r3mem.recurrence import fold
-from r3mem.train.windows import tokenize_text
+from r3mem.tokens import tokenize_long
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
     eng = R3Mem.from_pretrained(args.model)
     m, tok = eng.model, eng.tokenizer
-    ids = tokenize_text(load_pg19(Path(args.data))[0].text, tok)[: args.max_tokens]
+    ids = tokenize_long(tok, load_pg19(Path(args.data))[0].text)[: args.max_tokens]
     seg = m.cfg.segment_len
     x = torch.tensor([ids])
     previous = iter([ids[s - seg:s]] for s in range(seg, len(ids), seg))

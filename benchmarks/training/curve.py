@@ -3,8 +3,9 @@
 Each checkpoint (or adapter folder) given is scored on paragraphs of held-out PG-19 book 10356
 (whitespace collapsed, at most 96 tokens) compressed at 2x, 4x and 8x and expanded back greedily:
 token exact match (reference tokens reproduced at their position), BLEU and ROUGE-L. One JSON line
-per (run, step) is appended to `results/curve.jsonl`; the plot `results/curve.png` shows every
-line of that file, so it holds the curve across all runs so far.
+per (run, step) is appended to `results/curve.jsonl`; the plots `results/curve.png` (token exact match)
+and `results/curve_rouge.png` (ROUGE-L) show every line of that file, one panel per ratio, so they hold
+the curve across all runs so far, the shipped adapter starred.
 
 Usage: python benchmarks/training/curve.py --run NAME CHECKPOINT_OR_ADAPTER [...] [--paragraphs 24]
        python benchmarks/training/curve.py --plot-only
@@ -63,34 +64,53 @@ def _row(run, step, seen, adapter_hash, memory_mode, n_paragraphs, rec, wall_s, 
     return row | ({"source": source} if source else {})
 
 
+SHIPPED = Path(__file__).parents[2] / "src/r3mem/pretrained/smollm2-135m/r3mem_adapter.json"
+
+
 def plot(path: Path, out: Path) -> None:
+    """One figure per measure (`out`: greedy token exact match; `out` with `_rouge`: ROUGE-L), one panel
+    per ratio, each run a colour; the point of the shipped adapter (its step) starred."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
-    for run in dict.fromkeys(r["run"] for r in rows):
-        pts = sorted((r for r in rows if r["run"] == run), key=lambda r: r["examples_seen"])
-        for ratio, style in (("2", ":"), ("4", "-"), ("8", "--")):
-            xs = [r["examples_seen"] for r in pts if ratio in r["ratios"]]
-            if xs:
-                ax[0].plot(xs, [r["ratios"][ratio]["token_exact_match"] for r in pts if ratio in r["ratios"]], style,
-                           marker="o", ms=3, label=f"{run} {ratio}x")
-                ax[1].plot(xs, [r["ratios"][ratio]["rouge_l"] for r in pts if ratio in r["ratios"]], style,
-                           marker="o", ms=3, label=f"{run} {ratio}x")
-    for a, name in zip(ax, ("greedy token exact match", "ROUGE-L")):
-        a.set_xlabel("training examples seen")
-        a.set_title(f"held-out book 10356: {name}")
-        a.set_ylim(0, 1)
-        a.grid(alpha=0.3)
-    ax[0].axhline(0.9, color="grey", lw=0.8, ls=":")
-    ax[0].axhline(0.7, color="grey", lw=0.8, ls="--")
-    ax[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    colours = {run: plt.cm.tab20(i % 20) for i, run in enumerate(runs)}
+    shipped_step = json.loads(SHIPPED.read_text()).get("step") if SHIPPED.exists() else None
+    for field, title, target_file in (("token_exact_match", "greedy token exact match", out),
+                                      ("rouge_l", "ROUGE-L", out.with_name(out.stem + "_rouge" + out.suffix))):
+        fig, axes = plt.subplots(1, 3, figsize=(13, 4.6), sharey=True)
+        for ax, ratio in zip(axes, ("2", "4", "8")):
+            for run in runs:
+                pts = sorted((r for r in rows if r["run"] == run and ratio in r["ratios"]),
+                             key=lambda r: r["examples_seen"])
+                if pts:
+                    ax.plot([r["examples_seen"] for r in pts], [r["ratios"][ratio][field] for r in pts],
+                            marker="o", ms=4, lw=1.5, color=colours[run], label=run)
+            best = [r for r in rows if r["step"] == shipped_step and ratio in r["ratios"]]
+            for r in best[-1:]:
+                ax.plot(r["examples_seen"], r["ratios"][ratio][field], marker="*", ms=16, color="black",
+                        ls="none", label="shipped adapter", zorder=5)
+            if field == "token_exact_match":
+                target = {"4": 0.9, "8": 0.7}.get(ratio)
+                if target:
+                    ax.axhline(target, color="grey", lw=0.8, ls="--")
+            ax.set_title(f"{ratio}x")
+            ax.set_xlabel("training examples seen")
+            ax.set_ylim(0, 1)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel(f"{title}, held-out book 10356")
+        seen: dict = {}  # label -> handle, over all panels (a run may lack a ratio)
+        for ax in axes:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                seen.setdefault(lab, h)
+        fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=5, fontsize=8, frameon=False)
+        fig.suptitle(f"Reconstruction during training: {title} at each compression ratio")
+        fig.tight_layout(rect=(0, 0.16, 1, 0.95))
+        fig.savefig(target_file, dpi=110)
+        plt.close(fig)
 
 
 def main() -> None:

@@ -64,6 +64,19 @@ def read_adapter(path: str | Path) -> tuple[R3MemConfig, dict[str, torch.Tensor]
         raise AdapterError(f"{path}: adapter folder does not exist")
     if not is_adapter_dir(path):
         raise AdapterError(f"{path}: not an r3mem adapter folder (needs {META} and {WEIGHTS})")
+    meta = _read_meta(path)
+    try:
+        conf = dict(meta["config"])
+        # Adapters saved before `memory_positions` existed were trained with memory as a prefix.
+        conf.setdefault("memory_positions", "prefix")
+        cfg = R3MemConfig.from_dict(conf)
+    except (ConfigError, KeyError, TypeError, ValueError) as e:
+        raise AdapterError(f"{path / META}: invalid config ({e})") from None
+    return cfg, _read_weights(path, meta), meta
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """The adapter's header, checked to be one and of a format version this r3mem reads."""
     try:
         meta = json.loads((path / META).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):
@@ -79,13 +92,11 @@ def read_adapter(path: str | Path) -> tuple[R3MemConfig, dict[str, torch.Tensor]
         raise AdapterError(
             f"{path}: adapter format version {v} is newer than this r3mem supports ({ADAPTER_FORMAT_VERSION})"
         )
-    try:
-        conf = dict(meta["config"])
-        # Adapters saved before `memory_positions` existed were trained with memory as a prefix.
-        conf.setdefault("memory_positions", "prefix")
-        cfg = R3MemConfig.from_dict(conf)
-    except (ConfigError, KeyError, TypeError, ValueError) as e:
-        raise AdapterError(f"{path / META}: invalid config ({e})") from None
+    return meta
+
+
+def _read_weights(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The adapter's tensors, checked against the header's hash and for non-finite values."""
     try:
         state = st_load((path / WEIGHTS).read_bytes())
     except Exception as e:
@@ -95,7 +106,7 @@ def read_adapter(path: str | Path) -> tuple[R3MemConfig, dict[str, torch.Tensor]
     bad = next((n for n, t in sorted(state.items()) if t.is_floating_point() and not torch.isfinite(t).all()), None)
     if bad is not None:  # e.g. a diverged training run: every memory written with it would be NaN
         raise AdapterError(f"{path}: tensor {bad} holds NaN or infinite values")
-    return cfg, state, meta
+    return state
 
 
 def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "adapter") -> None:

@@ -256,8 +256,9 @@ def _tool_errors(fn: Callable[..., _T]) -> Callable[..., _T]:
     return wrapper
 
 
-def create_server(engine, store: MemoryStore, user_id: str = "local", *, default_session: str = DEFAULT_SESSION,
-                  name: str = "r3mem", lock: AbstractContextManager | None = None) -> MCPServer:
+def create_server(  # noqa: C901 - the tools are closures over one engine and store; each one is small
+        engine, store: MemoryStore, user_id: str = "local", *, default_session: str = DEFAULT_SESSION,
+        name: str = "r3mem", lock: AbstractContextManager | None = None) -> MCPServer:
     """An `MCPServer` whose tools act on `user_id`'s sessions in `store` through `engine`.
 
     `lock` is held around every model call (a `threading.Lock` by default: tools run in worker threads

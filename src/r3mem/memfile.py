@@ -165,42 +165,44 @@ def check_memory(mem: Memory, spec: MemorySpec, name: str = "memory") -> Memory:
 
     A memory whose checksum is right can still be unusable (edited and re-summed, or written by
     code with another layout): refusing it here keeps every later write and recall from failing."""
-    def fits(t: torch.Tensor, what: str, k_range: tuple[int, int]) -> None:
-        want = spec.shape[:-2] + ("k",) + spec.shape[-1:]
-        if t.dim() != len(spec.shape) or tuple(t.shape[:-2]) != spec.shape[:-2] or t.shape[-1] != spec.shape[-1]:
-            raise MemoryFileError(f"{name}: {what} has shape {tuple(t.shape)}, this model reads {want}")
-        if not k_range[0] <= t.shape[-2] <= k_range[1]:
-            raise MemoryFileError(
-                f"{name}: {what} has {t.shape[-2]} memory tokens, this model reads {k_range[0]}..{k_range[1]}"
-            )
-        if t.dtype != spec.dtype:
-            raise MemoryFileError(f"{name}: {what} is {str(t.dtype).removeprefix('torch.')}, this model stores "
-                                  f"{str(spec.dtype).removeprefix('torch.')}")
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise MemoryFileError(f"{name}: {what} holds NaN or infinite values")
-
-    def keyed(s: Slot, what: str) -> None:
-        if spec.key_dim is None:
-            if s.dense is not None or s.terms is not None:
-                raise KeysMismatch(f"{name}: {what} has retrieval keys, this engine keys no slots")
-            return
-        if s.dense is None or s.terms is None:
-            raise KeysMismatch(f"{name}: {what} has no retrieval keys, this engine keys every slot")
-        if tuple(s.dense.shape) != (spec.key_dim,) or s.dense.dtype != torch.float16:
-            raise MemoryFileError(f"{name}: {what} has a {str(s.dense.dtype).removeprefix('torch.')} key of shape "
-                                  f"{tuple(s.dense.shape)}, this engine reads float16 ({spec.key_dim},)")
-        if not torch.isfinite(s.dense).all():
-            raise MemoryFileError(f"{name}: {what} key holds NaN or infinite values")
-
-    fits(mem.doc_state, "doc_state", (spec.doc_tokens, spec.doc_tokens))
+    _check_state(mem.doc_state, spec, f"{name}: doc_state", (spec.doc_tokens, spec.doc_tokens))
     for level, slots in (("paragraph", mem.paragraphs), ("entity", mem.entities)):
         for i, s in enumerate(slots):
-            fits(s.state, f"{level} slot {i}", (1, spec.max_slot))
-            keyed(s, f"{level} slot {i}")
+            _check_state(s.state, spec, f"{name}: {level} slot {i}", (1, spec.max_slot))
+            _check_keys(s, spec, f"{name}: {level} slot {i}")
     bad = next((t for t in mem.pending_ids if not 0 <= t < spec.vocab), None)
     if bad is not None:
         raise MemoryFileError(f"{name}: pending token id {bad} is outside the vocabulary (0..{spec.vocab - 1})")
     return mem
+
+
+def _check_state(t: torch.Tensor, spec: MemorySpec, what: str, k_range: tuple[int, int]) -> None:
+    """A state of the engine's shape (with `k_range` memory tokens), dtype and finite values."""
+    want = spec.shape[:-2] + ("k",) + spec.shape[-1:]
+    if t.dim() != len(spec.shape) or tuple(t.shape[:-2]) != spec.shape[:-2] or t.shape[-1] != spec.shape[-1]:
+        raise MemoryFileError(f"{what} has shape {tuple(t.shape)}, this model reads {want}")
+    if not k_range[0] <= t.shape[-2] <= k_range[1]:
+        raise MemoryFileError(f"{what} has {t.shape[-2]} memory tokens, this model reads {k_range[0]}..{k_range[1]}")
+    if t.dtype != spec.dtype:
+        raise MemoryFileError(f"{what} is {str(t.dtype).removeprefix('torch.')}, this model stores "
+                              f"{str(spec.dtype).removeprefix('torch.')}")
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        raise MemoryFileError(f"{what} holds NaN or infinite values")
+
+
+def _check_keys(s: Slot, spec: MemorySpec, what: str) -> None:
+    """A slot keyed as the engine keys slots (or not keyed, for an engine without keys)."""
+    if spec.key_dim is None:
+        if s.dense is not None or s.terms is not None:
+            raise KeysMismatch(f"{what} has retrieval keys, this engine keys no slots")
+        return
+    if s.dense is None or s.terms is None:
+        raise KeysMismatch(f"{what} has no retrieval keys, this engine keys every slot")
+    if tuple(s.dense.shape) != (spec.key_dim,) or s.dense.dtype != torch.float16:
+        raise MemoryFileError(f"{what} has a {str(s.dense.dtype).removeprefix('torch.')} key of shape "
+                              f"{tuple(s.dense.shape)}, this engine reads float16 ({spec.key_dim},)")
+    if not torch.isfinite(s.dense).all():
+        raise MemoryFileError(f"{what} key holds NaN or infinite values")
 
 
 def _terms(m: dict[str, Any]) -> dict[str, int] | None:

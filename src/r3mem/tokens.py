@@ -1,6 +1,7 @@
 """Token helpers shared by writing, reading, training and evaluation.
 
-`tokenize` is the one way user text becomes ids (special-token strings are split, never obeyed);
+`tokenize` is the one way user text becomes ids (special-token strings are split, never obeyed), and
+`tokenize_long` the same for text of any length;
 `pad_batch` right-pads id lists into `(ids, mask)`; `lm_labels` turns them into loss labels;
 `slot_tokens` is how many memory tokens a slot of a given length gets.
 """
@@ -8,10 +9,12 @@
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterable, Iterator
 
 import torch
 
-__all__ = ["tokenize", "pad_batch", "lm_labels", "slot_tokens", "IGNORE_INDEX"]
+__all__ = ["tokenize", "tokenize_long", "split_at_whitespace", "pad_batch", "lm_labels", "slot_tokens", "IGNORE_INDEX"]
 
 # The label cross-entropy skips (torch and transformers both default to it).
 IGNORE_INDEX = -100
@@ -42,3 +45,46 @@ def tokenize(tok, text: str) -> list[int]:
     """Token ids of user text. Special-token strings in the text (e.g. "<|im_end|>") are split into
     ordinary tokens, so text can never inject control tokens into a memory or a prompt."""
     return tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
+def split_at_whitespace(chunks: Iterable[str], chunk_chars: int) -> Iterator[str]:
+    """Re-cut a text stream into pieces of about ``chunk_chars`` that start at a whitespace run.
+
+    Cutting just before a whitespace run (never inside a word or a run) keeps pre-tokenizers that
+    attach a leading space to the next word (GPT-2 style) producing the same tokens as on the whole text.
+    A word longer than ``chunk_chars`` makes its piece longer rather than being split.
+    """
+    buffer = ""
+    for chunk in chunks:
+        buffer += chunk
+        while len(buffer) > chunk_chars and (cut := _cut_point(buffer, chunk_chars)) > 0:
+            yield buffer[:cut]
+            buffer = buffer[cut:]
+    if buffer:
+        yield buffer
+
+
+_RUN_START = re.compile(r"(?<=\S)\s")
+
+
+def _cut_point(text: str, limit: int) -> int:
+    """Start of the last whitespace run beginning in ``(0, limit]``, else of the first one after it (0: none)."""
+    i = limit
+    while i > 0 and not text[i].isspace():
+        i -= 1
+    while i > 0 and text[i - 1].isspace():
+        i -= 1
+    if i > 0:
+        return i
+    m = _RUN_START.search(text, limit)
+    return 0 if m is None else m.start()
+
+
+def tokenize_long(tok, text: str, chunk_chars: int = 1 << 16) -> list[int]:
+    """`tokenize` of text of any length (a whole book), in tokenizer calls of about `chunk_chars` characters
+    cut before a whitespace run, so the tokenizer's working memory stays bounded; with a byte-level or
+    whitespace pre-tokenizer the ids equal those of one call."""
+    if chunk_chars < 1:
+        raise ValueError(f"chunk_chars must be >= 1, got {chunk_chars}")
+    slices = (text[i : i + chunk_chars] for i in range(0, len(text), chunk_chars))  # keeps the buffer small
+    return [i for piece in split_at_whitespace(slices, chunk_chars) for i in tokenize(tok, piece)]

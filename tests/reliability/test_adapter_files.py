@@ -146,7 +146,7 @@ def test_levels_override_gives_the_single_pass_write(adapter_dir, tmp_path):
     mf, md = full.write(SAMPLE_TEXT), doc.write(SAMPLE_TEXT)
     assert mf.paragraphs and not md.paragraphs and not md.entities
     torch.testing.assert_close(md.doc_state, mf.doc_state)  # the retention pass does not depend on the slots
-    with pytest.raises(ValueError, match="not enabled"):
+    with pytest.raises(ValueError, match="not in the levels this memory is written with"):
         doc.recall(md, level="paragraph")
     doc.save(md, tmp_path / "doc.r3mem")
     with pytest.raises(MemoryFileError, match="memory_layout"):  # another layout: refused, not misread

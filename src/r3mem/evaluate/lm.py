@@ -59,10 +59,10 @@ def default_budget(engine) -> int:
 
 
 def prepare(data: LMData, engine, opts: EvalOptions) -> LMData:
-    from r3mem.train.windows import tokenize_text
+    from r3mem.tokens import tokenize_long
 
     for b in data.books:
-        b.ids = tokenize_text(b.text, engine.tokenizer)[: opts.max_tokens]
+        b.ids = tokenize_long(engine.tokenizer, b.text)[: opts.max_tokens]
     data.seg_len = opts.segment_len or engine.config.segment_len
     return data
 

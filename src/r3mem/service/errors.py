@@ -163,9 +163,16 @@ def _json_body_problem(scope: Scope, body: bytes) -> str | None:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
         return f"request body is not valid UTF-8: byte 0x{body[e.start]:02x} at offset {e.start}"
+    deepest = json_depth(text, MAX_JSON_DEPTH)
+    return f"request body nests JSON deeper than {MAX_JSON_DEPTH} levels" if deepest > MAX_JSON_DEPTH else None
+
+
+def json_depth(text: str, stop: int) -> int:
+    """How deep brackets nest outside JSON strings in `text` (linear, no recursion); the scan stops once
+    past `stop`."""
     depth = deepest = 0
     in_string = escaped = False
-    for ch in text:  # brackets outside strings; linear, no recursion
+    for ch in text:
         if in_string:
             if escaped:
                 escaped = False
@@ -178,11 +185,11 @@ def _json_body_problem(scope: Scope, body: bytes) -> str | None:
         elif ch in "[{":
             depth += 1
             deepest = max(deepest, depth)
-            if deepest > MAX_JSON_DEPTH:
-                return f"request body nests JSON deeper than {MAX_JSON_DEPTH} levels"
+            if deepest > stop:
+                break
         elif ch in "]}":
             depth -= 1
-    return None
+    return deepest
 
 
 class SecurityHeaders:

@@ -14,10 +14,10 @@ import torch
 from r3mem.hierarchy import paragraph_spans
 from r3mem.text import read_text, strip_gutenberg
 from r3mem.tiny import SAMPLE_TEXT
-from r3mem.tokens import pad_batch, tokenize
+from r3mem.tokens import pad_batch, tokenize, tokenize_long
 from r3mem.train.config import TrainConfig
 from r3mem.train.pairs import build_examples
-from r3mem.train.windows import lm_windows, tokenize_text
+from r3mem.train.windows import lm_windows
 
 __all__ = ["TrainingMixture", "load_sources", "split_rows"]
 
@@ -54,7 +54,7 @@ class TrainingMixture:
         self.cfg, self.tok = cfg, tokenizer
         docs = load_sources(cfg.train_files, cfg.max_chars_per_file)
         window = cfg.model.segment_len * cfg.lm_segments
-        token_docs = [tokenize_text(t, tokenizer) for _, t in docs]
+        token_docs = [tokenize_long(tokenizer, t) for _, t in docs]
         self.windows = lm_windows(token_docs, window, min_tokens=min(window, cfg.model.segment_len))
         self.token_docs = token_docs
         self.pairs: dict[str, list[_Pair]] = {"paragraph": [], "entity": []}
