@@ -43,7 +43,7 @@ def auto_compute_dtype(device: str = "cpu") -> str:
     return "bfloat16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "float32"
 
 
-def _check(cond: bool, name: str, msg: str, value: Any) -> None:
+def check(cond: bool, name: str, msg: str, value: Any) -> None:
     if not cond:
         raise ConfigError(f"{name}: {msg} (got {value!r})")
 
@@ -112,7 +112,7 @@ class R3MemConfig:
         self.validate()
 
     def validate(self) -> None:
-        _check(
+        check(
             isinstance(self.base_model, str) and self.base_model.strip() != "",
             "base_model",
             "must be a non-empty string",
@@ -121,40 +121,40 @@ class R3MemConfig:
         for name in ("num_mem_tokens", "segment_len", "bptt_depth", "max_slot_tokens", "max_paragraph_tokens",
                      "coupling_hidden", "lora_rank", "lora_alpha", "max_recall_tokens"):
             v = getattr(self, name)
-            _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "must be an integer >= 1", v)
-        _check(self.memory_mode in MEMORY_MODES, "memory_mode", f"must be one of {MEMORY_MODES}", self.memory_mode)
-        _check(self.memory_positions in MEMORY_POSITIONS, "memory_positions", f"must be one of {MEMORY_POSITIONS}",
+            check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "must be an integer >= 1", v)
+        check(self.memory_mode in MEMORY_MODES, "memory_mode", f"must be one of {MEMORY_MODES}", self.memory_mode)
+        check(self.memory_positions in MEMORY_POSITIONS, "memory_positions", f"must be one of {MEMORY_POSITIONS}",
                self.memory_positions)
-        _check(self.memory_dtype in MEMORY_DTYPES, "memory_dtype", f"must be one of {MEMORY_DTYPES}", self.memory_dtype)
-        _check(self.compute_dtype in COMPUTE_DTYPES, "compute_dtype", f"must be one of {COMPUTE_DTYPES}",
+        check(self.memory_dtype in MEMORY_DTYPES, "memory_dtype", f"must be one of {MEMORY_DTYPES}", self.memory_dtype)
+        check(self.compute_dtype in COMPUTE_DTYPES, "compute_dtype", f"must be one of {COMPUTE_DTYPES}",
                self.compute_dtype)
-        _check(self.memory_bits in (16, 8, 4, 2) and not isinstance(self.memory_bits, bool), "memory_bits",
+        check(self.memory_bits in (16, 8, 4, 2) and not isinstance(self.memory_bits, bool), "memory_bits",
                "must be one of 16, 8, 4, 2", self.memory_bits)
-        _check(self.memory_bits == 16 or self.memory_dtype == "float16", "memory_bits",
+        check(self.memory_bits == 16 or self.memory_dtype == "float16", "memory_bits",
                "below 16 needs memory_dtype float16", self.memory_bits)
-        _check(
+        check(
             self.reversible_mode in ("adapters", "coupling"),
             "reversible_mode",
             "must be 'adapters' or 'coupling'",
             self.reversible_mode,
         )
-        _check(len(self.hierarchy_levels) > 0 and set(self.hierarchy_levels) <= set(LEVELS), "hierarchy_levels",
+        check(len(self.hierarchy_levels) > 0 and set(self.hierarchy_levels) <= set(LEVELS), "hierarchy_levels",
                f"must be a non-empty subset of {LEVELS}", self.hierarchy_levels)
-        _check(
+        check(
             "document" in self.hierarchy_levels, "hierarchy_levels", "must include 'document'", self.hierarchy_levels
         )
         for name in ("paragraph_ratio", "entity_ratio"):
             v = getattr(self, name)
-            _check(isinstance(v, (int, float)) and v >= 1.0, name, "must be a number >= 1", v)
+            check(isinstance(v, (int, float)) and v >= 1.0, name, "must be a number >= 1", v)
         for name in ("w_fwd", "w_bwd", "w_cyc"):
             v = getattr(self, name)
-            _check(isinstance(v, (int, float)) and v >= 0.0, name, "must be a number >= 0", v)
-        _check(isinstance(self.recon_lm, bool), "recon_lm", "must be true or false", self.recon_lm)
-        _check(isinstance(self.write_adapter, bool), "write_adapter", "must be true or false", self.write_adapter)
-        _check(not self.write_adapter or self.reversible_mode == "adapters", "write_adapter",
+            check(isinstance(v, (int, float)) and v >= 0.0, name, "must be a number >= 0", v)
+        check(isinstance(self.recon_lm, bool), "recon_lm", "must be true or false", self.recon_lm)
+        check(isinstance(self.write_adapter, bool), "write_adapter", "must be true or false", self.write_adapter)
+        check(not self.write_adapter or self.reversible_mode == "adapters", "write_adapter",
                "needs reversible_mode 'adapters'", self.write_adapter)
-        _check(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)", self.lora_dropout)
-        _check(
+        check(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)", self.lora_dropout)
+        check(
             self.num_mem_tokens <= self.max_slot_tokens,
             "num_mem_tokens",
             "must be <= max_slot_tokens",

@@ -16,11 +16,11 @@ from r3mem.store.records import StoreError
 BUSY_TIMEOUT_S = 30.0
 """How long an SQLite writer waits for another writer before giving up with a StoreError."""
 
-_WRITE = "r3mem_write"  # execution option: this transaction will write (SQLite: BEGIN IMMEDIATE)
+WRITE = "r3mem_write"  # execution option: this transaction will write (SQLite: BEGIN IMMEDIATE)
 
 
 
-def _make_engine(target: str | os.PathLike[str], read_only: bool | None) -> tuple[Engine, str]:
+def make_engine(target: str | os.PathLike[str], read_only: bool | None) -> tuple[Engine, str]:
     """Create the engine for a path or URL; returns it with a password-free URL for messages."""
     text = os.fspath(target)
     if "://" not in text:
@@ -89,7 +89,7 @@ def _sqlite_begin(conn: Connection) -> None:
     """Start writes with BEGIN IMMEDIATE: taking the write lock up front means a writer
     waits (busy timeout) instead of failing when upgrading a read lock, and the read of
     e.g. the next turn index happens under that lock."""
-    mode = "IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "DEFERRED"
+    mode = "IMMEDIATE" if conn.get_execution_options().get(WRITE) else "DEFERRED"
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
@@ -100,15 +100,15 @@ def _writable(path: Path) -> bool:
 
 
 
-def _reason(exc: DBAPIError) -> str:
+def db_reason(exc: DBAPIError) -> str:
     """The driver's message, first line only."""
     return str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
 
 
 
-def _describe_failure(exc: DBAPIError, action: str, url: str) -> str:
+def describe_failure(exc: DBAPIError, action: str, url: str) -> str:
     """One-line explanation of a database failure, naming the action and the store."""
-    reason = _reason(exc)
+    reason = db_reason(exc)
     low = reason.lower()
     code = getattr(exc.orig, "sqlstate", None) or ""
     if "readonly" in low or "read-only" in low or code == "25006":

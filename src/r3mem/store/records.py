@@ -139,7 +139,7 @@ def text_key(text: str) -> str:
     return folded.rstrip(".!?;,… ").strip()
 
 
-def _check_text(kind: str, value: object) -> str:
+def check_text(kind: str, value: object) -> str:
     """A str the databases can store: UTF-8 encodable, so no lone surrogate (SQLite would fail
     mid-transaction, and a stored one breaks every JSON response that includes it)."""
     if not isinstance(value, str):
@@ -152,11 +152,11 @@ def _check_text(kind: str, value: object) -> str:
 
 
 
-def _check_id(kind: str, value: object) -> None:
+def check_id(kind: str, value: object) -> None:
     """Ids are non-empty strings that fit the column; refuse anything else early and clearly."""
     if not isinstance(value, str) or not value or len(value) > S.ID_LENGTH:
         raise ValueError(f"{kind} must be a non-empty str of at most {S.ID_LENGTH} characters, got {value!r}")
-    _check_text(kind, value)
+    check_text(kind, value)
 
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,127}$"
@@ -176,10 +176,10 @@ def check_session_id(value: object) -> str:
 
 
 
-def _check_speaker(speaker: object) -> str:
+def check_speaker(speaker: object) -> str:
     if not isinstance(speaker, str) or not speaker or len(speaker) > 64:
         raise ValueError(f"speaker must be a non-empty str of at most 64 characters, got {speaker!r}")
-    return _check_text("speaker", speaker)
+    return check_text("speaker", speaker)
 
 
 
@@ -188,25 +188,25 @@ def _check_speaker(speaker: object) -> str:
 MIN_TIME, MAX_TIME = -62135596800.0, 253402300799.0
 
 
-def _check_time(value: object, kind: str = "timestamp") -> float:
+def check_time(value: object, kind: str = "timestamp") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{kind} must be a finite number of seconds (UTC), got {value!r}")
     if not MIN_TIME <= value <= MAX_TIME:
         raise ValueError(f"{kind} must be between the years 1 and 9999 (seconds {MIN_TIME:.0f}..{MAX_TIME:.0f}), "
-                         f"got {_short(value)}")
+                         f"got {short(value)}")
     return float(value)
 
 
 
-def _check_count(kind: str, value: object, low: int = 0) -> int:
+def check_count(kind: str, value: object, low: int = 0) -> int:
     """An int that fits every backend's INTEGER column (PostgreSQL's is 32-bit)."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_INT:
-        raise ValueError(f"{kind} must be an int in {low}..{MAX_INT}, got {_short(value)}")
+        raise ValueError(f"{kind} must be an int in {low}..{MAX_INT}, got {short(value)}")
     return value
 
 
 
-def _short(value: object) -> str:
+def short(value: object) -> str:
     """repr of a value, cut so that a huge number or string still gives a one-line message."""
     text = (
         repr(value)
@@ -231,7 +231,7 @@ def _json_depth(value: Any) -> int:
 
 
 
-def _check_meta(meta: dict[str, Any] | None) -> dict[str, Any]:
+def check_meta(meta: dict[str, Any] | None) -> dict[str, Any]:
     """Session metadata must survive a JSON round trip, identically on both backends, and every
     response that carries it must serialise: bounded depth and size, valid Unicode, finite numbers."""
     meta = {} if meta is None else meta
@@ -251,7 +251,7 @@ def _check_meta(meta: dict[str, Any] | None) -> dict[str, Any]:
 
 
 
-def _check_blob(blob: object) -> bytes:
+def check_blob(blob: object) -> bytes:
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise ValueError(f"memory blob must be bytes, got {type(blob).__name__}")
     if not blob:
@@ -260,21 +260,21 @@ def _check_blob(blob: object) -> bytes:
 
 
 
-def _check_slots(slots: Sequence[SlotRecord]) -> Sequence[SlotRecord]:
+def check_slots(slots: Sequence[SlotRecord]) -> Sequence[SlotRecord]:
     """Validate slot records so that a bad slot fails before the transaction, not inside it."""
     for i, slot in enumerate(slots):
         if not isinstance(slot, SlotRecord):
             raise ValueError(f"slot {i} must be a SlotRecord, got {type(slot).__name__}")
         if not isinstance(slot.level, str) or not slot.level or len(slot.level) > 64:
             raise ValueError(f"slot {i} level must be a non-empty str of at most 64 characters")
-        _check_text(f"slot {i} level", slot.level)
-        _check_text(f"slot {i} key", slot.key)
-        _check_count(f"slot {i} start", slot.start)
-        _check_count(f"slot {i} end", slot.end)
+        check_text(f"slot {i} level", slot.level)
+        check_text(f"slot {i} key", slot.key)
+        check_count(f"slot {i} start", slot.start)
+        check_count(f"slot {i} end", slot.end)
         if slot.turn_id is not None:
-            _check_count(f"slot {i} turn_id", slot.turn_id)
+            check_count(f"slot {i} turn_id", slot.turn_id)
         if slot.text is not None:
-            _check_text(f"slot {i} text", slot.text)
+            check_text(f"slot {i} text", slot.text)
         if slot.timestamp is not None:
-            _check_time(slot.timestamp, f"slot {i} timestamp")
+            check_time(slot.timestamp, f"slot {i} timestamp")
     return slots

@@ -12,74 +12,74 @@ from r3mem.store import schema as S
 from r3mem.store.records import NotFound, Session, SlotRecord, StoredMemory, StoreError, Turn, User
 
 
-def _token_digest(token: str) -> str:
+def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def _session_key(table: Any, user_id: str, session_id: str) -> tuple[Any, Any]:
+def session_key(table: Any, user_id: str, session_id: str) -> tuple[Any, Any]:
     """WHERE clause selecting one session's rows; always scoped by user as well."""
     return (table.c.user_id == user_id, table.c.session_id == session_id)
 
 
-def _session_not_found(user_id: str, session_id: str) -> NotFound:
+def session_not_found(user_id: str, session_id: str) -> NotFound:
     return NotFound(f"session {session_id!r} not found for user {user_id!r}")
 
 
-def _user_exists(conn: Connection, user_id: str) -> bool:
+def user_exists(conn: Connection, user_id: str) -> bool:
     return conn.execute(select(S.users.c.user_id).where(S.users.c.user_id == user_id)).first() is not None
 
 
-def _require_user(conn: Connection, user_id: str) -> None:
-    if not _user_exists(conn, user_id):
+def require_user(conn: Connection, user_id: str) -> None:
+    if not user_exists(conn, user_id):
         raise NotFound(f"user {user_id!r} not found")
 
 
-def _session_row(conn: Connection, user_id: str, session_id: str) -> Any:
-    return conn.execute(select(S.sessions).where(*_session_key(S.sessions, user_id, session_id))).first()
+def session_row(conn: Connection, user_id: str, session_id: str) -> Any:
+    return conn.execute(select(S.sessions).where(*session_key(S.sessions, user_id, session_id))).first()
 
 
-def _require_session(conn: Connection, user_id: str, session_id: str) -> Any:
-    row = _session_row(conn, user_id, session_id)
+def require_session(conn: Connection, user_id: str, session_id: str) -> Any:
+    row = session_row(conn, user_id, session_id)
     if row is None:
-        raise _session_not_found(user_id, session_id)
+        raise session_not_found(user_id, session_id)
     return row
 
 
-def _touch_session(conn: Connection, user_id: str, session_id: str, now: float) -> None:
+def touch_session(conn: Connection, user_id: str, session_id: str, now: float) -> None:
     """Update the session row: on PostgreSQL this row lock serialises writers of the session."""
-    key = _session_key(S.sessions, user_id, session_id)
+    key = session_key(S.sessions, user_id, session_id)
     done = conn.execute(update(S.sessions).where(*key).values(updated_at=now))
     if done.rowcount == 0:
-        raise _session_not_found(user_id, session_id)
+        raise session_not_found(user_id, session_id)
 
 
-def _allocate_turn_index(conn: Connection, user_id: str, session_id: str, now: float) -> int:
+def allocate_turn_index(conn: Connection, user_id: str, session_id: str, now: float) -> int:
     """Increment the session's turn counter in place and return it.
 
     The increment is a single UPDATE, so the read that follows sees a value no other
     transaction can also obtain (it holds the row or database write lock until commit).
     """
-    key = _session_key(S.sessions, user_id, session_id)
+    key = session_key(S.sessions, user_id, session_id)
     done = conn.execute(update(S.sessions).where(*key).values(turn_count=S.sessions.c.turn_count + 1, updated_at=now))
     if done.rowcount == 0:
-        raise _session_not_found(user_id, session_id)
+        raise session_not_found(user_id, session_id)
     return int(conn.execute(select(S.sessions.c.turn_count).where(*key)).scalar_one())
 
 
-def _memory_version(conn: Connection, user_id: str, session_id: str) -> int | None:
+def memory_version(conn: Connection, user_id: str, session_id: str) -> int | None:
     return conn.execute(
-        select(S.memories.c.version).where(*_session_key(S.memories, user_id, session_id))
+        select(S.memories.c.version).where(*session_key(S.memories, user_id, session_id))
     ).scalar_one_or_none()
 
 
-def _read_memory(conn: Connection, user_id: str, session_id: str) -> StoredMemory | None:
+def read_memory(conn: Connection, user_id: str, session_id: str) -> StoredMemory | None:
     """Memory row and slots read in the caller's (snapshot) transaction; checksum verified."""
-    row = conn.execute(select(S.memories).where(*_session_key(S.memories, user_id, session_id))).first()
+    row = conn.execute(select(S.memories).where(*session_key(S.memories, user_id, session_id))).first()
     if row is None:
-        _require_session(conn, user_id, session_id)
+        require_session(conn, user_id, session_id)
         return None
     slot_rows = conn.execute(
-        select(S.slots).where(*_session_key(S.slots, user_id, session_id)).order_by(S.slots.c.ordinal)
+        select(S.slots).where(*session_key(S.slots, user_id, session_id)).order_by(S.slots.c.ordinal)
     ).all()
     blob = bytes(row.blob)
     if hashlib.sha256(blob).hexdigest() != row.blob_sha256:
@@ -88,7 +88,7 @@ def _read_memory(conn: Connection, user_id: str, session_id: str) -> StoredMemor
     return StoredMemory(user_id, session_id, blob, row.version, row.through_turn, slots, row.updated_at)
 
 
-def _slot_values(user_id: str, session_id: str, ordinal: int, slot: SlotRecord) -> dict[str, Any]:
+def slot_values(user_id: str, session_id: str, ordinal: int, slot: SlotRecord) -> dict[str, Any]:
     return {
         "user_id": user_id,
         "session_id": session_id,
@@ -103,15 +103,15 @@ def _slot_values(user_id: str, session_id: str, ordinal: int, slot: SlotRecord) 
     }
 
 
-def _user(row: Any) -> User:
+def user_from_row(row: Any) -> User:
     return User(row.user_id, row.created_at, row.token_hash is not None)
 
 
-def _session(row: Any) -> Session:
+def session_from_row(row: Any) -> Session:
     return Session(row.user_id, row.session_id, row.created_at, row.updated_at, dict(row.meta or {}), row.turn_count)
 
 
-def _turn(row: Any) -> Turn:
+def turn_from_row(row: Any) -> Turn:
     return Turn(row.user_id, row.session_id, row.idx, row.speaker, row.text, row.timestamp)
 
 
@@ -119,7 +119,7 @@ def _slot(row: Any) -> SlotRecord:
     return SlotRecord(row.level, row.slot_key, row.start_pos, row.end_pos, row.turn_id, row.text, row.timestamp)
 
 
-def _write_slots(conn: Connection, slot_rows: list[dict[str, Any]]) -> None:
+def write_slots(conn: Connection, slot_rows: list[dict[str, Any]]) -> None:
     """Insert the new slots (second half of `MemoryStore.put_memory`; one executemany)."""
     if slot_rows:
         conn.execute(insert(S.slots), slot_rows)

@@ -32,7 +32,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from r3mem.store import curation, migrations
 from r3mem.store import schema as S
-from r3mem.store.backends import _WRITE, _describe_failure, _make_engine, _reason
+from r3mem.store.backends import WRITE, db_reason, describe_failure, make_engine
 from r3mem.store.records import (
     Conflict,
     NotFound,
@@ -43,40 +43,40 @@ from r3mem.store.records import (
     Turn,
     TurnRevision,
     User,
-    _check_blob,
-    _check_count,
-    _check_id,
-    _check_meta,
-    _check_slots,
-    _check_speaker,
-    _check_text,
-    _check_time,
+    check_blob,
+    check_count,
+    check_id,
+    check_meta,
     check_session_id,
+    check_slots,
+    check_speaker,
+    check_text,
+    check_time,
 )
 from r3mem.store.rows import (
-    _allocate_turn_index,
-    _memory_version,
-    _read_memory,
-    _require_session,
-    _require_user,
-    _session,
-    _session_key,
-    _session_not_found,
-    _session_row,
-    _slot_values,
-    _token_digest,
-    _touch_session,
-    _turn,
-    _user,
-    _user_exists,
-    _write_slots,
+    allocate_turn_index,
+    memory_version,
+    read_memory,
+    require_session,
+    require_user,
+    session_from_row,
+    session_key,
+    session_not_found,
+    session_row,
+    slot_values,
+    token_digest,
+    touch_session,
+    turn_from_row,
+    user_exists,
+    user_from_row,
+    write_slots,
 )
 from r3mem.store.transfer import (
     EXPORT_FORMAT,
     EXPORT_FORMAT_VERSION,
-    _export_memory,
-    _insert_imported,
+    export_memory,
     export_turn,
+    insert_imported,
     parse_export,
 )
 
@@ -115,7 +115,7 @@ class MemoryStore:
 
     def __init__(self, url_or_path: str | os.PathLike[str] | None = None, *, read_only: bool | None = None):
         target = self.default_path() if url_or_path is None else url_or_path
-        self._engine, self.url = _make_engine(target, read_only)
+        self._engine, self.url = make_engine(target, read_only)
         self._closed = False
         try:
             self._migrate()
@@ -178,32 +178,32 @@ class MemoryStore:
             raise StoreError(f"cannot {action}: store {self.url} is closed")
         try:
             with self._engine.connect() as conn:
-                conn.execution_options(**{_WRITE: write})
+                conn.execution_options(**{WRITE: write})
                 if not write and conn.dialect.name == "postgresql":
                     conn.execution_options(isolation_level="REPEATABLE READ")
                 with conn.begin():
                     yield conn
         except IntegrityError as exc:
-            raise Conflict(f"cannot {action}: it conflicts with existing data ({_reason(exc)})") from exc
+            raise Conflict(f"cannot {action}: it conflicts with existing data ({db_reason(exc)})") from exc
         except DBAPIError as exc:
-            raise StoreError(_describe_failure(exc, action, self.url)) from exc
+            raise StoreError(describe_failure(exc, action, self.url)) from exc
 
     # ----------------------------------------------------------------- users
 
     def create_user(self, user_id: str, token: str | None = None) -> User:
         """Create a user; only a sha256 digest of ``token`` is stored."""
-        _check_id("user_id", user_id)
-        digest = _token_digest(token) if token else None
+        check_id("user_id", user_id)
+        digest = token_digest(token) if token else None
         now = time.time()
         with self._tx(f"create user {user_id!r}", write=True) as conn:
-            if _user_exists(conn, user_id):
+            if user_exists(conn, user_id):
                 raise Conflict(f"user {user_id!r} already exists")
             conn.execute(insert(S.users).values(user_id=user_id, token_hash=digest, created_at=now))
         return User(user_id, now, digest is not None)
 
     def set_token(self, user_id: str, token: str | None) -> None:
         """Replace (or with ``None`` revoke) a user's API token."""
-        digest = _token_digest(token) if token else None
+        digest = token_digest(token) if token else None
         with self._tx(f"set the token of user {user_id!r}", write=True) as conn:
             done = conn.execute(update(S.users).where(S.users.c.user_id == user_id).values(token_hash=digest))
             if done.rowcount == 0:
@@ -217,7 +217,7 @@ class MemoryStore:
         """
         if not token:
             return None
-        digest = _token_digest(token)
+        digest = token_digest(token)
         with self._tx("authenticate a token") as conn:
             row = conn.execute(
                 select(S.users.c.user_id, S.users.c.token_hash).where(S.users.c.token_hash == digest)
@@ -232,13 +232,13 @@ class MemoryStore:
             row = conn.execute(select(S.users).where(S.users.c.user_id == user_id)).first()
         if row is None:
             raise NotFound(f"user {user_id!r} not found")
-        return _user(row)
+        return user_from_row(row)
 
     def list_users(self) -> list[User]:
         """All users, ordered by id."""
         with self._tx("list users") as conn:
             rows = conn.execute(select(S.users).order_by(S.users.c.user_id)).all()
-        return [_user(row) for row in rows]
+        return [user_from_row(row) for row in rows]
 
     def delete_user(self, user_id: str) -> None:
         """Delete a user and, by cascade, all their sessions, turns, memories and slots."""
@@ -253,11 +253,11 @@ class MemoryStore:
     ) -> Session:
         """Create a session (random id unless given) for an existing user."""
         session_id = uuid.uuid4().hex if session_id is None else check_session_id(session_id)
-        meta = _check_meta(meta)
+        meta = check_meta(meta)
         now = time.time()
         with self._tx(f"create session {session_id!r} for user {user_id!r}", write=True) as conn:
-            _require_user(conn, user_id)
-            if _session_row(conn, user_id, session_id) is not None:
+            require_user(conn, user_id)
+            if session_row(conn, user_id, session_id) is not None:
                 raise Conflict(f"session {session_id!r} of user {user_id!r} already exists")
             conn.execute(
                 insert(S.sessions).values(
@@ -269,25 +269,25 @@ class MemoryStore:
     def get_session(self, user_id: str, session_id: str) -> Session:
         """Return the session, or raise :class:`NotFound` (also for another user's session)."""
         with self._tx(f"read session {session_id!r} of user {user_id!r}") as conn:
-            return _session(_require_session(conn, user_id, session_id))
+            return session_from_row(require_session(conn, user_id, session_id))
 
     def list_sessions(self, user_id: str) -> list[Session]:
         """The user's sessions, oldest first."""
         with self._tx(f"list sessions of user {user_id!r}") as conn:
-            _require_user(conn, user_id)
+            require_user(conn, user_id)
             rows = conn.execute(
                 select(S.sessions)
                 .where(S.sessions.c.user_id == user_id)
                 .order_by(S.sessions.c.created_at, S.sessions.c.session_id)
             ).all()
-        return [_session(row) for row in rows]
+        return [session_from_row(row) for row in rows]
 
     def delete_session(self, user_id: str, session_id: str) -> None:
         """Delete a session with its turns, memory and slots."""
         with self._tx(f"delete session {session_id!r} of user {user_id!r}", write=True) as conn:
-            done = conn.execute(delete(S.sessions).where(*_session_key(S.sessions, user_id, session_id)))
+            done = conn.execute(delete(S.sessions).where(*session_key(S.sessions, user_id, session_id)))
             if done.rowcount == 0:
-                raise _session_not_found(user_id, session_id)
+                raise session_not_found(user_id, session_id)
 
     # ----------------------------------------------------------------- turns
 
@@ -306,17 +306,17 @@ class MemoryStore:
         With ``dedupe``, an item that is the same turn as one already stored (same speaker, same
         `records.text_key`), or as an earlier item, is not stored again: its place in the result
         holds the existing turn (whose index is not new)."""
-        items = [(_check_speaker(speaker), _check_text("turn text", text)) for speaker, text in items]
-        stamp = time.time() if timestamp is None else _check_time(timestamp)
+        items = [(check_speaker(speaker), check_text("turn text", text)) for speaker, text in items]
+        stamp = time.time() if timestamp is None else check_time(timestamp)
         turns: list[Turn] = []
         with self._tx(f"append turns to session {session_id!r} of user {user_id!r}", write=True) as conn:
             if dedupe:
-                _touch_session(conn, user_id, session_id, stamp)  # PostgreSQL: serialise with other appenders
+                touch_session(conn, user_id, session_id, stamp)  # PostgreSQL: serialise with other appenders
             for speaker, text in items:
                 if dedupe and (same := curation.same_turn(conn, user_id, session_id, speaker, text)) is not None:
                     turns.append(same)
                     continue
-                index = _allocate_turn_index(conn, user_id, session_id, stamp)
+                index = allocate_turn_index(conn, user_id, session_id, stamp)
                 conn.execute(
                     insert(S.turns).values(
                         user_id=user_id, session_id=session_id, idx=index, speaker=speaker, text=text, timestamp=stamp
@@ -329,18 +329,18 @@ class MemoryStore:
         """Turns in index order; with ``since=n`` only those with index > n (i.e. not yet in a
         memory whose ``through_turn`` is n)."""
         with self._tx(f"list turns of session {session_id!r} of user {user_id!r}") as conn:
-            _require_session(conn, user_id, session_id)
-            query = select(S.turns).where(*_session_key(S.turns, user_id, session_id)).order_by(S.turns.c.idx)
+            require_session(conn, user_id, session_id)
+            query = select(S.turns).where(*session_key(S.turns, user_id, session_id)).order_by(S.turns.c.idx)
             if since is not None:
                 query = query.where(S.turns.c.idx > since)
             rows = conn.execute(query).all()
-        return [_turn(row) for row in rows]
+        return [turn_from_row(row) for row in rows]
 
     def get_turn(self, user_id: str, session_id: str, index: int) -> Turn:
         """One turn (NotFound when the session has no turn with this index)."""
-        index = _check_count("turn index", index, low=1)
+        index = check_count("turn index", index, low=1)
         with self._tx(f"read turn {index} of session {session_id!r} of user {user_id!r}") as conn:
-            _require_session(conn, user_id, session_id)
+            require_session(conn, user_id, session_id)
             return curation.get_turn_row(conn, user_id, session_id, index)
 
     def edit_turn(self, user_id: str, session_id: str, index: int, text: str, speaker: str | None = None) -> Turn:
@@ -348,12 +348,12 @@ class MemoryStore:
 
         The memory is invalidated in the same transaction (see `curation`): a memory that covered the turn
         is reset, so nothing recalls the old text; the next write rebuilds it from the turns."""
-        index = _check_count("turn index", index, low=1)
-        text = _check_text("turn text", text)
-        speaker = None if speaker is None else _check_speaker(speaker)
+        index = check_count("turn index", index, low=1)
+        text = check_text("turn text", text)
+        speaker = None if speaker is None else check_speaker(speaker)
         now = time.time()
         with self._tx(f"edit turn {index} of session {session_id!r} of user {user_id!r}", write=True) as conn:
-            _touch_session(conn, user_id, session_id, now)
+            touch_session(conn, user_id, session_id, now)
             turn = curation.edit_turn_row(conn, user_id, session_id, index, speaker, text, now)
             curation.invalidate_memory(conn, user_id, session_id, index, now)
         return turn
@@ -361,10 +361,10 @@ class MemoryStore:
     def delete_turn(self, user_id: str, session_id: str, index: int) -> Turn:
         """Delete a turn and its history (forgotten: no export or recall returns its text once the memory is
         rebuilt, and the memory that covered it is reset in the same transaction). Returns what was deleted."""
-        index = _check_count("turn index", index, low=1)
+        index = check_count("turn index", index, low=1)
         now = time.time()
         with self._tx(f"delete turn {index} of session {session_id!r} of user {user_id!r}", write=True) as conn:
-            _touch_session(conn, user_id, session_id, now)
+            touch_session(conn, user_id, session_id, now)
             turn = curation.delete_turn_row(conn, user_id, session_id, index)
             curation.invalidate_memory(conn, user_id, session_id, index, now)
         return turn
@@ -372,9 +372,9 @@ class MemoryStore:
     def turn_history(self, user_id: str, session_id: str, index: int | None = None) -> list[TurnRevision]:
         """What edits replaced: of one turn (which must exist) or, with ``index=None``, of every turn."""
         with self._tx(f"read the turn history of session {session_id!r} of user {user_id!r}") as conn:
-            _require_session(conn, user_id, session_id)
+            require_session(conn, user_id, session_id)
             if index is not None:
-                curation.get_turn_row(conn, user_id, session_id, _check_count("turn index", index, low=1))
+                curation.get_turn_row(conn, user_id, session_id, check_count("turn index", index, low=1))
             return curation.revisions(conn, user_id, session_id, index)
 
     def get_turns(self, user_id: str, session_id: str, indices: Sequence[int]) -> list[Turn]:
@@ -384,10 +384,10 @@ class MemoryStore:
             self.get_session(user_id, session_id)  # an unknown session is NotFound all the same
             return []
         with self._tx(f"read turns of session {session_id!r} of user {user_id!r}") as conn:
-            _require_session(conn, user_id, session_id)
-            rows = conn.execute(select(S.turns).where(*_session_key(S.turns, user_id, session_id),
+            require_session(conn, user_id, session_id)
+            rows = conn.execute(select(S.turns).where(*session_key(S.turns, user_id, session_id),
                                                       S.turns.c.idx.in_(wanted)).order_by(S.turns.c.idx)).all()
-        return [_turn(row) for row in rows]
+        return [turn_from_row(row) for row in rows]
 
     # ----------------------------------------------------------------- memories
 
@@ -396,10 +396,10 @@ class MemoryStore:
         reading the memory: a reader holding a decoded copy with that stamp can keep using it (the
         checksum tells a recreated session's version 1 from the deleted one's)."""
         with self._tx(f"read the memory version of session {session_id!r} of user {user_id!r}") as conn:
-            key = _session_key(S.memories, user_id, session_id)
+            key = session_key(S.memories, user_id, session_id)
             row = conn.execute(select(S.memories.c.version, S.memories.c.blob_sha256).where(*key)).first()
             if row is None:
-                _require_session(conn, user_id, session_id)
+                require_session(conn, user_id, session_id)
                 return None
         return int(row.version), str(row.blob_sha256)
 
@@ -429,21 +429,21 @@ class MemoryStore:
             NotFound: Unknown user or session.
             ValueError: ``through_turn`` is beyond the session's last turn (nothing written).
         """
-        blob = _check_blob(blob)
-        slot_rows = [_slot_values(user_id, session_id, i, slot) for i, slot in enumerate(_check_slots(slots))]
-        _check_count("through_turn", through_turn)
+        blob = check_blob(blob)
+        slot_rows = [slot_values(user_id, session_id, i, slot) for i, slot in enumerate(check_slots(slots))]
+        check_count("through_turn", through_turn)
         if expected_version is not None:
-            _check_count("expected_version", expected_version)
+            check_count("expected_version", expected_version)
         where = f"session {session_id!r} of user {user_id!r}"
         now = time.time()
         with self._tx(f"write the memory of {where}", write=True) as conn:
-            _touch_session(conn, user_id, session_id, now)
+            touch_session(conn, user_id, session_id, now)
             count = conn.execute(
-                select(S.sessions.c.turn_count).where(*_session_key(S.sessions, user_id, session_id))
+                select(S.sessions.c.turn_count).where(*session_key(S.sessions, user_id, session_id))
             ).scalar_one()
             if through_turn > count:  # the same rule an import is held to
                 raise ValueError(f"through_turn {through_turn} is beyond the last turn ({count}) of {where}")
-            current = _memory_version(conn, user_id, session_id)
+            current = memory_version(conn, user_id, session_id)
             if expected_version is not None and expected_version != (current or 0):
                 raise Conflict(
                     f"memory of {where} is at version {current or 0}, not the expected {expected_version}"
@@ -463,10 +463,10 @@ class MemoryStore:
     def get_memory(self, user_id: str, session_id: str) -> StoredMemory | None:
         """The session's current memory, or ``None`` if none was written yet."""
         with self._tx(f"read the memory of session {session_id!r} of user {user_id!r}") as conn:
-            return _read_memory(conn, user_id, session_id)
+            return read_memory(conn, user_id, session_id)
 
     # Second half of put_memory, an attribute so that tests can inject a failure between the two halves.
-    _write_slots = staticmethod(_write_slots)
+    _write_slots = staticmethod(write_slots)
 
     @staticmethod
     def _write_memory_row(
@@ -474,9 +474,9 @@ class MemoryStore:
     ) -> None:
         """Insert or overwrite the memory row (first half of :meth:`put_memory`)."""
         if replace:
-            key = _session_key(S.memories, user_id, session_id)
+            key = session_key(S.memories, user_id, session_id)
             conn.execute(update(S.memories).where(*key).values(**values))
-            conn.execute(delete(S.slots).where(*_session_key(S.slots, user_id, session_id)))
+            conn.execute(delete(S.slots).where(*session_key(S.slots, user_id, session_id)))
         else:
             conn.execute(insert(S.memories).values(user_id=user_id, session_id=session_id, **values))
 
@@ -485,14 +485,14 @@ class MemoryStore:
     def export_session(self, user_id: str, session_id: str) -> dict[str, Any]:
         """A JSON-serialisable snapshot of one session (turns, memory as base64, slots)."""
         with self._tx(f"export session {session_id!r} of user {user_id!r}") as conn:
-            session = _session(_require_session(conn, user_id, session_id))
+            session = session_from_row(require_session(conn, user_id, session_id))
             turn_rows = conn.execute(
-                select(S.turns).where(*_session_key(S.turns, user_id, session_id)).order_by(S.turns.c.idx)
+                select(S.turns).where(*session_key(S.turns, user_id, session_id)).order_by(S.turns.c.idx)
             ).all()
             history: dict[int, list[TurnRevision]] = {}
             for rev in curation.revisions(conn, user_id, session_id):
                 history.setdefault(rev.index, []).append(rev)
-            memory = _read_memory(conn, user_id, session_id)
+            memory = read_memory(conn, user_id, session_id)
         return {
             "format": EXPORT_FORMAT,
             "format_version": EXPORT_FORMAT_VERSION,
@@ -500,7 +500,7 @@ class MemoryStore:
             "session": {k: v for k, v in asdict(session).items() if k != "user_id"},
             "turns": [export_turn(r, history.get(r.idx, [])) for r in turn_rows],
             # a reset memory (a covered turn was edited or deleted) holds nothing: the import rebuilds it
-            "memory": None if memory is None or not memory.blob else _export_memory(memory),
+            "memory": None if memory is None or not memory.blob else export_memory(memory),
         }
 
     def import_session(self, user_id: str, data: dict[str, Any], session_id: str | None = None) -> Session:
@@ -508,8 +508,8 @@ class MemoryStore:
         parsed = parse_export(data, session_id)
         session_id = check_session_id(parsed["session_id"])
         with self._tx(f"import session {session_id!r} for user {user_id!r}", write=True) as conn:
-            _require_user(conn, user_id)
-            if _session_row(conn, user_id, session_id) is not None:
+            require_user(conn, user_id)
+            if session_row(conn, user_id, session_id) is not None:
                 raise Conflict(f"session {session_id!r} of user {user_id!r} already exists")
-            _insert_imported(conn, user_id, session_id, parsed)
-            return _session(_require_session(conn, user_id, session_id))
+            insert_imported(conn, user_id, session_id, parsed)
+            return session_from_row(require_session(conn, user_id, session_id))

@@ -17,23 +17,23 @@ from r3mem.store.records import (
     SlotRecord,
     StoredMemory,
     TurnRevision,
-    _check_count,
-    _check_id,
-    _check_meta,
-    _check_slots,
-    _check_speaker,
-    _check_text,
-    _check_time,
-    _short,
+    check_count,
+    check_id,
+    check_meta,
+    check_slots,
+    check_speaker,
+    check_text,
+    check_time,
+    short,
 )
-from r3mem.store.rows import _slot_values, _write_slots
+from r3mem.store.rows import slot_values, write_slots
 
 EXPORT_FORMAT = "r3mem.session"
 
 EXPORT_FORMAT_VERSION = 1
 
 
-def _export_memory(memory: StoredMemory) -> dict[str, Any]:
+def export_memory(memory: StoredMemory) -> dict[str, Any]:
     return {
         "blob_b64": base64.b64encode(memory.blob).decode("ascii"),
         "blob_sha256": hashlib.sha256(memory.blob).hexdigest(),
@@ -56,7 +56,7 @@ def parse_export(data: Any, session_id: str | None = None) -> dict[str, Any]:
             session_id = parsed["session"].get("session_id")
             if session_id is None:
                 raise ValueError("session.session_id is missing: give the id to import under")
-        _check_id("session_id", session_id)
+        check_id("session_id", session_id)
     except (AttributeError, KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise InvalidExport(f"not a valid r3mem session export: {_reason_of(exc)}") from None
     return dict(parsed, session_id=session_id)
@@ -74,22 +74,22 @@ def _parse_export(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise TypeError(f"an export is a JSON object, got {type(data).__name__}")
     if data.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"format is {_short(data.get('format'))}, expected {EXPORT_FORMAT!r}")
+        raise ValueError(f"format is {short(data.get('format'))}, expected {EXPORT_FORMAT!r}")
     if data.get("format_version") != EXPORT_FORMAT_VERSION:
-        raise ValueError(f"format_version {_short(data.get('format_version'))} is not supported")
+        raise ValueError(f"format_version {short(data.get('format_version'))} is not supported")
     if not isinstance(data.get("session"), dict):
         raise ValueError("session must be an object")
     session = dict(data["session"])
-    session["meta"] = _check_meta(session.get("meta"))
+    session["meta"] = check_meta(session.get("meta"))
     if session.get("created_at") is not None:
-        session["created_at"] = _check_time(session["created_at"], "session.created_at")
+        session["created_at"] = check_time(session["created_at"], "session.created_at")
     if not isinstance(data.get("turns"), list):
         raise ValueError("turns must be a list")
     turns = [_parse_turn(i, t) for i, t in enumerate(data["turns"])]
     indices = [t["idx"] for t in turns]
     if len(set(indices)) != len(indices):
         raise ValueError("turn indices are not unique")
-    turn_count = max([_check_count("session.turn_count", session.get("turn_count", 0)), *indices])
+    turn_count = max([check_count("session.turn_count", session.get("turn_count", 0)), *indices])
     memory = None if data.get("memory") is None else _parse_memory(data["memory"])
     if memory is not None and memory["through_turn"] > turn_count:
         # Later writes would believe the memory already covers their turns and never write them.
@@ -109,17 +109,17 @@ def export_turn(row: Any, history: list[TurnRevision]) -> dict[str, Any]:
 def _parse_turn(i: int, turn: Any) -> dict[str, Any]:
     if not isinstance(turn, dict):
         raise ValueError(f"turns[{i}] must be an object")
-    index = _check_count(f"turns[{i}].index", turn.get("index"), low=1)
-    speaker = _check_speaker(turn.get("speaker"))
-    text = _check_text(f"turns[{i}].text", turn.get("text"))
-    stamp = _check_time(turn.get("timestamp"), f"turns[{i}].timestamp")
+    index = check_count(f"turns[{i}].index", turn.get("index"), low=1)
+    speaker = check_speaker(turn.get("speaker"))
+    text = check_text(f"turns[{i}].text", turn.get("text"))
+    stamp = check_time(turn.get("timestamp"), f"turns[{i}].timestamp")
     history = turn.get("history", [])
     if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
         raise ValueError(f"turns[{i}].history must be a list of objects")
-    revs = [{"rev": r + 1, "speaker": _check_speaker(h.get("speaker")),
-             "text": _check_text(f"turns[{i}].history[{r}].text", h.get("text")),
-             "timestamp": _check_time(h.get("timestamp"), f"turns[{i}].history[{r}].timestamp"),
-             "replaced_at": _check_time(h.get("replaced_at"), f"turns[{i}].history[{r}].replaced_at")}
+    revs = [{"rev": r + 1, "speaker": check_speaker(h.get("speaker")),
+             "text": check_text(f"turns[{i}].history[{r}].text", h.get("text")),
+             "timestamp": check_time(h.get("timestamp"), f"turns[{i}].history[{r}].timestamp"),
+             "replaced_at": check_time(h.get("replaced_at"), f"turns[{i}].history[{r}].replaced_at")}
             for r, h in enumerate(history)]
     return {"idx": index, "speaker": speaker, "text": text, "timestamp": stamp, "history": revs}
 
@@ -134,20 +134,20 @@ def _parse_memory(memory: Any) -> dict[str, Any]:
         raise ValueError("memory blob does not match its sha256")
     if not isinstance(memory.get("slots"), list) or not all(isinstance(x, dict) for x in memory["slots"]):
         raise ValueError("memory.slots must be a list of objects")
-    slots = list(_check_slots([SlotRecord(**slot) for slot in memory["slots"]]))
-    version = _check_count("memory.version", memory.get("version"), low=1)
-    through = _check_count("memory.through_turn", memory.get("through_turn"))
+    slots = list(check_slots([SlotRecord(**slot) for slot in memory["slots"]]))
+    version = check_count("memory.version", memory.get("version"), low=1)
+    through = check_count("memory.through_turn", memory.get("through_turn"))
     stamp = memory.get("updated_at")
     return {
         "blob": blob,
         "version": version,
         "through_turn": through,
-        "updated_at": time.time() if stamp is None else _check_time(stamp, "memory.updated_at"),
+        "updated_at": time.time() if stamp is None else check_time(stamp, "memory.updated_at"),
         "slots": slots,
     }
 
 
-def _insert_imported(conn: Connection, user_id: str, session_id: str, parsed: dict[str, Any]) -> None:
+def insert_imported(conn: Connection, user_id: str, session_id: str, parsed: dict[str, Any]) -> None:
     """Insert a parsed export (session, turns, memory, slots) inside the caller's transaction."""
     session, now = parsed["session"], time.time()
     conn.execute(
@@ -181,5 +181,5 @@ def _insert_imported(conn: Connection, user_id: str, session_id: str, parsed: di
                 updated_at=memory["updated_at"],
             )
         )
-        slot_rows = [_slot_values(user_id, session_id, i, s) for i, s in enumerate(memory["slots"])]
-        _write_slots(conn, slot_rows)
+        slot_rows = [slot_values(user_id, session_id, i, s) for i, s in enumerate(memory["slots"])]
+        write_slots(conn, slot_rows)

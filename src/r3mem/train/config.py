@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from r3mem.config import R3MemConfig, _check, apply_overrides, dataclass_from_dict
+from r3mem.config import R3MemConfig, apply_overrides, check, dataclass_from_dict
 
 __all__ = ["TrainConfig", "Phase", "apply_overrides"]
 
@@ -94,14 +94,14 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every",
                      "lm_segments", "max_context_tokens", "max_query_tokens", "cooldown_steps"):
             v = getattr(self, name)
-            _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "must be an integer >= 1", v)
-        _check(
+            check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "must be an integer >= 1", v)
+        check(
             self.micro_batch_size is None or (isinstance(self.micro_batch_size, int)
                                               and not isinstance(self.micro_batch_size, bool)
                                               and self.micro_batch_size >= 1),
             "micro_batch_size", "must be an integer >= 1 or null", self.micro_batch_size,
         )
-        _check(
+        check(
             isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
             "warmup_steps",
             "must be an integer >= 0",
@@ -110,43 +110,43 @@ class TrainConfig:
         for name in ("lr", "memory_lr_scale", "weight_decay", "max_grad_norm", "min_lr_ratio", "query_dropout",
                      "lm_read_previous"):
             v = getattr(self, name)
-            _check(isinstance(v, (int, float)) and not isinstance(v, bool), name, "must be a number", v)
-        _check(self.lr > 0, "lr", "must be > 0", self.lr)
-        _check(self.memory_lr_scale > 0, "memory_lr_scale", "must be > 0", self.memory_lr_scale)
-        _check(self.cooldown_from is None or (isinstance(self.cooldown_from, int) and not isinstance(
+            check(isinstance(v, (int, float)) and not isinstance(v, bool), name, "must be a number", v)
+        check(self.lr > 0, "lr", "must be > 0", self.lr)
+        check(self.memory_lr_scale > 0, "memory_lr_scale", "must be > 0", self.memory_lr_scale)
+        check(self.cooldown_from is None or (isinstance(self.cooldown_from, int) and not isinstance(
             self.cooldown_from, bool) and 0 <= self.cooldown_from < self.steps), "cooldown_from",
             f"must be empty or an integer step in [0, steps={self.steps})", self.cooldown_from)
-        _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]", self.min_lr_ratio)
-        _check(self.device in ("auto", "cpu", "cuda"), "device", "must be 'auto', 'cpu' or 'cuda'", self.device)
-        _check(self.precision in ("fp32", "bf16"), "precision", "must be 'fp32' or 'bf16'", self.precision)
-        _check(len(self.train_files) > 0, "train_files", "must list at least one source", self.train_files)
-        _check(
+        check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]", self.min_lr_ratio)
+        check(self.device in ("auto", "cpu", "cuda"), "device", "must be 'auto', 'cpu' or 'cuda'", self.device)
+        check(self.precision in ("fp32", "bf16"), "precision", "must be 'fp32' or 'bf16'", self.precision)
+        check(len(self.train_files) > 0, "train_files", "must list at least one source", self.train_files)
+        check(
             len(self.train_ratios) > 0 and all(r >= 1 for r in self.train_ratios),
             "train_ratios",
             "must be numbers >= 1",
             self.train_ratios,
         )
-        _check(0 <= self.query_dropout <= 1, "query_dropout", "must be in [0, 1]", self.query_dropout)
-        _check(self.quant_bits in (16, 8, 4, 2) and not isinstance(self.quant_bits, bool), "quant_bits",
+        check(0 <= self.query_dropout <= 1, "query_dropout", "must be in [0, 1]", self.query_dropout)
+        check(self.quant_bits in (16, 8, 4, 2) and not isinstance(self.quant_bits, bool), "quant_bits",
                "must be one of 16, 8, 4, 2", self.quant_bits)
-        _check(isinstance(self.quant_p, (int, float)) and not isinstance(self.quant_p, bool)
+        check(isinstance(self.quant_p, (int, float)) and not isinstance(self.quant_p, bool)
                and 0 <= self.quant_p <= 1, "quant_p", "must be a number in [0, 1]", self.quant_p)
-        _check(0 <= self.lm_read_previous <= 1, "lm_read_previous", "must be in [0, 1]", self.lm_read_previous)
-        _check(len(self.curriculum) > 0, "curriculum", "must have at least one phase", self.curriculum)
+        check(0 <= self.lm_read_previous <= 1, "lm_read_previous", "must be in [0, 1]", self.lm_read_previous)
+        check(len(self.curriculum) > 0, "curriculum", "must have at least one phase", self.curriculum)
         prev = 0.0
         for p in self.curriculum:
-            _check(prev < p.until <= 1.0, "curriculum", "phase 'until' values must increase within (0, 1]", p.until)
-            _check(
+            check(prev < p.until <= 1.0, "curriculum", "phase 'until' values must increase within (0, 1]", p.until)
+            check(
                 len(p.levels) > 0 and set(p.levels) <= set(self.model.hierarchy_levels) | {"recon"},
                 "curriculum",
                 f"levels must be a non-empty subset of model.hierarchy_levels {self.model.hierarchy_levels} "
                 "and 'recon'",
                 p.levels,
             )
-            _check(p.ratios is None or (len(p.ratios) > 0 and all(r >= 1 for r in p.ratios)), "curriculum",
+            check(p.ratios is None or (len(p.ratios) > 0 and all(r >= 1 for r in p.ratios)), "curriculum",
                    "phase ratios must be numbers >= 1", p.ratios)
             prev = p.until
-        _check(
+        check(
             self.curriculum[-1].until == 1.0, "curriculum", "the last phase must end at 1.0", self.curriculum[-1].until
         )
 

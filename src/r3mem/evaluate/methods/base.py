@@ -34,19 +34,19 @@ DESCRIPTIONS = {
 }
 
 
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
     return text.split("\n")[0].strip()
 
 
 
-def _head(tok, text: str, n: int) -> str:
+def head_text(tok, text: str, n: int) -> str:
     """The first n tokens of text (whole text if shorter)."""
     ids = tokenize(tok, text)
     return text if len(ids) <= n else tok.decode(ids[:n])
 
 
 
-def _tail_start(tok, text: str, n: int) -> int:
+def tail_start(tok, text: str, n: int) -> int:
     """Character offset where the last n tokens of text begin (0 if the text is shorter)."""
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     offsets = enc["offset_mapping"]
@@ -55,7 +55,7 @@ def _tail_start(tok, text: str, n: int) -> int:
 
 
 @torch.no_grad()
-def _score_tail(engine, ids: list[int], n_tail: int) -> tuple[float, int]:
+def score_tail(engine, ids: list[int], n_tail: int) -> tuple[float, int]:
     """NLL sum over the last ``n_tail`` tokens except the first of them, with the bare base model."""
     n_tail = min(n_tail, len(ids))
     first = len(ids) - n_tail + 1  # index of the first scored token (the segment's second)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from r3mem.evaluate.common import EvalOptions
-from r3mem.evaluate.methods.base import Answer, Method, _first_line, _head
+from r3mem.evaluate.methods.base import Answer, Method, first_line, head_text
 from r3mem.memory import WritePolicy
 from r3mem.prompts import answer_prompt
 from r3mem.recurrence import fold
@@ -80,7 +80,7 @@ class MemoryMethod(Method):
     def qa_answer(self, mem, doc, question: str, budget: int) -> Answer:
         e, read = self.engine, self.opts.answer_read
         if self.mode == "generate":
-            return Answer(_first_line(e.generate(_GEN_PROMPT.format(question=question), mem,
+            return Answer(first_line(e.generate(_GEN_PROMPT.format(question=question), mem,
                                                  max_new_tokens=self.opts.max_new_tokens)), None)
         level = "paragraph" if self.mode == "recall" else "document"
         if level == "paragraph" and read == "cache":
@@ -92,12 +92,12 @@ class MemoryMethod(Method):
 
             slots, _ = find(e.model, e.tokenizer, mem, question, "paragraph", None, self.opts.top_k,
                             self.opts.select or ("hybrid" if e.keys is not None else "likelihood"), 0, e.keys)
-            context = _head(self.tok, "\n\n".join(doc.context[s.start:s.end] for s in slots), budget)
-            pred = _first_line(e.read(answer_prompt(context, question), self.opts.max_new_tokens))
+            context = head_text(self.tok, "\n\n".join(doc.context[s.start:s.end] for s in slots), budget)
+            pred = first_line(e.read(answer_prompt(context, question), self.opts.max_new_tokens))
             return Answer(pred, [(s.start, s.end) for s in slots])
         rec = e.recall(mem, query=question, level=level, top_k=self.opts.top_k, select=self.opts.select)
-        context = _head(self.tok, rec.text, budget)
-        pred = _first_line(e.read(answer_prompt(context, question), self.opts.max_new_tokens))
+        context = head_text(self.tok, rec.text, budget)
+        pred = first_line(e.read(answer_prompt(context, question), self.opts.max_new_tokens))
         spans = [(s["start"], s["end"]) for s in rec.slots] if level == "paragraph" else None
         return Answer(pred, spans)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from r3mem.evaluate.common import Skip
-from r3mem.evaluate.methods.base import Answer, Method, _first_line, _head, _score_tail
+from r3mem.evaluate.methods.base import Answer, Method, first_line, head_text, score_tail
 from r3mem.hierarchy import Span, paragraph_spans
 from r3mem.prompts import answer_prompt
 from r3mem.tokens import tokenize
@@ -57,7 +57,7 @@ class _Retrieval(Method):
             if used >= budget:
                 break
             n = len(tokenize(self.tok, spans[i].text))
-            text = spans[i].text if used + n <= budget else _head(self.tok, spans[i].text, budget - used)
+            text = spans[i].text if used + n <= budget else head_text(self.tok, spans[i].text, budget - used)
             chosen.append((spans[i].start, spans[i].start + len(text), text))
             used += min(n, budget - used)
         chosen.sort()
@@ -69,7 +69,7 @@ class _Retrieval(Method):
         else:
             ranked = [i for i, _ in index.retriever.search(question, k=min(self.opts.top_k, len(index.spans)))]
             context, spans = self._fill(index.spans, ranked, budget)
-        return Answer(_first_line(self.reader.read(answer_prompt(context, question), self.opts.max_new_tokens)), spans)
+        return Answer(first_line(self.reader.read(answer_prompt(context, question), self.opts.max_new_tokens)), spans)
 
     def qa_memory(self, index: _Index, doc, budget: int) -> tuple[int, int]:
         raw = sum(len(s.text.encode()) for s in index.spans)
@@ -95,7 +95,7 @@ class _Retrieval(Method):
                 for i in sorted(ranked):
                     prefix += ids[bounds[i][0]:bounds[i][1]]
                 prefix = prefix[:budget]
-            out.append((s, *_score_tail(self.reader, prefix + seg, len(seg))))
+            out.append((s, *score_tail(self.reader, prefix + seg, len(seg))))
         return out
 
     def lm_memory(self, ids: list[int], budget: int) -> tuple[int, int]:

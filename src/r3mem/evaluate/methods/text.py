@@ -8,7 +8,7 @@ from typing import Any
 
 from r3mem.backbone import max_positions
 from r3mem.evaluate.common import Skip
-from r3mem.evaluate.methods.base import Answer, Method, _first_line, _score_tail, _tail_start
+from r3mem.evaluate.methods.base import Answer, Method, first_line, score_tail, tail_start
 from r3mem.prompts import answer_prompt
 from r3mem.tokens import tokenize
 
@@ -18,18 +18,18 @@ class NoMemory(Method):
         return {**super().info(), "window": "last budget tokens of the context"}
 
     def qa_answer(self, doc, _doc, question: str, budget: int) -> Answer:
-        start = _tail_start(self.tok, doc.context, budget)
+        start = tail_start(self.tok, doc.context, budget)
         window = doc.context[start:]
-        return Answer(_first_line(self.reader.read(answer_prompt(window, question), self.opts.max_new_tokens)),
+        return Answer(first_line(self.reader.read(answer_prompt(window, question), self.opts.max_new_tokens)),
                       [(start, len(doc.context))])
 
     def qa_memory(self, doc, _doc, budget: int) -> tuple[int, int]:
-        start = _tail_start(self.tok, doc.context, budget)
+        start = tail_start(self.tok, doc.context, budget)
         return len(doc.context[start:].encode()), min(budget, len(tokenize(self.tok, doc.context)))
 
     def lm_score(self, ids: list[int], seg_len: int, budget: int) -> list[tuple[int, float, int]]:
         return [
-            (s, *_score_tail(self.reader, ids[s : s + seg_len], len(ids[s : s + seg_len])))
+            (s, *score_tail(self.reader, ids[s : s + seg_len], len(ids[s : s + seg_len])))
             for s in range(0, len(ids), seg_len)
         ]
 
@@ -50,7 +50,7 @@ class FullContext(Method):
         )
         if need > window:
             raise Skip(f"context does not fit the base model's window ({need} > {window} positions)")
-        return Answer(_first_line(self.reader.read(prompt, self.opts.max_new_tokens)), [(0, len(doc.context))])
+        return Answer(first_line(self.reader.read(prompt, self.opts.max_new_tokens)), [(0, len(doc.context))])
 
     def lm_score(self, ids: list[int], seg_len: int, budget: int) -> list[tuple[int, float, int]]:
         window = max_positions(self.reader.model.lm)
@@ -58,7 +58,7 @@ class FullContext(Method):
         for s in range(0, len(ids), seg_len):
             end = min(len(ids), s + seg_len)
             ctx = ids[max(0, end - window):end]
-            out.append((s, *_score_tail(self.reader, ctx, end - s)))
+            out.append((s, *score_tail(self.reader, ctx, end - s)))
         return out
 
     def lm_memory(self, ids: list[int], budget: int) -> tuple[int, int]:
