@@ -100,7 +100,8 @@ def test_recon_text_lm_trains_the_whole_compress_direction_and_only_it(tok):
 
 def test_state_shape_is_layers_kv_heads_tokens_head_dim():
     model = R3MemModel(tiny_model("llama"), tiny_cfg(memory_mode="kv"))
-    L, H, hd = kv.kv_shape(model.lm.config)
+    c = model.lm.config
+    L, H, hd = c.num_hidden_layers, c.num_key_value_heads, c.hidden_size // c.num_attention_heads
     assert model.initial_state(3).shape == (3, L, 2, H, model.cfg.num_mem_tokens, hd)
 
 

@@ -6,8 +6,16 @@ from conftest import perturb_trainables, tiny_cfg, tiny_r3
 
 from r3mem.coupling import Coupling
 from r3mem.model import R3MemModel
+from r3mem.recurrence import fold
 from r3mem.tiny import FAMILIES, tiny_model, tiny_tokenizer
 from r3mem.tokens import pad_batch
+
+
+def _encode(model, ids, mask, *, bptt_depth=None, with_loss=False):
+    """The document recurrence over [B, T] tokens from M_0 (`recurrence.fold`): (state, loss sum, n)."""
+    out = fold(model, model.initial_state(ids.shape[0]), ids, mask, bptt_depth=bptt_depth or model.cfg.bptt_depth,
+               with_loss=with_loss)
+    return out.state, out.loss, out.n
 
 
 def _ids(n: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
@@ -63,7 +71,7 @@ def _expected_trainable(model: R3MemModel, family: str) -> int:
 )
 def test_only_adapters_and_memory_train(family, mode, memory_mode):
     model = tiny_r3(family, reversible_mode=mode, memory_mode=memory_mode)
-    assert model.num_trainable() == _expected_trainable(model, family)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == _expected_trainable(model, family)
     for n, p in model.named_parameters():
         if p.requires_grad:
             assert ".lora_" in n or n.startswith(("memory.", "couplings.")), n
@@ -73,13 +81,13 @@ def test_only_adapters_and_memory_train(family, mode, memory_mode):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_manual_segment_loop_equals_encode(family):
+def test_manual_segment_loop_equals_the_fold(family):
     model = tiny_r3(family, segment_len=8)
     perturb_trainables(model)
     ids = _ids(30)
     mask = torch.ones_like(ids)
     with torch.no_grad():
-        state, _, _ = model.encode(ids, mask)
+        state, _, _ = _encode(model, ids, mask)
         manual = model.initial_state(1)
         for s in range(0, 30, 8):
             seg = ids[:, s:s + 8]
@@ -94,7 +102,7 @@ def test_memory_size_constant_in_history_length(memory_mode):
     with torch.no_grad():
         for n_seg in (1, 10, 100):
             ids = _ids(4 * n_seg)
-            state, _, _ = model.encode(ids, torch.ones_like(ids))
+            state, _, _ = _encode(model, ids, torch.ones_like(ids))
             assert torch.isfinite(state).all()
             shapes.add(tuple(state.shape))
     assert len(shapes) == 1
@@ -109,7 +117,7 @@ def test_information_flows_from_earlier_segment(memory_mode):
     with torch.no_grad():
         for first in (a, b):
             ids = torch.cat([first, last], 1)
-            state, _, _ = model.encode(ids[:, :8], torch.ones_like(ids[:, :8]))
+            state, _, _ = _encode(model, ids[:, :8], torch.ones_like(ids[:, :8]))
             _, loss, _ = model.compress(model.embed(last), torch.ones_like(last), state, 4, labels=last)
             losses.append(loss)
     assert not torch.isclose(losses[0], losses[1]), "segment 2's loss must depend on segment 1"
@@ -120,7 +128,7 @@ def test_gradients_reach_memory_parameters(memory_mode):
     model = tiny_r3("llama", segment_len=8, memory_mode=memory_mode)
     perturb_trainables(model)
     ids = _ids(24)
-    _, loss, n = model.encode(ids, torch.ones_like(ids), with_loss=True)
+    _, loss, n = _encode(model, ids, torch.ones_like(ids), with_loss=True)
     (loss / n).backward()
     for name in ("init_mem", "write_emb", "markers"):
         p = getattr(model.memory, name)
@@ -159,11 +167,11 @@ def test_bptt_depth_cuts_gradients(memory_mode):
     ids = _ids(32)  # 3 segments then the scored one
     assert _grad_of_last_segment_on_init(model, ids, depth=4) > 0
     assert _grad_of_last_segment_on_init(model, ids, depth=2) == 0.0
-    # encode() applies the same rule: over two segments, depth 2 keeps the path to M_0, depth 1 cuts it
+    # the fold applies the same rule: over two segments, depth 2 keeps the path to M_0, depth 1 cuts it
     two = ids[:, :16]
     for depth, reaches in ((2, True), (1, False)):
         model.zero_grad()
-        state, _, _ = model.encode(two, torch.ones_like(two), bptt_depth=depth)
+        state, _, _ = _encode(model, two, torch.ones_like(two), bptt_depth=depth)
         state.sum().backward()
         g = model.memory.init_mem.grad
         assert (g is not None and g.abs().sum() > 0) == reaches, depth
@@ -218,9 +226,9 @@ def test_coupling_inverse_recovers_input():
 def _encode_batch_and_rows(model, a: torch.Tensor, b: torch.Tensor):
     """Encode [a, b] as one padded batch and each alone; assert the memories match row by row."""
     ids, mask = pad_batch([a.tolist(), b.tolist()], 0, torch.device("cpu"))
-    both, _, _ = model.encode(ids, mask)
-    one, _, _ = model.encode(a[None], torch.ones(1, len(a), dtype=torch.long))
-    two, _, _ = model.encode(b[None], torch.ones(1, len(b), dtype=torch.long))
+    both, _, _ = _encode(model, ids, mask)
+    one, _, _ = _encode(model, a[None], torch.ones(1, len(a), dtype=torch.long))
+    two, _, _ = _encode(model, b[None], torch.ones(1, len(b), dtype=torch.long))
     torch.testing.assert_close(both[0], one[0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(both[1], two[0], atol=1e-5, rtol=1e-4)
     return both, one, two
@@ -252,7 +260,7 @@ def test_directions_use_different_adapters_and_both_get_gradients():
     perturb_trainables(model)
     ids = _ids(10)
     mask = torch.ones_like(ids)
-    state, loss, n = model.encode(ids, mask, with_loss=True)
+    state, loss, n = _encode(model, ids, mask, with_loss=True)
     hidden, labels = model.teacher_force(state, ids, mask)
     rec, m = model._ce(hidden, labels)
     (loss / n + rec / m).backward()
@@ -305,7 +313,7 @@ def test_write_adapter_gets_gradients_and_keeps_batches_padding_correct():
     perturb_trainables(model)
     a, b = _ids(20, seed=4)[0], _ids(13, seed=5)[0]
     ids, mask = pad_batch([a.tolist(), b.tolist()], 0, torch.device("cpu"))
-    state, loss, n = model.encode(ids, mask, with_loss=True)
+    state, loss, n = _encode(model, ids, mask, with_loss=True)
     hidden, labels = model.teacher_force(state, ids, mask)
     rec, m = model._ce(hidden, labels)
     (loss / n + rec / m).backward()

@@ -22,7 +22,7 @@ from torch import nn
 
 __all__ = [
     "BaseModelError", "DEFAULT_BASE", "load_base", "decoder_layers", "inner_model", "base_model_id", "cache_dir",
-    "max_positions", "quiet_loading", "quietly",
+    "max_positions", "quiet_loading", "quietly", "ensure_pad_token",
 ]
 
 DEFAULT_BASE = "smollm2-135m"
@@ -147,8 +147,7 @@ def load_base(name_or_path: str, dtype: torch.dtype = torch.float32):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as e:
         raise BaseModelError(f"{path}: cannot load base model ({str(e).splitlines()[0]})") from None
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
+    ensure_pad_token(tok)
     model.config._r3mem_model_id = (
         _REGISTRY[name_or_path].model_id if name_or_path in _REGISTRY else str(path.resolve())
     )
@@ -180,3 +179,10 @@ def max_positions(lm) -> int:
     """The base model's context window in tokens (`max_position_embeddings`, GPT-2's `n_positions`, else 2048)."""
     cfg = lm.config
     return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048))
+
+
+def ensure_pad_token(tok) -> None:
+    """Give a tokenizer without a padding token its EOS token as one (batches are padded and masked, so
+    which id pads does not matter; it must exist)."""
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token

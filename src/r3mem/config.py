@@ -1,6 +1,6 @@
 """Validated configuration dataclasses for the R³Mem model, serialisable to JSON and YAML.
 
-Choices the paper leaves open (digest §12) are fields here so ablations can flip them:
+Choices the R³Mem paper leaves open are fields here so ablations can flip them:
 memory placement, BPTT depth, reversible variant, hierarchy levels and loss weights.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from r3mem.hierarchy import LEVELS
+from r3mem.io import atomic_write_bytes
 
 __all__ = ["ConfigError", "R3MemConfig", "load_config", "save_config", "apply_overrides"]
 
@@ -31,7 +32,7 @@ class ConfigError(ValueError):
 def auto_compute_dtype(device: str = "cpu") -> str:
     """"bfloat16" where the hardware computes in it natively (a CUDA GPU with bfloat16, a CPU with
     AVX-512 BF16 or AMX), else "float32": elsewhere bfloat16 autocast can be slower than float32."""
-    import torch
+    import torch  # here, not at the top: configs load (and `r3mem --help` runs) without importing torch
 
     if str(device).startswith("cuda"):
         return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
@@ -195,8 +196,6 @@ def save_config(cfg: Any, path: str | Path) -> None:
     path = Path(path)
     data = cfg.to_dict()
     text = yaml.safe_dump(data, sort_keys=False) if path.suffix in (".yaml", ".yml") else json.dumps(data, indent=2)
-    from r3mem.io import atomic_write_bytes
-
     atomic_write_bytes(path, text.encode())
 
 

@@ -19,7 +19,7 @@ import torch
 
 from r3mem import kv
 from r3mem.adapter import AdapterError, adapter_hash, load_trainable_state, read_adapter, save_adapter
-from r3mem.backbone import base_model_id, load_base, max_positions, quietly
+from r3mem.backbone import base_model_id, ensure_pad_token, load_base, max_positions, quietly
 from r3mem.config import R3MemConfig, auto_compute_dtype
 from r3mem.keys import KeyEncoder, MiniLMKeys
 from r3mem.memfile import (
@@ -83,8 +83,7 @@ class R3Mem:
         self.keys = _key_encoder(keys)
         self.model = model.eval()
         self.tokenizer = tokenizer
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        ensure_pad_token(tokenizer)
         self.trained = trained
         self.meta = meta or {}
         self._refresh_identity()
@@ -167,6 +166,12 @@ class R3Mem:
     @property
     def config(self) -> R3MemConfig:
         return self.model.cfg
+
+    @property
+    def can_expand(self) -> bool:
+        """Whether the adapter has a backward path (memory -> text): trained with a reconstruction term.
+        Adapters without one (the `recurrent` baseline) only read memory forward: no recall read."""
+        return self.model.cfg.w_bwd > 0
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -267,7 +272,7 @@ class R3Mem:
         if recall_tokens is not None and (isinstance(recall_tokens, bool) or not isinstance(recall_tokens, int)
                                           or recall_tokens < 1):
             raise ValueError(f"recall_tokens: must be an integer >= 1, got {recall_tokens!r}")
-        if read == "recall" and self.config.w_bwd == 0:
+        if read == "recall" and not self.can_expand:
             raise ValueError("read='recall': this adapter has no backward path (w_bwd 0); use read='cache'")
         mem = memory if memory is not None else self.new_memory()
         ids = tokenize(self.tokenizer, prompt)

@@ -1,6 +1,6 @@
 """Deterministic text segmentation: paragraphs, sentences and entity mentions as character spans.
 
-These are the units of the R³Mem hierarchy (paper digest §4.2: document → paragraph → sentence → entity).
+These are the units of the R³Mem hierarchy (document → paragraph → sentence → entity, as in the R³Mem paper).
 Every function returns spans into the *original* string (``text[span.start:span.end] == span.text``)
 so a memory slot can always point back at the exact source it was compressed from.
 

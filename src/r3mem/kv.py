@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["rotary_of", "reposition", "join", "to_cache", "from_cache", "kv_shape", "mem_len"]
+__all__ = ["rotary_of", "reposition", "join", "to_cache", "from_cache", "mem_len"]
 
 
 def rotary_of(body: nn.Module) -> nn.Module | None:
@@ -77,16 +77,6 @@ def from_cache(cache, n_last: int) -> torch.Tensor:
     """The last `n_last` positions of every layer of a cache: [B, L, 2, H, n_last, hd]."""
     layers = [(layer.keys[:, :, -n_last:], layer.values[:, :, -n_last:]) for layer in cache.layers]
     return torch.stack([torch.stack(kv, dim=1) for kv in layers], dim=1)
-
-
-def kv_shape(config) -> tuple[int, int, int]:
-    """(layers, key/value heads, head dim) of a Hugging Face decoder config."""
-    cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    heads = getattr(cfg, "num_attention_heads", None) or cfg.n_head
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
-    return layers, kv_heads, head_dim
 
 
 def mem_len(state: torch.Tensor) -> int:

@@ -27,8 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from r3mem import __version__
 from r3mem.agent import ChatAgent, ensure_session
 from r3mem.memcache import MemoryCache
+from r3mem.service.errors import LIBRARY_ERROR_TYPES, first_line
 from r3mem.service.schemas import RevisionOut, Time
-from r3mem.store import MemoryStore, NotFound, Session, StoreError, Turn
+from r3mem.store import MemoryStore, NotFound, Session, Turn
 from r3mem.text import MAX_QUERY_CHARS
 
 try:
@@ -238,11 +239,6 @@ def _reporter(ctx: Context | None):
     return report
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _tool_errors(fn: Callable[..., _T]) -> Callable[..., _T]:
     """Library errors become tool errors with their one-line message (the agent sees it and can retry)."""
 
@@ -250,8 +246,8 @@ def _tool_errors(fn: Callable[..., _T]) -> Callable[..., _T]:
     def wrapper(*args: Any, **kwargs: Any) -> _T:
         try:
             return fn(*args, **kwargs)
-        except (StoreError, ValueError, IndexError) as exc:  # NotFound, Conflict, MemoryFileError, bad index…
-            raise ToolError(_one_line(exc)) from exc
+        except LIBRARY_ERROR_TYPES as exc:  # the service's 4xx/503 errors: NotFound, Conflict, bad input...
+            raise ToolError(first_line(exc)) from exc
 
     return wrapper
 

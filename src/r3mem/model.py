@@ -389,26 +389,6 @@ class R3MemModel(nn.Module):
         )
         return loss, (labels != IGNORE_INDEX).sum()
 
-    def encode(
-        self,
-        ids: torch.Tensor,
-        mask: torch.Tensor,
-        state: torch.Tensor | None = None,
-        *,
-        bptt_depth: int | None = None,
-        with_loss: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Segment-recurrent compression of [B, T] tokens into a constant-size state (`recurrence.fold`).
-
-        Gradients flow through at most `bptt_depth` segment transitions: the state is detached
-        every `bptt_depth` segments (truncated back-propagation through time).
-        """
-        from r3mem.recurrence import fold
-
-        state = self.initial_state(ids.shape[0]) if state is None else state
-        out = fold(self, state, ids, mask, bptt_depth=bptt_depth or self.cfg.bptt_depth, with_loss=with_loss)
-        return out.state, out.loss, out.n
-
     # ----- backward direction: expansion -------------------------------------------------------
     def _expand_prefix(self, state: torch.Tensor, query: tuple[torch.Tensor, torch.Tensor] | None, marker: int):
         """[memory] + <marker> + [query] + <sep>; in kv mode the memory is the cache, not a part here."""
@@ -589,6 +569,3 @@ class R3MemModel(nn.Module):
     # ----- bookkeeping ------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
-
-    def num_trainable(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -1,6 +1,6 @@
 """Reading raw text corpora: strict UTF-8, normalised newlines, Project Gutenberg headers removed.
 
-Corpus files (e.g. the PG-19 sample in ``shared/data/pg19``) come with CRLF line endings, sometimes a
+Corpus files (e.g. PG-19 books) come with CRLF line endings, sometimes a
 UTF-8 byte-order mark, and a Gutenberg licence header/footer that is not part of the book. Span offsets
 produced by the data builder index into the text *after* this normalisation, so every reader here
 returns exactly the same string for the same file (``"".join(iter_text_chunks(p, n)) == read_text(p)``).

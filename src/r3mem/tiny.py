@@ -6,8 +6,12 @@ Used by the test-suite and the tiny training config so everything runs on a CPU 
 from __future__ import annotations
 
 import functools
+from importlib import resources
 
 import torch
+import yaml
+
+from r3mem.config import R3MemConfig
 
 __all__ = ["tiny_tokenizer", "tiny_model", "tiny_config", "FAMILIES", "SAMPLE_TEXT"]
 
@@ -78,12 +82,6 @@ def tiny_model(family: str = "llama", vocab_size: int | None = None, hidden: int
 def tiny_config(base_model: str = "tiny-llama", **overrides):
     """The small R3MemConfig for the `tiny-*` models: the `model` section of the shipped
     `configs/tiny.yaml`, with `base_model` and any field overridden."""
-    from importlib import resources
-
-    import yaml
-
-    from r3mem.config import R3MemConfig
-
     shipped = resources.files("r3mem") / "configs" / "tiny.yaml"
     fields = yaml.safe_load(shipped.read_text(encoding="utf-8"))["model"]
     return R3MemConfig(**{**fields, "base_model": base_model, **overrides})

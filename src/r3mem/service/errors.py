@@ -17,9 +17,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from r3mem.store import Conflict, NotFound, StoreError
 
-__all__ = ["ApiError", "install_error_handlers", "BodyLimit", "NoEncodedSlash"]
+__all__ = ["ApiError", "LIBRARY_ERRORS", "LIBRARY_ERROR_TYPES", "first_line", "install_error_handlers", "BodyLimit",
+           "NoEncodedSlash"]
 
 log = logging.getLogger("r3mem.service")
+
+# Library exceptions and what they mean to a client, most specific first: (type, HTTP status, kind). The
+# service answers them with that status; the MCP server turns the same types into tool errors.
+LIBRARY_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
+    (NotFound, 404, "not_found"),
+    (Conflict, 409, "conflict"),
+    (StoreError, 503, "store_unavailable"),
+    (ValueError, 400, "invalid_request"),  # also MemoryFileError, ConfigError
+    (IndexError, 400, "invalid_request"),  # a slot or turn index that does not exist
+)
+LIBRARY_ERROR_TYPES = tuple(t for t, _, _ in LIBRARY_ERRORS)
 
 
 class ApiError(Exception):
@@ -34,7 +46,8 @@ def error_response(status: int, kind: str, message: str, headers: dict[str, str]
     return JSONResponse({"error": kind, "message": message}, status_code=status, headers=headers)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The exception's message as one line (its type's name when it has none)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -54,6 +67,15 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
     return 422, "invalid_request", "; ".join(parts) + more
 
 
+def _library_handler(status: int, kind: str):
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        if status >= 500:
+            log.error("%s: %s", kind, exc)
+        return error_response(status, kind, first_line(exc))
+
+    return handle
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the JSON error mapping on `app`."""
 
@@ -70,26 +92,8 @@ def install_error_handlers(app: FastAPI) -> None:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, kind, str(exc.detail), getattr(exc, "headers", None))
 
-    @app.exception_handler(NotFound)
-    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return error_response(404, "not_found", _first_line(exc))
-
-    @app.exception_handler(Conflict)
-    async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
-        return error_response(409, "conflict", _first_line(exc))
-
-    @app.exception_handler(StoreError)
-    async def _store(_: Request, exc: StoreError) -> JSONResponse:
-        log.error("store error: %s", exc)
-        return error_response(503, "store_unavailable", _first_line(exc))
-
-    @app.exception_handler(ValueError)  # also MemoryFileError, ConfigError
-    async def _value(_: Request, exc: ValueError) -> JSONResponse:
-        return error_response(400, "invalid_request", _first_line(exc))
-
-    @app.exception_handler(IndexError)
-    async def _index(_: Request, exc: IndexError) -> JSONResponse:
-        return error_response(400, "invalid_request", _first_line(exc))
+    for exc_type, status, kind in LIBRARY_ERRORS:
+        app.add_exception_handler(exc_type, _library_handler(status, kind))
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:

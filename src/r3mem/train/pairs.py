@@ -82,7 +82,7 @@ def _words(text: str, limit: int) -> str:
 
 @dataclass(frozen=True)
 class RuleQueryGenerator:
-    """Deterministic offline queries (the blueprint's fallback; no model needed).
+    """Deterministic offline queries (no question-generation model needed).
 
     * document: ``"Summarise the document titled: <title>"`` when the document opens with a short
       one-line paragraph without final punctuation (a title), else

@@ -1,4 +1,5 @@
-"""Loaders for the benchmark formats in ``shared/data`` (any file in the same format works).
+"""Loaders for the benchmark formats (PG-19 books, NQ-open, key-value retrieval, LoCoMo, needle haystacks;
+any file in the same format works).
 
 Each loader returns a list of small frozen dataclasses and fails with a one-line ``ValueError``
 that starts with the file name and says what is wrong ("x.jsonl.gz: line 3 is not valid JSON"),
@@ -7,7 +8,7 @@ Gzip is detected from the file's magic bytes, not its name, so ``.jsonl`` and ``
 copies both load. ``limit`` keeps only the first N records (books, essays) for smoke runs.
 
 One module per benchmark (``pg19``, ``nq``, ``kv``, ``locomo``, ``needle``), helpers in ``_io``.
-Formats are documented in each ``shared/data/<name>/README.md``.
+Each module's docstring names its format; ``benchmarks/README.md`` says which files were run.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ class MemoryMethod(Method):
     @property
     def mode(self) -> str:
         cfg = self.engine.config
-        if cfg.w_bwd == 0:
+        if not self.engine.can_expand:
             return "generate"
         return "recall" if "paragraph" in cfg.hierarchy_levels else "recall_document"
 
@@ -128,7 +128,7 @@ class MemoryMethod(Method):
         the document memory, at most `recall_tokens` tokens): the same stored memory, read back as
         text. None for adapters without a backward path (nothing was trained to expand)."""
         n = seg_len if self.opts.recall_tokens is None else self.opts.recall_tokens
-        if self.engine.config.w_bwd == 0 or n == 0:
+        if not self.engine.can_expand or n == 0:
             return None
         return self._lm_segments(ids, seg_len, carry=True, recall_tokens=n)
 
