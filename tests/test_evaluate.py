@@ -115,6 +115,9 @@ def test_rag_every_method(adapters, tmp_path):
     for name in ("r3mem", "no_memory", "full_context", "bm25"):
         assert set(res[name]["metrics"]) == {"em", "f1", "accuracy", "evidence_recall@2"}
         assert res[name]["n_examples"] == 1
+        (one,) = res[name]["per_question"]  # per question, for paired comparisons
+        assert set(one) == {"qid", "em", "f1", "accuracy", "evidence_recall"}
+        assert one["f1"] == pytest.approx(res[name]["metrics"]["f1"], abs=1e-4)
     assert res["full_context"]["metrics"]["evidence_recall@2"] == 1.0
     assert res["recurrent"]["metrics"]["evidence_recall@2"] is None  # shows the reader no text spans
     assert doc["data_stats"]["n_examples"] == 1
@@ -310,7 +313,7 @@ def test_bad_inputs(tmp_path):
     assert "not a method with an adapter" in _fails("rag", "--data", str(NQ), "--method-model", f"bm25={not_adapter}")
     assert "unknown method 'rmt'" in _fails("rag", "--data", str(NQ), "--methods", "r3mem,rmt")
     assert "--limit: must be >= 0" in _fails("rag", "--data", str(NQ), "--limit", "-1")
-    assert "--recall-tokens: must be >= 0, got -1" in _fails("lm", "--data", str(PG19), "--recall-tokens", "-1")
+    assert "--recall-tokens: must be >= 0 (got -1)" in _fails("lm", "--data", str(PG19), "--recall-tokens", "-1")
     assert "--ratios: expected comma-separated numbers" in _fails("recon", "--data", str(PG19), "--ratios", "4,x")
     assert "no .txt books" in _fails("lm", "--data", str(not_adapter))
 
@@ -485,5 +488,5 @@ def test_locomo_per_doc_keeps_the_first_questions_of_every_conversation():
     one_each = locomo.load(LOCOMO, EvalOptions(per_doc=1))
     assert len(every) == len(one_each) == 2 and sum(len(d.questions) for d in every) > 2
     assert [[q.qid for q in d.questions] for d in one_each] == [[d.questions[0].qid] for d in every]
-    with pytest.raises(ValueError, match="--per-doc: must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"--per-doc: must be >= 1 \(got 0\)"):
         EvalOptions(per_doc=0).validate()

@@ -45,32 +45,15 @@ def demo(
     encoding: EncodingOpt = DEFAULT_ENCODING,
 ) -> None:
     """Write a PG-19 book excerpt into memory and recall one paragraph from it."""
-    from r3mem.evaluate.metrics import reconstruction_scores, token_exact_match
-    from r3mem.tokens import tokenize
+    from r3mem.evaluate.recon import demo_report
 
     body, source = _demo_text(text, encoding)  # a bad file is refused before the model loads
     engine = load_engine(model, base_model)
     body = body[:max_chars]
-    mem = engine.flush(engine.write(body))
-    if not mem.paragraphs:
-        raise ValueError(f"{source}: no paragraph to memorise")
-    idx = min(max(paragraph, 0), len(mem.paragraphs) - 1)
+    mem, result = demo_report(engine, body, paragraph, source)
+    idx, original, recalled = result["recalled_paragraph"], result["original"], result["recalled"]
     slot = mem.paragraphs[idx]
-    rec = engine.recall(mem, index=idx)
-    original = body[slot.start:slot.end]
-    tok = engine.tokenizer
-    ref_ids, hyp_ids = tokenize(tok, original), tokenize(tok, rec.text)
-    scores = reconstruction_scores(original, rec.text)
-    mem_tokens = sum(s.n_mem_tokens for s in mem.paragraphs)
-    result = {
-        "source": source, "adapter_trained": engine.trained, "adapter_hash": engine.adapter_hash,
-        "chars_written": len(body), "tokens_written": mem.n_tokens, "paragraph_slots": len(mem.paragraphs),
-        "entity_slots": len(mem.entities), "document_memory_tokens": engine.config.num_mem_tokens,
-        "paragraph_memory_tokens": mem_tokens, "compression_ratio": round(mem.n_tokens / max(mem_tokens, 1), 2),
-        "recalled_paragraph": idx, "token_exact_match": round(token_exact_match(ref_ids, hyp_ids), 4),
-        "rouge_l": round(scores.rouge_l, 4), "original": original, "recalled": rec.text,
-        "recall_confidence": rec.slots[0]["confidence"],
-    }
+    mem_tokens = result["paragraph_memory_tokens"]
     if save:
         engine.save(mem, save)
         result["saved_to"] = str(save)
@@ -91,7 +74,7 @@ def demo(
     )
     out.print(
         f"\n--- original text of paragraph slot {idx} ({slot.key}) ---\n{original}\n\n"
-        f"--- recalled from memory ---\n{rec.text}\n"
+        f"--- recalled from memory ---\n{recalled}\n"
     )
     out.print(
         f"reconstruction    : token exact match {result['token_exact_match']:.3f}, ROUGE-L {result['rouge_l']:.3f}"

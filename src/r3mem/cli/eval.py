@@ -8,6 +8,9 @@ from typing import Annotated
 import typer
 
 from r3mem.cli.common import EncodingOpt, ModelOpt, check_encoding, console, emit_json, load_engine
+from r3mem.evaluate.common import EvalOptions  # stdlib only: `--help` stays fast
+
+_D = EvalOptions()  # the defaults, written once (in EvalOptions) and shown in the help from there
 
 
 def _numbers(name: str, spec: str | None, kind: type) -> tuple | None:
@@ -51,9 +54,15 @@ def evaluate(
         int | None,
         typer.Option("--budget", help="Context tokens given to the reader (default: 256; lm: the memory size)."),
     ] = None,
-    top_k: Annotated[int, typer.Option("--top-k", help="Slots / chunks recalled per question.")] = 2,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Answer length in tokens.")] = 32,
-    chunk_words: Annotated[int, typer.Option("--chunk-words", help="Retrieval chunk size in words.")] = 100,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", help=f"Slots / chunks recalled per question (default: {_D.top_k}).")
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option("--max-new-tokens", help=f"Answer length in tokens (default: {_D.max_new_tokens}).")
+    ] = None,
+    chunk_words: Annotated[
+        int | None, typer.Option("--chunk-words", help=f"Retrieval chunk size in words (default: {_D.chunk_words}).")
+    ] = None,
     ratios: Annotated[str | None, typer.Option("--ratios", help="recon: compression ratios, e.g. 4,8.")] = None,
     lengths: Annotated[str | None, typer.Option("--lengths", help="needle: context lengths in tokens.")] = None,
     depths: Annotated[str | None, typer.Option("--depths", help="needle: needle depths in [0, 1].")] = None,
@@ -72,10 +81,11 @@ def evaluate(
                      "default: hybrid when the memory has retrieval keys)."),
     ] = None,
     answer_read: Annotated[
-        str,
-        typer.Option("--answer-read", help="Memory methods, QA: text (slots expanded into text) | cache (the reader "
-                     "reads the slots' keys and values) | source (the chosen slots' own text, as a store keeps it)."),
-    ] = "text",
+        str | None,
+        typer.Option("--answer-read", help="Memory methods, QA: text (slots expanded into text; the default) | cache "
+                     "(the reader reads the slots' keys and values) | source (the chosen slots' own text, as a store "
+                     "keeps it)."),
+    ] = None,
     compute_dtype: Annotated[
         str | None, typer.Option("--compute-dtype", help="float32 | bfloat16 (autocast) | auto (bfloat16 where the "
                                  "hardware has it) for every model; default auto (tiny test models: float32).")
@@ -89,9 +99,12 @@ def evaluate(
         int | None, typer.Option("--per-doc", help="locomo: first N scored questions of each conversation.")
     ] = None,
     distractors: Annotated[
-        int, typer.Option("--distractors", help="rag: passages of other questions around the gold one (0: oracle).")
-    ] = 0,
-    device: Annotated[str, typer.Option("--device", help="Torch device for every model.")] = "cpu",
+        int | None, typer.Option("--distractors", help="rag: passages of other questions around the gold one "
+                                 f"(default: {_D.distractors}; 0: the oracle passage alone).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help=f"Torch device for every model (default: {_D.device}).")
+    ] = None,
     encoding: EncodingOpt = "utf-8",
 ) -> None:
     """Evaluate a task for every method in one run; prints a JSON document (config, versions, commit, metrics)."""
@@ -99,29 +112,17 @@ def evaluate(
 
     with text_encoding(check_encoding(encoding)):
         from r3mem.engine import default_adapter_dir
-        from r3mem.evaluate.common import EvalOptions
         from r3mem.evaluate.runner import check_inputs, parse_method_models, parse_methods, run_eval
 
-        opts = EvalOptions(
-            limit=limit,
-            per_doc=per_doc,
-            budget=budget,
-            top_k=top_k,
-            max_new_tokens=max_new_tokens,
-            chunk_words=chunk_words,
-            max_tokens=max_tokens,
-            segment_len=segment_len,
-            recall_tokens=recall_tokens,
-            device=device,
-            select=select,
-            answer_read=answer_read,
-            memory_cache=str(memory_cache) if memory_cache else None,
-            distractors=distractors,
-        )
-        for name, spec, kind in (("ratios", ratios, float), ("lengths", lengths, int), ("depths", depths, float)):
-            parsed = _numbers(f"--{name}", spec, kind)
-            if parsed is not None:
-                setattr(opts, name, parsed)
+        given = {  # options left out keep EvalOptions' defaults: each default is written once, there
+            "limit": limit, "per_doc": per_doc, "budget": budget, "top_k": top_k, "max_new_tokens": max_new_tokens,
+            "chunk_words": chunk_words, "max_tokens": max_tokens, "segment_len": segment_len,
+            "recall_tokens": recall_tokens, "device": device, "select": select, "answer_read": answer_read,
+            "memory_cache": str(memory_cache) if memory_cache else None, "distractors": distractors,
+            "ratios": _numbers("--ratios", ratios, float), "lengths": _numbers("--lengths", lengths, int),
+            "depths": _numbers("--depths", depths, float),
+        }
+        opts = EvalOptions(**{k: v for k, v in given.items() if v is not None})
         chosen = parse_methods(methods)
         adapters = parse_method_models(method_model)
         checked = check_inputs(task, data, opts, model)

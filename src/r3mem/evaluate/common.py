@@ -52,45 +52,39 @@ class EvalOptions:
     distractors: int = 0  # rag: passages of other questions around the gold one (0: the oracle passage alone)
 
     def validate(self) -> None:
-        def check(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ValueError(msg)
-
-        check(self.limit is None or self.limit >= 0, f"--limit: must be >= 0, got {self.limit}")
-        check(self.per_doc is None or self.per_doc >= 1, f"--per-doc: must be >= 1, got {self.per_doc}")
-        check(self.budget is None or self.budget >= 1, f"--budget: must be >= 1, got {self.budget}")
-        check(self.top_k >= 1, f"--top-k: must be >= 1, got {self.top_k}")
-        check(self.max_new_tokens >= 1, f"--max-new-tokens: must be >= 1, got {self.max_new_tokens}")
-        check(self.chunk_words >= 1, f"--chunk-words: must be >= 1, got {self.chunk_words}")
-        check(
-            len(self.ratios) > 0 and all(r >= 1 for r in self.ratios),
-            f"--ratios: must be numbers >= 1, got {list(self.ratios)}",
-        )
-        check(
-            len(self.lengths) > 0 and all(n >= 1 for n in self.lengths),
-            f"--lengths: must be integers >= 1, got {list(self.lengths)}",
-        )
-        check(
-            len(self.depths) > 0 and all(0 <= d <= 1 for d in self.depths),
-            f"--depths: must be fractions in [0, 1], got {list(self.depths)}",
-        )
-        check(self.max_tokens is None or self.max_tokens >= 2, f"--max-tokens: must be >= 2, got {self.max_tokens}")
-        check(self.segment_len is None or self.segment_len >= 2, f"--segment-len: must be >= 2, got {self.segment_len}")
-        check(self.recall_tokens is None or self.recall_tokens >= 0,
-              f"--recall-tokens: must be >= 0, got {self.recall_tokens}")
-        from r3mem.config import COMPUTE_DTYPES
+        """One `ConfigError` (a ValueError) naming the first bad option by its command-line flag."""
+        from r3mem.config import COMPUTE_DTYPES, check
         from r3mem.recall import SELECTS
 
-        check(self.select is None or self.select in SELECTS, f"--select: must be one of {SELECTS}, got {self.select!r}")
-        check(self.answer_read in ANSWER_READS,
-              f"--answer-read: must be one of {ANSWER_READS}, got {self.answer_read!r}")
-        check(self.distractors >= 0, f"--distractors: must be >= 0, got {self.distractors}")
-        check(self.compute_dtype in COMPUTE_DTYPES,
-              f"--compute-dtype: must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
+        def at_least(name: str, low: int, optional: bool = True) -> None:
+            v = getattr(self, name)
+            check((optional and v is None) or (isinstance(v, int) and v >= low), _flag(name), f"must be >= {low}", v)
+
+        for name, low in (("limit", 0), ("per_doc", 1), ("budget", 1), ("max_tokens", 2), ("segment_len", 2),
+                          ("recall_tokens", 0)):
+            at_least(name, low)
+        for name in ("top_k", "max_new_tokens", "chunk_words"):
+            at_least(name, 1, optional=False)
+        at_least("distractors", 0, optional=False)
+        check(len(self.ratios) > 0 and all(r >= 1 for r in self.ratios), "--ratios", "must be numbers >= 1",
+              list(self.ratios))
+        check(len(self.lengths) > 0 and all(n >= 1 for n in self.lengths), "--lengths", "must be integers >= 1",
+              list(self.lengths))
+        check(len(self.depths) > 0 and all(0 <= d <= 1 for d in self.depths), "--depths",
+              "must be fractions in [0, 1]", list(self.depths))
+        check(self.select is None or self.select in SELECTS, "--select", f"must be one of {SELECTS}", self.select)
+        check(self.answer_read in ANSWER_READS, "--answer-read", f"must be one of {ANSWER_READS}", self.answer_read)
+        check(self.compute_dtype in COMPUTE_DTYPES, "--compute-dtype", f"must be one of {COMPUTE_DTYPES}",
+              self.compute_dtype)
 
     def to_dict(self) -> dict[str, Any]:
         """Every option, as the result document records it (tuples as lists)."""
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+
+def _flag(name: str) -> str:
+    """The command-line flag of an option field: `per_doc` -> `--per-doc`."""
+    return "--" + name.replace("_", "-")
 
 
 def mean(values: Iterable[float | None]) -> float | None:

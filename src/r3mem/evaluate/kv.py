@@ -9,7 +9,7 @@ from typing import Any
 
 from r3mem.evaluate.common import EvalOptions, mean
 from r3mem.evaluate.metrics import subspan_exact_match
-from r3mem.evaluate.qa import QADoc, QAQuestion, aggregate, context_tokens, make_doc, run_qa, samples
+from r3mem.evaluate.qa import QADoc, QAQuestion, aggregate, context_tokens, make_doc, result_doc, run_qa
 
 DEFAULT_BUDGET = 256
 N_POSITION_BINS = 5
@@ -47,10 +47,7 @@ def run(method, docs: list[QADoc], opts: EvalOptions, budget: int) -> dict[str, 
     metrics = aggregate(res["records"], ["accuracy", "evidence_recall"])
     metrics[f"evidence_recall@{opts.top_k}"] = metrics.pop("evidence_recall")
     metrics["accuracy_by_gold_position"] = _by_position(res["records"])
-    return {"n_examples": len(res["records"]), "metrics": metrics, "summary": {"accuracy": metrics["accuracy"]},
-            "memory_bytes_per_doc": res["memory_bytes_per_doc"], "memory_tokens_per_doc": res["memory_tokens_per_doc"],
-            "wall_time_s": res["wall_time_s"], "store_s_per_doc": res["store_s_per_doc"],
-            "answer_s_per_question": res["answer_s_per_question"], "samples": samples(res["records"], opts.samples)}
+    return result_doc(res, metrics, ("accuracy",), ("accuracy", "evidence_recall"), opts)
 
 
 def stats(docs: list[QADoc], tok) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from r3mem.evaluate.common import EvalOptions, mean
 from r3mem.evaluate.metrics import f1
-from r3mem.evaluate.qa import QADoc, QAQuestion, aggregate, context_tokens, make_doc, run_qa, samples
+from r3mem.evaluate.qa import QADoc, QAQuestion, aggregate, context_tokens, make_doc, result_doc, run_qa
 
 DEFAULT_BUDGET = 256
 CATEGORIES = (1, 2, 3, 4)
@@ -63,14 +63,7 @@ def run(method, docs: list[QADoc], opts: EvalOptions, budget: int) -> dict[str, 
     metrics = aggregate(res["records"], ["f1", "evidence_recall"])
     metrics[f"evidence_recall@{opts.top_k}"] = metrics.pop("evidence_recall")
     metrics["f1_by_category"] = {str(c): mean(r["f1"] for r in recs if r["category"] == c) for c in CATEGORIES}
-    return {"n_examples": len(res["records"]), "metrics": metrics,
-            "summary": {"f1": metrics["f1"], f"evidence_recall@{opts.top_k}": metrics[f"evidence_recall@{opts.top_k}"]},
-            "memory_bytes_per_doc": res["memory_bytes_per_doc"], "memory_tokens_per_doc": res["memory_tokens_per_doc"],
-            "wall_time_s": res["wall_time_s"], "store_s_per_doc": res["store_s_per_doc"],
-            "answer_s_per_question": res["answer_s_per_question"], "samples": samples(res["records"], opts.samples),
-            # per question, for paired comparisons between methods and runs (bootstrap intervals)
-            "per_question": [{"qid": r["qid"], "f1": round(r["f1"], 4), "evidence_recall": r.get("evidence_recall")}
-                             for r in recs]}
+    return result_doc(res, metrics, ("f1", f"evidence_recall@{opts.top_k}"), ("f1", "evidence_recall"), opts)
 
 
 def stats(docs: list[QADoc], tok) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from r3mem.evaluate.common import EvalOptions
 from r3mem.evaluate.metrics import f1, subspan_exact_match
-from r3mem.evaluate.qa import QADoc, QAQuestion, aggregate, context_tokens, make_doc, run_qa, samples
+from r3mem.evaluate.qa import QADoc, QAQuestion, aggregate, context_tokens, make_doc, result_doc, run_qa
 from r3mem.tokens import tokenize
 
 DEFAULT_BUDGET = 256
@@ -59,12 +59,8 @@ def run(method, data: NeedleData, opts: EvalOptions, budget: int) -> dict[str, A
     by_cell = {(r["length"], r["depth"]): r for r in res["records"]}
     grid = {k: [[by_cell[(n, d)].get(k) if (n, d) in by_cell else None for n in opts.lengths] for d in opts.depths]
             for k in ("accuracy", "f1")}
-    out = {"n_examples": len(res["records"]), "metrics": metrics, "grid": {"lengths": list(opts.lengths),
-                                                                            "depths": list(opts.depths), **grid},
-           "summary": {"accuracy": metrics["accuracy"], "f1": metrics["f1"]},
-           "memory_bytes_per_doc": res["memory_bytes_per_doc"], "memory_tokens_per_doc": res["memory_tokens_per_doc"],
-           "wall_time_s": res["wall_time_s"], "store_s_per_doc": res["store_s_per_doc"],
-           "answer_s_per_question": res["answer_s_per_question"], "samples": samples(res["records"], opts.samples)}
+    out = result_doc(res, metrics, ("accuracy", "f1"), ("accuracy", "f1", "evidence_recall"), opts,
+                     grid={"lengths": list(opts.lengths), "depths": list(opts.depths), **grid})
     if res["n_skipped"]:
         out["cells_skipped"] = [r["qid"] + ": " + r["skipped"] for r in res["records"] if "skipped" in r]
     return out

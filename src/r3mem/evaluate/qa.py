@@ -108,6 +108,22 @@ def aggregate(records: list[dict[str, Any]], keys: list[str]) -> dict[str, float
     return {k: mean(r.get(k) for r in answered) for k in keys}
 
 
+_COSTS = ("memory_bytes_per_doc", "memory_tokens_per_doc", "wall_time_s", "store_s_per_doc", "answer_s_per_question")
+
+
+def result_doc(res: dict[str, Any], metrics: dict[str, Any], summary: tuple[str, ...], scores: tuple[str, ...],
+               opts: EvalOptions, **extra: Any) -> dict[str, Any]:
+    """One method's result on a QA task (`run_qa`'s `res`): examples, `metrics` (the `summary` ones again
+    under "summary"), memory and time costs, sample predictions, and each answered question's `scores`
+    (`per_question`, for paired comparisons between methods and runs); `extra` fields after the metrics."""
+    answered = [r for r in res["records"] if "skipped" not in r]
+    return {"n_examples": len(res["records"]), "metrics": metrics, **extra,
+            "summary": {k: metrics[k] for k in summary}, **{k: res[k] for k in _COSTS},
+            "samples": samples(res["records"], opts.samples),
+            "per_question": [{"qid": r["qid"], **{k: (round(r[k], 4) if isinstance(r.get(k), float) else r.get(k))
+                                                   for k in scores}} for r in answered]}
+
+
 def samples(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     keep = ("qid", "question", "answers", "prediction")
     return [{k: r[k] for k in keep if k in r} for r in records if "skipped" not in r][:n]

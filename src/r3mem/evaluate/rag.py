@@ -13,7 +13,7 @@ from typing import Any
 
 from r3mem.evaluate.common import EvalOptions
 from r3mem.evaluate.metrics import best_over_answers, exact_match, f1, subspan_exact_match
-from r3mem.evaluate.qa import QADoc, QAQuestion, aggregate, context_tokens, make_doc, run_qa, samples
+from r3mem.evaluate.qa import QADoc, QAQuestion, aggregate, context_tokens, make_doc, result_doc, run_qa
 
 DEFAULT_BUDGET = 256
 METRICS = ["em", "f1", "accuracy", "evidence_recall"]
@@ -57,10 +57,7 @@ def run(method, docs: list[QADoc], opts: EvalOptions, budget: int) -> dict[str, 
     res = run_qa(method, docs, opts, budget, score)
     metrics = aggregate(res["records"], METRICS)
     metrics[f"evidence_recall@{opts.top_k}"] = metrics.pop("evidence_recall")
-    return {"n_examples": len(res["records"]), "metrics": metrics, "summary": {k: metrics[k] for k in ("em", "f1")},
-            "memory_bytes_per_doc": res["memory_bytes_per_doc"], "memory_tokens_per_doc": res["memory_tokens_per_doc"],
-            "wall_time_s": res["wall_time_s"], "store_s_per_doc": res["store_s_per_doc"],
-            "answer_s_per_question": res["answer_s_per_question"], "samples": samples(res["records"], opts.samples)}
+    return result_doc(res, metrics, ("em", "f1"), tuple(METRICS), opts)
 
 
 def stats(docs: list[QADoc], tok) -> dict[str, Any]:

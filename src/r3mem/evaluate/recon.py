@@ -110,3 +110,28 @@ def plot(results: dict[str, Any], png: Path, opts: EvalOptions) -> bool:
             if "metrics" in r:
                 series.setdefault(metric, {})[m] = {k: r["metrics"][k][metric] for k in keys}
     return lines(series, png, "Reconstruction vs compression ratio", "compression ratio", ylim=(0, 1))
+
+
+def demo_report(engine, body: str, paragraph: int, source: str):
+    """`r3mem demo`'s measurement: write `body` (flushed), recall paragraph slot `paragraph` (clamped to
+    the slots there are) and score it against its source. Returns (the memory, the report as a dict)."""
+    mem = engine.flush(engine.write(body))
+    if not mem.paragraphs:
+        raise ValueError(f"{source}: no paragraph to memorise")
+    idx = min(max(paragraph, 0), len(mem.paragraphs) - 1)
+    slot = mem.paragraphs[idx]
+    rec = engine.recall(mem, index=idx)
+    original = body[slot.start:slot.end]
+    tok = engine.tokenizer
+    scores = reconstruction_scores(original, rec.text)
+    mem_tokens = sum(s.n_mem_tokens for s in mem.paragraphs)
+    return mem, {
+        "source": source, "adapter_trained": engine.trained, "adapter_hash": engine.adapter_hash,
+        "chars_written": len(body), "tokens_written": mem.n_tokens, "paragraph_slots": len(mem.paragraphs),
+        "entity_slots": len(mem.entities), "document_memory_tokens": engine.config.num_mem_tokens,
+        "paragraph_memory_tokens": mem_tokens, "compression_ratio": round(mem.n_tokens / max(mem_tokens, 1), 2),
+        "recalled_paragraph": idx,
+        "token_exact_match": round(token_exact_match(tokenize(tok, original), tokenize(tok, rec.text)), 4),
+        "rouge_l": round(scores.rouge_l, 4), "original": original, "recalled": rec.text,
+        "recall_confidence": rec.slots[0]["confidence"],
+    }

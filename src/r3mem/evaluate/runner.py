@@ -84,17 +84,10 @@ def check_inputs(task: str, data: str | Path, opts: EvalOptions, model: Path | N
     if not data.exists():
         raise ValueError(f"{data}: no such file or folder")
     loaded = mod.load(data, opts)
-    n = _n_items(loaded)
+    n = mod.count(loaded)
     if n == 0 and opts.limit != 0:
         raise ValueError(f"{data}: no examples for task {task} in this file")
     return mod, loaded
-
-
-def _n_items(loaded) -> int:
-    for attr in ("books", "docs", "cells"):
-        if hasattr(loaded, attr) and getattr(loaded, attr) is not None:
-            return len(getattr(loaded, attr))
-    return len(loaded)
 
 
 def environment() -> dict[str, Any]:

@@ -44,15 +44,17 @@ class Task:
     plot: Callable[[dict[str, Any], Path, EvalOptions], bool]  # (results by method, png, opts) -> drawn?
     prepare: Callable[[Any, Any, EvalOptions], Any] = _unchanged  # (data, engine, opts) -> data
     default_budget: Callable[[Any], int | None] = _no_budget  # engine -> tokens
+    count: Callable[[Any], int] = len  # data -> examples loaded (books, documents, needle cells)
 
 
 TASKS: dict[str, Task] = {
-    "lm": Task(lm.load, lm.run, lm.stats, lm.plot, prepare=lm.prepare, default_budget=lm.default_budget),
-    "recon": Task(recon.load, recon.run, recon.stats, recon.plot),
+    "lm": Task(lm.load, lm.run, lm.stats, lm.plot, prepare=lm.prepare, default_budget=lm.default_budget,
+               count=lambda d: len(d.books)),
+    "recon": Task(recon.load, recon.run, recon.stats, recon.plot, count=lambda d: len(d.docs)),
     "rag": Task(rag.load, rag.run, rag.stats, rag.plot, default_budget=_fixed_budget(rag.DEFAULT_BUDGET)),
     "kv": Task(kv.load, kv.run, kv.stats, kv.plot, default_budget=_fixed_budget(kv.DEFAULT_BUDGET)),
     "locomo": Task(locomo.load, locomo.run, locomo.stats, locomo.plot,
                    default_budget=_fixed_budget(locomo.DEFAULT_BUDGET)),
     "needle": Task(needle.load, needle.run, needle.stats, needle.plot, prepare=needle.prepare,
-                   default_budget=_fixed_budget(needle.DEFAULT_BUDGET)),
+                   default_budget=_fixed_budget(needle.DEFAULT_BUDGET), count=lambda d: len(d.cells)),
 }
