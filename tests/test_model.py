@@ -262,7 +262,7 @@ def test_directions_use_different_adapters_and_both_get_gradients():
     mask = torch.ones_like(ids)
     state, loss, n = _encode(model, ids, mask, with_loss=True)
     hidden, labels = model.teacher_force(state, ids, mask)
-    rec, m = model._ce(hidden, labels)
+    rec, m = model.token_nll(hidden, labels)
     (loss / n + rec / m).backward()
     comp = [p for name, p in model.named_parameters() if ".compress." in name]
     exp = [p for name, p in model.named_parameters() if ".expand." in name]
@@ -315,7 +315,7 @@ def test_write_adapter_gets_gradients_and_keeps_batches_padding_correct():
     ids, mask = pad_batch([a.tolist(), b.tolist()], 0, torch.device("cpu"))
     state, loss, n = _encode(model, ids, mask, with_loss=True)
     hidden, labels = model.teacher_force(state, ids, mask)
-    rec, m = model._ce(hidden, labels)
+    rec, m = model.token_nll(hidden, labels)
     (loss / n + rec / m).backward()
     for name in ("compress", "expand", "write"):
         grads = [p.grad for n_, p in model.named_parameters() if f".{name}." in n_]

@@ -39,7 +39,7 @@ def _zero(model: R3MemModel) -> torch.Tensor:
 
 
 def _mean_ce(model: R3MemModel, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    loss, n = model._ce(hidden, labels)
+    loss, n = model.token_nll(hidden, labels)
     return loss / n.clamp(min=1)
 
 

@@ -14,7 +14,7 @@ import contextlib
 import functools
 import threading
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,18 @@ class Sampling:
 
 
 GREEDY = Sampling()
+
+
+class _Pass(NamedTuple):
+    """What one decoder pass (`_run`) returns: hidden states [B, T, d] (float32), the call context (layer
+    captures), the key/value cache, the attention mask over cache + tokens [B, k + T] and the tokens'
+    positions [B, T]."""
+
+    hidden: torch.Tensor
+    ctx: _CallContext
+    cache: Any
+    mask: torch.Tensor
+    pos: torch.Tensor
 
 
 class Compressed(NamedTuple):
@@ -264,8 +276,8 @@ class R3MemModel(nn.Module):
              n_read: int, capture: int = 0, use_cache: bool = False, past: torch.Tensor | None = None,
              start: torch.Tensor | int | None = None, tail_positions: torch.Tensor | None = None,
              write_tail: int = 0, past_mask: torch.Tensor | None = None):
-        """Pack, run the decoder stack once, unpack. Returns (hidden [B,T,d], ctx, cache, packed mask,
-        packed positions [B, T]).
+        """Pack, run the decoder stack once, unpack: a `_Pass` (hidden [B, T, d], ctx, cache, mask over cache +
+        tokens [B, k + T], positions [B, T]). x [B, T, d] embeddings, mask [B, T].
 
         `past` is a kv memory [B, L, 2, H, k, hd] read as a cache prefix, and the returned mask covers
         the memory too. Real tokens take positions `start` ([B, 1] or int; default: k, after the
@@ -289,7 +301,7 @@ class R3MemModel(nn.Module):
         ctx = _CallContext(
             direction,
             read_mask=read.gather(1, order),
-            layer_state=state[:, 1:] if state is not None and not self.kv and state.shape[1] > 1 else None,
+            layer_state=state[:, 1:] if state is not None and not self.kv and self.memory.levels > 1 else None,
             capture=capture,
             write_mask=write_mask,
         )
@@ -306,7 +318,7 @@ class R3MemModel(nn.Module):
         finally:
             self._ctx = None
         hidden = out.last_hidden_state.float()  # float32 whatever the compute dtype
-        return _unpack(hidden, order), ctx, out.past_key_values, full, pos
+        return _Pass(_unpack(hidden, order), ctx, out.past_key_values, full, pos)
 
     # ----- forward direction: compression ----------------------------------------------------
     def initial_state(self, batch: int) -> torch.Tensor:
@@ -318,8 +330,7 @@ class R3MemModel(nn.Module):
         x = self.memory.init_mem.unsqueeze(0).to(self.lm.get_input_embeddings().weight.dtype)
         m = torch.ones(1, x.shape[1], dtype=torch.long, device=x.device)
         tail = self.spread_positions(m.new_tensor([self.cfg.segment_len]), x.shape[1]) if self.spread else None
-        _, _, cache, _, _ = self._run(x, m, COMPRESS, None, 0, use_cache=True, tail_positions=tail,
-                                      write_tail=x.shape[1])
+        cache = self._run(x, m, COMPRESS, None, 0, use_cache=True, tail_positions=tail, write_tail=x.shape[1]).cache
         return kv.from_cache(cache, x.shape[1]).expand(batch, -1, -1, -1, -1, -1)
 
     @property
@@ -346,7 +357,7 @@ class R3MemModel(nn.Module):
         ones = mask.new_ones
         x = torch.cat([state[:, 0].to(embeds.dtype), embeds, self.memory.write_tokens(B, n_write).to(embeds.dtype)], 1)
         m = torch.cat([ones(B, k), mask, ones(B, n_write)], 1)  # x [B, k + T + n_write, d], m the same without d
-        hidden, ctx, _, _, _ = self._run(x, m, COMPRESS, state, k, capture=n_write if state.shape[1] > 1 else 0,
+        hidden, ctx, _, _, _ = self._run(x, m, COMPRESS, state, k, capture=n_write if self.memory.levels > 1 else 0,
                                          write_tail=n_write)
         new = self.memory.to_read(hidden[:, -n_write:]).unsqueeze(1)  # [B, 1, n_write, d]
         if ctx.captured:  # layerwise: per layer [B, n_write, d] -> new [B, 1 + L, n_write, d]
@@ -354,7 +365,7 @@ class R3MemModel(nn.Module):
         loss, n = hidden.new_zeros(()), hidden.new_zeros(())
         if labels is not None:
             T = embeds.shape[1]
-            loss, n = self._ce(hidden[:, k - 1:k - 1 + T], labels)
+            loss, n = self.token_nll(hidden[:, k - 1:k - 1 + T], labels)
         return Compressed(new, loss, n)
 
     def _compress_kv(self, embeds: torch.Tensor, mask: torch.Tensor, state: torch.Tensor | None, n_write: int,
@@ -379,10 +390,12 @@ class R3MemModel(nn.Module):
         new = kv.reposition(self._rot, kv.from_cache(cache, n_write), -first)
         loss, n = hidden.new_zeros(()), hidden.new_zeros(())
         if labels is not None:
-            loss, n = self._ce(hidden[:, :T], labels)
+            loss, n = self.token_nll(hidden[:, :T], labels)
         return Compressed(new, loss, n)
 
-    def _ce(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def token_nll(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed negative log-likelihood of `labels` [B, T] under the hidden states [B, T, d], number of
+        scored tokens); IGNORE_INDEX labels are not scored."""
         logits = self.logits(hidden).float()
         loss = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
