@@ -28,7 +28,7 @@ from r3mem import __version__
 from r3mem.agent import ChatAgent, ensure_session
 from r3mem.memcache import MemoryCache
 from r3mem.service.errors import LIBRARY_ERROR_TYPES, first_line
-from r3mem.service.schemas import RevisionOut, Time
+from r3mem.service.schemas import RevisionOut, SlotOut, Time, TurnOut
 from r3mem.store import MemoryStore, NotFound, Session, Turn
 from r3mem.text import MAX_QUERY_CHARS
 
@@ -68,40 +68,16 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class TurnResult(_Open):
-    index: int = Field(description="1-based position of the turn in its session.")
-    speaker: str
-    text: str
-    timestamp: Time = Field(description="When it was written (ISO 8601, UTC).")
+# One model per thing both doors return, shared with the HTTP service (its descriptions document both).
+TurnResult = TurnOut
+SlotResult = SlotOut
+RevisionResult = RevisionOut
 
 
 class WriteResult(_Open):
     session_id: str
     turns: list[TurnResult] = Field(description="The turns stored, in order.")
     memory_version: int = Field(description="Version of the session memory that covers these turns (committed).")
-
-
-class Confidence(_Open):
-    geo_mean: float | None = Field(None, description="Geometric mean of the token probabilities (0-1).")
-    min: float | None = Field(None, description="Probability of the least likely token produced (0-1).")
-
-
-class TokenProb(_Open):
-    text: str = Field(description="A piece of the reconstructed text (the pieces concatenate to the slot's text).")
-    p: float = Field(description="Probability the model gave this piece when reconstructing it.")
-
-
-class SlotResult(_Open):
-    level: str = Field(description="document, paragraph or entity.")
-    key: str = Field(description="Slot id within the session memory, e.g. p0.")
-    start: int = Field(description="Character offset where the slot's source text starts.")
-    end: int
-    score: float | None = Field(None, description="Relevance to the query (higher is better; the key search's fused "
-                                                  "rank score, or a mean log-probability with select=likelihood).")
-    text: str | None = Field(None, description="This slot's reconstructed text.")
-    turn_id: int | None = Field(None, description="Index of the turn the slot's text came from.")
-    confidence: Confidence | None = None
-    tokens: list[TokenProb] | None = Field(None, description="Each reconstructed piece with its probability.")
 
 
 class RecallResult(_Open):
@@ -137,9 +113,6 @@ class SessionListResult(_Open):
 class DeleteResult(_Open):
     session_id: str
     deleted: bool
-
-
-RevisionResult = RevisionOut  # one model for what an edit replaced, shared with the HTTP service
 
 
 class MemoryItem(TurnResult):

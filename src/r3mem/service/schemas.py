@@ -112,10 +112,10 @@ class SessionList(BaseModel):
 
 
 class TurnOut(BaseModel):
-    index: int
+    index: int = Field(description="1-based position of the turn in its session.")
     speaker: str
     text: str
-    timestamp: Time
+    timestamp: Time = Field(description="When it was written (ISO 8601, UTC).")
 
 
 class TurnList(BaseModel):
@@ -186,25 +186,28 @@ class RecallIn(_Strict):
 
 
 class Confidence(BaseModel):
-    geo_mean: float | None = Field(None, description="Geometric mean of the recalled tokens' probabilities.")
-    min: float | None = Field(None, description="Probability of the least likely recalled token.")
+    geo_mean: float | None = Field(None, description="Geometric mean of the recalled tokens' probabilities (0-1).")
+    min: float | None = Field(None, description="Probability of the least likely recalled token (0-1).")
 
 
 class TokenOut(BaseModel):
-    text: str
-    p: float = Field(description="Probability the memory's decoder gave this token.")
+    text: str = Field(description="A piece of the reconstructed text (the pieces concatenate to the slot's text).")
+    p: float = Field(description="Probability the memory's decoder gave this piece when reconstructing it.")
 
 
 class SlotOut(BaseModel):
-    level: str
-    key: str
-    start: int
+    """One recalled slot (the HTTP service's and the MCP server's recall and answer results)."""
+
+    level: str = Field(description="document, paragraph or entity.")
+    key: str = Field(description="Slot id within the session memory, e.g. p0.")
+    start: int = Field(description="Character offset where the slot's source text starts.")
     end: int
-    score: float | None = None
-    text: str | None = None
-    turn_id: int | None = None
+    score: float | None = Field(None, description="Relevance to the query (higher is better; the key search's fused "
+                                                  "rank score, or a mean log-probability with select=likelihood).")
+    text: str | None = Field(None, description="This slot's reconstructed text.")
+    turn_id: int | None = Field(None, description="Index of the turn the slot's text came from.")
     confidence: Confidence | None = Field(None, description="How sure the decoder was of this slot's reconstruction.")
-    tokens: list[TokenOut] | None = Field(None, description="The reconstruction token by token, with probabilities.")
+    tokens: list[TokenOut] | None = Field(None, description="The reconstruction piece by piece, with probabilities.")
 
 
 class RecallOut(BaseModel):
