@@ -149,7 +149,8 @@ def test_stdio_end_to_end_with_the_sdk_client(tmp_path):
 def test_stdio_answers_every_request_even_malformed_ones(tmp_path):
     """Raw lines to `r3mem mcp` over stdio: a request with string params, one with a lone surrogate escape,
     and a line that is not JSON each get their JSON-RPC error (the SDK alone answered none of them); a
-    malformed notification gets nothing; the session goes on answering valid requests."""
+    malformed notification gets nothing; the session goes on answering valid requests, and answers the
+    ones still running when the input ends (the SDK cancels them)."""
     import subprocess
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
@@ -163,7 +164,9 @@ def test_stdio_answers_every_request_even_malformed_ones(tmp_path):
              '"arguments":{"text":"bad \\ud800 text"}}}',
              "this is not json",
              '{"jsonrpc":"2.0","method":"notifications/cancelled","params":"no"}',
-             json.dumps({"jsonrpc": "2.0", "id": 3, "method": "tools/list"})]
+             json.dumps({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}),
+             json.dumps({"jsonrpc": "2.0", "id": 4, "method": "tools/call",  # model work, then the input ends
+                         "params": {"name": "write_memory", "arguments": {"text": "The ferry ran at dawn."}}})]
     proc = subprocess.run([sys.executable, "-m", "r3mem.cli.main", "mcp", "--store", str(tmp_path / "s.db")],
                           input="\n".join(lines) + "\n", capture_output=True, text=True, env=env, timeout=DEADLINE_S)
     replies = [json.loads(x) for x in proc.stdout.splitlines() if x.strip()]
@@ -172,7 +175,8 @@ def test_stdio_answers_every_request_even_malformed_ones(tmp_path):
     assert by_id[2]["error"]["code"] == -32602 and "lone surrogate" in by_id[2]["error"]["message"]
     assert by_id[None]["error"]["code"] == -32700
     assert {t["name"] for t in by_id[3]["result"]["tools"]} == TOOLS  # still serving after the bad lines
-    assert len(replies) == 5, replies  # initialize, 1, 2, the unparsable line, 3: nothing for the notification
+    assert by_id[4]["result"]["structuredContent"]["turns"][0]["text"] == "The ferry ran at dawn."  # answered
+    assert len(replies) == 6, replies  # initialize, 1, 2, the unparsable line, 3, 4: nothing for the notification
 
 
 def test_every_tool_and_argument_is_described_for_an_agent(server):

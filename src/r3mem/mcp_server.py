@@ -17,11 +17,13 @@ Needs the optional `mcp` extra: `pip install 'r3mem[mcp]'`.
 from __future__ import annotations
 
 import functools
+import json
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Annotated, Any, Literal, TypeVar
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
 from r3mem import __version__
@@ -498,10 +500,21 @@ def screen(line: str):
 
 
 class _ScreenedLines:
-    """The lines of an async text file, those `screen` refuses answered through `reply` and held back."""
+    """The lines of an async text file, those `screen` refuses answered through `reply` and held back.
+
+    At the end of the input the iteration waits until every request passed on has its response sent
+    (`answered`): the SDK cancels unfinished handlers once its input ends, so a client that writes its
+    requests and closes stdin would otherwise lose the replies still being computed."""
 
     def __init__(self, lines) -> None:
         self._lines, self.reply = lines, None
+        self._pending: set = set()  # ids of requests passed on and not yet answered
+        self._idle = anyio.Event()
+
+    def answered(self, request_id) -> None:
+        self._pending.discard(request_id)
+        if not self._pending:
+            self._idle.set()
 
     def __aiter__(self):
         return self._screened()
@@ -512,9 +525,47 @@ class _ScreenedLines:
                 continue
             answer = screen(line)
             if answer is None:
+                request_id = _request_id(line)
+                if request_id is not None:
+                    self._pending.add(request_id)
+                    self._idle = anyio.Event()
                 yield line
             elif self.reply is not None:
                 await self.reply(answer)
+        if self._pending:
+            await self._idle.wait()
+
+
+def _request_id(line: str):
+    """The id of the JSON-RPC request on `line` (None for a notification or a response)."""
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        return None
+    return msg.get("id") if isinstance(msg, dict) and "method" in msg else None
+
+
+class _Replies:
+    """The write side of the stdio transport, telling `_ScreenedLines` each response it sends."""
+
+    def __init__(self, stream, screened: _ScreenedLines) -> None:
+        self._stream, self._screened = stream, screened
+
+    async def send(self, message) -> None:
+        await self._stream.send(message)
+        sent = message.message
+        if getattr(sent, "id", None) is not None and not hasattr(sent, "method"):  # a response or an error
+            self._screened.answered(sent.id)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    async def __aenter__(self):
+        await self._stream.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc):
+        return await self._stream.__aexit__(*exc)
 
 
 async def _run_stdio(server: MCPServer) -> None:
@@ -522,7 +573,6 @@ async def _run_stdio(server: MCPServer) -> None:
     import sys
     from io import TextIOWrapper
 
-    import anyio
     from mcp.server.stdio import stdio_server
     from mcp.shared.message import SessionMessage
 
@@ -530,4 +580,4 @@ async def _run_stdio(server: MCPServer) -> None:
     async with stdio_server(stdin=stdin) as (read_stream, write_stream):
         stdin.reply = lambda message: write_stream.send(SessionMessage(message))
         low = server._lowlevel_server  # the SDK's own run_stdio_async does this; only the stdin differs
-        await low.run(read_stream, write_stream, low.create_initialization_options())
+        await low.run(read_stream, _Replies(write_stream, stdin), low.create_initialization_options())
