@@ -379,10 +379,11 @@ def test_building_an_engine_is_quiet_unless_debugging(debug):
     import sys
 
     code = ("import warnings; from r3mem.engine import R3Mem; from r3mem.tiny import tiny_model, tiny_tokenizer, "
-            "tiny_config; R3Mem.from_base(tiny_model('llama'), tiny_tokenizer(), tiny_config()); "
-            "warnings.warn('mine', FutureWarning)")
+            "tiny_config; e = R3Mem.from_base(tiny_model('llama'), tiny_tokenizer(), tiny_config()); "
+            "e.write('A first keyed write loads the key encoder.\\n\\n'); warnings.warn('mine', FutureWarning)")
     env = {**__import__("os").environ, "R3MEM_DEBUG": debug}
     err = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, env=env,
                          timeout=120).stderr
     assert "FutureWarning: mine" in err  # the caller's own warnings still show
     assert ("is_gradient_checkpointing" in err) == bool(debug)
+    assert ("Loading weights" in err) == bool(debug)  # nor the key encoder's loading bar

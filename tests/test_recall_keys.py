@@ -205,8 +205,9 @@ def test_drafted_decoding_gives_greedy_decodings_tokens_in_fewer_passes(trained_
 
     mem = trained_like.write("".join(t + "\n\n" for t in TURNS))
     model, tok = trained_like.model, trained_like.tokenizer
-    passes = []
-    hook = model.body.register_forward_hook(lambda *_: passes.append(1))
+    passes = []  # tokens run by each decoder pass
+    hook = model.body.register_forward_hook(lambda _m, _a, kw, _o: passes.append(kw["inputs_embeds"].shape[1]),
+                                            with_kwargs=True)
     try:
         for slot in mem.paragraphs:
             cap = min(24, slot.n_tokens + 8)
@@ -224,8 +225,9 @@ def test_drafted_decoding_gives_greedy_decodings_tokens_in_fewer_passes(trained_
                 assert probs == pytest.approx(want.token_probs, abs=1e-4), name
                 if name == "itself":  # the prefix pass, then the whole draft in one pass
                     assert len(passes) == 2
-                if name == "garbage":  # nothing kept: one pass per token, as decoding
+                if name == "garbage":  # nothing kept: one pass per token, as decoding, and ever fewer fed
                     assert len(passes) == len(g) + (len(g) < cap)
+                    assert passes[2:5] == [9, 3, 2][:len(passes) - 2] and set(passes[5:]) <= {1, 2}, passes
             passes.clear()
             short = model.reconstruct_drafted(slot.state[None], g, 2, tok.eos_token_id)  # the cap is kept
             assert short == g[:2] and len(passes) == 2

@@ -532,14 +532,17 @@ class R3MemModel(nn.Module):
         the draft model. Each pass feeds the model's next token and up to `lookahead` draft tokens after it,
         keeps the draft tokens the model would have produced itself (its argmax after the tokens before
         equals them) and crops the rest from the cache; where the model says another token the draft is
-        realigned (`_realign`). The tokens are greedy decoding's, one pass per run of right draft tokens
-        instead of one per token. `probs`, if given a list, receives each token's probability."""
+        realigned (`_realign`); after a pass that kept nothing the next one feeds fewer draft tokens (a draft
+        the model has left costs little more than plain decoding). The tokens are greedy decoding's (in
+        float32; bfloat16 rounding can differ between one pass of many tokens and many passes of one, so
+        near-ties may break the other way), one pass per run of right draft tokens instead of one per
+        token. `probs`, if given a list, receives each token's probability."""
         x, m, k = self._expand_prefix(state, None, EXPAND_MARK)
         hidden, _, cache, mp, pos = self._run(x, m, EXPAND, state, k, use_cache=True,
                                               past=state if self.kv else None, start=self._reader_start(state, m))
         logits = self.logits(hidden[:, -1]).float()  # [1, vocab]: predicts the first token
         guess = list(draft) + ([eos_id] if eos_id is not None else [])
-        out, p_out, d = [], [], 0
+        out, p_out, d, reach = [], [], 0, lookahead
         while len(out) < max_new_tokens:
             nxt = int(logits[0].argmax())
             if nxt == eos_id:
@@ -549,7 +552,7 @@ class R3MemModel(nn.Module):
             if len(out) == max_new_tokens:
                 break
             d = _realign(guess, d, nxt)
-            ahead = guess[d:d + min(lookahead, max_new_tokens - len(out))]
+            ahead = guess[d:d + min(reach, max_new_tokens - len(out))]
             h, cache, fmp, fpos = self._feed(EXPAND, torch.tensor([[nxt, *ahead]], device=state.device), cache, mp,
                                              pos)
             lg = self.logits(h[0]).float()  # [1 + len(ahead), vocab]: row a predicts after feed[a]
@@ -560,6 +563,9 @@ class R3MemModel(nn.Module):
                 p_out.append(float(torch.softmax(lg[a], -1)[ahead[a]]))
                 a += 1
             d += a
+            # Where the model and the draft part ways, feeding it costs without paying: reach a quarter as
+            # far after a pass that kept nothing, twice as far after one that kept it all (up to `lookahead`).
+            reach = max(1, reach // 4) if a == 0 else min(lookahead, 2 * reach) if a == len(ahead) else reach
             if len(ahead) > a:  # the next token and the kept draft tokens stay in the cache
                 cache.crop(a - len(ahead))  # transformers 5: a negative count of tokens to remove
             mp, pos, logits = fmp[:, :fmp.shape[1] - len(ahead) + a], fpos[:, a:a + 1], lg[a:a + 1]

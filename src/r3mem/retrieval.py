@@ -165,7 +165,10 @@ def shared_encoder() -> SentenceTransformer:
     global _encoder
     with _encoder_lock:
         if _encoder is None:
-            _encoder = load_minilm()
+            from r3mem.backbone import quiet_loading
+
+            with quiet_loading():  # no "Loading weights" bar at a caller's first keyed write
+                _encoder = load_minilm()
         return _encoder
 
 
