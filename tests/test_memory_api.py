@@ -386,4 +386,5 @@ def test_building_an_engine_is_quiet_unless_debugging(debug):
                          timeout=120).stderr
     assert "FutureWarning: mine" in err  # the caller's own warnings still show
     assert ("is_gradient_checkpointing" in err) == bool(debug)
-    assert ("Loading weights" in err) == bool(debug)  # nor the key encoder's loading bar
+    if not debug:  # nor the key encoder's loading bar (whether transformers draws one when debugging depends
+        assert "Loading weights" not in err  # on the terminal, so only its absence is checked)
