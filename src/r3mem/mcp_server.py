@@ -468,14 +468,17 @@ def screen(line: str):
     surrogate escape. Here every request with an id is answered (-32602 invalid params, -32600 invalid
     request) and an unparsable line gets -32700 with a null id, as streamable HTTP answers them;
     a malformed notification (no id) gets nothing, as JSON-RPC asks."""
-    import json
+    return _read_line(line)[1]
 
+
+def _read_line(line: str):
+    """(the JSON-RPC message on `line`, None), or (None, the error `screen` answers it with; None for a
+    malformed notification)."""
     import mcp_types as types
     from pydantic import ValidationError
 
     try:
-        types.jsonrpc_message_adapter.validate_json(line, by_name=False)
-        return None
+        return types.jsonrpc_message_adapter.validate_json(line, by_name=False), None
     except ValidationError as exc:
         reason = exc.errors()[0].get("msg", "invalid message") if exc.errors() else "invalid message"
 
@@ -485,18 +488,19 @@ def screen(line: str):
     try:
         raw = json.loads(line)
     except ValueError:
-        return error(None, types.PARSE_ERROR, "Parse error: the line is not JSON")
+        return None, error(None, types.PARSE_ERROR, "Parse error: the line is not JSON")
     rid = raw.get("id") if isinstance(raw, dict) else None
     if isinstance(rid, bool) or not isinstance(rid, (int, str)):
         has_method = isinstance(raw, dict) and isinstance(raw.get("method"), str) and "id" not in raw
-        return None if has_method else error(None, types.INVALID_REQUEST, f"Invalid request: {reason}")
+        return None, (None if has_method else error(None, types.INVALID_REQUEST, f"Invalid request: {reason}"))
     try:
         json.dumps(raw, ensure_ascii=False).encode("utf-8")  # a lone surrogate escape cannot be encoded
     except UnicodeEncodeError:
-        return error(rid, types.INVALID_PARAMS, "Invalid params: the text holds a lone surrogate (not valid Unicode)")
+        return None, error(rid, types.INVALID_PARAMS,
+                           "Invalid params: the text holds a lone surrogate (not valid Unicode)")
     if not isinstance(raw.get("method"), str):
-        return error(rid, types.INVALID_REQUEST, f"Invalid request: {reason}")
-    return error(rid, types.INVALID_PARAMS, f"Invalid params: {reason}")
+        return None, error(rid, types.INVALID_REQUEST, f"Invalid request: {reason}")
+    return None, error(rid, types.INVALID_PARAMS, f"Invalid params: {reason}")
 
 
 class _ScreenedLines:
@@ -523,26 +527,16 @@ class _ScreenedLines:
         async for line in self._lines:
             if not line.strip():
                 continue
-            answer = screen(line)
+            message, answer = _read_line(line)
             if answer is None:
-                request_id = _request_id(line)
-                if request_id is not None:
-                    self._pending.add(request_id)
+                if hasattr(message, "method") and getattr(message, "id", None) is not None:  # a request
+                    self._pending.add(message.id)
                     self._idle = anyio.Event()
                 yield line
             elif self.reply is not None:
                 await self.reply(answer)
         if self._pending:
             await self._idle.wait()
-
-
-def _request_id(line: str):
-    """The id of the JSON-RPC request on `line` (None for a notification or a response)."""
-    try:
-        msg = json.loads(line)
-    except ValueError:
-        return None
-    return msg.get("id") if isinstance(msg, dict) and "method" in msg else None
 
 
 class _Replies:

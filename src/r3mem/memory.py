@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from r3mem.config import ConfigError, R3MemConfig
+from r3mem.config import R3MemConfig, check
 from r3mem.hierarchy import LEVELS
 from r3mem.quant import Packed, packed_bytes
 
@@ -36,13 +36,13 @@ class WritePolicy:
 
     def __post_init__(self) -> None:
         levels = (self.levels,) if isinstance(self.levels, str) else tuple(self.levels)
-        if not (levels and set(levels) <= set(LEVELS) and "document" in levels and len(set(levels)) == len(levels)):
-            raise ConfigError(f"levels: must be distinct levels of {LEVELS} including 'document' (got {levels!r})")
+        check(bool(levels) and set(levels) <= set(LEVELS) and "document" in levels and len(set(levels)) == len(levels),
+              "levels", f"must be distinct levels of {LEVELS} including 'document'", levels)
         object.__setattr__(self, "levels", tuple(lv for lv in LEVELS if lv in levels))  # one order
         for name in ("paragraph_ratio", "entity_ratio"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 1 or v == float("inf"):
-                raise ConfigError(f"{name}: must be a finite number >= 1 (got {v!r})")
+            check(not isinstance(v, bool) and isinstance(v, (int, float)) and 1 <= v < float("inf"), name,
+                  "must be a finite number >= 1", v)
             object.__setattr__(self, name, float(v))
 
     @classmethod

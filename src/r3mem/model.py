@@ -95,7 +95,7 @@ def _unpack(h: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return out.scatter_(1, order.unsqueeze(-1).expand_as(h), h)
 
 
-DRAFT_LOOKAHEAD = 32  # draft tokens fed per pass of `decode_drafted` (a slot holds at most 96 text tokens)
+DRAFT_LOOKAHEAD = 32  # draft tokens fed per pass of `reconstruct_drafted` (a slot holds at most 96 text tokens)
 
 
 def _realign(guess: list[int], d: int, said: int, reach: int = 4) -> int:
@@ -453,11 +453,18 @@ class R3MemModel(nn.Module):
         produced (softmax of the logits at temperature 1), from the same pass: no extra forward.
         `past_mask` [B, k] (kv memories): 0 on the padding memory tokens of shorter memories.
         """
+        last, cache, mp, pos = self._expand_prefill(state, query, past_mask)
+        return self._generate(EXPAND, last, cache, mp, pos, max_new_tokens, eos_id, sampling, probs)
+
+    def _expand_prefill(self, state: torch.Tensor, query: tuple[torch.Tensor, torch.Tensor] | None,
+                        past_mask: torch.Tensor | None = None):
+        """The pass before a backward expansion's first token: (hidden state predicting it [B, d], cache,
+        mask over cache + prefix, the prefix's last position [B, 1])."""
         x, m, k = self._expand_prefix(state, query, EXPAND_MARK)
         hidden, _, cache, mp, pos = self._run(x, m, EXPAND, state, k, use_cache=True,
                                               past=state if self.kv else None, start=self._reader_start(state, m),
                                               past_mask=past_mask)
-        return self._generate(EXPAND, hidden[:, -1], cache, mp, pos[:, -1:], max_new_tokens, eos_id, sampling, probs)
+        return hidden[:, -1], cache, mp, pos[:, -1:]
 
     @torch.no_grad()
     @_exclusive
@@ -537,10 +544,8 @@ class R3MemModel(nn.Module):
         float32; bfloat16 rounding can differ between one pass of many tokens and many passes of one, so
         near-ties may break the other way), one pass per run of right draft tokens instead of one per
         token. `probs`, if given a list, receives each token's probability."""
-        x, m, k = self._expand_prefix(state, None, EXPAND_MARK)
-        hidden, _, cache, mp, pos = self._run(x, m, EXPAND, state, k, use_cache=True,
-                                              past=state if self.kv else None, start=self._reader_start(state, m))
-        logits = self.logits(hidden[:, -1]).float()  # [1, vocab]: predicts the first token
+        last, cache, mp, pos = self._expand_prefill(state, None)
+        logits = self.logits(last).float()  # [1, vocab]: predicts the first token
         guess = list(draft) + ([eos_id] if eos_id is not None else [])
         out, p_out, d, reach = [], [], 0, lookahead
         while len(out) < max_new_tokens:
@@ -559,9 +564,11 @@ class R3MemModel(nn.Module):
             best = lg.argmax(-1).tolist()
             a = 0  # draft tokens kept
             while a < len(ahead) and best[a] == ahead[a] and ahead[a] != eos_id:
-                out.append(ahead[a])
-                p_out.append(float(torch.softmax(lg[a], -1)[ahead[a]]))
                 a += 1
+            if a:  # their probabilities, from this pass's logits in one softmax
+                out.extend(ahead[:a])
+                p_out.extend(torch.softmax(lg[:a], -1).gather(-1, torch.tensor(ahead[:a], device=lg.device)[:, None])
+                             [:, 0].tolist())
             d += a
             # Where the model and the draft part ways, feeding it costs without paying: reach a quarter as
             # far after a pass that kept nothing, twice as far after one that kept it all (up to `lookahead`).

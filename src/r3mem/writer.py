@@ -208,7 +208,7 @@ def with_policy(model: R3MemModel, mem: Memory, policy: WritePolicy | None) -> M
         raise ValueError(f"policy: this memory was written with {mem.policy}; a memory keeps the policy of its "
                          f"first write (got {policy})")
     out = mem.copy()
-    out.policy = mem.policy or policy or WritePolicy.of(model.cfg)
+    out.policy = policy or policy_of(model, mem)
     return out
 
 
