@@ -94,6 +94,9 @@ def test_every_verb_against_a_live_service(service, users, alice):
     rec = alice.recall("trip", query="stone house", top_k=2)
     assert rec.level == "paragraph" and sorted(s.turn_id for s in rec.slots) == [1, 2]
     assert alice.recall("trip", index=1).slots[0].key == "p1"
+    sure = alice.recall("trip", query="stone house", top_k=2, min_confidence=1.0)  # every expansion is under 1
+    assert sure.probably_wrong is True and {s.read for s in sure.slots} == {"source"}
+    assert "Caroline: Henry Sibley built a stone house." in [s.text for s in sure.slots]
     ans = alice.answer("trip", "Who built the house?", top_k=1, max_new_tokens=4, retrieval="bm25")
     assert isinstance(ans.text, str) and len(ans.slots) == 1
     chat = alice.chat("trip", "Remember the ferry.", max_new_tokens=4)

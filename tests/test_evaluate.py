@@ -155,10 +155,12 @@ def test_locomo_turn_by_turn(adapters, tmp_path):
 
 def test_locomo_answer_reads_share_one_written_memory(adapters, tmp_path):
     """--memory-cache: the first run writes each conversation's memory, the others load it (no write) and
-    answer from it as text, from the slots' source text, or from the slots' cache."""
+    answer from it as text (decoded, or checked against the conversation), from the slots' source text,
+    or from the slots' cache."""
     cache = tmp_path / "memories"
     args = ["--limit", "3", "--methods", "r3mem", "--model", str(adapters["r3mem"]), "--memory-cache", str(cache)]
-    docs = {read: run_eval("locomo", LOCOMO, *args, "--answer-read", read) for read in ("text", "source", "cache")}
+    reads = ("text", "checked", "source", "cache")
+    docs = {read: run_eval("locomo", LOCOMO, *args, "--answer-read", read) for read in reads}
     files = sorted(cache.glob("*.r3mem"))
     assert len(files) == 1  # one conversation, written once
     for read, doc in docs.items():
@@ -168,7 +170,14 @@ def test_locomo_answer_reads_share_one_written_memory(adapters, tmp_path):
     # the same slots are found whatever the read: evidence recall does not depend on it
     recalls = {read: doc["methods"]["r3mem"]["metrics"]["evidence_recall@2"] for read, doc in docs.items()}
     assert len(set(recalls.values())) == 1, recalls
+    # the checked read is the decoded read's text, found another way: the same answers
+    assert docs["checked"]["methods"]["r3mem"]["samples"] == docs["text"]["methods"]["r3mem"]["samples"]
     assert docs["source"]["methods"]["r3mem"]["store_s_per_doc"] < docs["text"]["methods"]["r3mem"]["store_s_per_doc"]
+    # --min-confidence 1: every expansion is under it, so each found slot is read from its own text
+    sure = run_eval("locomo", LOCOMO, *args, "--answer-read", "checked", "--min-confidence", "1")
+    assert sure["config"]["min_confidence"] == 1
+    assert sure["methods"]["r3mem"]["samples"] == docs["source"]["methods"]["r3mem"]["samples"]
+    assert sure["methods"]["r3mem"]["samples"] != docs["text"]["methods"]["r3mem"]["samples"]
 
 
 def test_rag_distractors_put_the_gold_passage_among_others(tmp_path):

@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--dest", type=Path, default=Path("src/r3mem/pretrained/smollm2-135m"))
     a = ap.parse_args()
     print(ship(a.checkpoint, a.dest))
+    # the folder is replaced whole: a calibration of the old weights does not survive (it would be refused)
+    print("no calibration.json: fit one for these weights with benchmarks/recon/calibrate.py --ship")
 
 
 if __name__ == "__main__":

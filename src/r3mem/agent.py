@@ -31,7 +31,7 @@ from typing import Any
 from r3mem.memcache import MemoryCache
 from r3mem.memory import Memory
 from r3mem.prompts import QA_PROMPT
-from r3mem.recall import Recalled, token_pieces
+from r3mem.recall import Recalled, check_min_confidence, token_pieces
 from r3mem.store import Conflict, MemoryStore, NotFound, Session, SlotRecord, StoredMemory, StoreError, Turn
 from r3mem.text import MAX_QUERY_CHARS, check_query, check_text, without_nul
 from r3mem.tokens import tokenize
@@ -140,6 +140,10 @@ class ChatAgent:
         verify: recalled slots are checked against the stored turns they were written from in one model
             pass and decoded only where the memory's greedy expansion differs (`recall.verify_drafts`):
             the same text as decoding, at a fraction of the cost. False: always decode.
+        min_confidence: a recalled slot whose calibrated confidence (`p_exact`, where the adapter has a
+            calibration; else the expansion's geometric-mean token probability) is under it is flagged
+            `probably_wrong`, and the reader gets the stored turns it was written from instead of its
+            expansion. None (the default): every expansion is read as decoded.
     """
 
     def __init__(
@@ -158,6 +162,7 @@ class ChatAgent:
         read: str = "text",
         dedupe: bool = True,
         verify: bool = True,
+        min_confidence: float | None = None,
     ) -> None:
         if retrieval not in RETRIEVALS:
             raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {retrieval!r}")
@@ -171,7 +176,8 @@ class ChatAgent:
         self._lock = lock if lock is not None else contextlib.nullcontext()
         self._retriever = retriever
         self._cache = cache
-        self.read, self.dedupe, self.verify = read, dedupe, verify
+        check_min_confidence(min_confidence)
+        self.read, self.dedupe, self.verify, self.min_confidence = read, dedupe, verify, min_confidence
 
     def __repr__(self) -> str:
         return f"ChatAgent(user={self.user_id!r}, session={self.session_id!r}, retrieval={self.retrieval!r})"
@@ -360,17 +366,23 @@ class ChatAgent:
                 "state_bytes": mem.state_bytes(), "paragraphs": len(mem.paragraphs), "entities": len(mem.entities),
                 "slots": slots}
 
-    def _drafts(self, stored: StoredMemory | None):
-        """slot -> the text of the stored turns it was written from (the stream `format_turn` builds), for
-        `recall(drafts=...)`: an expansion that equals it is checked in one pass instead of decoded."""
-        if stored is None or not self.verify:
+    def _written_text(self, stored: StoredMemory | None):
+        """(start, end) -> the text of the stored turns a slot with that span was written from (the stream
+        `format_turn` builds), None past what the memory has read; read from the store at the first call."""
+        if stored is None:
             return None
 
-        @functools.cache  # read the turns only if a slot needs a draft (not when its expansion is cached)
+        @functools.cache  # read the turns only if a slot needs them (not when its expansion is cached)
         def stream() -> str:
             return _stream(self.store.list_turns(self.user_id, self.session_id), stored.through_turn)
 
-        return lambda slot: stream()[slot.start:slot.end] if slot.end <= len(stream()) else None
+        return lambda start, end: stream()[start:end] if end <= len(stream()) else None
+
+    def _drafts(self, stored: StoredMemory | None):
+        """slot -> its written text, for `recall(drafts=...)`: an expansion that equals it is checked in
+        one pass instead of decoded (None with `verify=False`)."""
+        written = self._written_text(stored) if self.verify else None
+        return None if written is None else (lambda slot: written(slot.start, slot.end))
 
     def recall(self, query: str | None = None, level: str = "paragraph", index: int | None = None,
                top_k: int = 1, select: str | None = None) -> Recalled:
@@ -379,10 +391,25 @@ class ChatAgent:
         drafts = self._drafts(stored) if level != "document" else None
         with self._lock:
             rec = self.engine.recall(mem, query=query, level=level, index=index, top_k=top_k, select=select,
-                                     drafts=drafts)
+                                     drafts=drafts, min_confidence=self.min_confidence)
         turn_ids = {(r.level, r.key): r.turn_id for r in (stored.slots if stored else [])}
         rec.slots = [dict(s, turn_id=turn_ids.get((s["level"], s["key"]))) for s in rec.slots]
+        if rec.probably_wrong:
+            rec.slots = self._trusted(rec.slots, stored)
+            rec.text = "\n\n".join(s["text"] for s in rec.slots)
+        rec.slots = [s if "read" in s else dict(s, read="expansion") for s in rec.slots]
         return rec
+
+    def _trusted(self, slots: list[dict[str, Any]], stored: StoredMemory | None) -> list[dict[str, Any]]:
+        """Slots whose expansion is probably wrong get the stored turns' text instead (`read`: "source";
+        "expansion" for the others). A slot whose turns are gone keeps its expansion."""
+        written = self._written_text(stored)
+        out = []
+        for s in slots:
+            source = written(s["start"], s["end"]) if s.get("probably_wrong") and written else None
+            out.append(dict(s, text=source.strip(), read="source") if source and source.strip()
+                       else dict(s, read="expansion"))
+        return out
 
     def recall_for(self, question: str, top_k: int | None = None) -> list[dict[str, Any]]:
         """Slots recalled for a question: memory ranking, re-ranked by the retriever if one is set."""
@@ -423,7 +450,7 @@ class ChatAgent:
         turns = {t.index: t for t in self.store.get_turns(self.user_id, self.session_id, [i for i in ids if i])}
         found = sorted(zip(found, ids), key=lambda x: x[0][0].start)  # text order, as recall gives them
         return [{"level": s.level, "key": s.key, "start": s.start, "end": s.end, "score": score, "turn_id": i,
-                 "text": format_turn(turns[i].speaker, turns[i].text).strip() if i in turns else ""}
+                 "text": format_turn(turns[i].speaker, turns[i].text).strip() if i in turns else "", "read": "source"}
                 for (s, score), i in found]
 
     def _respond_cache(self, question: str, max_new_tokens: int, k: int) -> Reply:
@@ -431,7 +458,7 @@ class ChatAgent:
         with self._lock:
             text, rec = self.engine.answer(question, mem, top_k=k, max_new_tokens=max_new_tokens, read="cache")
         turn_ids = {(r.level, r.key): r.turn_id for r in (stored.slots if stored else [])}
-        return Reply(text, "", [dict(s, turn_id=turn_ids.get((s["level"], s["key"]))) for s in rec.slots])
+        return Reply(text, "", [dict(s, turn_id=turn_ids.get((s["level"], s["key"])), read="cache") for s in rec.slots])
 
     def chat(self, text: str, max_new_tokens: int = 64, speaker: str = "user") -> Reply:
         """Store the user's turn, answer it from memory, store the (non-empty) reply as an assistant turn."""

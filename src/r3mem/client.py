@@ -271,27 +271,33 @@ class _Api:
         return self._do(Call("GET", f"/sessions/{_sid(session_id)}/memory", True, model=S.MemoryDetail))
 
     def recall(self, session_id: str, query: str | None = None, level: str = "paragraph",
-               index: int | None = None, top_k: int = 1, select: str | None = None) -> S.RecallOut:
+               index: int | None = None, top_k: int = 1, select: str | None = None,
+               min_confidence: float | None = None) -> S.RecallOut:
         """`POST /sessions/{id}/recall`: reconstructed text, with per-slot text, turn and confidence;
-        `select` chooses how slots are found (hybrid, dense, lexical, likelihood)."""
+        `select` chooses how slots are found (hybrid, dense, lexical, likelihood); a slot under
+        `min_confidence` is flagged `probably_wrong` and given as its stored turns' text."""
         return self._do(Call("POST", f"/sessions/{_sid(session_id)}/recall", True, model=S.RecallOut,
                              json=_drop_none({"query": query, "level": level, "index": index, "top_k": top_k,
-                                              "select": select})))
+                                              "select": select, "min_confidence": min_confidence})))
 
     def answer(self, session_id: str, question: str, top_k: int = 2, max_new_tokens: int = 64,
-               retrieval: str | None = None, read: str | None = None) -> S.ReplyOut:
+               retrieval: str | None = None, read: str | None = None,
+               min_confidence: float | None = None) -> S.ReplyOut:
         """`POST /sessions/{id}/answer`: an answer from memory (nothing stored); `read` is what the reader
         gets: text (recalled), source (the stored turns) or cache (the slots' keys and values)."""
         return self._do(Call("POST", f"/sessions/{_sid(session_id)}/answer", True, model=S.ReplyOut,
                              json=_drop_none({"question": question, "top_k": top_k, "max_new_tokens": max_new_tokens,
-                                              "retrieval": retrieval, "read": read})))
+                                              "retrieval": retrieval, "read": read,
+                                              "min_confidence": min_confidence})))
 
     def chat(self, session_id: str, text: str, top_k: int = 2, max_new_tokens: int = 64,
-             retrieval: str | None = None, read: str | None = None) -> S.ChatOut:
+             retrieval: str | None = None, read: str | None = None,
+             min_confidence: float | None = None) -> S.ChatOut:
         """`POST /sessions/{id}/chat`: store the message, answer it, store the reply (never retried)."""
         return self._do(Call("POST", f"/sessions/{_sid(session_id)}/chat", False, model=S.ChatOut,
                              json=_drop_none({"text": text, "top_k": top_k, "max_new_tokens": max_new_tokens,
-                                              "retrieval": retrieval, "read": read})))
+                                              "retrieval": retrieval, "read": read,
+                                              "min_confidence": min_confidence})))
 
     # ----- curation ----------------------------------------------------------------------------
     def get_turn(self, session_id: str, index: int) -> S.TurnDetail:

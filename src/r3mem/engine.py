@@ -20,6 +20,7 @@ import torch
 from r3mem import kv
 from r3mem.adapter import AdapterError, adapter_hash, load_trainable_state, read_adapter, save_adapter
 from r3mem.backbone import base_model_id, ensure_pad_token, load_base, max_positions, quietly
+from r3mem.calibration import CALIBRATION_FILE, SlotCalibration, load_calibration
 from r3mem.config import R3MemConfig, auto_compute_dtype
 from r3mem.keys import KeyEncoder, MiniLMKeys
 from r3mem.memfile import (
@@ -86,6 +87,9 @@ class R3Mem:
         ensure_pad_token(tokenizer)
         self.trained = trained
         self.meta = meta or {}
+        # P(a slot's expansion is exact) from its token probabilities, where fitted for these weights
+        # (`calibration.py`; the shipped adapter's is in its folder): None leaves only the raw confidence
+        self.calibration: SlotCalibration | None = None
         self._refresh_identity()
 
     def _refresh_identity(self) -> None:
@@ -93,6 +97,8 @@ class R3Mem:
         memory M_0 (in kv mode a model pass) and the memory spec. Loading or creating a memory then never
         touches the model. Call it after changing the trainable weights in place."""
         self.adapter_hash = adapter_hash(self.model.trainable_state_dict())
+        if self.calibration is not None and self.calibration.adapter_hash != self.adapter_hash:
+            self.calibration = None  # fitted on the weights these replaced
         self.base_model_id = base_model_id(self.model.lm)
         with torch.no_grad():
             init = self.model.initial_state(1)[0].to(self.model.store_dtype).clone()
@@ -151,6 +157,8 @@ class R3Mem:
             )
         engine = cls(R3MemModel(base, cfg), tok, trained=bool(meta.get("trained", True)), meta=meta, keys=keys)
         engine.load_adapter_state(state, source=str(adapter_dir))
+        if (Path(adapter_dir) / CALIBRATION_FILE).exists():  # refused (one line) if fitted on other weights
+            engine.calibration = load_calibration(Path(adapter_dir) / CALIBRATION_FILE, engine.adapter_hash)
         return engine
 
     def load_adapter_state(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
@@ -228,7 +236,9 @@ class R3Mem:
         With a query, `select` says how slots are found ("hybrid": dense + lexical keys, the default for a
         memory with keys; "dense", "lexical"; "likelihood": query likelihood over every slot, the default
         without keys) and `rerank` how many of them are then re-ranked by query likelihood (default 0:
-        none, see `recall.DEFAULT_RERANK`)."""
+        none, see `recall.DEFAULT_RERANK`). Each slot's confidence carries `p_exact` (calibrated P(its
+        expansion is exactly what was written), where the adapter has a calibration) and, with
+        `min_confidence=`, a `probably_wrong` flag (`recall.slot_confidence`)."""
         (out,) = self.recall_many([memory], [query], level, select=select, rerank=rerank, **kw)
         return out
 
@@ -241,7 +251,7 @@ class R3Mem:
         select = select or (DEFAULT_SELECT if self.keys is not None else "likelihood")
         rerank = DEFAULT_RERANK if rerank is None else rerank
         return recall_many(self.model, self.tokenizer, memories, queries, level, select=select, rerank=rerank,
-                           keys=self.keys, **kw)
+                           keys=self.keys, calibration=self.calibration, **kw)
 
     def find(self, memory: Memory, query: str, top_k: int = 1, level: str = "paragraph", *,
              select: str | None = None, rerank: int | None = None) -> list[tuple[Slot, float]]:
@@ -335,7 +345,8 @@ class R3Mem:
         return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
     def answer(self, question: str, memory: Memory, top_k: int = 2, max_new_tokens: int = 32, *,
-               read: str = "text", select: str | None = None, drafts=None) -> tuple[str, Recalled]:
+               read: str = "text", select: str | None = None, drafts=None,
+               min_confidence: float | None = None) -> tuple[str, Recalled]:
         """Answer a question from the memory: find the `top_k` slots for it, then
 
         - `read="text"`: expand them back into text and give it to the bare base model (`read`); with
@@ -344,7 +355,11 @@ class R3Mem:
         - `read="cache"`: no expansion; the chosen slots' keys and values, joined as if their texts
           followed one another, are the cache prefix the question is read after (compress adapter),
           about `paragraph_ratio` times fewer tokens than their text (kv memories only).
-        A memory with no paragraph slot (nothing written yet) answers `NOTHING_REMEMBERED`.
+        With `min_confidence` (text read), a slot whose expansion is probably wrong (`recall`) is not read:
+        the reader gets the text it was written from where `drafts` has it, else nothing of that slot
+        (each slot's `read` says which: "expansion", "source" or "dropped").
+        A memory with no paragraph slot (nothing written yet), or none the reader may trust, answers
+        `NOTHING_REMEMBERED`.
         """
         check_query("question", question, non_empty=True)
         if read not in ("text", "cache"):
@@ -355,14 +370,35 @@ class R3Mem:
         if not memory.paragraphs and not memory.pending_text.strip():
             return NOTHING_REMEMBERED, Recalled("", "paragraph", [])
         if read == "text":
-            rec = self.recall(memory, query=question, top_k=top_k, select=select, drafts=drafts)
-            return self.read(answer_prompt(rec.text, question), max_new_tokens).split("\n")[0].strip(), rec
+            rec = self.recall(memory, query=question, top_k=top_k, select=select, drafts=drafts,
+                              min_confidence=min_confidence)
+            context = self.trusted_text(memory, rec, drafts)
+            if rec.probably_wrong and not context:  # every slot found was dropped
+                return NOTHING_REMEMBERED, rec
+            return self.read(answer_prompt(context, question), max_new_tokens).split("\n")[0].strip(), rec
         slots, scores = find(self.model, self.tokenizer, memory, question, "paragraph", None, top_k,
                              select or (DEFAULT_SELECT if self.keys is not None else "likelihood"), DEFAULT_RERANK,
                              self.keys)
         meta = [{"level": s.level, "key": s.key, "start": s.start, "end": s.end, "score": sc}
                 for s, sc in zip(slots, scores)]
         return self._read_cache(slots, question, max_new_tokens), Recalled("", "paragraph", meta)
+
+    def trusted_text(self, memory: Memory, rec: Recalled, drafts) -> str:
+        """The recalled text a reader may trust: each slot's expansion, or for one flagged probably wrong
+        the text `drafts` says it was written from, or nothing (then marks each slot's `read`)."""
+        if not any(m.get("probably_wrong") for m in rec.slots):
+            return rec.text
+        by_key = {s.key: s for s in memory.paragraphs}
+        parts = []
+        for m in rec.slots:
+            source = drafts(by_key[m["key"]]) if m.get("probably_wrong") and drafts and m["key"] in by_key else None
+            if isinstance(source, (list, tuple)):
+                source = self.tokenizer.decode(source, skip_special_tokens=True)
+            m["read"] = "expansion" if not m.get("probably_wrong") else ("source" if source else "dropped")
+            text = m["text"] if m["read"] == "expansion" else (source or "")
+            if text.strip():  # joined as `recall` joins the expansions
+                parts.append(text)
+        return "\n\n".join(parts)
 
     @torch.no_grad()
     def _read_cache(self, slots: list, question: str, max_new_tokens: int) -> str:

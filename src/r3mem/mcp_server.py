@@ -88,6 +88,7 @@ class RecallResult(_Open):
     level: str
     confidence: float | None = Field(None, description="The least confident slot's geometric-mean token "
                                                           "probability (0-1); null when nothing was recalled.")
+    probably_wrong: bool | None = Field(None, description="Some slot is under min_confidence (null: none given).")
     slots: list[SlotResult]
 
 
@@ -165,6 +166,10 @@ def _compact(slots: list[dict[str, Any]], include_tokens: bool) -> list[dict[str
     return slots if include_tokens else [{k: v for k, v in s.items() if k != "tokens"} for s in slots]
 
 
+MinConfidenceArg = Annotated[float | None, Field(
+    default=None, ge=0, le=1,
+    description="Flag a recalled slot whose confidence is under this as probably wrong, and give the stored "
+                "turns it was written from instead of its reconstruction (each slot's `read` says which).")]
 QueryArg = Annotated[str | None, Field(
     default=None, min_length=1, max_length=MAX_QUERY_CHARS,
     description="What to look for: the `top_k` slots that best match it are recalled. Omit it "
@@ -243,7 +248,7 @@ def create_server(  # noqa: C901 - the tools are closures over one engine and st
     memories = MemoryCache()  # decoded session memories, reused while their version stands
 
     def agent(session_id: str | None, *, create: bool = False, retrieval: str | None = None,
-              top_k: int = 2, read: str = "text") -> ChatAgent:
+              top_k: int = 2, read: str = "text", min_confidence: float | None = None) -> ChatAgent:
         sid = session_id or default_session
         if create:
             ensure_session(store, user_id, sid)
@@ -255,7 +260,8 @@ def create_server(  # noqa: C901 - the tools are closures over one engine and st
 
                 retrievers.setdefault(retrieval, make_retriever(retrieval))
         return ChatAgent(engine, store, user_id, sid, retrieval, top_k=top_k, lock=model_lock,
-                         retriever=retrievers.get(retrieval) if retrieval else None, cache=memories, read=read)
+                         retriever=retrievers.get(retrieval) if retrieval else None, cache=memories, read=read,
+                         min_confidence=min_confidence)
 
     writes = ToolAnnotations(title="Write to memory", read_only_hint=False, destructive_hint=False,
                              idempotent_hint=False, open_world_hint=False)
@@ -306,13 +312,14 @@ def create_server(  # noqa: C901 - the tools are closures over one engine and st
         index: IndexArg = None,
         session_id: SessionArg = None,
         include_tokens: TokensArg = False,
+        min_confidence: MinConfidenceArg = None,
     ) -> RecallResult:
         """Reconstruct text from a session's memory: what was written about `query`.
 
         Returns the reconstructed text of the `top_k` best-matching slots, each with the turn it came
         from, its relevance score and the model's confidence (0-1) overall and per token. Low confidence
         (below about 0.5) means the reconstruction may be wrong. Nothing is changed."""
-        a = agent(session_id)
+        a = agent(session_id, min_confidence=min_confidence)
         rec = a.recall(query, level, index, top_k).to_dict()
         rec.setdefault("confidence", _confidence(rec["slots"]))
         rec["slots"] = _compact(rec["slots"], include_tokens)
@@ -334,13 +341,14 @@ def create_server(  # noqa: C901 - the tools are closures over one engine and st
                         "values, no text).")] = "text",
         session_id: SessionArg = None,
         include_tokens: TokensArg = False,
+        min_confidence: MinConfidenceArg = None,
     ) -> AnswerResult:
         """Answer a question from a session's memory with the memory's own small language model.
 
         Recalls the most relevant slots, answers from them, and returns the answer with the recalled
         passages and how confident the memory was of them. Nothing is stored. For a stronger answer,
         call recall_memory and answer yourself."""
-        a = agent(session_id, retrieval=retrieval, top_k=top_k, read=read)
+        a = agent(session_id, retrieval=retrieval, top_k=top_k, read=read, min_confidence=min_confidence)
         reply = a.respond(question, max_new_tokens).to_dict()
         reply.pop("turns", None)
         reply.setdefault("confidence", _confidence(reply["slots"]))

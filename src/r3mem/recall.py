@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from r3mem.calibration import SlotCalibration
 from r3mem.hierarchy import LEVELS
 from r3mem.index import CONTEXT, RANKINGS, SlotIndex
 from r3mem.keys import KeyEncoder
@@ -31,7 +32,8 @@ from r3mem.tokens import IGNORE_INDEX, pad_batch, tokenize
 from r3mem.writer import effective_doc_state, pending_slot, policy_of
 
 __all__ = ["SELECTS", "DEFAULT_SELECT", "DEFAULT_RERANK", "Recalled", "Reconstruction", "find", "rank", "recall",
-           "recall_many", "score_query", "reconstruct", "reconstruct_scored"]
+           "recall_many", "score_query", "reconstruct", "reconstruct_scored", "slot_confidence",
+           "check_min_confidence"]
 
 SELECTS = (*RANKINGS, "likelihood")
 DEFAULT_SELECT = "hybrid"  # benchmarks/retrieval: evidence recall on LoCoMo (LOG.md, 2026-12-06)
@@ -46,8 +48,9 @@ _BATCH = 8
 class Recalled:
     text: str
     level: str
-    # level, key, start, end, score, text (this slot's expansion), confidence {geo_mean, min} and
-    # tokens [{text, p}]: each produced token with the probability the model gave it
+    # level, key, start, end, score, text (this slot's expansion), confidence {geo_mean, min, p_exact},
+    # probably_wrong (None: no threshold given) and tokens [{text, p}]: each produced token with the
+    # probability the model gave it
     slots: list[dict] = field(default_factory=list)
 
     @property
@@ -56,8 +59,25 @@ class Recalled:
         vals = [s["confidence"]["geo_mean"] for s in self.slots if s.get("confidence", {}).get("geo_mean") is not None]
         return min(vals) if vals else None
 
+    @property
+    def probably_wrong(self) -> bool | None:
+        """Whether some slot's expansion fell under the caller's confidence threshold (None: none given)."""
+        flags = [s.get("probably_wrong") for s in self.slots]
+        return None if all(f is None for f in flags) else any(bool(f) for f in flags)
+
     def to_dict(self) -> dict:
-        return {"text": self.text, "level": self.level, "confidence": self.confidence, "slots": self.slots}
+        return {"text": self.text, "level": self.level, "confidence": self.confidence,
+                "probably_wrong": self.probably_wrong, "slots": self.slots}
+
+
+def slot_confidence(rec: Reconstruction, calibration: SlotCalibration | None,
+                    min_confidence: float | None) -> tuple[dict[str, float | None], bool | None]:
+    """A slot expansion's confidence {geo_mean, min, p_exact} (p_exact: calibrated P(the expansion is
+    exactly the written text), None without a calibration) and whether it is under `min_confidence`
+    (compared with p_exact where there is one, else with geo_mean; None: no threshold)."""
+    conf = rec.confidence() | {"p_exact": calibration.p_exact(rec.token_probs) if calibration else None}
+    score = conf["p_exact"] if calibration is not None else conf["geo_mean"]
+    return conf, (None if min_confidence is None or score is None else score < min_confidence)
 
 
 def _groups(states: list[torch.Tensor]) -> dict[int, list[int]]:
@@ -310,6 +330,12 @@ def find(model: R3MemModel, tok, mem: Memory, query: str | None, level: str = "p
     return cands, [None] * len(cands)
 
 
+def check_min_confidence(min_confidence: float | None) -> None:
+    if min_confidence is not None and (isinstance(min_confidence, bool) or not isinstance(min_confidence, (int, float))
+                                       or not 0.0 <= min_confidence <= 1.0):
+        raise ValueError(f"min_confidence: must be empty or a number in [0, 1] (got {min_confidence!r})")
+
+
 def slot_cap(slot: Slot, cap: int) -> int:
     """Tokens an expansion of `slot` may produce: `cap`, and for a slot a few more than it holds (room
     for the end of its text, not for running on)."""
@@ -332,6 +358,8 @@ def recall_many(
     keys: KeyEncoder | None = None,
     condition: bool = False,
     drafts: Callable[[Slot], str | Sequence[int] | None] | None = None,
+    calibration: SlotCalibration | None = None,
+    min_confidence: float | None = None,
 ) -> list[Recalled]:
     """Recall from several memories at once: the chosen slots of all of them expand in shared batches.
 
@@ -342,7 +370,11 @@ def recall_many(
 
     With a query, `select` chooses how slots are found (`SELECTS`; the key searches need `keys`, the
     encoder the memory's slots were keyed with) and `rerank` how many of the found ones are re-ranked
-    by query likelihood before the top `top_k` are expanded."""
+    by query likelihood before the top `top_k` are expanded.
+
+    Each slot's confidence is calibrated with `calibration` where given (`slot_confidence`), and flagged
+    `probably_wrong` under `min_confidence` (in [0, 1]; None: no flag)."""
+    check_min_confidence(min_confidence)
     queries = queries if queries is not None else [None] * len(mems)
     if len(queries) != len(mems):
         raise ValueError(f"recall: {len(mems)} memories but {len(queries)} queries")
@@ -355,9 +387,11 @@ def recall_many(
     out = []
     for slots, scores in picks:
         got = [next(recs) for _ in slots]
-        meta = [{"level": c.level, "key": c.key, "start": c.start, "end": c.end, "score": sc, "text": r.text,
-                 "confidence": r.confidence(), "tokens": _token_pieces(tok, r)}
-                for c, sc, r in zip(slots, scores, got)]
+        meta = []
+        for c, sc, r in zip(slots, scores, got):
+            conf, unsure = slot_confidence(r, calibration, min_confidence)
+            meta.append({"level": c.level, "key": c.key, "start": c.start, "end": c.end, "score": sc, "text": r.text,
+                         "confidence": conf, "probably_wrong": unsure, "tokens": _token_pieces(tok, r)})
         out.append(Recalled("\n\n".join(r.text for r in got), level, meta))
     return out
 
@@ -415,8 +449,10 @@ def _token_pieces(tok, rec: Reconstruction) -> list[dict]:
 def recall(model: R3MemModel, tok, mem: Memory, query: str | None = None, level: str = "paragraph",
            index: int | None = None, top_k: int = 1, max_new_tokens: int | None = None, *,
            sampling: Sampling = GREEDY, select: str = DEFAULT_SELECT, rerank: int = DEFAULT_RERANK,
-           keys: KeyEncoder | None = None, condition: bool = False) -> Recalled:
+           keys: KeyEncoder | None = None, condition: bool = False, calibration: SlotCalibration | None = None,
+           min_confidence: float | None = None) -> Recalled:
     """`recall_many` of one memory."""
     (out,) = recall_many(model, tok, [mem], [query], level, index, top_k, max_new_tokens, sampling=sampling,
-                         select=select, rerank=rerank, keys=keys, condition=condition)
+                         select=select, rerank=rerank, keys=keys, condition=condition, calibration=calibration,
+                         min_confidence=min_confidence)
     return out

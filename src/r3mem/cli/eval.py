@@ -82,9 +82,16 @@ def evaluate(
     ] = None,
     answer_read: Annotated[
         str | None,
-        typer.Option("--answer-read", help="Memory methods, QA: text (slots expanded into text; the default) | cache "
+        typer.Option("--answer-read", help="Memory methods, QA: text (slots expanded into text; the default) | checked "
+                     "(the same text, each expansion checked against the document it was written from and decoded "
+                     "only where it differs) | cache "
                      "(the reader reads the slots' keys and values) | source (the chosen slots' own text, as a store "
                      "keeps it)."),
+    ] = None,
+    min_confidence: Annotated[
+        float | None,
+        typer.Option("--min-confidence", help="Memory methods, QA text reads: a slot whose calibrated confidence "
+                     "is under this is read from the text it was written from instead of its expansion."),
     ] = None,
     compute_dtype: Annotated[
         str | None, typer.Option("--compute-dtype", help="float32 | bfloat16 (autocast) | auto (bfloat16 where the "
@@ -119,6 +126,7 @@ def evaluate(
             "chunk_words": chunk_words, "max_tokens": max_tokens, "segment_len": segment_len,
             "recall_tokens": recall_tokens, "device": device, "select": select, "answer_read": answer_read,
             "memory_cache": str(memory_cache) if memory_cache else None, "distractors": distractors,
+            "min_confidence": min_confidence,
             "ratios": _numbers("--ratios", ratios, float), "lengths": _numbers("--lengths", lengths, int),
             "depths": _numbers("--depths", depths, float),
         }

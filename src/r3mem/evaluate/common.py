@@ -10,7 +10,7 @@ from typing import Any
 __all__ = ["EvalOptions", "Skip", "mean", "overlaps", "round_metrics", "position_buckets", "bucket_label"]
 
 
-ANSWER_READS = ("text", "cache", "source")
+ANSWER_READS = ("text", "checked", "cache", "source")
 
 
 class Skip(Exception):
@@ -50,6 +50,9 @@ class EvalOptions:
     # that only change how questions are answered write each document once
     memory_cache: str | None = None
     distractors: int = 0  # rag: passages of other questions around the gold one (0: the oracle passage alone)
+    # memory methods, QA text reads: a slot whose calibrated confidence is under this is read from the document
+    # text it was written from instead of its expansion (`R3Mem.answer(min_confidence=)`); None: never
+    min_confidence: float | None = None
 
     def validate(self) -> None:
         """One `ConfigError` (a ValueError) naming the first bad option by its command-line flag."""
@@ -74,6 +77,9 @@ class EvalOptions:
               "must be fractions in [0, 1]", list(self.depths))
         check(self.select is None or self.select in SELECTS, "--select", f"must be one of {SELECTS}", self.select)
         check(self.answer_read in ANSWER_READS, "--answer-read", f"must be one of {ANSWER_READS}", self.answer_read)
+        check(self.min_confidence is None or (isinstance(self.min_confidence, (int, float))
+                                               and 0 <= self.min_confidence <= 1), "--min-confidence",
+              "must be a number in [0, 1]", self.min_confidence)
         check(self.compute_dtype in COMPUTE_DTYPES, "--compute-dtype", f"must be one of {COMPUTE_DTYPES}",
               self.compute_dtype)
 

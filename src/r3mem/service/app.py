@@ -164,10 +164,11 @@ class _Service:
         return make_retriever(kind)  # the embedding retriever shares the process's one MiniLM encoder
 
     def agent(self, user: str, session_id: str, retrieval: str | None = None, top_k: int = 2,
-              read: str = "text") -> ChatAgent:
+              read: str = "text", min_confidence: float | None = None) -> ChatAgent:
         self.store.get_session(user, session_id)  # 404 before any work
         return ChatAgent(self.engine, self.store, user, session_id, retrieval, top_k=top_k, lock=self.model_lock,
-                         retriever=self.retriever(retrieval), cache=self.memories, read=read)
+                         retriever=self.retriever(retrieval), cache=self.memories, read=read,
+                         min_confidence=min_confidence)
 
     def memory_info(self, user: str, session_id: str) -> S.MemoryInfo:
         stored = self.store.get_memory(user, session_id)
@@ -293,19 +294,19 @@ def _memory_routes(app: FastAPI, svc: _Service) -> None:
     @app.post("/sessions/{session_id}/recall", response_model=S.RecallOut, tags=["memory"])
     def recall(session_id: str, body: S.RecallIn, creds: Creds) -> dict[str, Any]:
         """Reconstruct text from the session memory by running the model backward."""
-        agent = svc.agent(svc.user(creds), session_id)
+        agent = svc.agent(svc.user(creds), session_id, min_confidence=body.min_confidence)
         return agent.recall(body.query, body.level, body.index, body.top_k, body.select).to_dict()
 
     @app.post("/sessions/{session_id}/answer", response_model=S.ReplyOut, tags=["memory"])
     def answer(session_id: str, body: S.AnswerIn, creds: Creds) -> dict[str, Any]:
         """Answer a question from recalled memory with the base model; nothing is stored."""
-        agent = svc.agent(svc.user(creds), session_id, body.retrieval, body.top_k, body.read)
+        agent = svc.agent(svc.user(creds), session_id, body.retrieval, body.top_k, body.read, body.min_confidence)
         return agent.respond(body.question, body.max_new_tokens).to_dict()
 
     @app.post("/sessions/{session_id}/chat", response_model=S.ChatOut, tags=["memory"])
     def chat(session_id: str, body: S.ChatIn, creds: Creds) -> dict[str, Any]:
         """Store the message as a turn, answer it from memory, store the reply as an assistant turn."""
-        agent = svc.agent(svc.user(creds), session_id, body.retrieval, body.top_k, body.read)
+        agent = svc.agent(svc.user(creds), session_id, body.retrieval, body.top_k, body.read, body.min_confidence)
         return agent.chat(body.text, body.max_new_tokens).to_dict()
 
 

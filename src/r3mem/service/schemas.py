@@ -175,6 +175,10 @@ class WriteOut(BaseModel):
     job: JobOut | None = Field(None, description="With 202: the background job bringing the memory up to date.")
 
 
+MIN_CONFIDENCE_HELP = ("Flag a recalled slot as probably wrong when its confidence (p_exact where calibrated, else "
+                       "geo_mean) is under this, and give its stored turns' text instead of its reconstruction.")
+
+
 class RecallIn(_Strict):
     query: str | None = Field(None, min_length=1, max_length=MAX_QUERY_CHARS,
                               description="Find the slots that best match this query.")
@@ -183,11 +187,14 @@ class RecallIn(_Strict):
     top_k: int = Field(1, ge=1, le=32)
     select: Select = Field(None, description="How slots are found: hybrid (default: the slots' dense and lexical "
                                              "keys), dense, lexical, or likelihood (the model over every slot).")
+    min_confidence: float | None = Field(None, ge=0, le=1, description=MIN_CONFIDENCE_HELP)
 
 
 class Confidence(BaseModel):
     geo_mean: float | None = Field(None, description="Geometric mean of the recalled tokens' probabilities (0-1).")
     min: float | None = Field(None, description="Probability of the least likely recalled token (0-1).")
+    p_exact: float | None = Field(None, description="Calibrated probability that the slot's text is exactly what was "
+                                                    "written (null: the adapter has no calibration).")
 
 
 class TokenOut(BaseModel):
@@ -208,12 +215,17 @@ class SlotOut(BaseModel):
     turn_id: int | None = Field(None, description="Index of the turn the slot's text came from.")
     confidence: Confidence | None = Field(None, description="How sure the decoder was of this slot's reconstruction.")
     tokens: list[TokenOut] | None = Field(None, description="The reconstruction piece by piece, with probabilities.")
+    probably_wrong: bool | None = Field(None, description="Under the request's min_confidence (null: none given).")
+    read: str | None = Field(None, description="What `text` is: expansion (reconstructed from memory), source (the "
+                                               "stored turns': the read asked for it, or the expansion was under "
+                                               "min_confidence) or cache (no text: the reader read the slot's cache).")
 
 
 class RecallOut(BaseModel):
     text: str
     level: str
     confidence: float | None = Field(None, description="The least confident slot's geometric-mean token probability.")
+    probably_wrong: bool | None = Field(None, description="Some slot is under min_confidence (null: none given).")
     slots: list[SlotOut]
 
 
@@ -223,6 +235,7 @@ class AnswerIn(_Strict):
     max_new_tokens: int = Field(64, ge=1, le=512)
     retrieval: Retrieval = Field(None, description="Re-rank recalled slots with bm25 or embedding retrieval.")
     read: Read = Field("text", description=READ_HELP)
+    min_confidence: float | None = Field(None, ge=0, le=1, description=MIN_CONFIDENCE_HELP)
 
 
 class ChatIn(_Strict):
@@ -231,6 +244,7 @@ class ChatIn(_Strict):
     max_new_tokens: int = Field(64, ge=1, le=512)
     retrieval: Retrieval = None
     read: Read = Field("text", description=READ_HELP)
+    min_confidence: float | None = Field(None, ge=0, le=1, description=MIN_CONFIDENCE_HELP)
 
 
 class ReplyOut(BaseModel):

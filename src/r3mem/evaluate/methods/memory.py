@@ -95,8 +95,14 @@ class MemoryMethod(Method):
             context = head_text(self.tok, "\n\n".join(doc.context[s.start:s.end] for s in slots), budget)
             pred = first_line(e.read(answer_prompt(context, question), self.opts.max_new_tokens))
             return Answer(pred, [(s.start, s.end) for s in slots])
-        rec = e.recall(mem, query=question, level=level, top_k=self.opts.top_k, select=self.opts.select)
-        context = head_text(self.tok, rec.text, budget)
+        # "checked": each expansion is checked against the document text it was written from and decoded
+        # only where the memory's greedy expansion differs (the agent's default read; the same text as "text")
+        written = (lambda s: doc.context[s.start:s.end]) if level == "paragraph" else None
+        unsure = self.opts.min_confidence if level == "paragraph" else None
+        rec = e.recall(mem, query=question, level=level, top_k=self.opts.top_k, select=self.opts.select,
+                       drafts=written if read == "checked" else None, min_confidence=unsure)
+        # with --min-confidence, a probably wrong slot is read from its text (as the agent reads its stored turns)
+        context = head_text(self.tok, e.trusted_text(mem, rec, written) if rec.probably_wrong else rec.text, budget)
         pred = first_line(e.read(answer_prompt(context, question), self.opts.max_new_tokens))
         spans = [(s["start"], s["end"]) for s in rec.slots] if level == "paragraph" else None
         return Answer(pred, spans)
