@@ -153,6 +153,16 @@ def test_locomo_turn_by_turn(adapters, tmp_path):
     assert is_png(tmp_path / "locomo.png")
 
 
+def test_memory_bits_and_levels_reach_the_r3mem_engine(adapters):
+    doc = run_eval("locomo", LOCOMO, "--limit", "2", "--methods", "r3mem", "--model", str(adapters["r3mem"]),
+                   "--memory-bits", "4", "--levels", "document,paragraph")
+    cfg = doc["methods"]["r3mem"]["model_config"]
+    assert cfg["memory_bits"] == 4 and cfg["hierarchy_levels"] == ["document", "paragraph"]
+    r = CliRunner().invoke(app, ["eval", "locomo", "--data", str(LOCOMO), "--base-model", "tiny-llama",
+                                 "--methods", "r3mem", "--memory-bits", "3"])
+    assert r.exit_code != 0 and "memory_bits" in r.output
+
+
 def test_locomo_answer_reads_share_one_written_memory(adapters, tmp_path):
     """--memory-cache: the first run writes each conversation's memory, the others load it (no write) and
     answer from it as text (decoded, or checked against the conversation), from the slots' source text,

@@ -281,6 +281,24 @@ def test_a_write_policy_chooses_levels_and_ratios_and_the_memory_keeps_it(traine
             WritePolicy(**bad)
 
 
+def test_entity_slots_change_no_paragraph_recall_or_answer(trained_like):
+    """The hierarchy ablation for answering: paragraph recall and `answer` read only the document state
+    and paragraph slots, so leaving the entity level out changes none of their numbers, only the bytes."""
+    from r3mem import WritePolicy
+
+    eng = trained_like
+    full = eng.flush(eng.write(SAMPLE_TEXT))
+    lean = eng.flush(eng.write(SAMPLE_TEXT, policy=WritePolicy(("document", "paragraph"))))
+    assert full.entities and not lean.entities and lean.state_bytes() < full.state_bytes()
+    torch.testing.assert_close(lean.doc_state, full.doc_state)
+    for a, b in zip(full.paragraphs, lean.paragraphs, strict=True):
+        assert (a.key, a.start, a.end) == (b.key, b.start, b.end)
+        torch.testing.assert_close(a.state, b.state)
+    for q in ("Who built the stone house?", "the ferry"):
+        assert [s.key for s, _ in eng.find(full, q, top_k=2)] == [s.key for s, _ in eng.find(lean, q, top_k=2)]
+        assert eng.answer(q, full, max_new_tokens=4)[0] == eng.answer(q, lean, max_new_tokens=4)[0]
+
+
 def test_write_many_equals_separate_writes(trained_like):
     eng = trained_like
     texts = [SAMPLE_TEXT, SAMPLE_TEXT[100:] + "\n\nExtra closing words by Mendota.\n\n", "Short one."]

@@ -148,8 +148,10 @@ def quiet_libraries() -> None:
         pass
 
 
-def load_engine(model: Path | None, base_model: str | None = None, compute_dtype: str | None = None):
-    """The engine for a command: `--model`/$R3MEM_MODEL adapter, `--base-model`/$R3MEM_BASE_MODEL base model.
+def load_engine(model: Path | None, base_model: str | None = None, compute_dtype: str | None = None, *,
+                memory_bits: int | None = None, levels: tuple[str, ...] | None = None):
+    """The engine for a command: `--model`/$R3MEM_MODEL adapter, `--base-model`/$R3MEM_BASE_MODEL base model;
+    `memory_bits` and `levels` override the adapter config's (`R3Mem.from_pretrained`).
 
     A `tiny-<family>` base model without an adapter gets `tiny_config` (tests point commands at it).
     """
@@ -166,7 +168,8 @@ def load_engine(model: Path | None, base_model: str | None = None, compute_dtype
     with console.status("loading model…"):
         # tiny test models keep their config's float32 unless asked; real ones default to "auto"
         dtype = compute_dtype or (None if config is not None else "auto")
-        engine = R3Mem.from_pretrained(model, base_model=base_model, config=config, compute_dtype=dtype)
+        engine = R3Mem.from_pretrained(model, base_model=base_model, config=config, compute_dtype=dtype,
+                                       memory_bits=memory_bits, levels=levels)
     if not engine.trained:
         console.print(
             "[yellow]note:[/] adapters are UNTRAINED (no trained adapter found); recall will not be faithful.",

@@ -112,6 +112,14 @@ def evaluate(
     device: Annotated[
         str | None, typer.Option("--device", help=f"Torch device for every model (default: {_D.device}).")
     ] = None,
+    memory_bits: Annotated[
+        int | None, typer.Option("--memory-bits", help="r3mem: store slot memory tokens at 16 | 8 | 4 | 2 bits "
+                                 "(default: the adapter config's).")
+    ] = None,
+    levels: Annotated[
+        str | None, typer.Option("--levels", help="r3mem: hierarchy levels written, comma-separated, e.g. "
+                                 "document,paragraph (default: the adapter config's).")
+    ] = None,
     encoding: EncodingOpt = "utf-8",
 ) -> None:
     """Evaluate a task for every method in one run; prints a JSON document (config, versions, commit, metrics)."""
@@ -134,7 +142,8 @@ def evaluate(
         chosen = parse_methods(methods)
         adapters = parse_method_models(method_model)
         checked = check_inputs(task, data, opts, model)
-        engine = load_engine(model, base_model, compute_dtype)
+        engine = load_engine(model, base_model, compute_dtype, memory_bits=memory_bits,
+                             levels=tuple(levels.split(",")) if levels else None)
         opts.compute_dtype = engine.config.compute_dtype  # what "auto" resolved to, for the other engines
         if model is not None:
             source = str(model)

@@ -40,7 +40,8 @@ class MemoryMethod(Method):
                 "memory_cache": self.opts.memory_cache,
                 "keys": self.engine.keys.name if self.engine.keys is not None else None,
                 "model_config": {k: getattr(c, k) for k in ("num_mem_tokens", "segment_len", "memory_mode",
-                                                             "reversible_mode", "paragraph_ratio", "entity_ratio")}
+                                                             "reversible_mode", "paragraph_ratio", "entity_ratio",
+                                                             "memory_bits")}
                 | {"hierarchy_levels": list(c.hierarchy_levels), "w_fwd": c.w_fwd, "w_bwd": c.w_bwd, "w_cyc": c.w_cyc}}
 
     def qa_store(self, doc):
