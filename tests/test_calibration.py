@@ -7,7 +7,7 @@ import pytest
 from conftest import perturb_trainables
 from fastapi.testclient import TestClient
 
-from r3mem.agent import ChatAgent, ensure_session, format_turn
+from r3mem.agent import DEFAULT_MIN_CONFIDENCE, ChatAgent, ensure_session, format_turn
 from r3mem.calibration import CALIBRATION_FILE, CalibrationError, SlotCalibration, fit, load_calibration
 from r3mem.engine import NOTHING_REMEMBERED, R3Mem
 from r3mem.recall import check_min_confidence
@@ -125,15 +125,22 @@ def test_agent_gives_the_stored_turns_for_probably_wrong_slots(trained_like, sto
         agent.turn(text, speaker)
     decoded = agent.recall("stone house", top_k=2)
     trained_like.calibration = _always(trained_like, False)
-    unsure = ChatAgent(trained_like, store, "alice", "s", min_confidence=0.5)
-    rec = unsure.recall("stone house", top_k=2)
+    rec = agent.recall("stone house", top_k=2)  # recall flags only when asked: the reconstruction as it is
+    assert rec.probably_wrong is None and [s["read"] for s in rec.slots] == ["expansion", "expansion"]
+    rec = agent.recall("stone house", top_k=2, min_confidence=0.5)
     assert [s["read"] for s in rec.slots] == ["source", "source"]
     assert [s["text"] for s in rec.slots] == [format_turn(*TURNS[s["turn_id"] - 1]).strip() for s in rec.slots]
     assert rec.text == "\n\n".join(s["text"] for s in rec.slots)
-    reply = unsure.respond("Who built the stone house?", max_new_tokens=2)
-    assert format_turn(*TURNS[0]).strip() in reply.recalled
+    # answers use the agent's threshold: 0.5 by default, None (or 0) reads every expansion as decoded
+    assert agent.min_confidence == DEFAULT_MIN_CONFIDENCE == 0.5
+    reply = agent.respond("Who built the stone house?", max_new_tokens=2)
+    assert {s["read"] for s in reply.slots} == {"source"} and format_turn(*TURNS[0]).strip() in reply.recalled
+    plain = ChatAgent(trained_like, store, "alice", "s", min_confidence=None).respond("Who built it?", 2)
+    assert {s["read"] for s in plain.slots} == {"expansion"} and plain.recalled == "\n\n".join(
+        s["text"] for s in decoded.slots)
     trained_like.calibration = _always(trained_like, True)
-    assert [s["text"] for s in unsure.recall("stone house", top_k=2).slots] == [s["text"] for s in decoded.slots]
+    assert [s["text"] for s in agent.recall("stone house", top_k=2, min_confidence=0.5).slots] == \
+        [s["text"] for s in decoded.slots]
     with pytest.raises(ValueError, match="min_confidence"):
         ChatAgent(trained_like, store, "alice", "s", min_confidence=2)
 
@@ -151,9 +158,14 @@ def test_service_takes_min_confidence_and_says_what_was_read(trained_like, store
                      headers=h).json()
         assert rec["probably_wrong"] is True and {s["read"] for s in rec["slots"]} == {"source"}
         assert all(s["probably_wrong"] and s["confidence"]["p_exact"] < 0.5 for s in rec["slots"])
-        ans = c.post("/sessions/s/answer", json={"question": "Who built it?", "max_new_tokens": 2,
-                                                  "min_confidence": 0.5}, headers=h).json()
+        plain = c.post("/sessions/s/recall", json={"query": "stone house", "top_k": 2}, headers=h).json()
+        assert plain["probably_wrong"] is None and {s["read"] for s in plain["slots"]} == {"expansion"}
+        ans = c.post("/sessions/s/answer", json={"question": "Who built it?", "max_new_tokens": 2}, headers=h).json()
+        assert {s["read"] for s in ans["slots"]} == {"source"}  # answers: 0.5 by default
         assert format_turn(*TURNS[0]).strip() in ans["recalled"] or format_turn(*TURNS[1]).strip() in ans["recalled"]
+        off = c.post("/sessions/s/answer", json={"question": "Who built it?", "max_new_tokens": 2,
+                                                  "min_confidence": 0}, headers=h).json()
+        assert {s["read"] for s in off["slots"]} == {"expansion"}
         bad = c.post("/sessions/s/recall", json={"query": "x", "min_confidence": 1.5}, headers=h)
         assert bad.status_code == 422 and "min_confidence" in bad.json()["message"], bad.text
 

@@ -169,7 +169,8 @@ def _compact(slots: list[dict[str, Any]], include_tokens: bool) -> list[dict[str
 MinConfidenceArg = Annotated[float | None, Field(
     default=None, ge=0, le=1,
     description="Flag a recalled slot whose confidence is under this as probably wrong, and give the stored "
-                "turns it was written from instead of its reconstruction (each slot's `read` says which).")]
+                "turns it was written from instead of its reconstruction (each slot's `read` says which). "
+                "recall_memory: none by default; answer_from_memory: 0.5 by default (0: never).")]
 QueryArg = Annotated[str | None, Field(
     default=None, min_length=1, max_length=MAX_QUERY_CHARS,
     description="What to look for: the `top_k` slots that best match it are recalled. Omit it "
@@ -261,7 +262,7 @@ def create_server(  # noqa: C901 - the tools are closures over one engine and st
                 retrievers.setdefault(retrieval, make_retriever(retrieval))
         return ChatAgent(engine, store, user_id, sid, retrieval, top_k=top_k, lock=model_lock,
                          retriever=retrievers.get(retrieval) if retrieval else None, cache=memories, read=read,
-                         min_confidence=min_confidence)
+                         **({} if min_confidence is None else {"min_confidence": min_confidence}))
 
     writes = ToolAnnotations(title="Write to memory", read_only_hint=False, destructive_hint=False,
                              idempotent_hint=False, open_world_hint=False)
@@ -319,8 +320,8 @@ def create_server(  # noqa: C901 - the tools are closures over one engine and st
         Returns the reconstructed text of the `top_k` best-matching slots, each with the turn it came
         from, its relevance score and the model's confidence (0-1) overall and per token. Low confidence
         (below about 0.5) means the reconstruction may be wrong. Nothing is changed."""
-        a = agent(session_id, min_confidence=min_confidence)
-        rec = a.recall(query, level, index, top_k).to_dict()
+        a = agent(session_id)
+        rec = a.recall(query, level, index, top_k, min_confidence=min_confidence).to_dict()
         rec.setdefault("confidence", _confidence(rec["slots"]))
         rec["slots"] = _compact(rec["slots"], include_tokens)
         return RecallResult(session_id=a.session_id, **rec)

@@ -165,10 +165,11 @@ class _Service:
 
     def agent(self, user: str, session_id: str, retrieval: str | None = None, top_k: int = 2,
               read: str = "text", min_confidence: float | None = None) -> ChatAgent:
+        """The session's agent; `min_confidence` None: the agent's default for answers."""
         self.store.get_session(user, session_id)  # 404 before any work
+        unsure = {} if min_confidence is None else {"min_confidence": min_confidence}
         return ChatAgent(self.engine, self.store, user, session_id, retrieval, top_k=top_k, lock=self.model_lock,
-                         retriever=self.retriever(retrieval), cache=self.memories, read=read,
-                         min_confidence=min_confidence)
+                         retriever=self.retriever(retrieval), cache=self.memories, read=read, **unsure)
 
     def memory_info(self, user: str, session_id: str) -> S.MemoryInfo:
         stored = self.store.get_memory(user, session_id)
@@ -294,8 +295,8 @@ def _memory_routes(app: FastAPI, svc: _Service) -> None:
     @app.post("/sessions/{session_id}/recall", response_model=S.RecallOut, tags=["memory"])
     def recall(session_id: str, body: S.RecallIn, creds: Creds) -> dict[str, Any]:
         """Reconstruct text from the session memory by running the model backward."""
-        agent = svc.agent(svc.user(creds), session_id, min_confidence=body.min_confidence)
-        return agent.recall(body.query, body.level, body.index, body.top_k, body.select).to_dict()
+        agent = svc.agent(svc.user(creds), session_id)
+        return agent.recall(body.query, body.level, body.index, body.top_k, body.select, body.min_confidence).to_dict()
 
     @app.post("/sessions/{session_id}/answer", response_model=S.ReplyOut, tags=["memory"])
     def answer(session_id: str, body: S.AnswerIn, creds: Creds) -> dict[str, Any]:
