@@ -81,6 +81,6 @@ def demo(
     )
     conf = result["recall_confidence"]
     if conf["geo_mean"] is not None:
-        out.print(
-            f"recall confidence : geometric-mean token probability {conf['geo_mean']:.3f}, lowest {conf['min']:.3f}"
-        )
+        calibrated = f", calibrated P(exact) {conf['p_exact']:.3f}" if conf.get("p_exact") is not None else ""
+        out.print(f"recall confidence : geometric-mean token probability {conf['geo_mean']:.3f}, "
+                  f"lowest {conf['min']:.3f}{calibrated}")
