@@ -81,8 +81,10 @@ def plot(path: Path, out: Path) -> None:
     shipped_step = json.loads(SHIPPED.read_text()).get("step") if SHIPPED.exists() else None
     for field, title, target_file in (("token_exact_match", "greedy token exact match", out),
                                       ("rouge_l", "ROUGE-L", out.with_name(out.stem + "_rouge" + out.suffix))):
-        fig, axes = plt.subplots(1, 3, figsize=(13, 4.6), sharey=True)
-        for ax, ratio in zip(axes, ("2", "4", "8")):
+        ratios = [r for r in ("2", "4", "8", "16") if any(r in row["ratios"] for row in rows)]
+        fig, axes = plt.subplots(1, len(ratios), figsize=(4.4 * len(ratios), 4.6), sharey=True, squeeze=False)
+        axes = axes[0]
+        for ax, ratio in zip(axes, ratios):
             for run in runs:
                 pts = sorted((r for r in rows if r["run"] == run and ratio in r["ratios"]),
                              key=lambda r: r["examples_seen"])
