@@ -193,3 +193,13 @@ def test_mcp_recall_takes_min_confidence(trained_like, store):
     plain = plain.structured_content
     assert plain["probably_wrong"] is None and plain["slots"][0]["read"] == "expansion"
     assert bad.is_error and "min_confidence" in bad.content[0].text
+
+
+def test_agent_keeps_the_document_expansion_even_when_flagged(trained_like, store):
+    ensure_session(store, "alice", "d")
+    agent = ChatAgent(trained_like, store, "alice", "d")
+    for speaker, text in TURNS:
+        agent.turn(text, speaker)
+    rec = agent.recall(level="document", min_confidence=1.0)  # every expansion is under 1
+    assert rec.probably_wrong is True and [s["read"] for s in rec.slots] == ["expansion"]
+    assert rec.text == agent.recall(level="document").text

@@ -409,11 +409,13 @@ class ChatAgent:
 
     def _trusted(self, slots: list[dict[str, Any]], stored: StoredMemory | None) -> list[dict[str, Any]]:
         """Slots whose expansion is probably wrong get the stored turns' text instead (`read`: "source";
-        "expansion" for the others). A slot whose turns are gone keeps its expansion."""
+        "expansion" for the others). A slot whose turns are gone, or the document state, keeps its expansion."""
         written = self._written_text(stored)
         out = []
         for s in slots:
-            source = written(s["start"], s["end"]) if s.get("probably_wrong") and written else None
+            # the document level's source is the whole history: its expansion stays, flagged
+            source = written(s["start"], s["end"]) if s.get("probably_wrong") and written and \
+                s["level"] != "document" else None
             out.append(dict(s, text=source.strip(), read="source") if source and source.strip()
                        else dict(s, read="expansion"))
         return out
