@@ -32,7 +32,7 @@ from r3mem.agent import format_turn
 from r3mem.calibration import CALIBRATION_FILE, SlotCalibration, features, fit
 from r3mem.engine import R3Mem, default_adapter_dir
 from r3mem.evaluate.datasets import load_locomo
-from r3mem.evaluate.metrics import auroc, confidence_calibration
+from r3mem.evaluate.metrics import auroc, confidence_calibration, reliability
 from r3mem.hierarchy import paragraph_spans
 from r3mem.memory import WritePolicy
 from r3mem.recall import reconstruct_scored, slot_cap
@@ -81,14 +81,9 @@ def slots_of(engine: R3Mem, streams: list[str], ratio: float) -> list[dict]:
 
 
 def _ece(p: list[float], y: list[bool]) -> tuple[float, list[dict]]:
-    table = []
-    for b in range(BINS):
-        lo, hi = b / BINS, (b + 1) / BINS
-        m = [(pi, yi) for pi, yi in zip(p, y) if lo <= pi < hi or (b == BINS - 1 and pi == 1.0)]
-        table.append({"lo": lo, "hi": hi, "n_slots": len(m), "mean_p": sum(a for a, _ in m) / len(m) if m else None,
-                      "exact_rate": sum(float(b_) for _, b_ in m) / len(m) if m else None})
-    ece = sum(r["n_slots"] * abs(r["mean_p"] - r["exact_rate"]) for r in table if r["n_slots"]) / max(1, len(p))
-    return ece, table
+    ece, rows = reliability(p, y, BINS)
+    return ece or 0.0, [{"lo": lo, "hi": hi, "n_slots": n, "mean_p": mp, "exact_rate": rate}
+                        for lo, hi, n, mp, rate in rows]
 
 
 def measure(rows: list[dict], cal: SlotCalibration) -> dict:

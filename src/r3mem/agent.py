@@ -401,10 +401,9 @@ class ChatAgent:
                                      drafts=drafts, min_confidence=min_confidence)
         turn_ids = {(r.level, r.key): r.turn_id for r in (stored.slots if stored else [])}
         rec.slots = [dict(s, turn_id=turn_ids.get((s["level"], s["key"]))) for s in rec.slots]
+        rec.slots = self._trusted(rec.slots, stored)
         if rec.probably_wrong:
-            rec.slots = self._trusted(rec.slots, stored)
             rec.text = "\n\n".join(s["text"] for s in rec.slots)
-        rec.slots = [s if "read" in s else dict(s, read="expansion") for s in rec.slots]
         return rec
 
     def _trusted(self, slots: list[dict[str, Any]], stored: StoredMemory | None) -> list[dict[str, Any]]:

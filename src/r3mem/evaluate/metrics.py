@@ -308,6 +308,21 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
     return wins / (len(pos) * len(neg))
 
 
+def reliability(probs: Sequence[float], correct: Sequence[bool], bins: int = 10
+                ) -> tuple[float | None, list[tuple[float, float, int, float | None, float | None]]]:
+    """The reliability table of predicted probabilities: for `bins` equal-width bins (1.0 in the last),
+    (lo, hi, count, mean probability, fraction correct), and the expected calibration error (the
+    count-weighted gap between the two; None without probabilities)."""
+    rows = []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        members = [(p, ok) for p, ok in zip(probs, correct) if lo <= p < hi or (b == bins - 1 and p == 1.0)]
+        rows.append((lo, hi, len(members), sum(p for p, _ in members) / len(members) if members else None,
+                     sum(float(ok) for _, ok in members) / len(members) if members else None))
+    ece = sum(n * abs(mp - acc) for _, _, n, mp, acc in rows if n) / max(1, len(probs))
+    return (ece if len(probs) else None), rows
+
+
 def confidence_calibration(references: Sequence[Sequence[int]], produced: Sequence[Sequence[int]],
                            probs: Sequence[Sequence[float]], bins: int = 10) -> dict:
     """How well per-token probabilities of reconstructions predict correctness.
@@ -331,17 +346,11 @@ def confidence_calibration(references: Sequence[Sequence[int]], produced: Sequen
     def mean(xs):
         return sum(xs) / len(xs) if xs else None
 
-    table = []
-    for b in range(bins):
-        lo, hi = b / bins, (b + 1) / bins
-        members = [(p, ok) for p, ok in zip(flat_p, flat_ok) if lo <= p < hi or (b == bins - 1 and p == 1.0)]
-        table.append({"lo": lo, "hi": hi, "n_tokens": len(members), "mean_prob": mean([p for p, _ in members]),
-                      "accuracy": mean([float(ok) for _, ok in members])})
-    filled = [r for r in table if r["n_tokens"]]
-    ece = sum(r["n_tokens"] * abs(r["mean_prob"] - r["accuracy"]) for r in filled) / max(1, len(flat_p))
+    ece, rows = reliability(flat_p, flat_ok, bins)
+    table = [{"lo": lo, "hi": hi, "n_tokens": n, "mean_prob": mp, "accuracy": acc} for lo, hi, n, mp, acc in rows]
     return {"token_auroc": auroc(flat_p, flat_ok), "n_tokens": len(flat_p), "n_slots": len(slots),
             "token_accuracy_least_confident_quartile": mean([a for _, a in slots[:q]]) if slots else None,
             "token_accuracy_most_confident_quartile": mean([a for _, a in slots[-q:]]) if slots else None,
             "mean_token_prob_correct": mean([p for p, c in zip(flat_p, flat_ok) if c]),
             "mean_token_prob_wrong": mean([p for p, c in zip(flat_p, flat_ok) if not c]),
-            "expected_calibration_error": ece if flat_p else None, "reliability": table}
+            "expected_calibration_error": ece, "reliability": table}

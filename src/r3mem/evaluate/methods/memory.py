@@ -103,7 +103,7 @@ class MemoryMethod(Method):
         rec = e.recall(mem, query=question, level=level, top_k=self.opts.top_k, select=self.opts.select,
                        drafts=written if read == "checked" else None, min_confidence=unsure)
         # with --min-confidence, a probably wrong slot is read from its text (as the agent reads its stored turns)
-        context = head_text(self.tok, e.trusted_text(mem, rec, written) if rec.probably_wrong else rec.text, budget)
+        context = head_text(self.tok, e.trusted_text(mem, rec, written), budget)
         pred = first_line(e.read(answer_prompt(context, question), self.opts.max_new_tokens))
         spans = [(s["start"], s["end"]) for s in rec.slots] if level == "paragraph" else None
         return Answer(pred, spans)
