@@ -187,13 +187,41 @@ def test_bad_arguments(engine, store, agent):
     assert store.get_session("alice", "s1").turn_count == 0
 
 
-def test_memory_of_another_model_is_refused(engine, store, agent):
-    agent.turn("hello there")
+def test_memory_of_another_engine_is_rebuilt_from_the_turns(engine, store, agent, caplog):
+    """An r3mem upgrade (another adapter, other levels or precision, another model) leaves stored memories
+    it cannot read: they are rebuilt from the stored turns, never read as they are and never refused."""
+    for speaker, text in TURNS[:2]:
+        agent.turn(text, speaker)
+    lean = R3Mem.from_base(tiny_model("llama"), tiny_tokenizer(), tiny_cfg(hierarchy_levels=("document", "paragraph"),
+                                                                            memory_bits=4))
+    with pytest.raises(MemoryFileError, match="memory_layout"):
+        lean.from_bytes(_stored(store).blob)  # a memory file alone is refused: nothing to rebuild it from
+    with caplog.at_level("WARNING", logger="r3mem.agent"):
+        rec = ChatAgent(lean, store, "alice", "s1").recall(index=1)  # a read rebuilds it first
+    assert caplog.text.count("rebuilding it from its 2 stored turns") == 1
+    stored = _stored(store)
+    assert stored.version == 3 and stored.through_turn == 2
+    rebuilt, want = lean.from_bytes(stored.blob), lean.write("".join(format_turn(s, t) for s, t in TURNS[:2]))
+    assert rebuilt.entities == [] and [(s.key, s.start, s.end) for s in rebuilt.paragraphs] == \
+        [(s.key, s.start, s.end) for s in want.paragraphs]
+    assert all(s.packed is not None for s in rebuilt.paragraphs)
+    assert torch.equal(rebuilt.paragraphs[1].state, want.paragraphs[1].state) and rec.slots[0]["key"] == "p1"
+    assert [(r.key, r.turn_id) for r in stored.slots] == [("p0", 1), ("p1", 2)]  # old entity records are gone
+    # a write by another model folds every turn, the new one included, into a memory of its own
     other = R3Mem.from_base(tiny_model("gpt2"), tiny_tokenizer(), tiny_cfg())
-    with pytest.raises(MemoryFileError, match="base_model_id"):
-        ChatAgent(other, store, "alice", "s1").turn("more")
-    with pytest.raises(MemoryFileError, match="base_model_id"):
-        ChatAgent(other, store, "alice", "s1").add_turns([("user", "more")])
+    ChatAgent(other, store, "alice", "s1").turn(TURNS[2][1], TURNS[2][0])
+    assert _stored(store).through_turn == 3 and len(other.from_bytes(_stored(store).blob).paragraphs) == 3
+    assert store.get_session("alice", "s1").turn_count == 3
+
+
+def test_a_corrupted_memory_is_refused_before_a_turn_is_stored(engine, store, agent):
+    agent.turn("hello there")
+    stored = _stored(store)
+    store.put_memory("alice", "s1", stored.blob[:-7] + b"garbage", stored.slots, stored.through_turn)
+    with pytest.raises(MemoryFileError, match="checksum|truncated"):
+        agent.turn("more")
+    with pytest.raises(MemoryFileError, match="checksum|truncated"):
+        agent.add_turns([("user", "more")])
     assert store.get_session("alice", "s1").turn_count == 1  # refused before anything was stored
     with pytest.raises(ValueError, match="empty"):
         agent.add_turns([("user", "fine"), ("user", " ")])

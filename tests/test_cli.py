@@ -178,7 +178,7 @@ def test_memory_show_export_import_delete(tmp_path, text_file):
     imported = json.loads(
         ok("memory", "import", exported, "--store", db, "--user", "bob", "--session", "copy", "--json").stdout
     )
-    assert imported == {"user": "bob", "session": "copy", "turns": 3}
+    assert imported == {"user": "bob", "session": "copy", "turns": 3, "memory_rebuilt": False}
     assert json.loads(ok("memory", "list", "--store", db, "--user", "bob", "--json").stdout)[0]["memory_version"] == 1
     ok("memory", "delete", "a", "--store", db, "--yes")
     assert json.loads(ok("memory", "list", "--store", db, "--json").stdout) == []
@@ -343,8 +343,7 @@ def test_memory_import_checks_the_memory_against_the_model(tmp_path, text_file):
     state = mem.doc_state
     foreign = load_engine(None, "tiny-gpt2")
     cases = [(engine.to_bytes(replace(mem, doc_state=torch.zeros(*state.shape[:-1], 3, dtype=state.dtype))), "shape"),
-             (engine.to_bytes(replace(mem, pending_ids=[10**12])), "vocabulary"),
-             (foreign.to_bytes(foreign.new_memory()), "base_model_id")]
+             (engine.to_bytes(replace(mem, pending_ids=[10**12])), "vocabulary")]
     db = tmp_path / "dst.db"
     for i, (blob, words) in enumerate(cases):
         data = json.loads(json.dumps(exported))
@@ -360,6 +359,16 @@ def test_memory_import_checks_the_memory_against_the_model(tmp_path, text_file):
     (tmp_path / "inf.json").write_text(inf)
     one_error(run("memory", "import", tmp_path / "inf.json", "--store", db, "--user", "bob"), "created_at")
     assert not db.exists() or json.loads(ok("memory", "list", "--store", db, "--user", "bob", "--json").stdout) == []
+    # another model's memory is not refused: the turns are imported and the memory is rebuilt from them
+    data = json.loads(json.dumps(exported))
+    data["memory"]["blob_b64"] = base64.b64encode(foreign.to_bytes(foreign.new_memory())).decode()
+    data["memory"].pop("blob_sha256")
+    (tmp_path / "foreign.json").write_text(json.dumps(data))
+    foreign_file = tmp_path / "foreign.json"
+    info = json.loads(ok("memory", "import", foreign_file, "--store", db, "--user", "bob", "--json").stdout)
+    assert info["memory_rebuilt"] is True and info["turns"] == len(exported["turns"])
+    assert "rebuilt from the turns" in ok("memory", "import", foreign_file, "--store", db, "--user", "bob",
+                                           "--session", "b2").stdout
 
 
 def test_library_noise_is_hidden_unless_debugging(monkeypatch):

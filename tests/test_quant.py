@@ -3,6 +3,7 @@
 import pytest
 import torch
 from conftest import perturb_trainables, tiny_cfg
+from safetensors.torch import load as st_load
 
 from r3mem.engine import R3Mem
 from r3mem.memfile import MemoryFileError
@@ -61,6 +62,12 @@ def test_quantized_memories_are_split_invariant_smaller_and_round_trip(tok, bits
     assert eng.to_bytes(back) == blob
     for a, b in zip(whole.paragraphs + whole.entities, back.paragraphs + back.entities):
         assert a.packed.bits == bits and torch.equal(a.state, b.state) and torch.equal(a.state, dequantize(a.packed))
+    # the document state too: the recurrence carries the quantized state on, and the file holds its codes
+    assert whole.n_segments > 1 and whole.doc_packed.bits == bits
+    assert torch.equal(whole.doc_state, dequantize(whole.doc_packed)) and torch.equal(back.doc_state, whole.doc_state)
+    assert "doc_state" not in st_load(blob) and "doc_state.codes" in st_load(blob)
+    fresh = eng.new_memory()  # nothing folded yet: the initial state, in float16
+    assert fresh.doc_packed is None and torch.equal(eng.from_bytes(eng.to_bytes(fresh)).doc_state, fresh.doc_state)
     # entities first named in one sentence still share one state, in memory and in the file
     shared = [e for e in back.entities if any(o is not e and o.state is e.state for o in back.entities)]
     assert len(shared) == len([e for e in whole.entities if any(o is not e and o.state is e.state
@@ -94,16 +101,21 @@ def test_a_tampered_quantized_slot_is_refused(tok):
     (n,) = struct.unpack("<Q", blob[:8])
     raw = json.loads(blob[8:8 + n])
     meta = json.loads(raw["__metadata__"]["r3mem"])
-    meta["paragraphs"][0]["shape"][-1] = 20  # claims another shape than its codes have
     from r3mem.memfile import _checksum
 
-    meta.pop("checksum")
-    from safetensors.torch import load as st_load
+    def forged(edit):
+        m = json.loads(json.dumps(meta))
+        edit(m)
+        m.pop("checksum")
+        m["checksum"] = _checksum(m, st_load(blob))
+        head = json.dumps(dict(raw, __metadata__={"r3mem": json.dumps(m)})).encode()
+        head += b" " * (-len(head) % 8)
+        return struct.pack("<Q", len(head)) + head + blob[8 + n:]
 
-    meta["checksum"] = _checksum(meta, st_load(blob))
-    raw["__metadata__"]["r3mem"] = json.dumps(meta)
-    head = json.dumps(raw).encode()
-    head += b" " * (-len(head) % 8)
-    forged = struct.pack("<Q", len(head)) + head + blob[8 + n:]
+    # claims another shape than its codes have
     with pytest.raises(MemoryFileError, match=r"inconsistent header \(slot slot.0.codes has shape"):
-        eng.from_bytes(forged)
+        eng.from_bytes(forged(lambda m: m["paragraphs"][0]["shape"].__setitem__(-1, 20)))
+    with pytest.raises(MemoryFileError, match=r"inconsistent header \(doc_state.codes has shape"):
+        eng.from_bytes(forged(lambda m: m["doc_state"]["shape"].__setitem__(-2, 5)))
+    with pytest.raises(MemoryFileError, match=r"inconsistent header \(doc_state: bits 3"):
+        eng.from_bytes(forged(lambda m: m["doc_state"].__setitem__("bits", 3)))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import random
 import time
 from bisect import bisect_right
@@ -29,6 +30,7 @@ from itertools import accumulate
 from typing import Any
 
 from r3mem.memcache import MemoryCache
+from r3mem.memfile import IdentityMismatch
 from r3mem.memory import Memory
 from r3mem.prompts import QA_PROMPT
 from r3mem.recall import Recalled, check_min_confidence, token_pieces
@@ -50,6 +52,7 @@ POOL_FACTOR = 3  # with a retriever, recall this many times top_k slots and let 
 _RRF_K = 60  # reciprocal-rank-fusion constant (Cormack et al. 2009)
 
 Progress = Callable[[int, int], None]  # (turns written so far, turns to write)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -207,14 +210,14 @@ class ChatAgent:
         """The store half of `write`: the turn is stored (or found, see `write`), the memory is not
         touched; `sync` (or any later write) folds it in."""
         text = check_text("text", text, non_empty=True)
-        self.memory()  # a memory this engine cannot read (another model) fails here, before the turn is stored
+        self._current()  # a corrupted memory fails here, before the turn is stored (another engine's is rebuilt)
         (turn,) = self.store.append_turns(self.user_id, self.session_id, [(speaker, text)], timestamp,
                                           dedupe=self.dedupe if dedupe is None else dedupe)
         return turn
 
     def backlog(self) -> int:
         """Stored turns the memory does not cover yet (what the next `sync` writes)."""
-        _, stored, _ = self._current()
+        _, stored, *_ = self._current()
         return len(self.store.list_turns(self.user_id, self.session_id, since=stored.through_turn if stored else 0))
 
     # ----- curation --------------------------------------------------------------------------
@@ -239,7 +242,7 @@ class ChatAgent:
             (speaker, check_text("text", text, non_empty=True)) for speaker, text in turns
         ]  # all checked before any is stored
         if items:
-            self.memory()
+            self._current()
         # One transaction: a failure stores none of them, so a rerun does not store any twice.
         stored = self.store.append_turns(self.user_id, self.session_id, items) if items else []
         if stored:
@@ -268,13 +271,15 @@ class ChatAgent:
         stops early once the memory covers turn `until`.
         """
         for attempt in range(MAX_SYNC_ATTEMPTS):
-            current, stored, _ = self._current()
+            current, stored, _, stale = self._current()
             version, through = (stored.version, stored.through_turn) if stored else (0, 0)
             if until is not None and through >= until:
                 return version
             pending = self.store.list_turns(self.user_id, self.session_id, since=through)
             if not pending:
                 return version
+            if stale and attempt == 0:
+                log.warning("%s; rebuilding it from its %d stored turns", stale, len(pending))
             mem, records = self._write_turns(current, stored, pending, progress)
             blob = self.engine.to_bytes(mem)
             try:
@@ -314,31 +319,45 @@ class ChatAgent:
         return mem, _slot_records(mem, known)
 
     # ----- reading ---------------------------------------------------------------------------
-    def _decode(self, stored: StoredMemory | None) -> Memory:
+    def _decode(self, stored: StoredMemory | None) -> tuple[Memory, StoredMemory | None, str | None]:
+        """(memory, record, why it is stale or None) of a store record. A memory written by another
+        engine (another adapter, base model, levels, precision or key encoder: an r3mem upgrade, a new
+        adapter) is *stale*: it is not read, and the record is seen as reset, so the next `sync` rebuilds
+        it from the stored turns, which are what it was written from. A corrupted memory is refused
+        (`MemoryFileError`)."""
         if stored is None or not stored.blob:  # none yet, or reset by an edit: the next write rebuilds it
-            return self.engine.new_memory()
-        return self.engine.from_bytes(stored.blob, name=f"memory of session {self.session_id!r}")
+            return self.engine.new_memory(), stored, None
+        try:
+            return self.engine.from_bytes(stored.blob, name=f"memory of session {self.session_id!r}"), stored, None
+        except IdentityMismatch as e:
+            return self.engine.new_memory(), replace(stored, blob=b"", through_turn=0, slots=[]), str(e).splitlines()[0]
 
     def memory(self) -> tuple[Memory, StoredMemory | None]:
         """The session's current memory (a fresh one if nothing was written) and its store record (whose
-        blob is empty when the memory came from the agent's `cache`)."""
-        mem, stored, _ = self._current()
+        blob is empty when the memory came from the agent's `cache`). A stale memory (written by another
+        engine) is rebuilt from the stored turns first."""
+        mem, stored, _, stale = self._current()
+        if stale:
+            self.sync()
+            mem, stored, *_ = self._current()
         return mem, stored
 
-    def _current(self) -> tuple[Memory, StoredMemory | None, int]:
-        """(memory, store record, memory file bytes): from the cache when it holds the stored version."""
+    def _current(self) -> tuple[Memory, StoredMemory | None, int, str | None]:
+        """(memory, store record, memory file bytes, why it is stale) with the memory from the cache when it holds
+        the stored version; see `_decode` for a stale one."""
         if self._cache is not None:
             stamp = self.store.memory_stamp(self.user_id, self.session_id)
             if stamp is None:
-                return self.engine.new_memory(), None, 0
+                return self.engine.new_memory(), None, 0, None
             hit = self._cache.get(self.user_id, self.session_id, stamp)
             if hit is not None:
-                return hit.memory, hit.stored, hit.blob_bytes
+                return hit.memory, hit.stored, hit.blob_bytes, None
         stored = self.store.get_memory(self.user_id, self.session_id)
-        mem = self._decode(stored)
-        if self._cache is not None and stored is not None:
+        size = len(stored.blob) if stored else 0
+        mem, stored, stale = self._decode(stored)
+        if self._cache is not None and stored is not None and not stale:
             self._cache.put(mem, stored)
-        return mem, stored, len(stored.blob) if stored else 0
+        return mem, stored, size, stale
 
     def describe(self, max_slots: int = 500) -> dict[str, Any]:
         """What the session memory holds, for inspection: its size, the document state, and each slot
@@ -346,7 +365,8 @@ class ChatAgent:
 
         Slot `index` is its position within its level, as `recall(level=..., index=...)` takes it;
         `source` is the span of the turns' stream (each turn formatted by `format_turn`)."""
-        mem, stored, blob_bytes = self._current()
+        self.memory()  # a stale memory is rebuilt first
+        mem, stored, blob_bytes, _ = self._current()
         turns = self.store.list_turns(self.user_id, self.session_id)
         through = stored.through_turn if stored else 0
         stream = _stream(turns, through)

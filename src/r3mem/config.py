@@ -61,9 +61,9 @@ class R3MemConfig:
     memory_mode: str = "kv"
     # How memories are stored (slots, document state, memory files); compute stays in the model's dtype.
     memory_dtype: str = "float16"  # float16 | bfloat16 | float32
-    # Bits per number of the paragraph and entity slots' memory tokens: 16 (stored in `memory_dtype`), or 8, 4, 2
-    # (group-wise quantized, `quant.py`; the document state stays in `memory_dtype`). A storage choice at use
-    # time: memory files record it.
+    # Bits per number of the memory tokens (slots and document state): 16 (stored in `memory_dtype`), or 8, 4, 2
+    # (group-wise quantized, `quant.py`; the document recurrence carries the quantized state on). A storage
+    # choice at use time: memory files record it.
     memory_bits: int = 16
     # kv mode, rotary models: where memory tokens sit. "spread": token j at the end of its share of the text
     # it was written from, and a reader reconstructing that text puts token i at position i (a local

@@ -129,8 +129,8 @@ class R3Mem:
         built with other levels. `keys`: the slots' retrieval-key encoder (see the class docstring).
         `compute_dtype`: "float32", "bfloat16" (autocast: 2x faster writes on a CPU with AVX-512 BF16, the
         same reconstruction: LOG 2026-12-06), "auto" (bfloat16 where the hardware has it natively) or
-        None (the config's). `memory_bits`: 8, 4 or 2 store the slots' memory tokens quantized (`quant.py`;
-        memory files record it), 16 (the default) in float16."""
+        None (the config's). `memory_bits`: 8, 4 or 2 store the memory tokens (slots and document state) quantized
+        (`quant.py`; memory files record it), 16 in float16."""
         keys = _key_encoder(keys)  # an unknown name fails before the model loads
         if adapter_dir is None and config is None and (default_adapter_dir() / "r3mem_adapter.json").exists():
             adapter_dir = default_adapter_dir()
@@ -194,7 +194,8 @@ class R3Mem:
                 "num_mem_tokens": c.num_mem_tokens,
                 "levels": list(c.hierarchy_levels),
                 "dtype": c.memory_dtype,
-                **({"bits": c.memory_bits} if c.memory_bits != 16 else {}),
+                # the slots' and (format 5 on) the document state's precision
+                **({"bits": c.memory_bits, "doc_bits": c.memory_bits} if c.memory_bits != 16 else {}),
             },
             "keys": self.keys.name if self.keys is not None else None,
         }

@@ -27,6 +27,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "MemoryFileError",
+    "IdentityMismatch",
     "KeysMismatch",
     "MemorySpec",
     "check_memory",
@@ -43,7 +44,10 @@ FORMAT = "r3mem-memory"
 #    Quantized slots (`memory_bits` < 16, in the identity's memory layout) store codes, minima and steps.
 # 4: the memory's write policy (levels, slot ratios) in the header; version 2-3 files load without one (the
 #    engine's default policy at their next write, as they were written).
-FORMAT_VERSION = 4
+# 5: with `memory_bits` < 16 the document state is quantized too (codes, minima, steps; `doc_state` in the
+#    header gives bits and shape), the identity's layout says so (`doc_bits`): a quantized memory of an older
+#    version (float16 document state) is another layout.
+FORMAT_VERSION = 5
 OLDEST_READABLE = 2
 
 
@@ -51,27 +55,38 @@ class MemoryFileError(ValueError):
     """A memory file is unreadable, corrupted, or belongs to another model/adapter/version."""
 
 
-class KeysMismatch(MemoryFileError):
+class IdentityMismatch(MemoryFileError):
+    """A well-formed memory file written by another engine: another base model, adapter, memory layout
+    (levels, precision) or key encoder. Its tensors are not read; a store that keeps the text it was
+    written from can rebuild it (`ChatAgent`)."""
+
+
+class KeysMismatch(IdentityMismatch):
     """The memory's slots were keyed by another key encoder (or by none) than this engine's."""
 
 
 def _tensors(mem: Memory) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The tensors to store and, per slot (paragraphs then entities), the name of its state. Slots that
     share one state (entities first named in the same sentence) share one stored tensor."""
-    t = {"doc_state": mem.doc_state, "pending_ids": torch.tensor(mem.pending_ids, dtype=torch.int64)}
+    t = {"pending_ids": torch.tensor(mem.pending_ids, dtype=torch.int64)}
+    t.update(_state_tensors("doc_state", mem.doc_state, mem.doc_packed))
     names: list[str] = []
     seen: dict[int, str] = {}
     for s in mem.paragraphs + mem.entities:
         name = seen.setdefault(id(s.state), f"slot.{len(seen)}")
-        if s.packed is None:
-            t[name] = s.state
-        else:  # a quantized slot: only its codes are stored (`quant.py`); loading dequantizes them
-            t.update({f"{name}.codes": s.packed.codes, f"{name}.low": s.packed.low, f"{name}.step": s.packed.step})
+        t.update(_state_tensors(name, s.state, s.packed))
         names.append(name)
     for level, slots in (("paragraph", mem.paragraphs), ("entity", mem.entities)):
         if slots and all(s.dense is not None for s in slots):
             t[f"dense.{level}"] = torch.stack([s.dense for s in slots])
     return {k: v.detach().to("cpu").contiguous() for k, v in t.items()}, names
+
+
+def _state_tensors(name: str, state: torch.Tensor, packed: Packed | None) -> dict[str, torch.Tensor]:
+    """A state as stored: itself, or (quantized) only its codes (`quant.py`); loading dequantizes them."""
+    if packed is None:
+        return {name: state}
+    return {f"{name}.codes": packed.codes, f"{name}.low": packed.low, f"{name}.step": packed.step}
 
 
 def _checksum(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
@@ -98,6 +113,8 @@ def encode_memory(mem: Memory, identity: dict[str, Any]) -> bytes:
         **identity,
         "pending_text": mem.pending_text, "offset": mem.offset, "n_tokens": mem.n_tokens, "n_segments": mem.n_segments,
         "policy": mem.policy.to_dict() if mem.policy is not None else None,
+        "doc_state": {"bits": mem.doc_packed.bits, "shape": list(mem.doc_packed.shape)}
+        if mem.doc_packed is not None else None,
         "paragraphs": [_slot_meta(s, n) for s, n in zip(mem.paragraphs, names[:n_par])],
         "entities": [_slot_meta(s, n) for s, n in zip(mem.entities, names[n_par:])],
     }
@@ -144,7 +161,7 @@ def _check_identity(meta: dict[str, Any], identity: dict[str, Any], name: str) -
                             for k in (meta.get(key), identity[key]))
             hint = "; load it with rebuild_keys=True to key it again" if identity[key] else ""
             raise KeysMismatch(f"{name}: slots written {theirs}, this engine writes them {ours}{hint}")
-        raise MemoryFileError(f"{name}: written with {key}={meta.get(key)!r}, but this model has {identity[key]!r}")
+        raise IdentityMismatch(f"{name}: written with {key}={meta.get(key)!r}, but this model has {identity[key]!r}")
 
 
 @dataclass(frozen=True)
@@ -213,21 +230,22 @@ def _terms(m: dict[str, Any]) -> dict[str, int] | None:
     return terms
 
 
-def _packed(m: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Packed:
-    """A quantized slot's codes, checked against its header entry before anything is computed."""
-    name, bits, shape = m["state"], m["bits"], m["shape"]
+def _packed(name: str, m: dict[str, Any], tensors: dict[str, torch.Tensor], what: str) -> Packed:
+    """A quantized state's codes, checked against its header entry (`bits`, `shape`) before anything is
+    computed; `what` names it in errors."""
+    bits, shape = m["bits"], m["shape"]
     if bits not in QUANT_BITS[1:] or not isinstance(shape, list) or not shape or \
             not all(type(d) is int and d > 0 for d in shape) or group_of(shape[-1]) * bits % 8:
-        raise ValueError(f"slot {name}: bits {bits!r} or shape {shape!r} is not a quantized state")
+        raise ValueError(f"{what}: bits {bits!r} or shape {shape!r} is not a quantized state")
     codes, low, step = (tensors[f"{name}.{part}"] for part in ("codes", "low", "step"))
     want = {"codes": (tuple(shape[:-1]) + (shape[-1] * bits // 8,), torch.uint8),
             "low": (tuple(shape[:-1]) + (shape[-1] // group_of(shape[-1]),), torch.float16)}
     want["step"] = want["low"]
     for part, t in (("codes", codes), ("low", low), ("step", step)):
         if (tuple(t.shape), t.dtype) != want[part]:
-            raise ValueError(f"slot {name}.{part} has shape {tuple(t.shape)} {t.dtype}, expected {want[part]}")
+            raise ValueError(f"{what}.{part} has shape {tuple(t.shape)} {t.dtype}, expected {want[part]}")
     if not (torch.isfinite(low).all() and torch.isfinite(step).all()):
-        raise ValueError(f"slot {name}: quantization scales hold NaN or infinite values")
+        raise ValueError(f"{what}: quantization scales hold NaN or infinite values")
     return Packed(codes, low, step, bits, tuple(shape))
 
 
@@ -245,7 +263,7 @@ def _slots(metas: list[dict[str, Any]], tensors: dict[str, torch.Tensor], level:
             state, packed = tensors[name], None
         elif f"{name}.codes" in tensors:
             if name not in unpacked:  # a state shared by several slots is dequantized once, and stays shared
-                p = _packed(m, tensors)
+                p = _packed(name, m, tensors, f"slot {name}")
                 unpacked[name] = (dequantize(p), p)
             state, packed = unpacked[name]
         else:
@@ -267,6 +285,16 @@ def _policy(d: Any) -> WritePolicy | None:
     return WritePolicy(tuple(d["levels"]), d["paragraph_ratio"], d["entity_ratio"])  # validated there
 
 
+def _doc_state(m: Any, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Packed | None]:
+    """The document state and, if it is stored quantized (header entry `m`), its codes."""
+    if m is None:
+        return tensors["doc_state"], None
+    if not isinstance(m, dict) or set(m) != {"bits", "shape"}:
+        raise ValueError(f"doc_state entry {m!r} is not a quantized state")
+    p = _packed("doc_state", m, tensors, "doc_state")
+    return dequantize(p), p
+
+
 def decode_memory(data: bytes, identity: dict[str, Any], name: str = "memory file") -> Memory:
     meta, expected_len = _read_header(data, name)
     _check_identity(meta, identity, name)
@@ -281,8 +309,10 @@ def decode_memory(data: bytes, identity: dict[str, Any], name: str = "memory fil
         raise MemoryFileError(f"{name}: checksum mismatch, the file was modified or corrupted")
     unpacked: dict[str, tuple[torch.Tensor, Packed]] = {}
     try:
+        doc_state, doc_packed = _doc_state(meta.get("doc_state"), tensors)
         return Memory(
-            doc_state=tensors["doc_state"],
+            doc_state=doc_state,
+            doc_packed=doc_packed,
             pending_ids=tensors["pending_ids"].tolist(),
             pending_text=meta["pending_text"],
             offset=meta["offset"],

@@ -110,6 +110,8 @@ class Memory:
     """
 
     doc_state: torch.Tensor  # [levels, m, d], or [L, 2, H, m, hd] for a kv memory
+    # `doc_state` quantized (memory_bits < 16, once a segment is folded): what memory files store
+    doc_packed: Packed | None = None
     pending_ids: list[int] = field(default_factory=list)  # committed tokens short of a full segment
     pending_text: str = ""  # raw text after the last paragraph break
     offset: int = 0  # characters committed; pending_text starts here in the stream
@@ -138,9 +140,11 @@ class Memory:
 
     def state_bytes(self) -> int:
         """Bytes of memory state as stored: constant doc state + slots (linear in paragraphs kept), a
-        quantized slot by its codes. A state shared by several slots (entities first named in one
+        quantized state by its codes. A state shared by several slots (entities first named in one
         sentence) counts once, as it is stored."""
         unique = {id(s.state): s for s in self.paragraphs + self.entities}
         slots = sum(packed_bytes(s.packed) if s.packed is not None else s.state.numel() * s.state.element_size()
                     for s in unique.values())
-        return self.doc_state.numel() * self.doc_state.element_size() + slots
+        doc = packed_bytes(self.doc_packed) if self.doc_packed is not None else \
+            self.doc_state.numel() * self.doc_state.element_size()
+        return doc + slots

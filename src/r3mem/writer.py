@@ -106,9 +106,12 @@ def _fold_segments(model: R3MemModel, mems: list[Memory], pad_id: int, final: bo
     ids, mask = pad_batch([[t for piece in c for t in piece] for c in chunks], pad_id, state.device)
     n_seg = max(len(c) for c in chunks)
     ids, mask = ids[:, :n_seg * seg], mask[:, :n_seg * seg]
-    state = fold(model, state, ids, mask, store_dtype=model.store_dtype).state
-    for mem, c, st in zip(mems, chunks, state):
-        mem.doc_state = st
+    out = fold(model, state, ids, mask, store_dtype=model.store_dtype, quant_bits=model.cfg.memory_bits)
+    for i, (mem, c) in enumerate(zip(mems, chunks)):
+        mem.doc_state = out.state[i]
+        if c and out.packed is not None:  # a memory with no new segment keeps its codes
+            p = out.packed
+            mem.doc_packed = Packed(p.codes[i], p.low[i], p.step[i], p.bits, p.shape[1:])
         mem.n_segments += len(c)
 
 

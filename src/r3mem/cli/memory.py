@@ -128,6 +128,7 @@ def import_(
 
     The export is checked whole before anything is stored; its memory is decoded by the model
     (identity, checksum, shapes, dtype, token ids), which is loaded only when there is a memory."""
+    from r3mem.memfile import IdentityMismatch
     from r3mem.store import Conflict, parse_export
 
     try:
@@ -135,17 +136,23 @@ def import_(
     except (json.JSONDecodeError, RecursionError) as exc:
         raise CLIError(f"{file}: not JSON ({str(exc).splitlines()[0]})") from None
     parsed = parse_export(data, session)
+    stale = False
     if parsed["memory"] is not None:
-        load_engine(model, base_model).from_bytes(parsed["memory"]["blob"], name=f"{file}: memory")
+        try:
+            load_engine(model, base_model).from_bytes(parsed["memory"]["blob"], name=f"{file}: memory")
+        except IdentityMismatch:  # another engine's memory (an older adapter): rebuilt from the turns at first use
+            stale = True
     with open_store(store) as st:
         try:
             st.create_user(user)
         except Conflict:
             pass
         created = st.import_session(user, data, session)
-    info = {"user": user, "session": created.session_id, "turns": created.turn_count}
+    info = {"user": user, "session": created.session_id, "turns": created.turn_count, "memory_rebuilt": stale}
+    note = "; its memory was written by another model or adapter and is rebuilt from the turns at first use" \
+        if stale else ""
     emit_json(info) if json_out else out.print(f"imported session {created.session_id!r} for {user!r} "
-                                               f"({created.turn_count} turns)", markup=False)
+                                               f"({created.turn_count} turns){note}", markup=False)
 
 
 @app.command("delete")

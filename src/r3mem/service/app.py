@@ -39,6 +39,7 @@ its `Location`; `GET /jobs/{id}` reports progress.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import re
 import secrets
@@ -55,6 +56,7 @@ from fastapi_offline import FastAPIOffline
 from r3mem import __version__
 from r3mem.agent import ChatAgent
 from r3mem.memcache import MemoryCache
+from r3mem.memfile import IdentityMismatch
 from r3mem.service import schemas as S
 from r3mem.service.errors import ApiError, BodyLimit, NoEncodedSlash, SecurityHeaders, install_error_handlers
 from r3mem.service.jobs import Job, JobRunner
@@ -109,12 +111,15 @@ def _check_export(engine, data: dict[str, Any], session_id: str | None) -> dict[
     """Refuse an export that is malformed or whose memory this engine cannot use, before any write.
 
     The memory is decoded as the engine will decode it on the next write (identity, checksum,
-    shapes, dtype, token ids), so an imported session can always be written to and recalled."""
+    shapes, dtype, token ids), so an imported session can always be written to and recalled. A memory
+    written by another engine (an older adapter, other levels or precision) is kept and rebuilt from the
+    imported turns at first use, as the agent rebuilds any stale memory."""
     parsed = parse_export(data, session_id)  # InvalidExport (a ValueError): 400
     _check_session_id(parsed["session_id"])
     memory = parsed["memory"]
     if memory is not None:
-        engine.from_bytes(memory["blob"], name="imported memory")  # MemoryFileError (a ValueError): 400
+        with contextlib.suppress(IdentityMismatch):  # another engine's memory: rebuilt from the turns at first use
+            engine.from_bytes(memory["blob"], name="imported memory")  # MemoryFileError (a ValueError): 400
     return parsed
 class _Service:
     """The state every handler shares: engine, store, the model lock and the shared dense encoder."""

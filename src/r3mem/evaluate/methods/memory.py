@@ -121,7 +121,8 @@ class MemoryMethod(Method):
         # The reversible read: before each segment, the memory is expanded back (greedy) into text.
         prefix = (lambda st: model.reconstruct(st, recall_tokens, eos)) if recall_tokens else None
         out = fold(model, model.initial_state(1), x, torch.ones_like(x), with_loss=True, score_first=False,
-                   carry=carry, segment_len=seg_len, read_prefix=prefix)
+                   carry=carry, segment_len=seg_len, read_prefix=prefix,
+                   quant_bits=model.cfg.memory_bits)  # the document state as a `memory_bits` memory holds it
         return [(s, float(loss), int(n)) for s, (loss, n) in zip(range(0, len(ids), seg_len), out.per_segment)]
 
     def lm_score(self, ids: list[int], seg_len: int, budget: int) -> list[tuple[int, float, int]]:
