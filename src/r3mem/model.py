@@ -27,6 +27,7 @@ from r3mem.backbone import decoder_layers, inner_model
 from r3mem.config import R3MemConfig
 from r3mem.coupling import Coupling
 from r3mem.memory_tokens import VirtualMemory
+from r3mem.merged import MergedWeights
 from r3mem.tokens import IGNORE_INDEX, lm_labels
 
 __all__ = ["R3MemModel", "Compressed", "Sampling", "GREEDY", "COMPRESS", "EXPAND", "WRITE", "QUERY", "SEP"]
@@ -166,6 +167,10 @@ class R3MemModel(nn.Module):
                 # The frozen base weights in bfloat16: half the memory traffic of a decoding step (1.7x
                 # faster recall on 2 CPU cores); adapters, memory tokens and optimiser stay float32.
                 p.data = p.data.to(torch.bfloat16)
+        # Passes without gradient compute with each direction merged into a copy of the weights (`merged.py`);
+        # not with a write adapter, whose update is split by position (`_write_split_hook`).
+        self._merged = MergedWeights(self._tuners) if cfg.compute_dtype == "bfloat16" and not cfg.write_adapter \
+            else None
         self.body = inner_model(base)
         hidden = base.config.hidden_size
         layers = decoder_layers(base)
@@ -192,6 +197,11 @@ class R3MemModel(nn.Module):
         # cut gradients to the adapter used earlier in the same training step. `write`: the write
         # adapter is active beside compress (`_write_split_hook` splits the positions).
         name = direction if direction in self.adapter_names else self.adapter_names[0]
+        if self._merged is not None:
+            if not torch.is_grad_enabled():
+                self._merged.use(name)
+                return
+            self._merged.use(None)  # training: LoRA on the base weights, so that its gradients flow
         names = [name, WRITE] if write else [name]
         for m in self._tuners:
             m._active_adapter = names
@@ -209,8 +219,13 @@ class R3MemModel(nn.Module):
 
     @contextlib.contextmanager
     def adapters_disabled(self):
-        """Run the bare base model: LoRA off and no coupling/memory hooks (holding the model's lock)."""
-        with self._lock, self._autocast(), self._peft.disable_adapter():
+        """Run the bare base model: LoRA off and no coupling/memory hooks (holding the model's lock). No
+        active adapter rather than peft's `disable_adapter`, which resets which LoRA tensors require grad."""
+        with self._lock, self._autocast():
+            if self._merged is not None:
+                self._merged.use(None)
+            for m in self._tuners:
+                m._active_adapter = []
             yield
 
     def _autocast(self):
