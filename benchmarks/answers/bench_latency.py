@@ -20,6 +20,10 @@ through a `ChatAgent` on a SQLite store (`add_turns`, the batched catch-up), and
 through the agent with its memory cache (the service's path). Writes JSON and a PNG.
 
     python benchmarks/answers/bench_latency.py --out benchmarks/answers/results/latency_cpu.json
+
+`--write-only SETTINGS` times only the agent's 500-turn catch-up, `--repeats` times for each setting
+(`bits:levels`, e.g. `16:document,paragraph,entity;4:document,paragraph`), the settings interleaved run by
+run so that a change in the machine's load hits each alike, every run in a fresh process.
 """
 
 from __future__ import annotations
@@ -129,16 +133,16 @@ def _count_decodes(engine: R3Mem):
     return done
 
 
-def write_500(engine: R3Mem, turns: list[str]) -> dict:
+def write_500(engine: R3Mem, turns: list[str], by_turn: bool = True) -> dict:
     from r3mem.agent import ChatAgent, ensure_session
     from r3mem.memcache import MemoryCache
     from r3mem.store import MemoryStore
 
     t0 = time.perf_counter()
     mem = engine.new_memory()
-    for t in turns:
+    for t in turns if by_turn else []:
         mem = engine.write(t + "\n\n", mem)
-    by_turn = time.perf_counter() - t0
+    by_turn_s = time.perf_counter() - t0 if by_turn else None
     with tempfile.TemporaryDirectory() as d, MemoryStore(Path(d) / "store.db") as store:
         ensure_session(store, "bench", "s")
         agent = ChatAgent(engine, store, "bench", "s", cache=MemoryCache(), read="source")
@@ -152,10 +156,51 @@ def write_500(engine: R3Mem, turns: list[str]) -> dict:
         agent.respond("When did Caroline go to the support group?", max_new_tokens=32)
         cached = time.perf_counter() - t0
         blob = len(store.get_memory("bench", "s").blob)
-    return {"turns": len(turns), "tokens": mem.n_tokens, "turn_by_turn_s": by_turn,
+        mem = agent.memory()[0]
+    return {"turns": len(turns), "tokens": mem.n_tokens, "turn_by_turn_s": by_turn_s,
             "agent_add_turns_s": catch_up, "agent_first_answer_s": first, "agent_cached_answer_s": cached,
             "memory_bytes": mem.state_bytes(), "memory_file_bytes": blob,
             "paragraph_slots": len(mem.paragraphs), "entity_slots": len(mem.entities)}
+
+
+def write_settings(a) -> None:
+    """The agent's 500-turn catch-up at each setting, `a.repeats` times, settings interleaved, each run in
+    a fresh process (in one long-lived process the same write grew 20-40% slower run after run)."""
+    import subprocess
+    import sys
+
+    settings = a.write_only.split(";")
+    runs: dict[str, list[dict]] = {x: [] for x in settings}
+    with tempfile.TemporaryDirectory() as d:
+        for r in range(a.repeats):
+            for x in settings:
+                out = Path(d) / "run.json"
+                subprocess.run([sys.executable, __file__, "--write-one", x, "--out", str(out), "--data", str(a.data),
+                                "--threads", str(a.threads), "--compute-dtype", a.compute_dtype], check=True)
+                runs[x].append(json.loads(out.read_text()))
+                print(r, x, round(runs[x][-1]["agent_add_turns_s"], 1), "s", runs[x][-1]["memory_file_bytes"],
+                      "bytes", flush=True)
+    first = runs[settings[0]][0]
+    result = {"benchmark": "writing 500 turns through the agent", "date": datetime.datetime.now().isoformat(
+        timespec="seconds"), "threads": a.threads, "compute_dtype": first["compute_dtype"],
+        "adapter_hash": first["adapter_hash"],
+        "settings": [{"memory_bits": out[0]["memory_bits"], "levels": out[0]["levels"],
+                      "agent_add_turns_s": [x["agent_add_turns_s"] for x in out],
+                      "median_s": statistics.median(x["agent_add_turns_s"] for x in out), "runs": out}
+                     for out in runs.values()],
+        "versions": environment(), "git": git_info()}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=2))
+
+
+def write_one(a) -> None:
+    """One run of `write_settings` (its own process): the 500-turn catch-up at `bits:levels`."""
+    bits, levels = a.write_one.split(":")
+    engine = R3Mem.from_pretrained(compute_dtype=a.compute_dtype, memory_bits=int(bits), levels=levels.split(","))
+    out = write_500(engine, history(locomo.load(a.data, EvalOptions()), 500), by_turn=False)
+    out.update(memory_bits=int(bits), levels=levels.split(","), compute_dtype=engine.config.compute_dtype,
+               adapter_hash=engine.adapter_hash)
+    a.out.write_text(json.dumps(out))
 
 
 def plot(result: dict, png: Path) -> None:
@@ -187,8 +232,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compute-dtype", default="auto")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--write-only", help="settings 'bits:levels;...': time only the agent's 500-turn catch-up")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--write-one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.write_only:
+        return write_settings(a)
+    if a.write_one:
+        return write_one(a)
     engine = R3Mem.from_pretrained(compute_dtype=a.compute_dtype)
     docs = locomo.load(a.data, EvalOptions())
     questions = [q.question for q in docs[0].questions][:a.questions]
