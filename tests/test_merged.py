@@ -44,6 +44,9 @@ def test_a_merged_pass_computes_what_lora_on_the_base_weights_does():
     # the bare model reads with the base weights, exactly as if no merged pass had run
     fresh = _model()
     assert torch.equal(_logits_bare(m, ids), _logits_bare(fresh, ids))
+    with m.adapters_disabled():  # a pass of the model's own inside stays bare (LoRA off, base weights)
+        _compress(m, ids)
+        assert m._merged.in_use is None and all(t._active_adapter == [] for t in m._tuners)
 
 
 def _logits_bare(m, ids):

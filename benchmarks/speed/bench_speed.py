@@ -1,6 +1,7 @@
 """Speed and memory of r3mem against the bare base model, measured in the same run.
 
-- write throughput (tokens/s): r3mem document-level write and full hierarchical write, against a plain
+- write throughput (tokens/s): r3mem document-level write and hierarchical write (the engine's levels: the
+  shipped defaults unless `--levels`), against a plain
   forward pass of the base model over the same tokens in the same segment-sized windows;
 - recall latency per reconstructed token (KV-cached greedy expansion) against plain greedy
   generation of the base model with its cache, from a short prompt (no memory) and with the whole
@@ -149,8 +150,11 @@ def cost_grid(model: Path | None, source: str, lengths: list[int], bits: list[in
 
 
 def run(engine: R3Mem, source: str, lengths: list[int], batch_sizes: list[int], repeats: int = 3) -> list[dict]:
+    from r3mem.memory import WritePolicy
+
     rows = []
-    doc_only = R3Mem(engine.model, engine.tokenizer)
+    doc_only = WritePolicy(levels=("document",))
+    levels = engine.config.hierarchy_levels  # the "hierarchy" write: the engine's own levels (the shipped defaults)
     # Warm-up, so that one-off costs (allocator, kernel selection, lazy imports) land on no method.
     warm = _text_of(engine, source, 256)
     _base_forward(engine, [warm])
@@ -160,9 +164,7 @@ def run(engine: R3Mem, source: str, lengths: list[int], batch_sizes: list[int], 
         for b in batch_sizes:
             texts = [text] * b
             t_base = _base_forward(engine, texts)
-            engine.model.cfg.hierarchy_levels = ("document",)
-            _, t_doc = _timed(lambda: doc_only.write_many(texts))  # noqa: B023 - called at once
-            engine.model.cfg.hierarchy_levels = ("document", "paragraph", "entity")
+            _, t_doc = _timed(lambda: engine.write_many(texts, policy=doc_only))  # noqa: B023 - called at once
             mems, t_full = _timed(lambda: engine.write_many(texts))  # noqa: B023 - called at once
             mem = mems[0]
             row = {
@@ -173,7 +175,9 @@ def run(engine: R3Mem, source: str, lengths: list[int], batch_sizes: list[int], 
                 "r3mem_full_write_tok_s": n * b / t_full,
                 "ratio_doc_vs_base": t_base / t_doc,
                 "ratio_full_vs_base": t_base / t_full,
-                "doc_state_bytes": mem.doc_state.numel() * mem.doc_state.element_size(),
+                "levels": list(levels), "memory_bits": engine.config.memory_bits,
+                "doc_state_bytes": packed_bytes(mem.doc_packed) if mem.doc_packed is not None
+                else mem.doc_state.numel() * mem.doc_state.element_size(),
                 "total_state_bytes": mem.state_bytes(),
                 "paragraph_slots": len(mem.paragraphs),
                 "entity_slots": len(mem.entities),
@@ -242,11 +246,14 @@ def main() -> None:
     ap.add_argument("--cost-only", action="store_true", help="only what memories cost on disk (no timings)")
     ap.add_argument("--cost-grid", default=None, help="with --cost-only: memory_bits to cost, e.g. 16,8,4,2, each "
                     "with the document level alone, + paragraphs, + entities")
+    ap.add_argument("--levels", default=None, help="hierarchy levels of the timed write (default: the adapter's)")
+    ap.add_argument("--memory-bits", type=int, default=None, help="memory_bits (default: the adapter's)")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     cfg = R3MemConfig(base_model=a.base_model) if a.base_model else None
-    engine = R3Mem.from_pretrained(a.model, base_model=a.base_model, config=cfg)
+    engine = R3Mem.from_pretrained(a.model, base_model=a.base_model, config=cfg,
+                                   levels=a.levels.split(",") if a.levels else None, memory_bits=a.memory_bits)
     lengths = [int(x) for x in a.lengths.split(",")]
     if a.cost_only and a.cost_grid:
         rows = cost_grid(a.model, a.source, lengths, [int(x) for x in a.cost_grid.split(",")])

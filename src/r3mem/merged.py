@@ -31,6 +31,7 @@ class MergedWeights:
         self.base = [m.base_layer.weight.data for m in layers]  # references: the base weights are never copied
         self._copies: dict[str, tuple[tuple[int, ...], list[torch.Tensor]]] = {}
         self.in_use: str | None = None
+        self._active: list = []
 
     def _stamp(self, name: str) -> tuple[int, ...]:
         """The version counters of `name`'s LoRA tensors: they move on every in-place change."""
@@ -51,11 +52,14 @@ class MergedWeights:
         """Compute with `name`'s merged weights (LoRA off in every layer), or with the base weights (None)."""
         if name is None:
             if self.in_use is not None:
-                for m, w in zip(self.layers, self.base):
+                for m, w, a in zip(self.layers, self.base, self._active):
                     m.base_layer.weight.data = w
+                    m._active_adapter = a
                 self.in_use = None
             return
         weights = self._merged(name)
+        if self.in_use is None:  # the layers' own active adapters, given back with the base weights
+            self._active = [m._active_adapter for m in self.layers]
         for m, w in zip(self.layers, weights):
             m.base_layer.weight.data = w
             m._active_adapter = []  # the update is in the weights: no LoRA on top

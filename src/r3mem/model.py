@@ -184,6 +184,7 @@ class R3MemModel(nn.Module):
         self.couplings = (nn.ModuleList(Coupling(hidden, cfg.coupling_hidden, gen) for _ in layers)
                           if cfg.reversible_mode == "coupling" else None)
         self._ctx: _CallContext | None = None
+        self._bare = False  # inside `adapters_disabled`
         self._lock = threading.RLock()
         for i, layer in enumerate(layers):
             layer.register_forward_hook(self._layer_hook(i))
@@ -196,6 +197,8 @@ class R3MemModel(nn.Module):
         # Switch the active LoRA without peft's set_adapter, which would flip requires_grad and
         # cut gradients to the adapter used earlier in the same training step. `write`: the write
         # adapter is active beside compress (`_write_split_hook` splits the positions).
+        if self._bare:
+            return
         name = direction if direction in self.adapter_names else self.adapter_names[0]
         if self._merged is not None:
             if not torch.is_grad_enabled():
@@ -224,9 +227,16 @@ class R3MemModel(nn.Module):
         with self._lock, self._autocast():
             if self._merged is not None:
                 self._merged.use(None)
+            active = [m._active_adapter for m in self._tuners]
             for m in self._tuners:
                 m._active_adapter = []
-            yield
+            outer, self._bare = self._bare, True  # passes inside (`_run`) keep LoRA off too
+            try:
+                yield
+            finally:
+                self._bare = outer
+                for m, a in zip(self._tuners, active):  # as before: LoRA on the base weights
+                    m._active_adapter = a
 
     def _autocast(self):
         """bfloat16 autocast when `compute_dtype` asks for it (hidden states returned in float32)."""
