@@ -33,7 +33,7 @@ from r3mem.memcache import MemoryCache
 from r3mem.memfile import IdentityMismatch
 from r3mem.memory import Memory
 from r3mem.prompts import QA_PROMPT
-from r3mem.recall import Recalled, check_min_confidence, token_pieces
+from r3mem.recall import Recalled, check_min_confidence, token_pieces, trusted
 from r3mem.store import Conflict, MemoryStore, NotFound, Session, SlotRecord, StoredMemory, StoreError, Turn
 from r3mem.text import MAX_QUERY_CHARS, check_query, check_text, without_nul
 from r3mem.tokens import tokenize
@@ -427,17 +427,16 @@ class ChatAgent:
         return rec
 
     def _trusted(self, slots: list[dict[str, Any]], stored: StoredMemory | None) -> list[dict[str, Any]]:
-        """Slots whose expansion is probably wrong get the stored turns' text instead (`read`: "source";
-        "expansion" for the others). A slot whose turns are gone, or the document state, keeps its expansion."""
+        """Slots whose expansion is probably wrong get the stored turns' text instead (`recall.trusted`; `read`:
+        "source"). A slot whose turns are gone, or the document state, keeps its expansion, flagged."""
         written = self._written_text(stored)
-        out = []
-        for s in slots:
+
+        def source(s: dict[str, Any]) -> str | None:
             # the document level's source is the whole history: its expansion stays, flagged
-            source = written(s["start"], s["end"]) if s.get("probably_wrong") and written and \
-                s["level"] != "document" else None
-            out.append(dict(s, text=source.strip(), read="source") if source and source.strip()
-                       else dict(s, read="expansion"))
-        return out
+            got = written(s["start"], s["end"]) if written and s["level"] != "document" else None
+            return got.strip() if got else None
+
+        return trusted(slots, source, keep_unsourced=True)
 
     def recall_for(self, question: str, top_k: int | None = None) -> list[dict[str, Any]]:
         """Slots recalled for a question: memory ranking, re-ranked by the retriever if one is set."""

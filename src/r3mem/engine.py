@@ -35,7 +35,17 @@ from r3mem.memfile import (
 from r3mem.memory import Memory, Slot, WritePolicy
 from r3mem.model import R3MemModel, Sampling
 from r3mem.prompts import MEMORY_QA_PROMPT, answer_prompt
-from r3mem.recall import DEFAULT_RERANK, DEFAULT_SELECT, Recalled, find, rank, recall_many, reconstruct, slot_cap
+from r3mem.recall import (
+    DEFAULT_RERANK,
+    DEFAULT_SELECT,
+    Recalled,
+    find,
+    rank,
+    recall_many,
+    reconstruct,
+    slot_cap,
+    trusted,
+)
 from r3mem.text import check_query, check_text, without_nul
 from r3mem.tokens import pad_batch, tokenize
 from r3mem.writer import add_keys, effective_doc_state, flush, write_text, write_texts
@@ -385,21 +395,18 @@ class R3Mem:
         return self._read_cache(slots, question, max_new_tokens), Recalled("", "paragraph", meta)
 
     def trusted_text(self, memory: Memory, rec: Recalled, drafts) -> str:
-        """The recalled text a reader may trust: each slot's expansion, or for one flagged probably wrong
-        the text `drafts` says it was written from, or nothing (then marks each slot's `read`)."""
-        if not any(m.get("probably_wrong") for m in rec.slots):
+        """The recalled text a reader may trust (`recall.trusted`, marking each slot's `read`): each slot's
+        expansion, or for one flagged probably wrong the text `drafts` says it was written from, or nothing."""
+        if not rec.probably_wrong:
             return rec.text
         by_key = {s.key: s for s in memory.paragraphs}
-        parts = []
-        for m in rec.slots:
-            source = drafts(by_key[m["key"]]) if m.get("probably_wrong") and drafts and m["key"] in by_key else None
-            if isinstance(source, (list, tuple)):
-                source = self.tokenizer.decode(source, skip_special_tokens=True)
-            m["read"] = "expansion" if not m.get("probably_wrong") else ("source" if source else "dropped")
-            text = m["text"] if m["read"] == "expansion" else (source or "")
-            if text.strip():  # joined as `recall` joins the expansions
-                parts.append(text)
-        return "\n\n".join(parts)
+
+        def source(m: dict) -> str | None:
+            got = drafts(by_key[m["key"]]) if drafts and m["key"] in by_key else None
+            return self.tokenizer.decode(got, skip_special_tokens=True) if isinstance(got, (list, tuple)) else got
+
+        rec.slots = trusted(rec.slots, source, keep_unsourced=False)
+        return "\n\n".join(m["text"] for m in rec.slots if m["text"].strip())  # joined as `recall` joins them
 
     @torch.no_grad()
     def _read_cache(self, slots: list, question: str, max_new_tokens: int) -> str:

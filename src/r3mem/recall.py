@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,7 @@ from r3mem.writer import effective_doc_state, pending_slot, policy_of
 
 __all__ = ["SELECTS", "DEFAULT_SELECT", "DEFAULT_RERANK", "Recalled", "Reconstruction", "find", "rank", "recall",
            "recall_many", "score_query", "reconstruct", "reconstruct_scored", "slot_confidence",
-           "check_min_confidence"]
+           "check_min_confidence", "trusted"]
 
 SELECTS = (*RANKINGS, "likelihood")
 DEFAULT_SELECT = "hybrid"  # benchmarks/retrieval: evidence recall on LoCoMo (LOG.md, 2026-12-06)
@@ -78,6 +79,24 @@ def slot_confidence(rec: Reconstruction, calibration: SlotCalibration | None,
     conf = rec.confidence() | {"p_exact": calibration.p_exact(rec.token_probs) if calibration else None}
     score = conf["p_exact"] if calibration is not None else conf["geo_mean"]
     return conf, (None if min_confidence is None or score is None else score < min_confidence)
+
+
+def trusted(slots: list[dict[str, Any]], source: Callable[[dict[str, Any]], str | None] | None,
+            keep_unsourced: bool) -> list[dict[str, Any]]:
+    """The recalled slots as a reader should take them (new dicts; `read` says which): a slot's expansion
+    ("expansion"), or for one flagged `probably_wrong` the text `source(slot)` says it was written from
+    ("source"). A flagged slot without a source keeps its expansion when `keep_unsourced` (still flagged),
+    else is dropped ("dropped", empty text)."""
+    out = []
+    for s in slots:
+        text = source(s) if s.get("probably_wrong") and source is not None else None
+        if text and text.strip():
+            out.append(dict(s, text=text, read="source"))
+        elif s.get("probably_wrong") and not keep_unsourced:
+            out.append(dict(s, text="", read="dropped"))
+        else:
+            out.append(dict(s, read="expansion"))
+    return out
 
 
 def _groups(states: list[torch.Tensor]) -> dict[int, list[int]]:
