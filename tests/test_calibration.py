@@ -166,8 +166,19 @@ def test_service_takes_min_confidence_and_says_what_was_read(trained_like, store
         off = c.post("/sessions/s/answer", json={"question": "Who built it?", "max_new_tokens": 2,
                                                   "min_confidence": 0}, headers=h).json()
         assert {s["read"] for s in off["slots"]} == {"expansion"}
+        null = c.post("/sessions/s/answer", json={"question": "Who built it?", "max_new_tokens": 2,
+                                                   "min_confidence": None}, headers=h).json()
+        assert {s["read"] for s in null["slots"]} == {"expansion"}  # null: no threshold, as 0
         bad = c.post("/sessions/s/recall", json={"query": "x", "min_confidence": 1.5}, headers=h)
         assert bad.status_code == 422 and "min_confidence" in bad.json()["message"], bad.text
+
+
+def test_the_service_schemas_default_is_the_agents():
+    from r3mem.service import schemas
+
+    assert schemas.DEFAULT_MIN_CONFIDENCE == DEFAULT_MIN_CONFIDENCE
+    assert schemas.AnswerIn(question="q").min_confidence == schemas.ChatIn(text="t").min_confidence == \
+        DEFAULT_MIN_CONFIDENCE and schemas.RecallIn().min_confidence is None
 
 
 def test_mcp_recall_takes_min_confidence(trained_like, store):

@@ -27,7 +27,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
 from r3mem import __version__
-from r3mem.agent import ChatAgent, ensure_session
+from r3mem.agent import DEFAULT_MIN_CONFIDENCE, ChatAgent, ensure_session
 from r3mem.memcache import MemoryCache
 from r3mem.service.errors import LIBRARY_ERROR_TYPES, first_line
 from r3mem.service.schemas import RevisionOut, SlotOut, Time, TurnOut
@@ -167,10 +167,10 @@ def _compact(slots: list[dict[str, Any]], include_tokens: bool) -> list[dict[str
 
 
 MinConfidenceArg = Annotated[float | None, Field(
-    default=None, ge=0, le=1,
+    ge=0, le=1,
     description="Flag a recalled slot whose confidence is under this as probably wrong, and give the stored "
                 "turns it was written from instead of its reconstruction (each slot's `read` says which). "
-                "recall_memory: none by default; answer_from_memory: 0.5 by default (0: never).")]
+                "recall_memory: none by default; answer_from_memory: 0.5 by default (0 or null: never).")]
 QueryArg = Annotated[str | None, Field(
     default=None, min_length=1, max_length=MAX_QUERY_CHARS,
     description="What to look for: the `top_k` slots that best match it are recalled. Omit it "
@@ -249,7 +249,7 @@ def create_server(  # noqa: C901 - the tools are closures over one engine and st
     memories = MemoryCache()  # decoded session memories, reused while their version stands
 
     def agent(session_id: str | None, *, create: bool = False, retrieval: str | None = None,
-              top_k: int = 2, read: str = "text", min_confidence: float | None = None) -> ChatAgent:
+              top_k: int = 2, read: str = "text", min_confidence: float | None = DEFAULT_MIN_CONFIDENCE) -> ChatAgent:
         sid = session_id or default_session
         if create:
             ensure_session(store, user_id, sid)
@@ -262,7 +262,7 @@ def create_server(  # noqa: C901 - the tools are closures over one engine and st
                 retrievers.setdefault(retrieval, make_retriever(retrieval))
         return ChatAgent(engine, store, user_id, sid, retrieval, top_k=top_k, lock=model_lock,
                          retriever=retrievers.get(retrieval) if retrieval else None, cache=memories, read=read,
-                         **({} if min_confidence is None else {"min_confidence": min_confidence}))
+                         min_confidence=min_confidence)
 
     writes = ToolAnnotations(title="Write to memory", read_only_hint=False, destructive_hint=False,
                              idempotent_hint=False, open_world_hint=False)
@@ -342,7 +342,7 @@ def create_server(  # noqa: C901 - the tools are closures over one engine and st
                         "values, no text).")] = "text",
         session_id: SessionArg = None,
         include_tokens: TokensArg = False,
-        min_confidence: MinConfidenceArg = None,
+        min_confidence: MinConfidenceArg = DEFAULT_MIN_CONFIDENCE,
     ) -> AnswerResult:
         """Answer a question from a session's memory with the memory's own small language model.
 

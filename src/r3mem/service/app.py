@@ -54,7 +54,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from r3mem import __version__
-from r3mem.agent import ChatAgent
+from r3mem.agent import DEFAULT_MIN_CONFIDENCE, ChatAgent
 from r3mem.memcache import MemoryCache
 from r3mem.memfile import IdentityMismatch
 from r3mem.service import schemas as S
@@ -169,12 +169,12 @@ class _Service:
         return make_retriever(kind)  # the embedding retriever shares the process's one MiniLM encoder
 
     def agent(self, user: str, session_id: str, retrieval: str | None = None, top_k: int = 2,
-              read: str = "text", min_confidence: float | None = None) -> ChatAgent:
-        """The session's agent; `min_confidence` None: the agent's default for answers."""
+              read: str = "text", min_confidence: float | None = DEFAULT_MIN_CONFIDENCE) -> ChatAgent:
+        """The session's agent (`min_confidence`: what its answers trust, as `ChatAgent` takes it)."""
         self.store.get_session(user, session_id)  # 404 before any work
-        unsure = {} if min_confidence is None else {"min_confidence": min_confidence}
         return ChatAgent(self.engine, self.store, user, session_id, retrieval, top_k=top_k, lock=self.model_lock,
-                         retriever=self.retriever(retrieval), cache=self.memories, read=read, **unsure)
+                         retriever=self.retriever(retrieval), cache=self.memories, read=read,
+                         min_confidence=min_confidence)
 
     def memory_info(self, user: str, session_id: str) -> S.MemoryInfo:
         stored = self.store.get_memory(user, session_id)

@@ -175,9 +175,12 @@ class WriteOut(BaseModel):
     job: JobOut | None = Field(None, description="With 202: the background job bringing the memory up to date.")
 
 
+# `agent.DEFAULT_MIN_CONFIDENCE`, written out so that the client need not import the model stack (a test
+# checks that they agree)
+DEFAULT_MIN_CONFIDENCE = 0.5
 MIN_CONFIDENCE_HELP = ("Flag a recalled slot as probably wrong when its confidence (p_exact where calibrated, else "
                        "geo_mean) is under this, and give its stored turns' text instead of its reconstruction. "
-                       "recall: none by default; answer and chat: 0.5 by default (0: never).")
+                       "recall: none by default; answer and chat: 0.5 by default (0 or null: never).")
 
 
 class RecallIn(_Strict):
@@ -236,7 +239,7 @@ class AnswerIn(_Strict):
     max_new_tokens: int = Field(64, ge=1, le=512)
     retrieval: Retrieval = Field(None, description="Re-rank recalled slots with bm25 or embedding retrieval.")
     read: Read = Field("text", description=READ_HELP)
-    min_confidence: float | None = Field(None, ge=0, le=1, description=MIN_CONFIDENCE_HELP)
+    min_confidence: float | None = Field(DEFAULT_MIN_CONFIDENCE, ge=0, le=1, description=MIN_CONFIDENCE_HELP)
 
 
 class ChatIn(_Strict):
@@ -245,7 +248,7 @@ class ChatIn(_Strict):
     max_new_tokens: int = Field(64, ge=1, le=512)
     retrieval: Retrieval = None
     read: Read = Field("text", description=READ_HELP)
-    min_confidence: float | None = Field(None, ge=0, le=1, description=MIN_CONFIDENCE_HELP)
+    min_confidence: float | None = Field(DEFAULT_MIN_CONFIDENCE, ge=0, le=1, description=MIN_CONFIDENCE_HELP)
 
 
 class ReplyOut(BaseModel):
