@@ -16,6 +16,7 @@ import pytest
 from conftest import free_port, tiny_cfg, uvicorn_server, wait_healthy
 from fastapi.testclient import TestClient
 
+from r3mem.agent import ChatAgent
 from r3mem.engine import R3Mem
 from r3mem.service import create_app
 from r3mem.store import MemoryStore
@@ -827,6 +828,28 @@ def test_a_long_backlog_goes_to_a_job_instead_of_the_request(engine, store):
         assert client.get("/sessions/s", headers=alice).json()["memory"]["through_turn"] == 7
     with pytest.raises(ValueError, match="max_sync_turns must be an int >= 0"):
         create_app(engine, store, max_sync_turns=-1)
+
+
+def test_a_restarted_service_catches_up_every_session_left_behind(engine, store):
+    """Jobs live in the process: turns stored while (or before) a service ran, whose catch-up was lost, are
+    folded by the jobs a new service queues when it starts."""
+    store.create_user("alice", token="alice-token-0123456789")
+    for sid, n in (("behind", 3), ("reset", 2), ("current", 1), ("empty", 0)):
+        store.create_session("alice", sid)
+        store.append_turns("alice", sid, [("user", f"{sid} line {i}.") for i in range(n)])
+    ChatAgent(engine, store, "alice", "current").sync()
+    ChatAgent(engine, store, "alice", "reset").sync()
+    store.edit_turn("alice", "reset", 1, "an edited line.")  # the memory is reset, its rebuild not run
+    assert store.sessions_behind() == [("alice", "behind"), ("alice", "reset")]
+    h = bearer("alice-token-0123456789")
+    with TestClient(create_app(engine, store, admin_token=ADMIN)) as client:
+        jobs = client.get("/jobs", headers=h).json()["jobs"]
+        assert sorted((j["session_id"], j["kind"]) for j in jobs) == [("behind", "sync"), ("reset", "sync")]
+        for j in jobs:
+            assert _wait_job(client, h, j["job_id"])["state"] == "done"
+        assert [client.get(f"/sessions/{sid}", headers=h).json()["memory"]["through_turn"]
+                for sid in ("behind", "reset", "current")] == [3, 2, 1]
+    assert store.sessions_behind() == []
 
 
 def test_times_are_iso_8601_utc_even_far_from_now(client, alice, store):

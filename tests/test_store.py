@@ -280,8 +280,10 @@ def test_put_and_get_memory_with_versions(store: MemoryStore) -> None:
     store.create_user("alice")
     store.create_session("alice", "s")
     store.append_turns("alice", "s", [("user", f"turn {i}") for i in range(5)])
-    assert store.get_memory("alice", "s") is None
+    store.create_session("alice", "none")  # no turns: nothing to catch up
+    assert store.get_memory("alice", "s") is None and store.sessions_behind() == [("alice", "s")]
     assert store.put_memory("alice", "s", b"\x00first", _slots(5, "v1"), through_turn=2) == 1
+    assert store.sessions_behind() == [("alice", "s")]  # behind turn 5
     got = store.get_memory("alice", "s")
     assert (got.blob, got.version, got.through_turn, got.slots) == (b"\x00first", 1, 2, _slots(5, "v1"))
     assert store.put_memory("alice", "s", b"second", _slots(2, "v2"), 4, expected_version=1) == 2
@@ -292,6 +294,7 @@ def test_put_and_get_memory_with_versions(store: MemoryStore) -> None:
     assert (got.blob, got.version, got.slots) == (b"second", 2, _slots(2, "v2"))
     assert store.put_memory("alice", "s", b"x", [], 0) == 3
     assert store.get_memory("alice", "s").slots == []
+    assert store.put_memory("alice", "s", b"whole", [], 5) == 4 and store.sessions_behind() == []
     with pytest.raises(ValueError, match="memory blob is empty"):  # empty is the store's own reset marker
         store.put_memory("alice", "s", b"", [], 0)
 

@@ -143,6 +143,15 @@ class _Service:
         response.headers["Location"] = f"/jobs/{job.job_id}"
         return S.WriteOut(turn=_turn_out(turn), memory_version=None, job=_job_out(job))
 
+    def resume(self) -> list[Job]:
+        """At start: a catch-up job for every session whose memory is behind its stored turns (jobs live in
+        the process, so a restart forgot the ones that were queued or running; their turns are stored)."""
+        jobs = []
+        for user, sid in self.store.sessions_behind():
+            agent = self.agent(user, sid)
+            jobs.append(self.jobs.submit(user, sid, "sync", lambda progress, a=agent: a.sync(progress=progress)))
+        return jobs
+
     def job(self, user: str, job_id: str) -> Job:
         job = self.jobs.get(user, job_id)
         if job is None:
@@ -196,11 +205,18 @@ def create_app(
     if isinstance(max_sync_turns, bool) or not isinstance(max_sync_turns, int) or max_sync_turns < 0:
         raise ValueError(f"max_sync_turns must be an int >= 0, got {max_sync_turns!r}")
     svc = _Service(engine, store, admin_token, max_sync_turns)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        svc.resume()
+        yield
+
     # FastAPIOffline: /docs and /redoc from assets inside the package (FastAPI's load them from a CDN);
     # operation ids are the handlers' names (list_sessions, write, ...) rather than path-derived strings.
     app = FastAPIOffline(title="r3mem", version=__version__, responses=_ERRORS,
                          description="R³Mem memory service: sessions of turns written into reversible compressed "
-                                     "memory.", generate_unique_id_function=lambda route: route.name)
+                                     "memory.", generate_unique_id_function=lambda route: route.name,
+                         lifespan=lifespan)
     app.state.service = svc
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)

@@ -4,7 +4,8 @@ A job is the memory side of a change that is already committed to the store: the
 edited, or deleted) before the job was queued, so the memory catch-up the job runs can be lost (a
 crash, a restart, a cancel) without losing anything acknowledged: the next write of the session folds
 every turn the memory does not cover yet (see `ChatAgent.sync`). Jobs live in the process (one worker
-thread: model work is serialised by the model lock anyway); a restart forgets them, not their turns.
+thread: model work is serialised by the model lock anyway); a restart forgets them, not their turns, and
+the service queues a catch-up ("sync") for every session left behind when it starts again.
 
 State: queued → running → done | failed | cancelled. Progress is (turns folded, turns to fold), reported
 after each write batch; a cancel is noticed there, before the memory is put back, so a cancelled job

@@ -27,7 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from r3mem.store import curation, migrations
@@ -281,6 +281,20 @@ class MemoryStore:
                 .order_by(S.sessions.c.created_at, S.sessions.c.session_id)
             ).all()
         return [session_from_row(row) for row in rows]
+
+    def sessions_behind(self) -> list[tuple[str, str]]:
+        """(user, session) of every session with a stored turn its memory does not cover (no memory yet, a
+        reset one, or one behind its last turn): a write whose catch-up was lost to a crash, a restart or a
+        cancelled job. One grouped query over the turns' primary key."""
+        last = (select(S.turns.c.user_id, S.turns.c.session_id, func.max(S.turns.c.idx).label("last"))
+                .group_by(S.turns.c.user_id, S.turns.c.session_id).subquery())
+        m = S.memories
+        same = (m.c.user_id == last.c.user_id) & (m.c.session_id == last.c.session_id)
+        query = (select(last.c.user_id, last.c.session_id).select_from(last.outerjoin(m, same))
+                 .where((m.c.through_turn.is_(None)) | (m.c.through_turn < last.c.last))
+                 .order_by(last.c.user_id, last.c.session_id))
+        with self._tx("list the sessions whose memory is behind their turns") as conn:
+            return [(r.user_id, r.session_id) for r in conn.execute(query).all()]
 
     def delete_session(self, user_id: str, session_id: str) -> None:
         """Delete a session with its turns, memory and slots."""
