@@ -337,6 +337,28 @@ def test_edit_turn_rebuilds_from_the_new_text_and_keeps_the_old(engine, store, a
     assert store.get_turn("alice", "s1", 1).text == edited[0][1]  # nothing changed by the refused edit
 
 
+def test_a_rebuild_compresses_only_the_paragraphs_that_changed(store, monkeypatch):
+    import r3mem.writer as writer
+
+    lean = R3Mem.from_base(tiny_model("llama"), tiny_tokenizer(), tiny_cfg(hierarchy_levels=("document", "paragraph")))
+    ensure_session(store, "alice", "r")
+    agent = ChatAgent(lean, store, "alice", "r")
+    turns = [*TURNS, ("Melanie", "The mill burned in the spring flood.")]
+    agent.add_turns(turns)
+    compressed: list[int] = []
+    real = writer.compress_slots
+    monkeypatch.setattr(writer, "compress_slots", lambda m, seqs, *a: compressed.append(len(seqs)) or real(m, seqs, *a))
+    agent.edit_turn(2, "In winter the river froze over.")
+    agent.delete_turn(3)
+    assert compressed == [1, 0]  # the edited turn's paragraph; nothing for a delete
+    now = [turns[0], ("Melanie", "In winter the river froze over."), turns[3]]
+    _same_memory(lean, _stored(store, "r"), now)
+    whole = lean.write("".join(format_turn(s, t) for s, t in now))
+    for a, b in zip(lean.from_bytes(_stored(store, "r").blob).paragraphs, whole.paragraphs):
+        assert torch.allclose(a.state, b.state, atol=1e-5) and torch.equal(a.dense, b.dense) and a.terms == b.terms
+    assert "canoe" not in str(store.export_session("alice", "r"))  # the deleted turn (an edit keeps its history)
+
+
 def test_write_dedupes_a_repeated_fact_but_chat_keeps_the_dialogue(engine, store, agent):
     first, v1 = agent.write("I moved to Lisbon in May.")
     again, v2 = agent.write("i moved to lisbon in may")

@@ -31,12 +31,13 @@ from typing import Any
 
 from r3mem.memcache import MemoryCache
 from r3mem.memfile import IdentityMismatch
-from r3mem.memory import Memory
+from r3mem.memory import Memory, Slot
 from r3mem.prompts import QA_PROMPT
 from r3mem.recall import Recalled, check_min_confidence, token_pieces, trusted
 from r3mem.store import Conflict, MemoryStore, NotFound, Session, SlotRecord, StoredMemory, StoreError, Turn
 from r3mem.text import MAX_QUERY_CHARS, check_query, check_text, without_nul
 from r3mem.tokens import tokenize
+from r3mem.writer import reusable
 
 __all__ = ["ChatAgent", "Reply", "RETRIEVALS", "READS", "CHAT_PROMPT", "QA_PROMPT", "format_turn", "ensure_session"]
 
@@ -226,14 +227,24 @@ class ChatAgent:
         turn and the memory version that covers every turn. What the edit replaced stays in the turn's
         history (`store.turn_history`); a memory that read the old text is rebuilt from the turns."""
         text = check_text("text", text, non_empty=True)
+        reuse = self.reusable_slots()
         turn = self.store.edit_turn(self.user_id, self.session_id, index, text, speaker)
-        return turn, self.sync_after([turn], "edited")
+        return turn, self.sync_after([turn], "edited", reuse=reuse)
 
     def delete_turn(self, index: int) -> tuple[Turn, int]:
         """Forget turn `index`: it is deleted with its history and the memory is rebuilt from the other
         turns, so no recall, answer or export returns its text. Returns the deleted turn and the version."""
+        reuse = self.reusable_slots()
         turn = self.store.delete_turn(self.user_id, self.session_id, index)
-        return turn, self.sync_after([turn], "deleted")
+        return turn, self.sync_after([turn], "deleted", reuse=reuse)
+
+    def reusable_slots(self) -> dict[str, Slot] | None:
+        """The memory's paragraph slots by the text of the turns they were written from, read *before* an edit
+        or delete: the rebuild after it compresses only the paragraphs that changed (`writer.reusable`; a
+        slot depends on its own text alone), and redoes the document recurrence. None for a stale memory."""
+        mem, stored, _, stale = self._current()
+        written = self._written_text(stored)
+        return None if stale or written is None else reusable(mem, written)
 
     def add_turns(self, turns: Iterable[tuple[str, str]], progress: Progress | None = None) -> list[Turn]:
         """Store many (speaker, text) turns, then bring the memory up to date in one write (a transcript:
@@ -249,13 +260,14 @@ class ChatAgent:
             self.sync_after(stored, progress=progress)
         return stored
 
-    def sync_after(self, turns: list[Turn], done: str = "stored", progress: Progress | None = None) -> int:
+    def sync_after(self, turns: list[Turn], done: str = "stored", progress: Progress | None = None,
+                   reuse: dict[str, Slot] | None = None) -> int:
         """`sync` after `turns` were `done` (stored, edited, deleted) in the store; a store failure then says
         that the change was made (the store's own message, "nothing was written", is true of the memory
         only). After a write, stops once the memory covers the new turns; after an edit or delete, brings
         the memory over every turn."""
         try:
-            return self.sync(until=turns[-1].index if done == "stored" else None, progress=progress)
+            return self.sync(until=turns[-1].index if done == "stored" else None, progress=progress, reuse=reuse)
         except StoreError as e:
             if isinstance(e, (NotFound, Conflict)):
                 raise
@@ -264,11 +276,13 @@ class ChatAgent:
                              f"{'fold it in' if done == 'stored' else 'rebuild it'}): {str(e).splitlines()[0]}"
                              ) from e
 
-    def sync(self, until: int | None = None, progress: Progress | None = None) -> int:
+    def sync(self, until: int | None = None, progress: Progress | None = None,
+             reuse: dict[str, Slot] | None = None) -> int:
         """Write every stored turn the memory does not cover yet; return the memory version.
 
         Retries on `Conflict` (another writer updated the memory first) from a fresh read, and
-        stops early once the memory covers turn `until`.
+        stops early once the memory covers turn `until`. `reuse` (`reusable_slots`) offers the slots of
+        paragraphs written before, by their text.
         """
         for attempt in range(MAX_SYNC_ATTEMPTS):
             current, stored, _, stale = self._current()
@@ -280,7 +294,7 @@ class ChatAgent:
                 return version
             if stale and attempt == 0:
                 log.warning("%s; rebuilding it from its %d stored turns", stale, len(pending))
-            mem, records = self._write_turns(current, stored, pending, progress)
+            mem, records = self._write_turns(current, stored, pending, progress, reuse)
             blob = self.engine.to_bytes(mem)
             try:
                 new = self.store.put_memory(self.user_id, self.session_id, blob, records,
@@ -297,7 +311,8 @@ class ChatAgent:
         )
 
     def _write_turns(self, mem: Memory, stored: StoredMemory | None, turns: Sequence[Turn],
-                     progress: Progress | None) -> tuple[Memory, list[SlotRecord]]:
+                     progress: Progress | None, reuse: dict[str, Slot] | None = None
+                     ) -> tuple[Memory, list[SlotRecord]]:
         """Append the turns to `mem` (the stored memory, decoded); new slots are recorded with the turn
         their text came from.
 
@@ -309,7 +324,7 @@ class ChatAgent:
         starts = list(accumulate((len(x) for x in texts[:-1]), initial=mem.offset + len(mem.pending_text)))
         for first in range(0, len(texts), WRITE_BATCH):
             with self._lock:
-                mem = self.engine.write("".join(texts[first:first + WRITE_BATCH]), mem)
+                mem = self.engine.write("".join(texts[first:first + WRITE_BATCH]), mem, reuse=reuse)
             if progress is not None:
                 progress(min(first + WRITE_BATCH, len(texts)), len(texts))
         known = {(r.level, r.key): r for r in (stored.slots if stored else [])}

@@ -216,16 +216,18 @@ class R3Mem:
         return Memory(doc_state=self._initial_doc_state.clone())
 
     def write(self, text: str | Iterable[str], memory: Memory | None = None, *,
-              policy: WritePolicy | None = None) -> Memory:
+              policy: WritePolicy | None = None, reuse: dict[str, Slot] | None = None) -> Memory:
         """Append text (a string or an iterable of chunks, e.g. a file streamed in pieces).
 
         `policy` (`WritePolicy`: levels and slot ratios) is what a new memory is written with (default:
-        the model config's); a memory keeps the policy of its first write, and another one is refused."""
+        the model config's); a memory keeps the policy of its first write, and another one is refused.
+        `reuse` (`writer.reusable`: an earlier memory's paragraph slots by their text) lets a rewrite of
+        mostly unchanged text take those slots instead of compressing them again; the result is the same."""
         mem = memory if memory is not None else self.new_memory()
         chunks = [text] if isinstance(text, str) else text
         for chunk in chunks:
             mem = write_text(self.model, self.tokenizer, mem, without_nul(check_text("write", chunk)), self.keys,
-                             policy)
+                             policy, reuse)
         return mem
 
     def write_many(self, texts: list[str], memories: list[Memory] | None = None, *,

@@ -7,7 +7,7 @@ depend on how the text was split across `write` calls.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -20,7 +20,7 @@ from r3mem.recurrence import fold
 from r3mem.tokens import pad_batch, slot_tokens, tokenize
 
 __all__ = ["write_text", "write_texts", "flush", "effective_doc_state", "compress_texts", "compress_slots", "add_keys",
-           "pending_slot", "policy_of", "with_policy"]
+           "pending_slot", "policy_of", "with_policy", "reusable"]
 
 _TRAILING_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*$")
 _SLOT_BATCH = 8
@@ -189,6 +189,31 @@ def _entity_pieces(tok, buf: str, paras: list[Span], mem: Memory, parents: list[
     return list(new.values())
 
 
+def reusable(mem: Memory, text_of) -> dict[str, Slot]:
+    """`mem`'s paragraph slots by the text they were written from (`text_of(start, end)`, None where it is
+    unknown), for a rewrite of the same turns with some changed (`write_texts(reuse=...)`): a slot depends
+    on its own text alone (a kv memory reads nothing else), so a paragraph whose text is unchanged takes
+    its earlier state and keys instead of another compression. Only the document recurrence is redone."""
+    out: dict[str, Slot] = {}
+    for s in mem.paragraphs:
+        text = text_of(s.start, s.end)
+        if text is not None:
+            out.setdefault(text, s)
+    return out
+
+
+def _reused(model: R3MemModel, mem: Memory, reuse: dict[str, Slot] | None, text: str, n_tokens: int,
+            keyed: bool) -> Slot | None:
+    """An earlier slot of exactly this text, at this memory's policy and precision and keyed as this write
+    keys slots, if `reuse` has one."""
+    old = reuse.get(text) if reuse else None
+    if old is None or old.n_tokens != n_tokens or (old.dense is not None) != keyed or \
+            old.n_mem_tokens != slot_tokens(n_tokens, mem.policy.paragraph_ratio, model.memory.max_slot) or \
+            (old.packed.bits if old.packed is not None else 16) != model.cfg.memory_bits:
+        return None
+    return old
+
+
 def add_keys(slots: list[Slot], texts: list[str], keys: KeyEncoder | None) -> None:
     """Give each new slot its retrieval keys, computed from its text (one encoder call for all)."""
     if keys is None or not slots:
@@ -233,24 +258,37 @@ class _Job:
         return self.buf[start - self.mem.offset:end - self.mem.offset]
 
 
-def _commit(model, tok, jobs: list[_Job], keys: KeyEncoder | None = None) -> None:
-    """Commit complete paragraphs of several memories, each at its own policy (`Memory.policy`); slots
-    of all of them are compressed together and, with a key encoder, keyed from their text."""
+def _plan(tok, cfg, jobs: list[_Job]) -> None:
+    """The slots each job's paragraphs make at its memory's policy (`_Job.pieces`, `firsts`, `entities`)."""
     for j in jobs:
         levels = j.mem.policy.levels
         if "paragraph" in levels:
-            j.pieces, j.firsts = _paragraph_pieces(tok, model.cfg, j.paras, j.mem)
+            j.pieces, j.firsts = _paragraph_pieces(tok, cfg, j.paras, j.mem)
         if "entity" in levels:  # each paragraph's first slot is the parent of the entities first seen in it
             parents = j.firsts or [len(j.mem.paragraphs) + i for i in range(len(j.paras))]
             j.entities = _entity_pieces(tok, j.buf, j.paras, j.mem, parents)
-    seqs = [c for j in jobs for *_, c in j.pieces] + [e.ids for j in jobs for e in j.entities]
-    ratios = [j.mem.policy.paragraph_ratio for j in jobs for _ in j.pieces] + \
+
+
+def _commit(model, tok, jobs: list[_Job], keys: KeyEncoder | None = None,
+            reuse: dict[str, Slot] | None = None) -> None:
+    """Commit complete paragraphs of several memories, each at its own policy (`Memory.policy`); slots
+    of all of them are compressed together and, with a key encoder, keyed from their text (a paragraph
+    `reuse` has a slot of, by its text, takes that slot's state and keys: `reusable`)."""
+    _plan(tok, model.cfg, jobs)
+    old = [[_reused(model, j.mem, reuse, j.text(start, end), len(c), keys is not None) for _, start, end, c in j.pieces]
+           for j in jobs]
+    seqs = [c for j, o in zip(jobs, old) for (*_, c), r in zip(j.pieces, o) if r is None] + \
+        [e.ids for j in jobs for e in j.entities]
+    ratios = [j.mem.policy.paragraph_ratio for j, o in zip(jobs, old) for r in o if r is None] + \
         [j.mem.policy.entity_ratio for j in jobs for _ in j.entities]
     # Both levels in one call, so text shared between them is compressed once.
     states = iter(compress_slots(model, seqs, ratios, tok.pad_token_id))
     new: list[tuple[Slot, str]] = []  # each new slot and its text, to key them
-    for j in jobs:
-        for key, start, end, c in j.pieces:
+    for j, o in zip(jobs, old):
+        for (key, start, end, c), r in zip(j.pieces, o):
+            if r is not None:  # the same text written before: its state and keys, at this slot's place
+                j.mem.paragraphs.append(replace(r, key=key, start=start, end=end))  # its expansion cache too
+                continue
             state, packed = next(states)
             j.mem.paragraphs.append(Slot("paragraph", key, start, end, len(c), state, packed=packed))
             new.append((j.mem.paragraphs[-1], j.text(start, end)))
@@ -262,20 +300,26 @@ def _commit(model, tok, jobs: list[_Job], keys: KeyEncoder | None = None) -> Non
             new.append((j.mem.entities[-1], j.text(e.start, e.end)))
     add_keys([slot for slot, _ in new], [text for _, text in new], keys)
     for j in jobs:
-        for p in j.paras:
-            ids = tokenize(tok, p.text + "\n\n")
-            j.mem.pending_ids.extend(ids)
-            j.mem.n_tokens += len(ids)
-        j.mem.offset += j.end
-        j.mem.pending_text = j.buf[j.end:]
+        _advance(tok, j)
+
+
+def _advance(tok, j: _Job) -> None:
+    """The job's committed paragraphs go to the document level's pending tokens; its tail stays pending."""
+    for p in j.paras:
+        ids = tokenize(tok, p.text + "\n\n")
+        j.mem.pending_ids.extend(ids)
+        j.mem.n_tokens += len(ids)
+    j.mem.offset += j.end
+    j.mem.pending_text = j.buf[j.end:]
 
 
 @torch.no_grad()
 def write_texts(model: R3MemModel, tok, mems: list[Memory], texts: list[str],
-                keys: KeyEncoder | None = None, policy: WritePolicy | None = None) -> list[Memory]:
+                keys: KeyEncoder | None = None, policy: WritePolicy | None = None,
+                reuse: dict[str, Slot] | None = None) -> list[Memory]:
     """Append texts[i] to mems[i], all in batches; returns new Memories, inputs are left untouched.
     With `keys`, every new slot gets its retrieval keys (`keys.py`); `policy` (`with_policy`) says what
-    a memory's first write builds."""
+    a memory's first write builds; `reuse` (`reusable`) offers earlier slots of unchanged paragraphs."""
     if len(mems) != len(texts):
         raise ValueError(f"write: {len(mems)} memories but {len(texts)} texts")
     out = [with_policy(model, m, policy) for m in mems]
@@ -283,15 +327,15 @@ def write_texts(model: R3MemModel, tok, mems: list[Memory], texts: list[str],
     for m, text in zip(out, texts):
         buf = m.pending_text + text
         jobs.append(_Job(m, buf, *_split_commit(buf)))
-    _commit(model, tok, jobs, keys)
+    _commit(model, tok, jobs, keys, reuse)
     _fold_segments(model, out, tok.pad_token_id, final=False)
     return out
 
 
 def write_text(model: R3MemModel, tok, mem: Memory, text: str, keys: KeyEncoder | None = None,
-               policy: WritePolicy | None = None) -> Memory:
+               policy: WritePolicy | None = None, reuse: dict[str, Slot] | None = None) -> Memory:
     """Return a new Memory with `text` appended; the input Memory is left untouched."""
-    return write_texts(model, tok, [mem], [text], keys, policy)[0]
+    return write_texts(model, tok, [mem], [text], keys, policy, reuse)[0]
 
 
 @torch.no_grad()

@@ -131,14 +131,17 @@ class _Service:
         self.jobs = JobRunner()
         self.max_sync_turns = max_sync_turns
 
-    def fold(self, agent: ChatAgent, kind: str, turn: Turn, wait: bool, response: Response) -> S.WriteOut:
+    def fold(self, agent: ChatAgent, kind: str, turn: Turn, wait: bool, response: Response,
+             reuse=None) -> S.WriteOut:
         """Bring the memory up to date after `turn` changed (committed): here when the work is bounded and
-        the caller waits, else in a job (202, `Location: /jobs/{id}`)."""
+        the caller waits, else in a job (202, `Location: /jobs/{id}`). `reuse`: `ChatAgent.reusable_slots`
+        taken before an edit or delete."""
         if wait and agent.backlog() <= self.max_sync_turns:
-            version = agent.sync_after([turn], {"write": "stored", "edit": "edited", "delete": "deleted"}[kind])
+            version = agent.sync_after([turn], {"write": "stored", "edit": "edited", "delete": "deleted"}[kind],
+                                       reuse=reuse)
             return S.WriteOut(turn=_turn_out(turn), memory_version=version)
-        job = self.jobs.submit(agent.user_id, agent.session_id, kind, lambda progress: agent.sync(progress=progress),
-                               turn_index=turn.index)
+        job = self.jobs.submit(agent.user_id, agent.session_id, kind,
+                               lambda progress: agent.sync(progress=progress, reuse=reuse), turn_index=turn.index)
         response.status_code = 202
         response.headers["Location"] = f"/jobs/{job.job_id}"
         return S.WriteOut(turn=_turn_out(turn), memory_version=None, job=_job_out(job))
@@ -351,8 +354,9 @@ def _curation_routes(app: FastAPI, svc: _Service) -> None:
         """Replace a turn's text (and speaker); the old text stays in its history, the memory is rebuilt from
         the turns as they now are (nothing recalls the old text)."""
         agent = svc.agent(svc.user(creds), session_id)
+        reuse = agent.reusable_slots()  # before the change: the rebuild compresses only what changed
         turn = svc.store.edit_turn(agent.user_id, session_id, index, body.text, body.speaker)
-        return svc.fold(agent, "edit", turn, wait, response)
+        return svc.fold(agent, "edit", turn, wait, response, reuse)
 
     @app.delete("/sessions/{session_id}/turns/{index}", response_model=S.WriteOut, tags=["curation"],
                 responses=responses)
@@ -360,8 +364,9 @@ def _curation_routes(app: FastAPI, svc: _Service) -> None:
                     wait: Wait = True) -> S.WriteOut:
         """Forget a turn: deleted with its history, the memory rebuilt from the other turns; returns it."""
         agent = svc.agent(svc.user(creds), session_id)
+        reuse = agent.reusable_slots()
         turn = svc.store.delete_turn(agent.user_id, session_id, index)
-        return svc.fold(agent, "delete", turn, wait, response)
+        return svc.fold(agent, "delete", turn, wait, response, reuse)
 
 
 def _job_routes(app: FastAPI, svc: _Service) -> None:
