@@ -47,3 +47,11 @@ def test_async_client_example_against_a_served_app(engine, tmp_path, capsys):
         assert anyio.run(example.main, url, "adm") == 0
     out = capsys.readouterr().out
     assert "memory jobs: ['done', 'done', 'done']" in out and "answer:" in out
+
+
+def test_langchain_retriever_example_runs(capsys, monkeypatch):
+    pytest.importorskip("langchain_core")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert _load("langchain_retriever").main(["Where did Caroline move?", "--base-model", "tiny-llama"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Q: Where did Caroline move?\n[turn ") and out.count("[turn ") == 2
