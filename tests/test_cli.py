@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -236,6 +237,7 @@ def test_demo_runs_the_main_job(tmp_path):
     assert saved.exists()
     text = ok("demo").output
     assert "compression ratio" in text and "recalled from memory" in text and "token exact match" in text
+    assert re.search(r"memory size       : \d+\.\d\d MB \((float16|\d+ bits) per number", text)
 
 
 # ----------------------------------------------------------------------------------- hardening (issue 13)

@@ -72,6 +72,9 @@ def demo(
         f"compression ratio : {result['compression_ratio']}x "
         f"(paragraph level: {mem.n_tokens} tokens -> {mem_tokens} memory tokens)"
     )
+    bits = engine.config.memory_bits
+    out.print(f"memory size       : {mem.state_bytes() / 1e6:.2f} MB "
+              f"({f'{bits} bits' if bits < 16 else 'float16'} per number; text: {len(body.encode()) / 1e3:.1f} kB)")
     out.print(
         f"\n--- original text of paragraph slot {idx} ({slot.key}) ---\n{original}\n\n"
         f"--- recalled from memory ---\n{recalled}\n"
