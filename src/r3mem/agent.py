@@ -351,11 +351,16 @@ class ChatAgent:
         """The session's current memory (a fresh one if nothing was written) and its store record (whose
         blob is empty when the memory came from the agent's `cache`). A stale memory (written by another
         engine) is rebuilt from the stored turns first."""
-        mem, stored, _, stale = self._current()
+        mem, stored, _ = self._fresh()
+        return mem, stored
+
+    def _fresh(self) -> tuple[Memory, StoredMemory | None, int]:
+        """`_current` (memory, record, file bytes) with a stale memory rebuilt from the stored turns first."""
+        mem, stored, size, stale = self._current()
         if stale:
             self.sync()
-            mem, stored, *_ = self._current()
-        return mem, stored
+            mem, stored, size, _ = self._current()
+        return mem, stored, size
 
     def _current(self) -> tuple[Memory, StoredMemory | None, int, str | None]:
         """(memory, store record, memory file bytes, why it is stale) with the memory from the cache when it holds
@@ -380,8 +385,7 @@ class ChatAgent:
 
         Slot `index` is its position within its level, as `recall(level=..., index=...)` takes it;
         `source` is the span of the turns' stream (each turn formatted by `format_turn`)."""
-        self.memory()  # a stale memory is rebuilt first
-        mem, stored, blob_bytes, _ = self._current()
+        mem, stored, blob_bytes = self._fresh()
         turns = self.store.list_turns(self.user_id, self.session_id)
         through = stored.through_turn if stored else 0
         stream = _stream(turns, through)
