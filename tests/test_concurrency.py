@@ -3,9 +3,13 @@ so recalls beside concurrent loads, writes and reads give the answers they give 
 
 import threading
 
+import pytest
 import torch
+from conftest import perturb_trainables, tiny_cfg
 
+from r3mem.engine import R3Mem
 from r3mem.model import COMPRESS, EXPAND
+from r3mem.tiny import tiny_model
 
 
 def _active(model) -> list[list[str]]:
@@ -41,13 +45,18 @@ def test_new_memory_is_the_initial_state_and_follows_new_weights(trained_like):
     assert not torch.equal(moved, fresh) and torch.equal(eng.new_memory().doc_state, moved)
 
 
-def test_recalls_beside_loads_writes_and_reads_equal_recalls_alone(trained_like, sample_text):
-    eng = trained_like
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bfloat16: passes swap merged weights in (`merged.py`)
+def test_recalls_beside_loads_writes_and_reads_equal_recalls_alone(tok, sample_text, dtype):
+    eng = R3Mem.from_base(tiny_model("llama"), tok, tiny_cfg(compute_dtype=dtype))
+    perturb_trainables(eng.model)
+    eng._refresh_identity()
     mem = eng.write(sample_text)
     blob = eng.to_bytes(mem)
     queries = ["Who was Henry Sibley?", "the river", "a ferry", None]
     alone = [eng.recall(mem, query=q, top_k=1).text for q in queries]
-    stop, errors, got = threading.Event(), [], []
+    written_alone = eng.to_bytes(eng.write("Another paragraph arrives.\n\n", mem))
+    read_alone = eng.read("Say something.", max_new_tokens=2)
+    stop, errors, got, written, read = threading.Event(), [], [], [], []
 
     def loader():
         while not stop.is_set():
@@ -55,11 +64,11 @@ def test_recalls_beside_loads_writes_and_reads_equal_recalls_alone(trained_like,
 
     def writer():
         while not stop.is_set():
-            eng.write("Another paragraph arrives.\n\n", mem)
+            written.append(eng.to_bytes(eng.write("Another paragraph arrives.\n\n", mem)))
 
     def reader():
         while not stop.is_set():
-            eng.read("Say something.", max_new_tokens=2)
+            read.append(eng.read("Say something.", max_new_tokens=2))
 
     def recaller():
         try:
@@ -79,6 +88,8 @@ def test_recalls_beside_loads_writes_and_reads_equal_recalls_alone(trained_like,
         t.join()
     assert not errors
     assert got and all(g == alone for g in got)
+    assert written and all(w == written_alone for w in written)  # writes beside recalls and reads: the same bytes
+    assert read and all(r == read_alone for r in read)  # the bare model beside merged-weight passes
 
 
 def test_the_compress_direction_is_set_by_each_pass(trained_like, sample_text):
