@@ -359,6 +359,31 @@ def test_a_rebuild_compresses_only_the_paragraphs_that_changed(store, monkeypatc
     assert "canoe" not in str(store.export_session("alice", "r"))  # the deleted turn (an edit keeps its history)
 
 
+def test_a_rebuild_refolds_the_document_only_from_the_snapshot_before_the_change(store, monkeypatch):
+    import r3mem.writer as writer
+
+    eng = R3Mem.from_base(tiny_model("llama"), tiny_tokenizer(),
+                          tiny_cfg(hierarchy_levels=("document", "paragraph"), snapshot_every=2))
+    ensure_session(store, "alice", "long")
+    agent = ChatAgent(eng, store, "alice", "long")
+    turns = [("Caroline" if i % 2 else "Melanie", f"Entry {i}: the ferry left the landing with {i} carts of grain.")
+             for i in range(40)]
+    agent.add_turns(turns)
+    before = eng.from_bytes(_stored(store, "long").blob)
+    assert before.snapshots and len(before.doc_chain) == before.n_segments
+    now = [*turns[:37], (turns[37][0], "Entry 37 was struck out."), turns[38], turns[39]]
+    scratch = eng.write("".join(format_turn(s, t) for s, t in now))
+    folded: list[int] = []
+    real = writer.fold
+    monkeypatch.setattr(writer, "fold", lambda model, state, ids, *a, **kw: folded.append(
+        -(-ids.shape[1] // model.cfg.segment_len)) or real(model, state, ids, *a, **kw))
+    agent.edit_turn(38, "Entry 37 was struck out.")  # turn 38 holds entry 37
+    assert _stored(store, "long").blob == eng.to_bytes(scratch)  # exactly the memory a write from scratch makes
+    assert 0 < sum(folded) < before.n_segments // 4  # from the snapshot before the edited turn on
+    agent.delete_turn(40)  # the rest is a prefix of what was written: the rebuild waits for a snapshot, then settles
+    assert _stored(store, "long").blob == eng.to_bytes(eng.write("".join(format_turn(s, t) for s, t in now[:-1])))
+
+
 def test_write_dedupes_a_repeated_fact_but_chat_keeps_the_dialogue(engine, store, agent):
     first, v1 = agent.write("I moved to Lisbon in May.")
     again, v2 = agent.write("i moved to lisbon in may")

@@ -142,7 +142,7 @@ def test_old_format_version_is_refused_naming_both_versions(kv_engine, monkeypat
     old = encode_memory(mem, kv_engine.identity)
     monkeypatch.undo()
     with pytest.raises(
-        MemoryFileError, match=r"format version 1 is no longer supported \(this r3mem reads versions 2-5\)"
+        MemoryFileError, match=r"format version 1 is no longer supported \(this r3mem reads versions 2-6\)"
     ):
         kv_engine.from_bytes(old)
 

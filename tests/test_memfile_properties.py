@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from r3mem.memfile import MemoryFileError, decode_memory, encode_memory
-from r3mem.memory import Memory, Slot
+from r3mem.memory import Memory, Slot, Snapshot
 
 IDENTITY = {
     "base_model_id": "m",
@@ -34,11 +34,16 @@ def memories(draw):
         ]
         return Slot(level, draw(texts), s, s + draw(st.integers(0, 50)), draw(st.integers(0, 500)), tensor(k),
                     parent=draw(st.none() | st.integers(0, 5)), mentions=mentions)
+    n_segments = draw(st.integers(0, 40))
+    # A memory's chain: one hash per segment, or unknown (first written by a format-5 file) with no snapshots.
+    chain = draw(st.none() | st.lists(st.integers(-2**63, 2**63 - 1), min_size=n_segments, max_size=n_segments))
+    snaps = [] if chain is None else [Snapshot(n, tensor(2)) for n in sorted(draw(st.sets(
+        st.integers(1, max(1, n_segments)), max_size=3))) if n <= n_segments]
     return Memory(doc_state=tensor(2), pending_ids=draw(st.lists(st.integers(0, 50000), max_size=10)),
                   pending_text=draw(texts), offset=draw(st.integers(0, 10**9)), n_tokens=draw(st.integers(0, 10**9)),
-                  n_segments=draw(st.integers(0, 10**6)),
+                  n_segments=n_segments,
                   paragraphs=[slot("paragraph") for _ in range(draw(st.integers(0, 3)))],
-                  entities=[slot("entity") for _ in range(draw(st.integers(0, 3)))])
+                  entities=[slot("entity") for _ in range(draw(st.integers(0, 3)))], doc_chain=chain, snapshots=snaps)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -46,8 +51,10 @@ def memories(draw):
 def test_round_trip_is_exact(mem):
     back = decode_memory(encode_memory(mem, IDENTITY), IDENTITY)
     assert torch.equal(back.doc_state, mem.doc_state)
-    assert (back.pending_ids, back.pending_text, back.offset, back.n_tokens, back.n_segments) == \
-        (mem.pending_ids, mem.pending_text, mem.offset, mem.n_tokens, mem.n_segments)
+    assert (back.pending_ids, back.pending_text, back.offset, back.n_tokens, back.n_segments, back.doc_chain) == \
+        (mem.pending_ids, mem.pending_text, mem.offset, mem.n_tokens, mem.n_segments, mem.doc_chain)
+    assert [s.n_segments for s in back.snapshots] == [s.n_segments for s in mem.snapshots]
+    assert all(torch.equal(a.state, b.state) for a, b in zip(back.snapshots, mem.snapshots))
     for a, b in zip(back.paragraphs + back.entities, mem.paragraphs + mem.entities):
         assert (a.level, a.key, a.start, a.end, a.n_tokens, a.parent, a.mentions) == \
             (b.level, b.key, b.start, b.end, b.n_tokens, b.parent, b.mentions)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import perturb_trainables, tiny_cfg
 
+from r3mem import WritePolicy
 from r3mem.engine import R3Mem
 from r3mem.memfile import FORMAT_VERSION, MemoryFileError, encode_memory
 from r3mem.model import Sampling
@@ -18,6 +19,9 @@ def _same(m1, m2):
     assert [(s.key, s.start, s.end) for s in m1.paragraphs] == [(s.key, s.start, s.end) for s in m2.paragraphs]
     assert all(torch.equal(a.state, b.state) for a, b in zip(m1.paragraphs + m1.entities, m2.paragraphs + m2.entities))
     assert [(e.key, e.mentions) for e in m1.entities] == [(e.key, e.mentions) for e in m2.entities]
+    assert m1.n_segments == m2.n_segments and m1.doc_chain == m2.doc_chain
+    assert [s.n_segments for s in m1.snapshots] == [s.n_segments for s in m2.snapshots]
+    assert all(torch.equal(a.state, b.state) for a, b in zip(m1.snapshots, m2.snapshots))
 
 
 @pytest.mark.parametrize("cut", [1, 57, 98, 99, 100, 101, 150, 290, len(SAMPLE_TEXT) - 1])
@@ -406,3 +410,135 @@ def test_building_an_engine_is_quiet_unless_debugging(debug):
     assert ("is_gradient_checkpointing" in err) == bool(debug)
     if not debug:  # nor the key encoder's loading bar (whether transformers draws one when debugging depends
         assert "Loading weights" not in err  # on the terminal, so only its absence is checked)
+
+
+# ----- rewrites: reused slots and document snapshots ---------------------------------------------------
+
+PARAS = [f"Note {i}: the ferry crossed the river at dawn with {i} settlers and their carts." for i in range(12)]
+
+
+def _doc(paras):
+    return "".join(p + "\n\n" for p in paras)
+
+
+def _snapshotting(tok, bits=16):
+    """A tiny engine that keeps a document snapshot every 2 segments (of 16 tokens). Six layers: a kv document
+    state depends on the last L - 1 segments only (a write token's layer-l keys read the memory's layer l - 1),
+    so a wrong state taken at a snapshot still shows 5 segments later."""
+    eng = R3Mem.from_base(tiny_model("llama", layers=6), tok, tiny_cfg(snapshot_every=2, memory_bits=bits,
+                                                             hierarchy_levels=("document", "paragraph")))
+    perturb_trainables(eng.model)
+    eng._refresh_identity()
+    return eng
+
+
+def _count_folded(monkeypatch) -> list[int]:
+    """Segments folded by every document fold from now on."""
+    import r3mem.writer as writer
+
+    folded: list[int] = []
+    real = writer.fold
+
+    def counting(model, state, ids, mask, **kw):
+        folded.append(-(-ids.shape[1] // model.cfg.segment_len))
+        return real(model, state, ids, mask, **kw)
+
+    monkeypatch.setattr(writer, "fold", counting)
+    return folded
+
+
+def test_a_memory_keeps_its_document_chain_and_a_snapshot_every_n_segments(tok):
+    eng = _snapshotting(tok)
+    mem = eng.write(_doc(PARAS))
+    assert mem.n_segments >= 8 and len(mem.doc_chain) == mem.n_segments
+    assert [s.n_segments for s in mem.snapshots] == list(range(2, mem.n_segments + 1, 2))
+    assert torch.equal(mem.snapshots[-1].state, mem.doc_state) == (mem.n_segments % 2 == 0)
+    assert mem.state_bytes() == eng.write(_doc(PARAS), policy=WritePolicy(("document", "paragraph"), snapshot_every=0)
+                                          ).state_bytes() + sum(s.nbytes() for s in mem.snapshots)
+    other = eng.write(_doc(["A different first note.", *PARAS[1:]]))
+    assert all(a != b for a, b in zip(other.doc_chain, mem.doc_chain))  # the chain hashes every token before it
+    back = eng.from_bytes(eng.to_bytes(mem))
+    assert back.doc_chain == mem.doc_chain and all(torch.equal(a.state, b.state) for a, b in
+                                                   zip(back.snapshots, mem.snapshots))
+
+
+@pytest.mark.parametrize("bits", [16, 4])
+@pytest.mark.parametrize("change", ["last", "middle", "first", "delete_last", "append"])
+def test_a_rewrite_refolds_only_from_the_snapshot_before_the_change(tok, monkeypatch, bits, change):
+    from r3mem.writer import reusable
+
+    eng = _snapshotting(tok, bits)
+    old_text = _doc(PARAS)
+    old = eng.write(old_text)
+    paras = list(PARAS)
+    at = {"last": 11, "middle": 6, "first": 0, "delete_last": 11, "append": 12}[change]
+    if change == "delete_last":
+        paras.pop()
+    elif change == "append":
+        paras.append("A new closing note about the mill.")
+    else:
+        paras[at] = f"Note {at} was edited: the mill burned down."
+    scratch = eng.write(_doc(paras))
+    folded = _count_folded(monkeypatch)
+    rebuilt = eng.settle(eng.write(_doc(paras), reuse=reusable(old, lambda s, e: old_text[s:e])))
+    assert eng.to_bytes(rebuilt) == eng.to_bytes(scratch)  # exactly the memory a write from scratch makes
+    _same(rebuilt, scratch)
+    unchanged = len(_doc(PARAS[:at]))  # characters before the first change
+    first_changed = sum(1 for i in range(len(old.doc_chain)) if (i + 1) * 16 <= len(tok(old_text[:unchanged])["input_ids"]))
+    kept = max((s.n_segments for s in old.snapshots if s.n_segments <= first_changed), default=0)
+    assert sum(folded) == scratch.n_segments - kept  # from the last snapshot before the change on
+    if change == "first":
+        assert kept == 0
+    else:
+        assert kept >= 4
+
+
+def test_a_rewrite_in_pieces_leaves_segments_pending_until_settled(tok, monkeypatch):
+    from r3mem.writer import reusable
+
+    eng = _snapshotting(tok)
+    old_text = _doc(PARAS)
+    old = eng.write(old_text)
+    paras = [*PARAS[:11], "Note 11 was edited: the mill burned down."]
+    reuse = reusable(old, lambda s, e: old_text[s:e])
+    scratch = eng.write(_doc(paras))
+    folded = _count_folded(monkeypatch)
+    mem, pending = eng.new_memory(), []
+    for i in range(0, 12, 3):  # as ChatAgent rebuilds: the turns in batches, one write each
+        mem = eng.write(_doc(paras[i:i + 3]), mem, reuse=reuse)
+        pending.append(len(mem.pending_ids))
+    assert max(pending) >= 16  # whole segments left for a snapshot further on
+    settled = eng.settle(mem)
+    assert eng.to_bytes(settled) == eng.to_bytes(scratch)
+    assert sum(folded) <= 3  # only from the last snapshot before the edited note
+    assert eng.settle(scratch) is scratch  # a settled memory is returned as it is
+
+
+def test_a_memory_from_a_format_5_file_has_no_chain_and_rewrites_from_the_start(tok, monkeypatch):
+    from r3mem import memfile
+    from r3mem.writer import reusable
+
+    eng = _snapshotting(tok)
+    old_text = _doc(PARAS)
+    monkeypatch.setattr(memfile, "FORMAT_VERSION", 5)
+    blob = eng.to_bytes(eng.write(old_text))
+    monkeypatch.undo()
+    old = eng.from_bytes(blob)
+    assert old.doc_chain is None and old.snapshots == [] and old.policy.snapshot_every == 2
+    longer = eng.write("One more note.\n\n" * 8, old)
+    assert longer.doc_chain is None and longer.snapshots == []  # no chain to key snapshots by
+    assert eng.from_bytes(eng.to_bytes(longer)).doc_chain is None  # and it stays so in a format-6 file
+    folded = _count_folded(monkeypatch)
+    rebuilt = eng.settle(eng.write(old_text, reuse=reusable(old, lambda s, e: old_text[s:e])))
+    assert sum(folded) == rebuilt.n_segments and rebuilt.doc_chain is not None  # refolded whole, chained anew
+    assert eng.to_bytes(rebuilt) == eng.to_bytes(eng.write(old_text))
+
+
+def test_snapshot_every_is_checked(tok):
+    from r3mem.config import ConfigError
+
+    for bad in (-1, 2.0, True):
+        with pytest.raises(ConfigError, match="^snapshot_every: must be an integer >= 0"):
+            WritePolicy(snapshot_every=bad)
+        with pytest.raises(ConfigError, match="^snapshot_every: must be an integer >= 0"):
+            tiny_cfg(snapshot_every=bad)

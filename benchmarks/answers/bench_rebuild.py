@@ -1,10 +1,13 @@
-"""Seconds to rebuild a 500-turn conversation's memory after one turn is edited, with and without reusing
-the slots of the unchanged turns (`ChatAgent.reusable_slots`), and after a delete.
+"""Seconds to rebuild a conversation's memory after one turn is edited or deleted, against rebuilding it
+from scratch, and for edits at several places in it (a curve: the cost follows the turns after the change).
 
-The conversation is the LoCoMo history of `bench_latency.py` written through a `ChatAgent` on a SQLite
-store (the service's path). Turn 250 is edited (the rebuild with reuse), edited again through the store and
-a plain `sync` (from scratch: what every rebuild cost before), edited back to the first edit (with reuse:
-the same slot spans as the first rebuild, checked), then deleted (with reuse). Writes JSON.
+The conversation is the LoCoMo history of `bench_latency.py` (500 turns by default) written through a
+`ChatAgent` on a SQLite store (the service's path). A rebuild after `edit_turn` / `delete_turn` reuses the
+unchanged turns' paragraph slots and refolds the document recurrence from the memory's last snapshot before
+the changed turn (`ChatAgent.reusable`, `WritePolicy.snapshot_every`). For each turn in `--edits` the turn is
+edited (timed: segments refolded, slots compressed); then the last one is edited again through the store and a
+plain `sync` (from scratch: what a rebuild without reuse costs), edited back and forth with reuse, and the
+memory is compared with the one the from-scratch rebuild wrote; finally a turn is deleted. Writes JSON.
 
     python benchmarks/answers/bench_rebuild.py --out benchmarks/answers/results/rebuild_500.json
 """
@@ -21,6 +24,7 @@ from pathlib import Path
 import torch
 from bench_latency import history
 
+import r3mem.writer as writer
 from r3mem.agent import ChatAgent, ensure_session
 from r3mem.engine import R3Mem
 from r3mem.evaluate import locomo
@@ -30,44 +34,92 @@ from r3mem.memcache import MemoryCache
 from r3mem.store import MemoryStore
 
 
+class _Work:
+    """Counts what the model does in a rebuild: document segments folded and paragraph slots compressed."""
+
+    def __init__(self) -> None:
+        self.segments = self.slots = 0
+        fold, compress = writer.fold, writer.compress_slots
+
+        def counting_fold(model, state, ids, *a, **kw):
+            self.segments += -(-ids.shape[1] // model.cfg.segment_len)
+            return fold(model, state, ids, *a, **kw)
+
+        def counting_compress(model, seqs, *a, **kw):
+            self.slots += len(seqs)
+            return compress(model, seqs, *a, **kw)
+
+        writer.fold, writer.compress_slots = counting_fold, counting_compress
+
+    def take(self) -> dict[str, int]:
+        out = {"segments_folded": self.segments, "slots_compressed": self.slots}
+        self.segments = self.slots = 0
+        return out
+
+
+def _timed(work: _Work, fn) -> dict[str, float | int]:
+    work.take()
+    t0 = time.perf_counter()
+    fn()
+    return {"s": round(time.perf_counter() - t0, 3), **work.take()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("../shared/data/locomo/locomo_dev8.json"))
     ap.add_argument("--turns", type=int, default=500)
-    ap.add_argument("--edit", type=int, default=250, help="the turn edited (1-based)")
+    ap.add_argument("--edits", default="50,250,450,500", help="turns edited, one rebuild each (1-based)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     engine = R3Mem.from_pretrained()
     turns = history(locomo.load(a.data, EvalOptions()), a.turns)
+    edits = [int(x) for x in a.edits.split(",")]
     out = {"benchmark": "rebuild after an edit", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "turns": a.turns, "edited_turn": a.edit, "adapter_hash": engine.adapter_hash,
-           "memory_bits": engine.config.memory_bits, "levels": list(engine.config.hierarchy_levels)}
+           "turns": a.turns, "threads": a.threads, "adapter_hash": engine.adapter_hash,
+           "memory_bits": engine.config.memory_bits, "levels": list(engine.config.hierarchy_levels),
+           "snapshot_every": engine.config.snapshot_every, "segment_len": engine.config.segment_len}
+    work = _Work()
     with tempfile.TemporaryDirectory() as d, MemoryStore(Path(d) / "store.db") as store:
         ensure_session(store, "bench", "s")
         agent = ChatAgent(engine, store, "bench", "s", cache=MemoryCache())
-        t0 = time.perf_counter()
-        agent.add_turns(("speaker", t) for t in turns)
-        out["write_s"] = time.perf_counter() - t0
-        edited = [turns[a.edit - 1] + " (edited)", turns[a.edit - 1] + " (edited again)"]
-        t0 = time.perf_counter()
-        agent.edit_turn(a.edit, edited[0])
-        out["edit_rebuild_reusing_s"] = time.perf_counter() - t0
-        spans = [(s.key, s.start, s.end) for s in agent.memory()[0].paragraphs]
-        t0 = time.perf_counter()
-        store.edit_turn("bench", "s", a.edit, edited[1])  # the memory is reset; a plain sync rebuilds it all
-        agent.sync()
-        out["edit_rebuild_from_scratch_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        agent.edit_turn(a.edit, edited[0])
-        out["edit_back_rebuild_reusing_s"] = time.perf_counter() - t0
-        assert [(s.key, s.start, s.end) for s in agent.memory()[0].paragraphs] == spans
-        t0 = time.perf_counter()
-        agent.delete_turn(a.edit)
-        out["delete_rebuild_reusing_s"] = time.perf_counter() - t0
+        out["write"] = _timed(work, lambda: agent.add_turns(("speaker", t) for t in turns))
+        mem = agent.memory()[0]
+        out["memory"] = {"n_segments": mem.n_segments, "paragraph_slots": len(mem.paragraphs),
+                         "state_bytes": mem.state_bytes(), "snapshots": len(mem.snapshots),
+                         "snapshot_bytes": sum(s.nbytes() for s in mem.snapshots),
+                         "file_bytes": len(store.get_memory("bench", "s").blob)}
+        out["edits"] = [{"turn": i, **_timed(work, lambda i=i: agent.edit_turn(i, turns[i - 1] + " (edited)"))}
+                        for i in edits]
+        last = edits[-1]
+        again, back = turns[last - 1] + " (edited again)", turns[last - 1] + " (edited)"
+
+        def from_scratch() -> None:
+            store.edit_turn("bench", "s", last, again)  # the memory is reset; a plain sync rebuilds it all
+            agent.sync()
+
+        out["from_scratch"] = {"turn": last, **_timed(work, from_scratch)}
+        scratch_blob = store.get_memory("bench", "s").blob
+        out["edit_back"] = {"turn": last, **_timed(work, lambda: agent.edit_turn(last, back))}
+        out["edit_again"] = {"turn": last, **_timed(work, lambda: agent.edit_turn(last, again))}
+        # The same turns rebuilt with reuse and from scratch: the same file, or how far apart (slots reused were
+        # compressed in other batches than a scratch write batches them).
+        rebuilt, scratch = (engine.from_bytes(b) for b in (store.get_memory("bench", "s").blob, scratch_blob))
+        out["rebuild_vs_scratch"] = {
+            "same_bytes": engine.to_bytes(rebuilt) == scratch_blob,
+            "same_spans": [(p.key, p.start, p.end) for p in rebuilt.paragraphs] ==
+                          [(p.key, p.start, p.end) for p in scratch.paragraphs],
+            "doc_state_max_abs_diff": float((rebuilt.doc_state.float() - scratch.doc_state.float()).abs().max()),
+            "slot_state_max_abs_diff": max(float((x.state.float() - y.state.float()).abs().max())
+                                           for x, y in zip(rebuilt.paragraphs, scratch.paragraphs)),
+        }
+        middle = edits[len(edits) // 2]
+        out["delete"] = {"turn": middle, **_timed(work, lambda: agent.delete_turn(middle))}
     out["versions"], out["git"] = environment(), git_info()
-    print(json.dumps({k: v for k, v in out.items() if k.endswith("_s")}), flush=True)
+    print(json.dumps({k: out[k] for k in ("write", "edits", "from_scratch", "edit_again", "delete", "memory",
+                                          "rebuild_vs_scratch")}),
+          flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=2))
 

@@ -31,13 +31,13 @@ from typing import Any
 
 from r3mem.memcache import MemoryCache
 from r3mem.memfile import IdentityMismatch
-from r3mem.memory import Memory, Slot
+from r3mem.memory import Memory, stored_bytes
 from r3mem.prompts import QA_PROMPT
 from r3mem.recall import Recalled, check_min_confidence, token_pieces, trusted
 from r3mem.store import Conflict, MemoryStore, NotFound, Session, SlotRecord, StoredMemory, StoreError, Turn
 from r3mem.text import MAX_QUERY_CHARS, check_query, check_text, without_nul
 from r3mem.tokens import tokenize
-from r3mem.writer import reusable
+from r3mem.writer import Reuse, reusable
 
 __all__ = ["ChatAgent", "Reply", "RETRIEVALS", "READS", "CHAT_PROMPT", "QA_PROMPT", "format_turn", "ensure_session"]
 
@@ -227,21 +227,23 @@ class ChatAgent:
         turn and the memory version that covers every turn. What the edit replaced stays in the turn's
         history (`store.turn_history`); a memory that read the old text is rebuilt from the turns."""
         text = check_text("text", text, non_empty=True)
-        reuse = self.reusable_slots()
+        reuse = self.reusable()
         turn = self.store.edit_turn(self.user_id, self.session_id, index, text, speaker)
         return turn, self.sync_after([turn], "edited", reuse=reuse)
 
     def delete_turn(self, index: int) -> tuple[Turn, int]:
         """Forget turn `index`: it is deleted with its history and the memory is rebuilt from the other
         turns, so no recall, answer or export returns its text. Returns the deleted turn and the version."""
-        reuse = self.reusable_slots()
+        reuse = self.reusable()
         turn = self.store.delete_turn(self.user_id, self.session_id, index)
         return turn, self.sync_after([turn], "deleted", reuse=reuse)
 
-    def reusable_slots(self) -> dict[str, Slot] | None:
-        """The memory's paragraph slots by the text of the turns they were written from, read *before* an edit
-        or delete: the rebuild after it compresses only the paragraphs that changed (`writer.reusable`; a
-        slot depends on its own text alone), and redoes the document recurrence. None for a stale memory."""
+    def reusable(self) -> Reuse | None:
+        """What the rebuild after an edit or delete can take from the memory, read *before* the change
+        (`writer.reusable`): the paragraph slots by the text of the turns they were written from (a slot
+        depends on its own text alone), so only changed paragraphs are compressed, and the document
+        snapshots, so the recurrence restarts at the last snapshot before the first changed turn. None for
+        a stale memory."""
         mem, stored, _, stale = self._current()
         written = self._written_text(stored)
         return None if stale or written is None else reusable(mem, written)
@@ -261,7 +263,7 @@ class ChatAgent:
         return stored
 
     def sync_after(self, turns: list[Turn], done: str = "stored", progress: Progress | None = None,
-                   reuse: dict[str, Slot] | None = None) -> int:
+                   reuse: Reuse | None = None) -> int:
         """`sync` after `turns` were `done` (stored, edited, deleted) in the store; a store failure then says
         that the change was made (the store's own message, "nothing was written", is true of the memory
         only). After a write, stops once the memory covers the new turns; after an edit or delete, brings
@@ -277,12 +279,12 @@ class ChatAgent:
                              ) from e
 
     def sync(self, until: int | None = None, progress: Progress | None = None,
-             reuse: dict[str, Slot] | None = None) -> int:
+             reuse: Reuse | None = None) -> int:
         """Write every stored turn the memory does not cover yet; return the memory version.
 
         Retries on `Conflict` (another writer updated the memory first) from a fresh read, and
-        stops early once the memory covers turn `until`. `reuse` (`reusable_slots`) offers the slots of
-        paragraphs written before, by their text.
+        stops early once the memory covers turn `until`. `reuse` (`reusable`) offers the slots of
+        paragraphs written before, by their text, and the document snapshots of the unchanged prefix.
         """
         for attempt in range(MAX_SYNC_ATTEMPTS):
             current, stored, _, stale = self._current()
@@ -311,7 +313,7 @@ class ChatAgent:
         )
 
     def _write_turns(self, mem: Memory, stored: StoredMemory | None, turns: Sequence[Turn],
-                     progress: Progress | None, reuse: dict[str, Slot] | None = None
+                     progress: Progress | None, reuse: Reuse | None = None
                      ) -> tuple[Memory, list[SlotRecord]]:
         """Append the turns to `mem` (the stored memory, decoded); new slots are recorded with the turn
         their text came from.
@@ -327,6 +329,9 @@ class ChatAgent:
                 mem = self.engine.write("".join(texts[first:first + WRITE_BATCH]), mem, reuse=reuse)
             if progress is not None:
                 progress(min(first + WRITE_BATCH, len(texts)), len(texts))
+        if reuse is not None:  # segments left pending for a snapshot further on are folded now
+            with self._lock:
+                mem = self.engine.settle(mem)
         known = {(r.level, r.key): r for r in (stored.slots if stored else [])}
         for s in mem.paragraphs[n_par:] + mem.entities[n_ent:]:
             t = turns[max(0, bisect_right(starts, s.start) - 1)]
@@ -405,8 +410,10 @@ class ChatAgent:
         return {"version": stored.version if stored else 0, "through_turn": through,
                 "bytes": blob_bytes, "memory_mode": self.engine.config.memory_mode,
                 "document": {"shape": list(doc.shape), "dtype": str(doc.dtype).removeprefix("torch."),
-                             "bytes": doc.numel() * doc.element_size(), "n_tokens": mem.n_tokens,
-                             "n_segments": mem.n_segments},
+                             "bytes": stored_bytes(doc, mem.doc_packed),
+                             "n_tokens": mem.n_tokens, "n_segments": mem.n_segments,
+                             "snapshots": len(mem.snapshots),
+                             "snapshot_bytes": sum(s.nbytes() for s in mem.snapshots)},
                 "state_bytes": mem.state_bytes(), "paragraphs": len(mem.paragraphs), "entities": len(mem.entities),
                 "slots": slots}
 

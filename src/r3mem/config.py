@@ -77,6 +77,9 @@ class R3MemConfig:
     max_paragraph_tokens: int = 256  # longer paragraphs are split into several slots
     paragraph_ratio: float = 4.0
     entity_ratio: float = 4.0
+    # A snapshot of the document state every this many segments (0: none), so that a rebuild after an edit
+    # refolds the recurrence only from the snapshot before the change (`WritePolicy.snapshot_every`).
+    snapshot_every: int = 16
     # Reversibility: "adapters" = (A) direction-specific LoRA adapters over one backbone;
     # "coupling" = (B) invertible coupling adapters whose exact inverse runs the backward pass.
     reversible_mode: str = "adapters"
@@ -147,6 +150,8 @@ class R3MemConfig:
         for name in ("paragraph_ratio", "entity_ratio"):
             v = getattr(self, name)
             check(isinstance(v, (int, float)) and v >= 1.0, name, "must be a number >= 1", v)
+        check(type(self.snapshot_every) is int and self.snapshot_every >= 0, "snapshot_every",
+              "must be an integer >= 0 (segments; 0: no snapshots)", self.snapshot_every)
         for name in ("w_fwd", "w_bwd", "w_cyc"):
             v = getattr(self, name)
             check(isinstance(v, (int, float)) and v >= 0.0, name, "must be a number >= 0", v)

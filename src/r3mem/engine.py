@@ -48,7 +48,7 @@ from r3mem.recall import (
 )
 from r3mem.text import check_query, check_text, without_nul
 from r3mem.tokens import pad_batch, tokenize
-from r3mem.writer import add_keys, effective_doc_state, flush, write_text, write_texts
+from r3mem.writer import Reuse, add_keys, effective_doc_state, flush, settle, write_text, write_texts
 
 __all__ = ["R3Mem", "default_adapter_dir", "KEYS", "NOTHING_REMEMBERED"]
 
@@ -216,13 +216,16 @@ class R3Mem:
         return Memory(doc_state=self._initial_doc_state.clone())
 
     def write(self, text: str | Iterable[str], memory: Memory | None = None, *,
-              policy: WritePolicy | None = None, reuse: dict[str, Slot] | None = None) -> Memory:
+              policy: WritePolicy | None = None, reuse: Reuse | None = None) -> Memory:
         """Append text (a string or an iterable of chunks, e.g. a file streamed in pieces).
 
         `policy` (`WritePolicy`: levels and slot ratios) is what a new memory is written with (default:
         the model config's); a memory keeps the policy of its first write, and another one is refused.
-        `reuse` (`writer.reusable`: an earlier memory's paragraph slots by their text) lets a rewrite of
-        mostly unchanged text take those slots instead of compressing them again; the result is the same."""
+        `reuse` (`writer.reusable`: an earlier memory's paragraph slots by their text, its document snapshots)
+        lets a rewrite of mostly unchanged text take those slots instead of compressing them again and start
+        the document recurrence at the snapshot before the first change. Such a write may leave whole
+        segments pending for a later piece of the rewrite to skip: `settle` the last one; the result is then
+        the memory a write without `reuse` makes."""
         mem = memory if memory is not None else self.new_memory()
         chunks = [text] if isinstance(text, str) else text
         for chunk in chunks:
@@ -237,6 +240,10 @@ class R3Mem:
         for t in texts:
             check_text("write", t)
         return write_texts(self.model, self.tokenizer, mems, [without_nul(t) for t in texts], self.keys, policy)
+
+    def settle(self, memory: Memory) -> Memory:
+        """The end of a rewrite with `write(reuse=...)`: fold the whole segments it left pending."""
+        return settle(self.model, self.tokenizer, memory)
 
     def flush(self, memory: Memory, *, policy: WritePolicy | None = None) -> Memory:
         """Commit the pending paragraph and fold the last partial segment (`policy` as for `write`)."""

@@ -19,7 +19,7 @@ from safetensors.torch import save as st_save
 
 from r3mem import __version__
 from r3mem.io import atomic_write_bytes, sha256_hex
-from r3mem.memory import Memory, Slot, WritePolicy
+from r3mem.memory import Memory, Slot, Snapshot, WritePolicy
 from r3mem.quant import BITS as QUANT_BITS
 from r3mem.quant import Packed, dequantize, group_of
 
@@ -47,7 +47,10 @@ FORMAT = "r3mem-memory"
 # 5: with `memory_bits` < 16 the document state is quantized too (codes, minima, steps; `doc_state` in the
 #    header gives bits and shape), the identity's layout says so (`doc_bits`): a quantized memory of an older
 #    version (float16 document state) is another layout.
-FORMAT_VERSION = 5
+# 6: the document chain (`doc_chain`, int64 per folded segment) and snapshots of the document state every
+#    `snapshot_every` segments (`snap.N`, quantized like the document state; `snapshots` in the header), and
+#    `snapshot_every` in the policy. Version 2-5 files load with no chain (their rebuilds refold from the start).
+FORMAT_VERSION = 6
 OLDEST_READABLE = 2
 
 
@@ -70,6 +73,10 @@ def _tensors(mem: Memory) -> tuple[dict[str, torch.Tensor], list[str]]:
     share one state (entities first named in the same sentence) share one stored tensor."""
     t = {"pending_ids": torch.tensor(mem.pending_ids, dtype=torch.int64)}
     t.update(_state_tensors("doc_state", mem.doc_state, mem.doc_packed))
+    if mem.doc_chain is not None:
+        t["doc_chain"] = torch.tensor(mem.doc_chain, dtype=torch.int64)
+    for snap in mem.snapshots:  # copies: the last snapshot may be the document state itself (a file stores both)
+        t.update({k: v.clone() for k, v in _state_tensors(f"snap.{snap.n_segments}", snap.state, snap.packed).items()})
     names: list[str] = []
     seen: dict[int, str] = {}
     for s in mem.paragraphs + mem.entities:
@@ -102,7 +109,12 @@ def _slot_meta(s: Slot, state: str) -> dict[str, Any]:
     return {"level": s.level, "key": s.key, "start": s.start, "end": s.end, "n_tokens": s.n_tokens,
             "parent": s.parent, "mentions": [list(m) for m in s.mentions], "state": state,
             **({"terms": s.terms} if s.terms is not None else {}),
-            **({"bits": s.packed.bits, "shape": list(s.packed.shape)} if s.packed is not None else {})}
+            **_bits_meta(s.packed)}
+
+
+def _bits_meta(p: Packed | None) -> dict[str, Any]:
+    """The header entry of a quantized state (bits, shape); empty for a float one."""
+    return {"bits": p.bits, "shape": list(p.shape)} if p is not None else {}
 
 
 def encode_memory(mem: Memory, identity: dict[str, Any]) -> bytes:
@@ -113,8 +125,8 @@ def encode_memory(mem: Memory, identity: dict[str, Any]) -> bytes:
         **identity,
         "pending_text": mem.pending_text, "offset": mem.offset, "n_tokens": mem.n_tokens, "n_segments": mem.n_segments,
         "policy": mem.policy.to_dict() if mem.policy is not None else None,
-        "doc_state": {"bits": mem.doc_packed.bits, "shape": list(mem.doc_packed.shape)}
-        if mem.doc_packed is not None else None,
+        "doc_state": _bits_meta(mem.doc_packed) or None,
+        "snapshots": [{"n_segments": p.n_segments, **_bits_meta(p.packed)} for p in mem.snapshots],
         "paragraphs": [_slot_meta(s, n) for s, n in zip(mem.paragraphs, names[:n_par])],
         "entities": [_slot_meta(s, n) for s, n in zip(mem.entities, names[n_par:])],
     }
@@ -183,6 +195,9 @@ def check_memory(mem: Memory, spec: MemorySpec, name: str = "memory") -> Memory:
     A memory whose checksum is right can still be unusable (edited and re-summed, or written by
     code with another layout): refusing it here keeps every later write and recall from failing."""
     _check_state(mem.doc_state, spec, f"{name}: doc_state", (spec.doc_tokens, spec.doc_tokens))
+    for snap in mem.snapshots:
+        _check_state(snap.state, spec, f"{name}: document snapshot at segment {snap.n_segments}",
+                     (spec.doc_tokens, spec.doc_tokens))
     for level, slots in (("paragraph", mem.paragraphs), ("entity", mem.entities)):
         for i, s in enumerate(slots):
             _check_state(s.state, spec, f"{name}: {level} slot {i}", (1, spec.max_slot))
@@ -279,20 +294,44 @@ def _slots(metas: list[dict[str, Any]], tensors: dict[str, torch.Tensor], level:
 def _policy(d: Any) -> WritePolicy | None:
     if d is None:
         return None
-    if not isinstance(d, dict) or set(d) != {"levels", "paragraph_ratio", "entity_ratio"} \
-            or not isinstance(d["levels"], list):
+    keys = {"levels", "paragraph_ratio", "entity_ratio"}
+    if not isinstance(d, dict) or not keys <= set(d) <= keys | {"snapshot_every"} or not isinstance(d["levels"], list):
         raise ValueError(f"policy {d!r} is not a write policy")
-    return WritePolicy(tuple(d["levels"]), d["paragraph_ratio"], d["entity_ratio"])  # validated there
+    # Format 5 and older: no snapshot_every; such a memory has no chain and so takes no snapshots.
+    return WritePolicy(tuple(d["levels"]), d["paragraph_ratio"], d["entity_ratio"],
+                       d.get("snapshot_every", WritePolicy.snapshot_every))  # validated there
 
 
-def _doc_state(m: Any, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Packed | None]:
-    """The document state and, if it is stored quantized (header entry `m`), its codes."""
-    if m is None:
-        return tensors["doc_state"], None
+def _doc_state(m: Any, tensors: dict[str, torch.Tensor], name: str = "doc_state") -> tuple[torch.Tensor, Packed | None]:
+    """The document state (or a snapshot of it, `name`) and, if it is stored quantized (header entry `m`:
+    bits and shape; None or empty for a float one), its codes."""
+    if not m:
+        return tensors[name], None
     if not isinstance(m, dict) or set(m) != {"bits", "shape"}:
-        raise ValueError(f"doc_state entry {m!r} is not a quantized state")
-    p = _packed("doc_state", m, tensors, "doc_state")
+        raise ValueError(f"{name} entry {m!r} is not a quantized state")
+    p = _packed(name, m, tensors, name)
     return dequantize(p), p
+
+
+def _chain_and_snapshots(meta: dict[str, Any], tensors: dict[str, torch.Tensor]
+                         ) -> tuple[list[int] | None, list[Snapshot]]:
+    """The document chain (one hash per folded segment) and snapshots of a format-6 file; (None, []) for an
+    older one, or for a memory first written by one (it has no chain, and so no snapshots). Snapshots must be
+    in segment order within the folded segments."""
+    if meta["format_version"] < 6 or ("doc_chain" not in tensors and not meta["snapshots"]):
+        return None, []
+    chain = tensors["doc_chain"]
+    if chain.dtype != torch.int64 or chain.dim() != 1 or chain.numel() != meta["n_segments"]:
+        raise ValueError(f"doc_chain has {chain.numel()} {chain.dtype} entries for {meta['n_segments']} segments")
+    snaps, last = [], 0
+    for m in meta["snapshots"]:
+        n = m.get("n_segments") if isinstance(m, dict) else None
+        if type(n) is not int or not last < n <= meta["n_segments"]:
+            raise ValueError(f"snapshot {m!r} is not after the last one ({last}) within {meta['n_segments']} segments")
+        state, packed = _doc_state({k: v for k, v in m.items() if k != "n_segments"}, tensors, f"snap.{n}")
+        snaps.append(Snapshot(n, state, packed))
+        last = n
+    return chain.tolist(), snaps
 
 
 def decode_memory(data: bytes, identity: dict[str, Any], name: str = "memory file") -> Memory:
@@ -310,6 +349,7 @@ def decode_memory(data: bytes, identity: dict[str, Any], name: str = "memory fil
     unpacked: dict[str, tuple[torch.Tensor, Packed]] = {}
     try:
         doc_state, doc_packed = _doc_state(meta.get("doc_state"), tensors)
+        doc_chain, snapshots = _chain_and_snapshots(meta, tensors)
         return Memory(
             doc_state=doc_state,
             doc_packed=doc_packed,
@@ -321,6 +361,8 @@ def decode_memory(data: bytes, identity: dict[str, Any], name: str = "memory fil
             paragraphs=_slots(meta["paragraphs"], tensors, "paragraph", unpacked),
             entities=_slots(meta["entities"], tensors, "entity", unpacked),
             policy=_policy(meta.get("policy")),
+            doc_chain=doc_chain,
+            snapshots=snapshots,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise MemoryFileError(f"{name}: inconsistent header ({e})") from None

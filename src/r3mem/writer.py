@@ -6,21 +6,23 @@ depend on how the text was split across `write` calls.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import struct
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from r3mem.hierarchy import Span, entity_spans, paragraph_spans, sentence_spans
 from r3mem.keys import KeyEncoder, dense_tensor, key_text, terms_of
-from r3mem.memory import Memory, Slot, WritePolicy
+from r3mem.memory import Memory, Slot, Snapshot, WritePolicy
 from r3mem.model import R3MemModel
 from r3mem.quant import Packed, dequantize, quantize
 from r3mem.recurrence import fold
 from r3mem.tokens import pad_batch, slot_tokens, tokenize
 
 __all__ = ["write_text", "write_texts", "flush", "effective_doc_state", "compress_texts", "compress_slots", "add_keys",
-           "pending_slot", "policy_of", "with_policy", "reusable"]
+           "pending_slot", "policy_of", "with_policy", "reusable", "Reuse", "settle"]
 
 _TRAILING_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*$")
 _SLOT_BATCH = 8
@@ -90,29 +92,108 @@ def _split_commit(buf: str) -> tuple[list[Span], int]:
     return paras[:-1], paras[-1].start
 
 
-def _fold_segments(model: R3MemModel, mems: list[Memory], pad_id: int, final: bool) -> None:
+def _chain(prev: int, ids: list[int]) -> int:
+    """The document chain after a segment: 64 bits of sha256(previous chain, the segment's token ids), as a
+    signed integer (memory files store chains as int64). Equal chains mean equal token streams."""
+    digest = hashlib.sha256(struct.pack(f"<q{len(ids)}q", prev, *ids)).digest()
+    return int.from_bytes(digest[:8], "little", signed=True)
+
+
+def _chains(mem: Memory, chunks: list[list[int]]) -> list[int] | None:
+    """The memory's chain after each of `chunks` folded in order (None: the memory's chain is unknown)."""
+    if mem.doc_chain is None:
+        return None
+    out, h = [], mem.doc_chain[-1] if mem.doc_chain else 0
+    for c in chunks:
+        h = _chain(h, c)
+        out.append(h)
+    return out
+
+
+def _jump(mem: Memory, chunks: list[list[int]], chains: list[int] | None, reuse: Reuse) -> tuple[int, bool]:
+    """Take the earlier memory's document state where this one's stream is the same as its stream.
+
+    Of `chunks` (the memory's next full segments), the leading ones whose chains match `reuse`'s were
+    folded by the earlier memory too: the memory jumps to its last snapshot among them (state, chain and the
+    snapshots before it). Returns (segments jumped, whether to leave the rest pending): when every chunk
+    matched and the earlier memory has a snapshot further on, the rest may be jumped over by a later write
+    (`settle` folds what is still pending at the end)."""
+    if chains is None or not reuse.snapshots:
+        return 0, False
+    s, m = mem.n_segments, 0
+    while m < len(chunks) and s + m < len(reuse.chain) and chains[m] == reuse.chain[s + m]:
+        m += 1
+    j = max((t for t in range(1, m + 1) if s + t in reuse.snapshots), default=0)
+    if j:
+        snap = reuse.snapshots[s + j]
+        mem.doc_state, mem.doc_packed = snap.state, snap.packed
+        every = mem.policy.snapshot_every if mem.policy else 0
+        mem.snapshots.extend(reuse.snapshots[t] for t in range(s + 1, s + j + 1) if every and t % every == 0
+                             and t in reuse.snapshots)
+        mem.doc_chain.extend(chains[:j])
+        mem.n_segments += j
+    return j, m == len(chunks) > j and max(reuse.snapshots) > s + len(chunks)
+
+
+def _fold_segments(model: R3MemModel, mems: list[Memory], pad_id: int, final: bool,
+                   reuse: Reuse | None = None) -> None:
     """Fold full segments (and, if `final`, a partial last one) of every memory into its document
-    state, all memories in lockstep as one batch; a memory with no segment left keeps its state."""
+    state, all memories in lockstep as one batch; a memory with no segment left keeps its state.
+
+    Each memory's chain grows by a hash per segment and a snapshot is kept every `snapshot_every` segments
+    (the fold is cut there). With `reuse`, segments the earlier memory folded from the same tokens are
+    not folded again (`_jump`)."""
     seg = model.cfg.segment_len
-    chunks = []
+    chunks, chains = [], []
     for mem in mems:
         n = len(mem.pending_ids) // seg + (1 if final and len(mem.pending_ids) % seg else 0)
-        chunks.append([mem.pending_ids[i * seg:(i + 1) * seg] for i in range(n)])
-        mem.pending_ids = mem.pending_ids[n * seg:]
+        c = [mem.pending_ids[i * seg:(i + 1) * seg] for i in range(n)]
+        h = _chains(mem, c)
+        j, wait = _jump(mem, c, h, reuse) if reuse is not None and not final else (0, False)
+        c, h = ([], []) if wait else (c[j:], h[j:] if h is not None else None)
+        mem.pending_ids = mem.pending_ids[(j + len(c)) * seg:]
+        chunks.append(c)
+        chains.append(h)
     if not any(chunks):
         return
+    every = [m.policy.snapshot_every if m.doc_chain is not None and m.policy else 0 for m in mems]
+    state, packed = _fold_cut(model, mems, chunks, every, pad_id)
+    for i, (mem, c, h) in enumerate(zip(mems, chunks, chains)):
+        if not c:
+            continue
+        mem.doc_state, mem.doc_packed = state[i], packed[i]
+        mem.n_segments += len(c)
+        if h is not None:
+            mem.doc_chain.extend(h)
+
+
+def _fold_cut(model: R3MemModel, mems: list[Memory], chunks: list[list[list[int]]], every: list[int],
+              pad_id: int) -> tuple[torch.Tensor, list[Packed | None]]:
+    """Fold chunks[i] into mems[i]'s state, the fold cut after every segment that some memory keeps a
+    snapshot of (every[i] segments; appended to its `snapshots`) and at the end. Returns the states
+    [B, ...] and each memory's codes (its old ones where it folded nothing)."""
+    seg = model.cfg.segment_len
+    cuts = sorted({len(max(chunks, key=len))} | {t for m, c, e in zip(mems, chunks, every) if e
+                                                  for t in range(1, len(c) + 1) if (m.n_segments + t) % e == 0})
     state = torch.stack([m.doc_state for m in mems])
     # Row i holds its segments back to back; a row with fewer segments pads out and keeps its state.
     ids, mask = pad_batch([[t for piece in c for t in piece] for c in chunks], pad_id, state.device)
-    n_seg = max(len(c) for c in chunks)
-    ids, mask = ids[:, :n_seg * seg], mask[:, :n_seg * seg]
-    out = fold(model, state, ids, mask, store_dtype=model.store_dtype, quant_bits=model.cfg.memory_bits)
-    for i, (mem, c) in enumerate(zip(mems, chunks)):
-        mem.doc_state = out.state[i]
-        if c and out.packed is not None:  # a memory with no new segment keeps its codes
-            p = out.packed
-            mem.doc_packed = Packed(p.codes[i], p.low[i], p.step[i], p.bits, p.shape[1:])
-        mem.n_segments += len(c)
+    packed: list[Packed | None] = [m.doc_packed for m in mems]
+    prev = 0
+    for cut in cuts:
+        out = fold(model, state, ids[:, prev * seg:cut * seg], mask[:, prev * seg:cut * seg],
+                   store_dtype=model.store_dtype, quant_bits=model.cfg.memory_bits)
+        state = out.state
+        for i, (mem, c, e) in enumerate(zip(mems, chunks, every)):
+            if prev >= len(c):  # no segment of this memory in this piece: it keeps its state and codes
+                continue
+            if out.packed is not None:
+                p = out.packed
+                packed[i] = Packed(p.codes[i], p.low[i], p.step[i], p.bits, p.shape[1:])
+            if e and cut <= len(c) and (mem.n_segments + cut) % e == 0:
+                mem.snapshots.append(Snapshot(mem.n_segments + cut, state[i], packed[i]))
+        prev = cut
+    return state, packed
 
 
 def _chunk_offsets(tok, ids: list[int], limit: int, n_chunks: int) -> list[int]:
@@ -189,24 +270,38 @@ def _entity_pieces(tok, buf: str, paras: list[Span], mem: Memory, parents: list[
     return list(new.values())
 
 
-def reusable(mem: Memory, text_of) -> dict[str, Slot]:
-    """`mem`'s paragraph slots by the text they were written from (`text_of(start, end)`, None where it is
-    unknown), for a rewrite of the same turns with some changed (`write_texts(reuse=...)`): a slot depends
-    on its own text alone (a kv memory reads nothing else), so a paragraph whose text is unchanged takes
-    its earlier state and keys instead of another compression. Only the document recurrence is redone."""
-    out: dict[str, Slot] = {}
+@dataclass(frozen=True)
+class Reuse:
+    """What a rewrite of mostly unchanged text can take from an earlier memory of it (`reusable`): its
+    paragraph slots by their text, and its document chain and snapshots (by segment count), so that the
+    document recurrence restarts from the last snapshot before the first changed token."""
+
+    slots: dict[str, Slot]
+    chain: tuple[int, ...] = ()
+    snapshots: dict[int, Snapshot] = field(default_factory=dict)
+
+
+def reusable(mem: Memory, text_of) -> Reuse:
+    """What a rewrite of `mem`'s text with some turns changed can reuse (`write_texts(reuse=...)`, then
+    `settle`): its paragraph slots by the text they were written from (`text_of(start, end)`, None where it
+    is unknown), since a slot depends on its own text alone (a kv memory reads nothing else), and its
+    document snapshots, since the state after n segments depends on those segments' tokens alone. Only the
+    changed paragraphs are compressed and the recurrence is refolded from the snapshot before the change."""
+    slots: dict[str, Slot] = {}
     for s in mem.paragraphs:
         text = text_of(s.start, s.end)
         if text is not None:
-            out.setdefault(text, s)
-    return out
+            slots.setdefault(text, s)
+    if mem.doc_chain is None:
+        return Reuse(slots)
+    return Reuse(slots, tuple(mem.doc_chain), {s.n_segments: s for s in mem.snapshots})
 
 
-def _reused(model: R3MemModel, mem: Memory, reuse: dict[str, Slot] | None, text: str, n_tokens: int,
+def _reused(model: R3MemModel, mem: Memory, reuse: Reuse | None, text: str, n_tokens: int,
             keyed: bool) -> Slot | None:
     """An earlier slot of exactly this text, at this memory's policy and precision and keyed as this write
     keys slots, if `reuse` has one."""
-    old = reuse.get(text) if reuse else None
+    old = reuse.slots.get(text) if reuse else None
     if old is None or old.n_tokens != n_tokens or (old.dense is not None) != keyed or \
             old.n_mem_tokens != slot_tokens(n_tokens, mem.policy.paragraph_ratio, model.memory.max_slot) or \
             (old.packed.bits if old.packed is not None else 16) != model.cfg.memory_bits:
@@ -269,8 +364,7 @@ def _plan(tok, cfg, jobs: list[_Job]) -> None:
             j.entities = _entity_pieces(tok, j.buf, j.paras, j.mem, parents)
 
 
-def _commit(model, tok, jobs: list[_Job], keys: KeyEncoder | None = None,
-            reuse: dict[str, Slot] | None = None) -> None:
+def _commit(model, tok, jobs: list[_Job], keys: KeyEncoder | None = None, reuse: Reuse | None = None) -> None:
     """Commit complete paragraphs of several memories, each at its own policy (`Memory.policy`); slots
     of all of them are compressed together and, with a key encoder, keyed from their text (a paragraph
     `reuse` has a slot of, by its text, takes that slot's state and keys: `reusable`)."""
@@ -316,10 +410,12 @@ def _advance(tok, j: _Job) -> None:
 @torch.no_grad()
 def write_texts(model: R3MemModel, tok, mems: list[Memory], texts: list[str],
                 keys: KeyEncoder | None = None, policy: WritePolicy | None = None,
-                reuse: dict[str, Slot] | None = None) -> list[Memory]:
+                reuse: Reuse | None = None) -> list[Memory]:
     """Append texts[i] to mems[i], all in batches; returns new Memories, inputs are left untouched.
     With `keys`, every new slot gets its retrieval keys (`keys.py`); `policy` (`with_policy`) says what
-    a memory's first write builds; `reuse` (`reusable`) offers earlier slots of unchanged paragraphs."""
+    a memory's first write builds; `reuse` (`reusable`) offers an earlier memory's slots of unchanged
+    paragraphs and its document state over an unchanged prefix. A write with `reuse` may leave full
+    segments pending for a later one to jump over: `settle` the last."""
     if len(mems) != len(texts):
         raise ValueError(f"write: {len(mems)} memories but {len(texts)} texts")
     out = [with_policy(model, m, policy) for m in mems]
@@ -328,14 +424,25 @@ def write_texts(model: R3MemModel, tok, mems: list[Memory], texts: list[str],
         buf = m.pending_text + text
         jobs.append(_Job(m, buf, *_split_commit(buf)))
     _commit(model, tok, jobs, keys, reuse)
-    _fold_segments(model, out, tok.pad_token_id, final=False)
+    _fold_segments(model, out, tok.pad_token_id, final=False, reuse=reuse)
     return out
 
 
 def write_text(model: R3MemModel, tok, mem: Memory, text: str, keys: KeyEncoder | None = None,
-               policy: WritePolicy | None = None, reuse: dict[str, Slot] | None = None) -> Memory:
+               policy: WritePolicy | None = None, reuse: Reuse | None = None) -> Memory:
     """Return a new Memory with `text` appended; the input Memory is left untouched."""
     return write_texts(model, tok, [mem], [text], keys, policy, reuse)[0]
+
+
+@torch.no_grad()
+def settle(model: R3MemModel, tok, mem: Memory) -> Memory:
+    """`mem` with every full segment a rewrite (`write_texts(reuse=...)`) left pending folded in: the memory
+    the same writes without `reuse` make. A memory with less than a segment pending is returned as it is."""
+    if len(mem.pending_ids) < model.cfg.segment_len:
+        return mem
+    out = mem.copy()
+    _fold_segments(model, [out], tok.pad_token_id, final=False)
+    return out
 
 
 @torch.no_grad()

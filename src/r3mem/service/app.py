@@ -134,7 +134,7 @@ class _Service:
     def fold(self, agent: ChatAgent, kind: str, turn: Turn, wait: bool, response: Response,
              reuse=None) -> S.WriteOut:
         """Bring the memory up to date after `turn` changed (committed): here when the work is bounded and
-        the caller waits, else in a job (202, `Location: /jobs/{id}`). `reuse`: `ChatAgent.reusable_slots`
+        the caller waits, else in a job (202, `Location: /jobs/{id}`). `reuse`: `ChatAgent.reusable`
         taken before an edit or delete."""
         if wait and agent.backlog() <= self.max_sync_turns:
             version = agent.sync_after([turn], {"write": "stored", "edit": "edited", "delete": "deleted"}[kind],
@@ -354,7 +354,7 @@ def _curation_routes(app: FastAPI, svc: _Service) -> None:
         """Replace a turn's text (and speaker); the old text stays in its history, the memory is rebuilt from
         the turns as they now are (nothing recalls the old text)."""
         agent = svc.agent(svc.user(creds), session_id)
-        reuse = agent.reusable_slots()  # before the change: the rebuild compresses only what changed
+        reuse = agent.reusable()  # before the change: the rebuild compresses only what changed
         turn = svc.store.edit_turn(agent.user_id, session_id, index, body.text, body.speaker)
         return svc.fold(agent, "edit", turn, wait, response, reuse)
 
@@ -364,7 +364,7 @@ def _curation_routes(app: FastAPI, svc: _Service) -> None:
                     wait: Wait = True) -> S.WriteOut:
         """Forget a turn: deleted with its history, the memory rebuilt from the other turns; returns it."""
         agent = svc.agent(svc.user(creds), session_id)
-        reuse = agent.reusable_slots()
+        reuse = agent.reusable()
         turn = svc.store.delete_turn(agent.user_id, session_id, index)
         return svc.fold(agent, "delete", turn, wait, response, reuse)
 

@@ -68,9 +68,12 @@ class DocumentState(BaseModel):
     shape: list[int] = Field(
         description="Tensor shape of the document memory, e.g. [layers, 2, kv_heads, k, head_dim].")
     dtype: str
-    bytes: int
+    bytes: int = Field(description="Bytes the document state is stored in (its codes when quantized).")
     n_tokens: int = Field(description="Tokens folded into the document memory.")
     n_segments: int
+    snapshots: int = Field(0, description="Document states kept every `snapshot_every` segments, so that a rebuild "
+                                          "after an edit refolds only from the snapshot before the change.")
+    snapshot_bytes: int = 0
 
 
 class SlotDetail(BaseModel):
@@ -92,7 +95,8 @@ class MemoryDetail(BaseModel):
     bytes: int = Field(description="Size of the stored memory file.")
     memory_mode: str
     document: DocumentState
-    state_bytes: int = Field(description="Bytes of tensor state held (document state and distinct slot states).")
+    state_bytes: int = Field(description="Bytes of tensor state held (document state, its snapshots and distinct "
+                                         "slot states).")
     paragraphs: int
     entities: int
     slots: list[SlotDetail]

@@ -115,7 +115,8 @@ function renderSummary(m, nTurns) {
     card("memory version", `v${m.version}`, `covers turns 1-${m.through_turn} of ${nTurns}`),
     card("memory file", bytes(m.bytes)),
     card("document state", `${m.document.shape.join("×")} ${m.document.dtype}`,
-         `${bytes(m.document.bytes)}, ${m.document.n_tokens} tokens in ${m.document.n_segments} segments`),
+         `${bytes(m.document.bytes)}, ${m.document.n_tokens} tokens in ${m.document.n_segments} segments; ` +
+         `${m.document.snapshots} snapshots (${bytes(m.document.snapshot_bytes)}) for rebuilds after an edit`),
     card("slots", `${m.paragraphs} paragraphs · ${m.entities} entities`, `tensor state ${bytes(m.state_bytes)}`),
     card("memory mode", m.memory_mode),
   );
