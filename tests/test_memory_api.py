@@ -480,7 +480,7 @@ def test_a_rewrite_refolds_only_from_the_snapshot_before_the_change(tok, monkeyp
         paras[at] = f"Note {at} was edited: the mill burned down."
     scratch = eng.write(_doc(paras))
     folded = _count_folded(monkeypatch)
-    rebuilt = eng.settle(eng.write(_doc(paras), reuse=reusable(old, lambda s, e: old_text[s:e])))
+    rebuilt = eng.write(_doc(paras), reuse=reusable(old, lambda s, e: old_text[s:e]))
     assert eng.to_bytes(rebuilt) == eng.to_bytes(scratch)  # exactly the memory a write from scratch makes
     _same(rebuilt, scratch)
     unchanged = len(_doc(PARAS[:at]))  # characters before the first change
@@ -505,13 +505,18 @@ def test_a_rewrite_in_pieces_leaves_segments_pending_until_settled(tok, monkeypa
     folded = _count_folded(monkeypatch)
     mem, pending = eng.new_memory(), []
     for i in range(0, 12, 3):  # as ChatAgent rebuilds: the turns in batches, one write each
-        mem = eng.write(_doc(paras[i:i + 3]), mem, reuse=reuse)
+        mem = eng.write(_doc(paras[i:i + 3]), mem, reuse=reuse, settle=False)
         pending.append(len(mem.pending_ids))
     assert max(pending) >= 16  # whole segments left for a snapshot further on
     settled = eng.settle(mem)
     assert eng.to_bytes(settled) == eng.to_bytes(scratch)
     assert sum(folded) <= 3  # only from the last snapshot before the edited note
     assert eng.settle(scratch) is scratch  # a settled memory is returned as it is
+    mem = eng.new_memory()
+    for i in range(0, 12, 3):  # each write settled (the default): the same memory at every step
+        mem = eng.write(_doc(paras[i:i + 3]), mem, reuse=reuse)
+        assert len(mem.pending_ids) < 16
+    assert eng.to_bytes(mem) == eng.to_bytes(scratch)
 
 
 def test_a_memory_from_a_format_5_file_has_no_chain_and_rewrites_from_the_start(tok, monkeypatch):
@@ -529,7 +534,7 @@ def test_a_memory_from_a_format_5_file_has_no_chain_and_rewrites_from_the_start(
     assert longer.doc_chain is None and longer.snapshots == []  # no chain to key snapshots by
     assert eng.from_bytes(eng.to_bytes(longer)).doc_chain is None  # and it stays so in a format-6 file
     folded = _count_folded(monkeypatch)
-    rebuilt = eng.settle(eng.write(old_text, reuse=reusable(old, lambda s, e: old_text[s:e])))
+    rebuilt = eng.write(old_text, reuse=reusable(old, lambda s, e: old_text[s:e]))
     assert sum(folded) == rebuilt.n_segments and rebuilt.doc_chain is not None  # refolded whole, chained anew
     assert eng.to_bytes(rebuilt) == eng.to_bytes(eng.write(old_text))
 

@@ -325,13 +325,11 @@ class ChatAgent:
         texts = [format_turn(t.speaker, t.text) for t in turns]
         starts = list(accumulate((len(x) for x in texts[:-1]), initial=mem.offset + len(mem.pending_text)))
         for first in range(0, len(texts), WRITE_BATCH):
+            last = first + WRITE_BATCH >= len(texts)  # a rebuild's batches skip what matches up to its last
             with self._lock:
-                mem = self.engine.write("".join(texts[first:first + WRITE_BATCH]), mem, reuse=reuse)
+                mem = self.engine.write("".join(texts[first:first + WRITE_BATCH]), mem, reuse=reuse, settle=last)
             if progress is not None:
                 progress(min(first + WRITE_BATCH, len(texts)), len(texts))
-        if reuse is not None:  # segments left pending for a snapshot further on are folded now
-            with self._lock:
-                mem = self.engine.settle(mem)
         known = {(r.level, r.key): r for r in (stored.slots if stored else [])}
         for s in mem.paragraphs[n_par:] + mem.entities[n_ent:]:
             t = turns[max(0, bisect_right(starts, s.start) - 1)]

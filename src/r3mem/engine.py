@@ -216,22 +216,23 @@ class R3Mem:
         return Memory(doc_state=self._initial_doc_state.clone())
 
     def write(self, text: str | Iterable[str], memory: Memory | None = None, *,
-              policy: WritePolicy | None = None, reuse: Reuse | None = None) -> Memory:
+              policy: WritePolicy | None = None, reuse: Reuse | None = None, settle: bool = True) -> Memory:
         """Append text (a string or an iterable of chunks, e.g. a file streamed in pieces).
 
         `policy` (`WritePolicy`: levels and slot ratios) is what a new memory is written with (default:
         the model config's); a memory keeps the policy of its first write, and another one is refused.
         `reuse` (`writer.reusable`: an earlier memory's paragraph slots by their text, its document snapshots)
         lets a rewrite of mostly unchanged text take those slots instead of compressing them again and start
-        the document recurrence at the snapshot before the first change. Such a write may leave whole
-        segments pending for a later piece of the rewrite to skip: `settle` the last one; the result is then
-        the memory a write without `reuse` makes."""
+        the document recurrence at the snapshot before the first change; the result is the memory a write
+        without `reuse` makes. A rewrite in several writes passes `settle=False` to all but the last: whole
+        segments that match the old memory up to their end then stay pending, for a later piece of the rewrite
+        to jump over (`settle` folds them)."""
         mem = memory if memory is not None else self.new_memory()
         chunks = [text] if isinstance(text, str) else text
         for chunk in chunks:
             mem = write_text(self.model, self.tokenizer, mem, without_nul(check_text("write", chunk)), self.keys,
                              policy, reuse)
-        return mem
+        return self.settle(mem) if reuse is not None and settle else mem
 
     def write_many(self, texts: list[str], memories: list[Memory] | None = None, *,
                    policy: WritePolicy | None = None) -> list[Memory]:
@@ -242,7 +243,7 @@ class R3Mem:
         return write_texts(self.model, self.tokenizer, mems, [without_nul(t) for t in texts], self.keys, policy)
 
     def settle(self, memory: Memory) -> Memory:
-        """The end of a rewrite with `write(reuse=...)`: fold the whole segments it left pending."""
+        """The end of a rewrite with `write(reuse=..., settle=False)`: fold the whole segments it left pending."""
         return settle(self.model, self.tokenizer, memory)
 
     def flush(self, memory: Memory, *, policy: WritePolicy | None = None) -> Memory:
