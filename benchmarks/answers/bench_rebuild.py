@@ -64,6 +64,28 @@ def _timed(work: _Work, fn) -> dict[str, float | int]:
     return {"s": round(time.perf_counter() - t0, 3), **work.take()}
 
 
+def plot(out: dict, path: Path) -> None:
+    """Seconds and segments refolded per rebuild against the edited turn, beside the from-scratch rebuild."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    turns = [e["turn"] for e in out["edits"]]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax1.plot(turns, [e["s"] for e in out["edits"]], "o-", label="edit, reusing slots and snapshots")
+    ax1.axhline(out["from_scratch"]["s"], color="gray", ls="--", label="from scratch")
+    ax1.set(xlabel=f"edited turn (of {out['turns']})", ylabel="rebuild seconds", ylim=(0, None))
+    ax2.plot(turns, [e["segments_folded"] for e in out["edits"]], "o-")
+    ax2.axhline(out["from_scratch"]["segments_folded"], color="gray", ls="--")
+    ax2.set(xlabel=f"edited turn (of {out['turns']})", ylabel="document segments refolded", ylim=(0, None))
+    ax1.legend(fontsize=8)
+    fig.suptitle(f"Rebuild after an edit: {out['turns']} turns, snapshot every {out['snapshot_every']} segments, "
+                 f"{out['threads']} thread(s)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("../shared/data/locomo/locomo_dev8.json"))
@@ -122,6 +144,7 @@ def main() -> None:
           flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=2))
+    plot(out, a.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
