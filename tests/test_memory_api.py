@@ -547,3 +547,18 @@ def test_snapshot_every_is_checked(tok):
             WritePolicy(snapshot_every=bad)
         with pytest.raises(ConfigError, match="^snapshot_every: must be an integer >= 0"):
             tiny_cfg(snapshot_every=bad)
+
+
+def test_write_many_keeps_each_memorys_chain_and_snapshots(tok):
+    eng = _snapshotting(tok)
+    texts = [_doc(PARAS), _doc(PARAS[3:]), "Short one."]
+    starts = [eng.write("A lead-in of some length, to shift the segments.\n\n"), eng.new_memory(), eng.new_memory()]
+    many = eng.write_many(texts, starts)
+    for text, start, got in zip(texts, starts, many):
+        ref = eng.write(text, start)
+        assert got.doc_chain == ref.doc_chain and got.n_segments == ref.n_segments
+        assert [s.n_segments for s in got.snapshots] == [s.n_segments for s in ref.snapshots]
+        torch.testing.assert_close(got.doc_state, ref.doc_state, atol=1e-5, rtol=1e-4)
+        for a, b in zip(got.snapshots, ref.snapshots):
+            torch.testing.assert_close(a.state, b.state, atol=1e-5, rtol=1e-4)
+    assert many[0].snapshots and many[1].snapshots
