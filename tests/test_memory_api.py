@@ -483,9 +483,8 @@ def test_a_rewrite_refolds_only_from_the_snapshot_before_the_change(tok, monkeyp
     rebuilt = eng.write(_doc(paras), reuse=reusable(old, lambda s, e: old_text[s:e]))
     assert eng.to_bytes(rebuilt) == eng.to_bytes(scratch)  # exactly the memory a write from scratch makes
     _same(rebuilt, scratch)
-    unchanged = len(_doc(PARAS[:at]))  # characters before the first change
-    first_changed = sum(1 for i in range(len(old.doc_chain)) if (i + 1) * 16 <= len(tok(old_text[:unchanged])["input_ids"]))
-    kept = max((s.n_segments for s in old.snapshots if s.n_segments <= first_changed), default=0)
+    same = min(old.n_segments, len(tok(_doc(PARAS[:at]))["input_ids"]) // 16)  # whole segments before the change
+    kept = max((s.n_segments for s in old.snapshots if s.n_segments <= same), default=0)
     assert sum(folded) == scratch.n_segments - kept  # from the last snapshot before the change on
     if change == "first":
         assert kept == 0
