@@ -267,3 +267,103 @@ def test_an_adapter_saved_before_memory_positions_existed_reads_memory_as_a_pref
     assert meta["config"].pop("memory_positions") == "spread"
     (tmp_path / META).write_text(json.dumps(meta))
     assert read_adapter(tmp_path)[0].memory_positions == "prefix"
+
+
+@pytest.mark.parametrize("positions", ["spread", "prefix"])
+def test_a_slot_written_in_a_pass_reads_its_text_where_the_slot_pass_does(positions):
+    """`compress_in_pass` over a text with no memory and no text before it reads the same keys/values,
+    at the same positions, as `compress`: the same slot, rows of different lengths batched."""
+    model = R3MemModel(tiny_model("llama"), tiny_cfg(memory_mode="kv", memory_positions=positions))
+    perturb_trainables(model)
+    a, b = _ids(14, seed=2)[0], _ids(6, seed=3)[0]
+    ids, mask = pad_batch([a.tolist(), b.tolist()], 0, torch.device("cpu"))
+    with torch.no_grad():
+        ref, _, _ = model.compress(model.embed(ids), mask, None, 4)
+        got = model.compress_in_pass(model.embed(ids), mask, mask.sum(1), None, 4)
+        # Two layers: the slot's keys/values read the text's at layer 0 only, which no earlier token
+        # shapes, so text before it (and a memory) leave it as the slot pass writes it, if every position is right.
+        before = _ids(7, seed=6)[0].tolist()
+        ids, mask = pad_batch([before + a.tolist(), before[:2] + b.tolist()], 0, torch.device("cpu"))
+        after = model.compress_in_pass(model.embed(ids), mask, torch.tensor([14, 6]), model.initial_state(2), 4)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(after, ref, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("positions", ["spread", "prefix"])
+def test_a_slot_written_in_a_pass_reads_only_its_text_as_the_pass_saw_it(positions):
+    """After a memory and other text, the slot depends on them (the pass's keys/values of its text
+    do) but not on how the batch is padded; it is not the slot of the text alone. Four layers: a slot's
+    keys/values at layer l read the text's below l, which read the text before below l - 1."""
+    model = R3MemModel(tiny_model("llama", layers=4), tiny_cfg(memory_mode="kv", memory_positions=positions))
+    perturb_trainables(model)
+    text, before = _ids(9, seed=4)[0].tolist(), _ids(11, seed=5)[0].tolist()
+    rows = [before + text, before[:3] + text]
+    ids, mask = pad_batch(rows, 0, torch.device("cpu"))
+    n = torch.tensor([9, 9])
+    with torch.no_grad():
+        mem = model.initial_state(1)
+        both = model.compress_in_pass(model.embed(ids), mask, n, mem.expand(2, -1, -1, -1, -1, -1), 3)
+        one = model.compress_in_pass(model.embed(torch.tensor([rows[0]])), torch.ones(1, 20, dtype=torch.long),
+                                     n[:1], mem, 3)
+        alone, _, _ = model.compress(model.embed(torch.tensor([text])), torch.ones(1, 9, dtype=torch.long), None, 3)
+    torch.testing.assert_close(both[:1], one, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(both[0], both[1], atol=1e-4), "the text before must shape the slot"
+    assert not torch.allclose(one, alone, atol=1e-4)
+
+
+def test_recon_in_pass_trains_through_the_document_pass(tok):
+    """The in-pass reconstruction loss reaches the write tokens and the initial memory (read by the text
+    in the pass), and its text before changes the loss (four layers, as above)."""
+    model = R3MemModel(tiny_model("llama", layers=4), tiny_cfg(memory_mode="kv"))
+    perturb_trainables(model)
+    ids = tok(SAMPLE_TEXT.split("\n\n")[1], add_special_tokens=False)["input_ids"]
+    ctx = pad_batch([ids, ids[:9]], tok.pad_token_id, torch.device("cpu"))
+    tgt = pad_batch([ids + [tok.eos_token_id], ids[:9] + [tok.eos_token_id]], tok.pad_token_id, torch.device("cpu"))
+    before = pad_batch([ids[-5:], []], tok.pad_token_id, torch.device("cpu"))
+    terms = recon_losses(model, ctx, tgt, 4.0, before=before)
+    terms.backward.backward()
+    assert model.memory.write_emb.grad.abs().sum() > 0
+    assert model.memory.init_mem.grad is not None and model.memory.init_mem.grad.abs().sum() > 0
+    other = pad_batch([ids[-7:], []], tok.pad_token_id, torch.device("cpu"))
+    assert not torch.isclose(recon_losses(model, ctx, tgt, 4.0, before=other).backward, terms.backward)
+    assert not torch.isclose(recon_losses(model, ctx, tgt, 4.0).backward, terms.backward)
+
+
+@pytest.mark.parametrize("positions", ["spread", "prefix"])
+def test_one_pass_folds_the_segment_and_writes_its_spans_slots(positions):
+    """`compress_with_slots`: the document state `compress` folds, and each span's slot as written in
+    a pass over the segment's text up to the span's end (causal: later text changes nothing)."""
+    model = R3MemModel(tiny_model("llama", layers=4), tiny_cfg(memory_mode="kv", memory_positions=positions))
+    perturb_trainables(model)
+    ids = _ids(15, seed=7)
+    mem = model.initial_state(1)
+    spans = [(0, 6, 2), (6, 13, 2), (13, 15, 1)]
+    with torch.no_grad():
+        new, slots = model.compress_with_slots(model.embed(ids), mem, 4, spans)
+        ref, _, _ = model.compress(model.embed(ids), torch.ones_like(ids), mem, 4)
+        torch.testing.assert_close(new, ref, atol=1e-5, rtol=1e-4)
+        for (a, b, k), slot in zip(spans, slots):
+            part = ids[:, :b]
+            want = model.compress_in_pass(model.embed(part), torch.ones_like(part), torch.tensor([b - a]), mem, k)
+            torch.testing.assert_close(slot[None], want, atol=1e-5, rtol=1e-4)
+        assert slots[0].shape[-2] == 2 and slots[2].shape[-2] == 1
+
+
+def test_slots_from_text_are_the_same_packed_in_one_pass_or_each_alone(monkeypatch):
+    """Pieces of different lengths and memory tokens share a pass behind a block mask: each slot is
+    the one its piece writes alone, however the pieces are cut into passes."""
+    import r3mem.model as model_mod
+
+    model = R3MemModel(tiny_model("llama", layers=4), tiny_cfg(memory_mode="kv"))
+    perturb_trainables(model)
+    ids = _ids(30, seed=8)
+    with torch.no_grad():
+        _, text, first = model.compress_keeping_text(model.embed(ids), model.initial_state(1), 4)
+        pieces = [(text[..., a:b, :], first + a, k) for a, b, k in [(0, 5, 2), (5, 17, 3), (17, 18, 1), (18, 30, 3)]]
+        alone = [model.slots_from_text([p])[0] for p in pieces]
+        packed = model.slots_from_text(pieces)
+        monkeypatch.setattr(model_mod, "SLOT_TOKENS_PER_PASS", 4)
+        cut = model.slots_from_text(pieces)
+    for a, p, c in zip(alone, packed, cut):
+        torch.testing.assert_close(p, a, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(c, a, atol=1e-5, rtol=1e-4)

@@ -14,6 +14,8 @@ from r3mem.cli.train import resolve_config_path
 from r3mem.config import ConfigError, load_config
 from r3mem.engine import R3Mem
 from r3mem.losses import lm_losses, pair_losses, recon_losses
+from r3mem.model import R3MemModel
+from r3mem.tiny import tiny_model
 from r3mem.tokens import pad_batch
 from r3mem.train.config import TrainConfig, apply_overrides
 from r3mem.train.loop import lr_factor, step_losses, train
@@ -375,3 +377,35 @@ def test_split_rows_cuts_every_tensor_and_pair_and_weighs_by_rows():
     assert torch.equal(torch.cat([p["target"][1] for p, _ in parts]), mask)
     assert all(p["ratio"] == 4.0 and p["level"] == "recon" for p, _ in parts)
     assert split_rows(batch, None) == [(batch, 1.0)] and split_rows(batch, 5) == [(batch, 1.0)]
+
+
+def test_recon_in_pass_gives_a_share_of_reconstruction_batches_text_before_and_the_step_uses_it(tiny_cfg_train):
+    from r3mem.backbone import load_base
+    from r3mem.train.mixture import TrainingMixture
+
+    _, btok = load_base(tiny_cfg_train.model.base_model)
+    cfg = dataclasses.replace(tiny_cfg_train, curriculum=({"until": 1.0, "levels": ["recon"]},),
+                              model=dataclasses.replace(tiny_cfg_train.model, segment_len=64))  # room before a row
+    batches = {p: [TrainingMixture(dataclasses.replace(cfg, recon_in_pass_p=p), btok).batch(s) for s in range(16)]
+               for p in (0.0, 0.5, 1.0)}
+    for b0, b5, b1 in zip(*batches.values()):  # the same rows to reconstruct
+        assert torch.equal(b0["ctx"][0], b5["ctx"][0]) and torch.equal(b0["ctx"][0], b1["ctx"][0])
+    assert not any("before" in b for b in batches[0.0])
+    assert all("before" in b for b in batches[1.0])
+    assert 0 < sum("before" in b for b in batches[0.5]) < 16
+    seg = cfg.model.segment_len
+    for b in batches[1.0]:  # each row's text before it and the row fit one segment
+        assert torch.all(b["before"][1].sum(1) + b["ctx"][1].sum(1) <= seg)
+    assert any(int(b["before"][1].sum()) > 0 for b in batches[1.0])
+    with pytest.raises(ConfigError, match="^recon_in_pass_p: must be a number in"):
+        TrainConfig(recon_in_pass_p=2)
+
+    model = R3MemModel(tiny_model("llama", layers=4), cfg.model)  # deep enough for the text before to matter
+    perturb_trainables(model)
+    b = batches[1.0][0]
+    with torch.no_grad():
+        stepped = step_losses(model, b).backward
+        direct = recon_losses(model, b["ctx"], b["target"], b["ratio"], bits=b["bits"], before=b["before"]).backward
+        plain = recon_losses(model, b["ctx"], b["target"], b["ratio"], bits=b["bits"]).backward
+    torch.testing.assert_close(stepped, direct)  # the training step passes the text before on
+    assert not torch.isclose(stepped, plain)

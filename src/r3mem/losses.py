@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from r3mem.model import R3MemModel
 from r3mem.quant import fake_quantize
 from r3mem.recurrence import fold
-from r3mem.tokens import lm_labels, slot_tokens
+from r3mem.tokens import lm_labels, pad_batch, slot_tokens
 
 __all__ = ["LossTerms", "lm_losses", "pair_losses", "recon_losses"]
 
@@ -106,14 +106,18 @@ def pair_losses(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], query
 
 
 def recon_losses(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], target: tuple[torch.Tensor, torch.Tensor],
-                 ratio: float, w_cyc: float = 0.0, text_lm: bool = False, bits: int = 16) -> LossTerms:
+                 ratio: float, w_cyc: float = 0.0, text_lm: bool = False, bits: int = 16,
+                 before: tuple[torch.Tensor, torch.Tensor] | None = None) -> LossTerms:
     """Autoencoding: compress the text into ceil(len/ratio) memory tokens, reconstruct it (and <eos>)
     from them as read at `bits` (`quant.fake_quantize`: 16 leaves them as they are).
 
     `text_lm`: the forward term is the text's own next-token loss in the compress pass (no memory
-    read), otherwise zero.
+    read), otherwise zero. `before` ([B, A] ids and mask, rows' text left-aligned): the text is written in
+    a document pass after this text and M_0 (`compress_in_pass`, the one-pass hierarchy); no forward term.
     """
     k = slot_tokens(int(ctx[1].sum(1).max()), ratio, model.memory.max_slot)
+    if before is not None:
+        return _recon_in_pass(model, ctx, target, before, k, w_cyc, bits)
     labels = lm_labels(*ctx) if text_lm else None
     state, lm_sum, lm_n = model.compress(model.embed(ctx[0]), ctx[1], model.slot_prior(ctx[0].shape[0]), k, labels)
     state = fake_quantize(state, bits)
@@ -122,3 +126,16 @@ def recon_losses(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], targ
     fwd = lm_sum / lm_n.clamp(min=1) if text_lm else _zero(model)
     return LossTerms(fwd, _mean_ce(model, hidden, lab), cyc)
 
+
+
+def _recon_in_pass(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], target: tuple[torch.Tensor, torch.Tensor],
+                   before: tuple[torch.Tensor, torch.Tensor], k: int, w_cyc: float, bits: int) -> LossTerms:
+    """`recon_losses` with each row's text after its `before` text in one document pass."""
+    rows = [b[m.bool()].tolist() + c[cm.bool()].tolist() for b, m, c, cm in zip(*before, *ctx)]
+    ids, mask = pad_batch(rows, 0, ctx[0].device)
+    B = ids.shape[0]
+    state = model.compress_in_pass(model.embed(ids), mask, ctx[1].sum(1), model.initial_state(B), k)
+    state = fake_quantize(state, bits)
+    hidden, lab = model.teacher_force(state, target[0], target[1])
+    cyc = cycle_term(model, state, hidden, target[1]) if w_cyc > 0 else _zero(model)
+    return LossTerms(_zero(model), _mean_ce(model, hidden, lab), cyc)

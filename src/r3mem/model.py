@@ -96,6 +96,9 @@ def _unpack(h: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return out.scatter_(1, order.unsqueeze(-1).expand_as(h), h)
 
 
+# Write tokens per pass of `slots_from_text`: on a CPU a pass of a few tokens costs a read of all the
+# weights, so slots share passes; past a few hundred the block mask's unused attention starts to cost.
+SLOT_TOKENS_PER_PASS = 256
 DRAFT_LOOKAHEAD = 32  # draft tokens fed per pass of `reconstruct_drafted` (a slot holds at most 96 text tokens)
 
 
@@ -300,7 +303,7 @@ class R3MemModel(nn.Module):
     def _run(self, x: torch.Tensor, mask: torch.Tensor, direction: str, state: torch.Tensor | None,
              n_read: int, capture: int = 0, use_cache: bool = False, past: torch.Tensor | None = None,
              start: torch.Tensor | int | None = None, tail_positions: torch.Tensor | None = None,
-             write_tail: int = 0, past_mask: torch.Tensor | None = None):
+             write_tail: int = 0, past_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None):
         """Pack, run the decoder stack once, unpack: a `_Pass` (hidden [B, T, d], ctx, cache, mask over cache +
         tokens [B, k + T], positions [B, T]). x [B, T, d] embeddings, mask [B, T].
 
@@ -309,7 +312,9 @@ class R3MemModel(nn.Module):
         memory), `start + 1`, ...; `tail_positions` [B, n] overrides those of the last n tokens (write
         tokens placed over the text they summarise). `past_mask` [B, k]: 0 on padding memory tokens (rows
         of memories with fewer tokens, padded to share a batch). `write_tail`: the last n tokens are write tokens
-        (they take the write adapter when the model has one and the direction is compress).
+        (they take the write adapter when the model has one and the direction is compress). `attn_mask`
+        [B, 1, T, k + T] (`_block_mask`): which tokens read which, instead of causal attention over all
+        (tokens unpadded).
         """
         xp, mp, order = _pack_left(x, mask)
         write_mask = None
@@ -338,7 +343,7 @@ class R3MemModel(nn.Module):
         try:
             head = mp.new_ones(mp.shape[0], k) if past_mask is None else past_mask.to(mp.dtype)
             full = torch.cat([head, mp], 1) if k else mp
-            out = self.body(inputs_embeds=xp, attention_mask=full, position_ids=pos,
+            out = self.body(inputs_embeds=xp, attention_mask=full if attn_mask is None else attn_mask, position_ids=pos,
                             past_key_values=cache, use_cache=use_cache)
         finally:
             self._ctx = None
@@ -402,7 +407,16 @@ class R3MemModel(nn.Module):
         segment and their keys are moved to 0..n_write-1. Spread: write token j sits at o + 1 + the
         end of its share of the segment, and keys are moved so the segment would be at 0..n-1.
         """
-        B, T = embeds.shape[:2]
+        hidden, _, new = self._kv_pass(embeds, mask, state, n_write)
+        loss, n = hidden.new_zeros(()), hidden.new_zeros(())
+        if labels is not None:
+            loss, n = self.token_nll(hidden[:, :embeds.shape[1]], labels)
+        return Compressed(new, loss, n)
+
+    def _kv_pass(self, embeds: torch.Tensor, mask: torch.Tensor, state: torch.Tensor | None, n_write: int):
+        """`_compress_kv`'s pass: (hidden [B, 1 + T + n_write, d] from the segment's first token on, the
+        cache, the new memory [B, L, 2, H, n_write, hd])."""
+        B = embeds.shape[0]
         ones = mask.new_ones
         x = torch.cat([self.memory.marker(B, SEP).to(embeds.dtype), embeds,
                        self.memory.write_tokens(B, n_write).to(embeds.dtype)], 1)
@@ -412,11 +426,119 @@ class R3MemModel(nn.Module):
         hidden, _, cache, _, _ = self._run(x, m, COMPRESS, None, 0, use_cache=True, past=state, start=o,
                                            tail_positions=tail, write_tail=n_write)
         first = mask.new_full((B,), o + 1) if self.spread else o + 1 + mask.sum(1)
-        new = kv.reposition(self._rot, kv.from_cache(cache, n_write), -first)
-        loss, n = hidden.new_zeros(()), hidden.new_zeros(())
-        if labels is not None:
-            loss, n = self.token_nll(hidden[:, :T], labels)
-        return Compressed(new, loss, n)
+        return hidden, cache, kv.reposition(self._rot, kv.from_cache(cache, n_write), -first)
+
+    def compress_keeping_text(self, embeds: torch.Tensor, state: torch.Tensor | None,
+                              n_write: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One segment of one memory (embeds [1, T, d], no padding) folded as `compress` folds it, keeping
+        the pass's keys/values of the text: (new state [1, L, 2, H, n_write, hd], text [L, 2, H, T, hd],
+        the position of its first token). `slots_from_text` writes slots from the text: the one-pass
+        hierarchy."""
+        if not self.kv or embeds.shape[0] != 1:
+            raise ValueError("compress_keeping_text: needs memory_mode 'kv' and one segment")
+        T = embeds.shape[1]
+        _, cache, new = self._kv_pass(embeds, torch.ones(1, T, dtype=torch.long, device=embeds.device), state,
+                                      n_write)
+        return new, kv.from_cache(cache, T + n_write)[0, ..., :T, :], self._continue_at(state) + 1
+
+    def slots_from_text(self, pieces: list[tuple[torch.Tensor, int, int]]) -> list[torch.Tensor]:
+        """One slot [L, 2, H, k, hd] per (text keys/values [L, 2, H, n, hd], position of its first token,
+        memory tokens k): what `compress_in_pass` writes from that text as its pass saw it. Pieces share
+        passes of up to `SLOT_TOKENS_PER_PASS` write tokens, each piece's reading only its own text
+        (`_slots_packed`): a pass costs a read of the weights, whatever it holds."""
+        if not pieces:
+            return []
+        start, out, chunk = self._start_entry(), [], []
+        for piece in pieces:
+            if chunk and sum(k for *_, k in chunk) + piece[2] > SLOT_TOKENS_PER_PASS:
+                out += self._slots_packed(chunk, start)
+                chunk = []
+            chunk.append(piece)
+        return out + self._slots_packed(chunk, start)
+
+    def _start_entry(self) -> torch.Tensor:
+        """The <start> entry [1, L, 2, H, 1, hd] every slot pass begins with, at `_continue_at(None)`: it
+        reads nothing before it, so it is the same for every slot."""
+        x = self.memory.marker(1, SEP).to(self.lm.get_input_embeddings().weight.dtype)
+        m = torch.ones(1, 1, dtype=torch.long, device=x.device)
+        return kv.from_cache(self._run(x, m, COMPRESS, None, 0, use_cache=True, start=self._continue_at(None)).cache, 1)
+
+    def _block_mask(self, allowed: torch.Tensor) -> torch.Tensor:
+        """[B, T, k + T] booleans (query reads key) -> the 4D mask the attention implementation takes."""
+        if self.lm.config._attn_implementation == "sdpa":
+            return allowed[:, None]
+        low = torch.finfo(torch.float32).min
+        return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, low)[:, None]
+
+    def _slots_packed(self, pieces: list[tuple[torch.Tensor, int, int]], start: torch.Tensor) -> list[torch.Tensor]:
+        """`slots_from_text` in one pass (B = 1): the pieces' <start> entries and texts form the cache, their
+        write tokens the input, and a block mask lets each piece's write tokens read its own entries and,
+        causally, each other, at the positions a slot pass gives them."""
+        at, dev = self._continue_at(None), start.device
+        entries, pos, shifts = [], [], []
+        for t, first, k in pieces:
+            n = t.shape[-2]
+            entries += [kv.reposition(self._rot, start.float(), torch.tensor([first - 1 - at]))[0].to(t.dtype), t]
+            rel = self.spread_positions(torch.tensor([n]), k)[0] if self.spread else n + torch.arange(k)
+            pos.append(first + rel)
+            shifts.append(first if self.spread else first + n)
+        ks, piece = [k for *_, k in pieces], torch.arange(len(pieces))
+        past_of = torch.repeat_interleave(piece, torch.tensor([1 + t.shape[-2] for t, _, _ in pieces]))
+        of = torch.repeat_interleave(piece, torch.tensor(ks))  # the piece of each write token
+        Q = len(of)
+        causal = torch.arange(Q)[:, None] >= torch.arange(Q)[None]
+        allowed = torch.cat([of[:, None] == past_of[None], (of[:, None] == of[None]) & causal], 1)[None].to(dev)
+        x = torch.cat([self.memory.write_tokens(1, k) for k in ks], 1).to(self.lm.get_input_embeddings().weight.dtype)
+        cache = self._run(x, torch.ones(1, Q, dtype=torch.long, device=dev), COMPRESS, None, 0, use_cache=True,
+                          past=torch.cat(entries, -2)[None], start=0, tail_positions=torch.cat(pos)[None].to(dev),
+                          write_tail=Q, attn_mask=self._block_mask(allowed)).cache
+        slots = kv.from_cache(cache, Q)[0].split(ks, dim=-2)
+        return [kv.reposition(self._rot, sl[None], torch.tensor([d]))[0] for sl, d in zip(slots, (-x for x in shifts))]
+
+    def compress_with_slots(self, embeds: torch.Tensor, state: torch.Tensor | None, n_write: int,
+                            spans: list[tuple[int, int, int]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`compress_keeping_text`, then the slot of each text span (start, end, memory tokens) of the
+        segment: (new state [1, L, 2, H, n_write, hd], one slot [L, 2, H, k, hd] per span)."""
+        new, text, first = self.compress_keeping_text(embeds, state, n_write)
+        return new, self.slots_from_text([(text[..., a:b, :], first + a, k) for a, b, k in spans])
+
+    def compress_in_pass(self, embeds: torch.Tensor, mask: torch.Tensor, n_text: torch.Tensor,
+                         state: torch.Tensor | None, n_write: int) -> torch.Tensor:
+        """Slots written from a document pass (kv mode): [memory as cache] + <start> + embeds [B, T, d]
+        (mask [B, T]) is run as `_compress_kv` runs a segment, then `n_write` write tokens read only the
+        keys/values of each row's last n_text[i] tokens ([B]) and the slot pass's own <start> entry, at
+        the positions a slot pass gives them. Returns the slots [B, L, 2, H, n_write, hd], canonical like
+        `compress`'s. The text is read once for both levels: the one-pass hierarchy (LOG 2026-12-07)."""
+        if not self.kv:
+            raise ValueError("compress_in_pass: needs memory_mode 'kv'")
+        B = embeds.shape[0]
+        ones = mask.new_ones
+        x = torch.cat([self.memory.marker(B, SEP).to(embeds.dtype), embeds], 1)
+        o = self._continue_at(state)
+        text = self._run(x, torch.cat([ones(B, 1), mask], 1), COMPRESS, None, 0, use_cache=True, past=state,
+                         start=o).cache
+        N = int(n_text.max())
+        keep = torch.arange(N, device=mask.device)[None] >= N - n_text[:, None]  # packing keeps them last
+        first = o + 1 + mask.sum(1) - n_text  # [B]: position of each row's first slot token
+        return self._slot_from_text(kv.from_cache(text, N), keep, first, n_text, n_write)
+
+    def _slot_from_text(self, text: torch.Tensor, keep: torch.Tensor, first: torch.Tensor, n_text: torch.Tensor,
+                        n_write: int) -> torch.Tensor:
+        """Write tokens over text keys/values [B, L, 2, H, N, hd] (keep [B, N]: the entries of each row's
+        text, which starts at position first[i]) -> canonical slots [B, L, 2, H, n_write, hd]. The <start>
+        entry a slot pass begins with depends on nothing else: computed once, moved before each text."""
+        B, at = text.shape[0], self._continue_at(None)
+        sep = kv.reposition(self._rot, self._start_entry().expand(B, -1, -1, -1, -1, -1).float(), first - 1 - at)
+        past = torch.cat([sep.to(text.dtype), text], -2)
+        past_mask = torch.cat([keep.new_ones(B, 1), keep], 1).long()
+        rel = self.spread_positions(n_text, n_write) if self.spread else \
+            n_text[:, None] + torch.arange(n_write, device=first.device)[None]
+        emb = self.lm.get_input_embeddings().weight.dtype
+        cache = self._run(self.memory.write_tokens(B, n_write).to(emb), past_mask.new_ones(B, n_write),
+                          COMPRESS, None, 0, use_cache=True, past=past, past_mask=past_mask, start=0,
+                          tail_positions=first[:, None] + rel, write_tail=n_write).cache
+        shift = first if self.spread else first + n_text
+        return kv.reposition(self._rot, kv.from_cache(cache, n_write), -shift)
 
     def token_nll(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed negative log-likelihood of `labels` [B, T] under the hidden states [B, T, d], number of

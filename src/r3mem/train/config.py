@@ -69,6 +69,11 @@ class TrainConfig:
     # quantized, as at use).
     quant_bits: int = 16
     quant_p: float = 0.5
+    # One-pass hierarchy: this fraction of reconstruction batches writes each paragraph from a document
+    # pass (`R3MemModel.compress_in_pass`), after 0..segment_len - len tokens of other text in its segment
+    # and the initial memory, so that slots can be written from the keys/values of the pass that folds
+    # the document (LOG 2026-12-07). 0: never (and the batches of older runs are unchanged).
+    recon_in_pass_p: float = 0.0
     # Start from this adapter folder's weights (a committed adapter of an earlier run) when the run
     # folder has no checkpoint yet; the step count continues from the adapter's, the optimizer is new.
     # Its LoRA may be of a smaller rank than `model.lora_rank`: it is grown (train/warmstart.py).
@@ -131,6 +136,11 @@ class TrainConfig:
                "must be one of 16, 8, 4, 2", self.quant_bits)
         check(isinstance(self.quant_p, (int, float)) and not isinstance(self.quant_p, bool)
                and 0 <= self.quant_p <= 1, "quant_p", "must be a number in [0, 1]", self.quant_p)
+        check(isinstance(self.recon_in_pass_p, (int, float)) and not isinstance(self.recon_in_pass_p, bool)
+              and 0 <= self.recon_in_pass_p <= 1, "recon_in_pass_p", "must be a number in [0, 1]",
+              self.recon_in_pass_p)
+        check(self.recon_in_pass_p == 0 or self.model.memory_mode == "kv", "recon_in_pass_p",
+              "needs model.memory_mode 'kv'", self.recon_in_pass_p)
         check(0 <= self.lm_read_previous <= 1, "lm_read_previous", "must be in [0, 1]", self.lm_read_previous)
         check(len(self.curriculum) > 0, "curriculum", "must have at least one phase", self.curriculum)
         prev = 0.0

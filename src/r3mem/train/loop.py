@@ -62,7 +62,8 @@ def step_losses(model: R3MemModel, batch: dict) -> LossTerms:
     c = model.cfg
     if batch["level"] == "recon":
         return recon_losses(model, batch["ctx"], batch["target"], batch["ratio"], c.w_cyc,
-                            text_lm=c.recon_lm and c.w_fwd > 0, bits=batch.get("bits", 16))
+                            text_lm=c.recon_lm and c.w_fwd > 0, bits=batch.get("bits", 16),
+                            before=batch.get("before"))
     if batch["level"] == "document":
         return lm_losses(model, batch["ids"], batch["mask"], c.w_fwd, c.w_bwd, c.w_cyc,
                          read_previous=batch.get("read_previous", False))
@@ -187,7 +188,8 @@ def _n_tokens(batch: dict) -> int:
     if batch["level"] == "document":
         return int(batch["mask"].sum())
     if batch["level"] == "recon":
-        return int(batch["ctx"][1].sum() + batch["target"][1].sum())
+        before = int(batch["before"][1].sum()) if "before" in batch else 0
+        return int(batch["ctx"][1].sum() + batch["target"][1].sum()) + before
     return int(batch["ctx"][1].sum() + batch["target"][1].sum() + batch["query"][1].sum())
 
 

@@ -52,6 +52,7 @@ def load_sources(sources: tuple[str, ...], max_chars: int | None = None) -> list
 class TrainingMixture:
     def __init__(self, cfg: TrainConfig, tokenizer) -> None:
         self.cfg, self.tok = cfg, tokenizer
+        self._break = tokenize(tokenizer, "\n\n")  # between paragraphs of a `before` text
         docs = load_sources(cfg.train_files, cfg.max_chars_per_file)
         window = cfg.model.segment_len * cfg.lm_segments
         token_docs = [tokenize_long(tokenizer, t) for _, t in docs]
@@ -82,7 +83,7 @@ class TrainingMixture:
         level = levels[int(torch.randint(len(levels), (1,), generator=g))]
         B = self.cfg.batch_size
         if level == "recon":
-            return self._with_bits(self._recon_batch(step, g), g)
+            return self._in_pass(self._with_bits(self._recon_batch(step, g), g), g)
         if level == "document":
             rows = [self.windows[int(i)] for i in torch.randint(len(self.windows), (B,), generator=g)]
             seqs = [self.token_docs[w.doc][w.start:w.start + w.length] for w in rows]
@@ -107,6 +108,22 @@ class TrainingMixture:
         share of batches, else 16); drawn only when asked for, so that runs without it keep their batches."""
         quantized = self.cfg.quant_bits < 16 and bool(torch.rand((), generator=g) < self.cfg.quant_p)
         return {**batch, "bits": self.cfg.quant_bits if quantized else 16}
+
+    def _in_pass(self, batch: dict, g: torch.Generator) -> dict:
+        """The batch, for a `recon_in_pass_p` share, with `before`: for each row 0..segment_len - len tokens
+        (uniform) of other paragraphs of a source drawn uniformly, ending where the row's text begins.
+        Drawn only when asked for, so that runs without it keep their batches."""
+        if not (self.cfg.recon_in_pass_p > 0 and bool(torch.rand((), generator=g) < self.cfg.recon_in_pass_p)):
+            return batch
+        seg, rows = self.cfg.model.segment_len, []
+        for n in batch["ctx"][1].sum(1).tolist():
+            a = int(torch.randint(max(1, seg - n + 1), (1,), generator=g))
+            pool = self.recon[int(torch.randint(len(self.recon), (1,), generator=g))]
+            text: list[int] = []
+            while len(text) < a:
+                text = pool[int(torch.randint(len(pool), (1,), generator=g))] + self._break + text
+            rows.append(text[len(text) - a:])
+        return {**batch, "before": pad_batch(rows, self.tok.pad_token_id, torch.device("cpu"))}
 
     def _recon_batch(self, step: int, g: torch.Generator) -> dict:
         """Autoencoding: a source drawn uniformly, then `batch_size` neighbours in its length-sorted pool
