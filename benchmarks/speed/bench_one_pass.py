@@ -26,6 +26,7 @@ from bench_speed import _base_forward  # noqa: E402
 
 from r3mem.engine import R3Mem  # noqa: E402
 from r3mem.hierarchy import paragraph_spans  # noqa: E402
+from r3mem.recurrence import fold  # noqa: E402
 from r3mem.text import read_text, strip_gutenberg  # noqa: E402
 from r3mem.tokens import slot_tokens, tokenize  # noqa: E402
 from r3mem.writer import compress_texts  # noqa: E402
@@ -47,11 +48,9 @@ def stream(engine: R3Mem, text: str, n_tokens: int) -> tuple[list[int], list[tup
 
 @torch.no_grad()
 def two_pass(engine: R3Mem, ids: list[int], paras: list[tuple[int, int]]) -> None:
-    m, seg, r = engine.model, engine.config.segment_len, engine.config.paragraph_ratio
-    state = m.initial_state(1)
-    for s in range(0, len(ids), seg):
-        x = torch.tensor([ids[s:s + seg]])
-        state = m.compress(m.embed(x), torch.ones_like(x), state, m.cfg.num_mem_tokens).state.to(m.store_dtype)
+    m, r = engine.model, engine.config.paragraph_ratio
+    x = torch.tensor([ids])
+    fold(m, m.initial_state(1), x, torch.ones_like(x), store_dtype=m.store_dtype)
     compress_texts(m, [ids[a:b] for a, b in paras], r, engine.tokenizer.pad_token_id)
 
 

@@ -117,25 +117,22 @@ def recon_losses(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], targ
     """
     k = slot_tokens(int(ctx[1].sum(1).max()), ratio, model.memory.max_slot)
     if before is not None:
-        return _recon_in_pass(model, ctx, target, before, k, w_cyc, bits)
-    labels = lm_labels(*ctx) if text_lm else None
-    state, lm_sum, lm_n = model.compress(model.embed(ctx[0]), ctx[1], model.slot_prior(ctx[0].shape[0]), k, labels)
+        state, fwd = _in_pass_state(model, ctx, before, k), _zero(model)
+    else:
+        labels = lm_labels(*ctx) if text_lm else None
+        state, lm_sum, lm_n = model.compress(model.embed(ctx[0]), ctx[1], model.slot_prior(ctx[0].shape[0]), k,
+                                             labels)
+        fwd = lm_sum / lm_n.clamp(min=1) if text_lm else _zero(model)
     state = fake_quantize(state, bits)
     hidden, lab = model.teacher_force(state, target[0], target[1])
     cyc = cycle_term(model, state, hidden, target[1]) if w_cyc > 0 else _zero(model)
-    fwd = lm_sum / lm_n.clamp(min=1) if text_lm else _zero(model)
     return LossTerms(fwd, _mean_ce(model, hidden, lab), cyc)
 
 
 
-def _recon_in_pass(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], target: tuple[torch.Tensor, torch.Tensor],
-                   before: tuple[torch.Tensor, torch.Tensor], k: int, w_cyc: float, bits: int) -> LossTerms:
-    """`recon_losses` with each row's text after its `before` text in one document pass."""
+def _in_pass_state(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor],
+                   before: tuple[torch.Tensor, torch.Tensor], k: int) -> torch.Tensor:
+    """Each row's slot written in one document pass over its `before` text and then its text, after M_0."""
     rows = [b[m.bool()].tolist() + c[cm.bool()].tolist() for b, m, c, cm in zip(*before, *ctx)]
     ids, mask = pad_batch(rows, 0, ctx[0].device)
-    B = ids.shape[0]
-    state = model.compress_in_pass(model.embed(ids), mask, ctx[1].sum(1), model.initial_state(B), k)
-    state = fake_quantize(state, bits)
-    hidden, lab = model.teacher_force(state, target[0], target[1])
-    cyc = cycle_term(model, state, hidden, target[1]) if w_cyc > 0 else _zero(model)
-    return LossTerms(_zero(model), _mean_ce(model, hidden, lab), cyc)
+    return model.compress_in_pass(model.embed(ids), mask, ctx[1].sum(1), model.initial_state(ids.shape[0]), k)

@@ -471,9 +471,10 @@ class R3MemModel(nn.Module):
         return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, low)[:, None]
 
     def _slots_packed(self, pieces: list[tuple[torch.Tensor, int, int]], start: torch.Tensor) -> list[torch.Tensor]:
-        """`slots_from_text` in one pass (B = 1): the pieces' <start> entries and texts form the cache, their
-        write tokens the input, and a block mask lets each piece's write tokens read its own entries and,
-        causally, each other, at the positions a slot pass gives them."""
+        """`slots_from_text` in one pass (B = 1): the pieces' <start> entries (the slot pass's, which reads
+        nothing before it: one tensor, moved before each text) and texts form the cache, their write tokens
+        the input, and a block mask lets each piece's write tokens read its own entries and, causally, each
+        other, at the positions a slot pass gives them."""
         at, dev = self._continue_at(None), start.device
         entries, pos, shifts = [], [], []
         for t, first, k in pieces:
@@ -518,27 +519,10 @@ class R3MemModel(nn.Module):
         text = self._run(x, torch.cat([ones(B, 1), mask], 1), COMPRESS, None, 0, use_cache=True, past=state,
                          start=o).cache
         N = int(n_text.max())
-        keep = torch.arange(N, device=mask.device)[None] >= N - n_text[:, None]  # packing keeps them last
+        text = kv.from_cache(text, N)  # each row's text is its last n_text[i] entries: packing keeps them last
         first = o + 1 + mask.sum(1) - n_text  # [B]: position of each row's first slot token
-        return self._slot_from_text(kv.from_cache(text, N), keep, first, n_text, n_write)
-
-    def _slot_from_text(self, text: torch.Tensor, keep: torch.Tensor, first: torch.Tensor, n_text: torch.Tensor,
-                        n_write: int) -> torch.Tensor:
-        """Write tokens over text keys/values [B, L, 2, H, N, hd] (keep [B, N]: the entries of each row's
-        text, which starts at position first[i]) -> canonical slots [B, L, 2, H, n_write, hd]. The <start>
-        entry a slot pass begins with depends on nothing else: computed once, moved before each text."""
-        B, at = text.shape[0], self._continue_at(None)
-        sep = kv.reposition(self._rot, self._start_entry().expand(B, -1, -1, -1, -1, -1).float(), first - 1 - at)
-        past = torch.cat([sep.to(text.dtype), text], -2)
-        past_mask = torch.cat([keep.new_ones(B, 1), keep], 1).long()
-        rel = self.spread_positions(n_text, n_write) if self.spread else \
-            n_text[:, None] + torch.arange(n_write, device=first.device)[None]
-        emb = self.lm.get_input_embeddings().weight.dtype
-        cache = self._run(self.memory.write_tokens(B, n_write).to(emb), past_mask.new_ones(B, n_write),
-                          COMPRESS, None, 0, use_cache=True, past=past, past_mask=past_mask, start=0,
-                          tail_positions=first[:, None] + rel, write_tail=n_write).cache
-        shift = first if self.spread else first + n_text
-        return kv.reposition(self._rot, kv.from_cache(cache, n_write), -shift)
+        rows = zip(text, n_text.tolist(), first.tolist())
+        return torch.stack(self.slots_from_text([(t[..., N - n:, :], f, n_write) for t, n, f in rows]))
 
     def token_nll(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed negative log-likelihood of `labels` [B, T] under the hidden states [B, T, d], number of
