@@ -20,6 +20,7 @@ import torch
 
 from r3mem.engine import R3Mem
 from r3mem.evaluate.metrics import token_exact_match
+from r3mem.evaluate.runner import environment, git_info
 from r3mem.hierarchy import paragraph_spans
 from r3mem.quant import dequantize, quantize
 from r3mem.recall import reconstruct_scored
@@ -93,7 +94,8 @@ def main() -> None:
               "adapter": str(a.model or "shipped"), "adapter_hash": engine.adapter_hash,
               "adapter_meta": {k: engine.meta.get(k) for k in ("step", "examples_seen")},
               "memory_bits": engine.config.memory_bits, "compute_dtype": a.compute_dtype,
-              "n_paragraphs": len(paras), "token_exact_match": rows}
+              "n_paragraphs": len(paras), "token_exact_match": rows,
+           "versions": environment(), **git_info(), "config": engine.config.to_dict()}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2))
 

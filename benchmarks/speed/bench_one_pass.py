@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_speed import _base_forward  # noqa: E402
 
 from r3mem.engine import R3Mem  # noqa: E402
+from r3mem.evaluate.runner import environment, git_info  # noqa: E402
 from r3mem.hierarchy import paragraph_spans  # noqa: E402
 from r3mem.recurrence import fold  # noqa: E402
 from r3mem.text import read_text, strip_gutenberg  # noqa: E402
@@ -116,7 +117,8 @@ def main() -> None:
     rows = run(engine, text[len(text) // 3:], [int(x) for x in a.lengths.split(",")], a.repeats)
     out = {"benchmark": "speed-one-pass", "date": datetime.date.today().isoformat(),
            "adapter_hash": engine.adapter_hash, "compute_dtype": engine.config.compute_dtype,
-           "threads": a.threads, "rows": rows}
+           "threads": a.threads, "rows": rows,
+           "versions": environment(), **git_info(), "config": engine.config.to_dict()}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=2))
 
