@@ -96,3 +96,28 @@ def test_long_text_splits_special_token_strings_as_user_text_does(bpe_tokenizer)
     assert 1 in bpe_tokenizer(text, add_special_tokens=False)["input_ids"]  # obeyed by a plain call ...
     got = tokenize_long(bpe_tokenizer, text, chunk_chars=16)
     assert 0 not in got and 1 not in got and got == tokenize(bpe_tokenizer, text)  # ... split here, as in write
+
+
+
+def test_paragraph_pieces_break_at_blank_lines_however_spelt_and_cut_long_paragraphs():
+    """A blank line is a break whether spelt as one token or two (with spaces between); a line break
+    inside a paragraph is not; a paragraph longer than the limit is cut as the writer cuts it into slots."""
+    from r3mem.tokens import paragraph_pieces
+
+    W, NL, BLANK, SP = 0, 1, 2, 3  # a word, "\n", "\n\n", " "
+    table = [-1, 1, 2, 0]
+    ids = [W, W, NL, W, BLANK, W, NL, SP, NL, W, W, W, W, W, W, W]
+    assert paragraph_pieces(ids, table, max_len=4) == [0, 0, 0, 0, -1, 1, -1, -1, -1, 2, 2, 2, 2, 3, 3, 3]
+    assert paragraph_pieces([NL, BLANK, W], table, max_len=4) == [-1, -1, 0]
+    assert paragraph_pieces([W, NL], table, max_len=4) == [0, 0]
+
+
+def test_newline_table_counts_newlines_of_whitespace_tokens_only(bpe_tokenizer):
+    from r3mem.tokens import newline_table, tokenize
+
+    table = newline_table(bpe_tokenizer)
+    assert len(table) == len(bpe_tokenizer)
+    nl, = tokenize(bpe_tokenizer, "\n")
+    assert table[nl] == 1
+    assert all(table[i] == -1 for i in tokenize(bpe_tokenizer, "cat"))
+    assert table[tokenize(bpe_tokenizer, " ")[0]] == 0

@@ -409,3 +409,35 @@ def test_recon_in_pass_gives_a_share_of_reconstruction_batches_text_before_and_t
         plain = recon_losses(model, b["ctx"], b["target"], b["ratio"], bits=b["bits"]).backward
     torch.testing.assert_close(stepped, direct)  # the training step passes the text before on
     assert not torch.isclose(stepped, plain)
+
+
+def test_slots_first_gives_a_share_of_document_windows_pieces_and_the_step_folds_them(tiny_cfg_train):
+    from r3mem.backbone import load_base
+    from r3mem.losses import local_lm_losses
+    from r3mem.train.mixture import TrainingMixture
+
+    _, btok = load_base(tiny_cfg_train.model.base_model)
+    cfg = dataclasses.replace(tiny_cfg_train, curriculum=({"until": 1.0, "levels": ["document"]},))
+    batches = {p: [TrainingMixture(dataclasses.replace(cfg, lm_slots_first_p=p), btok).batch(s) for s in range(12)]
+               for p in (0.0, 0.5, 1.0)}
+    for b0, b5, b1 in zip(*batches.values()):
+        assert torch.equal(b0["ids"], b5["ids"]) and torch.equal(b0["ids"], b1["ids"])
+    assert not any("piece" in b for b in batches[0.0]) and all("piece" in b for b in batches[1.0])
+    assert 0 < sum("piece" in b for b in batches[0.5]) < 12
+    for b in batches[1.0]:
+        assert b["piece"].shape == b["ids"].shape and torch.all(b["piece"][b["mask"] == 0] == -1)
+    assert any(int((b["piece"][b["mask"] == 1] == -1).sum()) > 0 for b in batches[1.0])  # breaks are found
+    with pytest.raises(ConfigError, match="^lm_slots_first_p: needs model.memory_mode 'kv'"):
+        TrainConfig(lm_slots_first_p=0.5, model=dataclasses.replace(cfg.model, memory_mode="layerwise"))
+
+    model = R3MemModel(tiny_model("llama", layers=4), dataclasses.replace(cfg.model, memory_mode="kv"))
+    perturb_trainables(model)
+    b = batches[1.0][0]
+    terms = step_losses(model, b)
+    direct = local_lm_losses(model, b["ids"], b["mask"], b["piece"], 1.0, 1.0, 0.0)
+    torch.testing.assert_close(terms.forward, direct.forward)
+    assert not torch.isclose(terms.forward, lm_losses(model, b["ids"], b["mask"], 1.0, 1.0, 0.0).forward)
+    (terms.forward + terms.backward).backward()
+    assert model.memory.write_emb.grad.abs().sum() > 0 and model.memory.init_mem.grad.abs().sum() > 0
+    lora = [p.grad for n, p in model.named_parameters() if ".lora_" in n and p.grad is not None]
+    assert lora and sum(float(g.abs().sum()) for g in lora) > 0

@@ -1,7 +1,10 @@
 """What the one-pass hierarchy saves: a document fold plus paragraph slots, written (a) as today, each
-slot from a pass of its own over its paragraph, and (b) from the fold's own pass
-(`R3MemModel.compress_with_slots`), against a plain forward pass of the base model over the same
-tokens, side by side in one process (median of interleaved repeats, batch 1).
+slot from a pass of its own over its paragraph, (b) from the fold's own pass
+(`R3MemModel.compress_with_slots`), and (c) slots first: the slot passes as in (a), then every segment's
+document write tokens in one pass over the slot passes' keys/values (`R3MemModel.fold_over_pieces`),
+against a plain forward pass of the base model over the same tokens, side by side in one process
+(median of interleaved repeats, batch 1); and the document level alone, today's fold against the
+slots-first one (`fold_local`, its text read paragraph by paragraph).
 
 Both sides run the model calls only (no tokenizing, retrieval keys or quantizing, which are the same
 for both). Held-out paragraphs of 10356, each at most `max_paragraph_tokens`, followed by a blank line,
@@ -30,7 +33,7 @@ from r3mem.hierarchy import paragraph_spans  # noqa: E402
 from r3mem.recurrence import fold  # noqa: E402
 from r3mem.text import read_text, strip_gutenberg  # noqa: E402
 from r3mem.tokens import slot_tokens, tokenize  # noqa: E402
-from r3mem.writer import compress_texts  # noqa: E402
+from r3mem.writer import compress_texts, compress_texts_keeping_text  # noqa: E402
 
 
 def stream(engine: R3Mem, text: str, n_tokens: int) -> tuple[list[int], list[tuple[int, int]]]:
@@ -73,30 +76,62 @@ def one_pass(engine: R3Mem, ids: list[int], paras: list[tuple[int, int]]) -> int
     return len(pieces)
 
 
+@torch.no_grad()
+def slots_first(engine: R3Mem, ids: list[int], paras: list[tuple[int, int]]) -> None:
+    """The slot passes first (as today, keeping each paragraph's keys/values), then the document fold's
+    write tokens of every segment in one pass over them (`fold_over_pieces`): the text is read once."""
+    m = engine.model
+    done = compress_texts_keeping_text(m, [ids[a:b] for a, b in paras], engine.config.paragraph_ratio,
+                                       engine.tokenizer.pad_token_id)
+    m.fold_over_pieces(m.initial_state(1), [(text, a) for (_, text), (a, _) in zip(done, paras)], len(ids))
+
+
+@torch.no_grad()
+def doc_fold(engine: R3Mem, ids: list[int], paras: list[tuple[int, int]]) -> None:
+    """The document level alone, as today: one pass per segment."""
+    m, x = engine.model, torch.tensor([ids])
+    fold(m, m.initial_state(1), x, torch.ones_like(x), store_dtype=m.store_dtype)
+
+
+@torch.no_grad()
+def doc_slots_first(engine: R3Mem, ids: list[int], paras: list[tuple[int, int]]) -> None:
+    """The document level alone, slots-first (`fold_local`: the paragraphs' text read alone, in passes of
+    `LOCAL_TEXT_TOKENS`, then every segment's write tokens in one pass)."""
+    m, x = engine.model, torch.tensor([ids])
+    piece = torch.full_like(x, -1)
+    for j, (a, b) in enumerate(paras):
+        piece[0, a:b] = j
+    m.fold_local(m.embed(x), torch.ones_like(x), piece, m.initial_state(1))
+
+
+METHODS = {"two_pass": two_pass, "one_pass": one_pass, "slots_first": slots_first, "doc_fold": doc_fold,
+           "doc_slots_first": doc_slots_first}
+
+
 def run(engine: R3Mem, text: str, lengths: list[int], repeats: int) -> list[dict]:
     tok = engine.tokenizer
     rows = []
     warm, wp = stream(engine, text, 256)
-    two_pass(engine, warm, wp)
-    one_pass(engine, warm, wp)
+    for fn in METHODS.values():
+        fn(engine, warm, wp)
     for n in lengths:
         ids, paras = stream(engine, text, n)
         plain = tok.decode(ids)
-        times: dict[str, list[float]] = {"base": [], "two_pass": [], "one_pass": []}
+        times: dict[str, list[float]] = {"base": [], **{k: [] for k in METHODS}}
+        spans = one_pass(engine, ids, paras)
         for _ in range(repeats):  # interleaved, so that drift in the machine lands on every method
             times["base"].append(_base_forward(engine, [plain]))
-            t0 = time.perf_counter()
-            two_pass(engine, ids, paras)
-            times["two_pass"].append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            spans = one_pass(engine, ids, paras)
-            times["one_pass"].append(time.perf_counter() - t0)
+            for name, fn in METHODS.items():
+                t0 = time.perf_counter()
+                fn(engine, ids, paras)
+                times[name].append(time.perf_counter() - t0)
         med = {k: statistics.median(v) for k, v in times.items()}
         row = {"tokens": len(ids), "paragraphs": len(paras), "one_pass_spans": spans,
                "seconds_median": med, "seconds": times,
-               "ratio_two_pass_vs_base": med["base"] / med["two_pass"],
-               "ratio_one_pass_vs_base": med["base"] / med["one_pass"],
-               "speedup_one_pass": med["two_pass"] / med["one_pass"]}
+               **{f"ratio_{k}_vs_base": med["base"] / med[k] for k in METHODS},
+               "speedup_one_pass": med["two_pass"] / med["one_pass"],
+               "speedup_slots_first": med["two_pass"] / med["slots_first"],
+               "speedup_doc_slots_first": med["doc_fold"] / med["doc_slots_first"]}
         print(json.dumps({k: v for k, v in row.items() if k != "seconds"}), flush=True)
         rows.append(row)
     return rows

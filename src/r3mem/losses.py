@@ -18,7 +18,7 @@ from r3mem.quant import fake_quantize
 from r3mem.recurrence import fold
 from r3mem.tokens import lm_labels, pad_batch, slot_tokens
 
-__all__ = ["LossTerms", "lm_losses", "pair_losses", "recon_losses"]
+__all__ = ["LossTerms", "lm_losses", "local_lm_losses", "pair_losses", "recon_losses"]
 
 
 @dataclass
@@ -81,6 +81,34 @@ def lm_losses(
                read_prefix=(lambda _state: [list(p) for p in previous]) if read_previous else None)
     fwd = out.loss / out.n.clamp(min=1) if w_fwd > 0 else _zero(model)
     return LossTerms(fwd, bwd[0] / max(n_seg[0], 1), cyc[0] / max(n_seg[0], 1))
+
+
+def local_lm_losses(model: R3MemModel, ids: torch.Tensor, mask: torch.Tensor, piece: torch.Tensor, w_fwd: float,
+                    w_bwd: float, w_cyc: float) -> LossTerms:
+    """`lm_losses` for the slots-first document fold (`R3MemModel.fold_local`): a [B, T] window cut into
+    slot pieces (piece [B, T], `tokens.paragraph_pieces`) is folded in one pass from the keys/values its
+    pieces' slot passes give it; each segment is then scored after the memory before it and expanded
+    back from its own, as `lm_losses` does (here all segments at once, as rows)."""
+    B, seg, k = ids.shape[0], model.cfg.segment_len, model.cfg.num_mem_tokens
+    first = model.initial_state(B)
+    states = model.fold_local(model.embed(ids), mask, piece, first)  # [B, N, L, 2, H, k, hd]
+    N = states.shape[1]
+    pad = N * seg - ids.shape[1]
+    segs = F.pad(ids, (0, pad)).view(B * N, seg)
+    smask = F.pad(mask, (0, pad)).view(B * N, seg)
+    live = smask.sum(1) > 0
+    segs, smask = segs[live], smask[live]
+    fwd = bwd = cyc = _zero(model)
+    if w_fwd > 0:
+        before = torch.cat([first[:, None], states[:, :-1]], 1).flatten(0, 1)[live]
+        _, loss, n = model.compress(model.embed(segs), smask, before, k, lm_labels(segs, smask))
+        fwd = loss / n.clamp(min=1)
+    if w_bwd > 0 or w_cyc > 0:
+        own = states.flatten(0, 1)[live]
+        hidden, lab = model.teacher_force(own, segs, smask)
+        bwd = _mean_ce(model, hidden, lab) if w_bwd > 0 else bwd
+        cyc = cycle_term(model, own, hidden, smask) if w_cyc > 0 else cyc
+    return LossTerms(fwd, bwd, cyc)
 
 
 def pair_losses(model: R3MemModel, ctx: tuple[torch.Tensor, torch.Tensor], query: tuple[torch.Tensor, torch.Tensor],

@@ -99,6 +99,9 @@ def _unpack(h: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 # Write tokens per pass of `slots_from_text`: on a CPU a pass of a few tokens costs a read of all the
 # weights, so slots share passes; past a few hundred the block mask's unused attention starts to cost.
 SLOT_TOKENS_PER_PASS = 256
+# Tokens per pass of `fold_local`'s text: its pieces read only themselves, so longer passes only add
+# attention that the block mask throws away.
+LOCAL_TEXT_TOKENS = 512
 DRAFT_LOOKAHEAD = 32  # draft tokens fed per pass of `reconstruct_drafted` (a slot holds at most 96 text tokens)
 
 
@@ -523,6 +526,132 @@ class R3MemModel(nn.Module):
         first = o + 1 + mask.sum(1) - n_text  # [B]: position of each row's first slot token
         rows = zip(text, n_text.tolist(), first.tolist())
         return torch.stack(self.slots_from_text([(t[..., N - n:, :], f, n_write) for t, n, f in rows]))
+
+    # ----- the slots-first document fold (LOG 2026-12-08) ------------------------------------
+    def local_text(self, embeds: torch.Tensor, piece: torch.Tensor, first: int) -> torch.Tensor:
+        """The keys/values slot passes give a text cut into pieces, in one pass: embeds [B, T, d], piece
+        [B, T] (each token's piece, numbered from 0; -1: in none, e.g. a paragraph break or padding),
+        token i at position `first` + i. A piece's tokens read only its earlier tokens and the slot pass's
+        <start> entry moved just before it, as each piece's own slot pass reads it (`slots_from_text`);
+        a token of no piece reads only itself. Returns [B, L, 2, H, T, hd]."""
+        if not self.kv:
+            raise ValueError("local_text: needs memory_mode 'kv'")
+        B, T = piece.shape
+        dev, idx = embeds.device, torch.arange(T, device=embeds.device)
+        P = max(int(piece.max()) + 1, 1)
+        # each piece's first token (T where a row has no such piece: its entry is read by nobody)
+        begin = torch.full((B, P), T, dtype=torch.long, device=dev).scatter_reduce(
+            1, piece.clamp(min=0), torch.where(piece >= 0, idx, T).expand(B, T), "amin")
+        start = self._start_entry().float().expand(B, -1, -1, -1, P, -1)
+        entries = kv.reposition(self._rot, start, first + begin - 1 - self._continue_at(None))
+        same = (piece[:, :, None] == piece[:, None, :]) & (piece[:, :, None] >= 0)
+        causal = idx[:, None] >= idx[None]
+        allowed = torch.cat([piece[:, :, None] == torch.arange(P, device=dev)[None, None],
+                             (same & causal) | torch.eye(T, dtype=torch.bool, device=dev)], 2)
+        cache = self._run(embeds, torch.ones(B, T, dtype=torch.long, device=dev), COMPRESS, None, 0, use_cache=True,
+                          past=entries.to(embeds.dtype), start=first, attn_mask=self._block_mask(allowed)).cache
+        return kv.from_cache(cache, T)
+
+    def fold_over_text(self, state: torch.Tensor, text: torch.Tensor, mask: torch.Tensor,
+                       read: torch.Tensor) -> torch.Tensor:
+        """The document fold with the text's keys/values given: every segment's write tokens in one pass.
+
+        state [B, L, 2, H, m, hd]: the memory before the first segment. text [B, L, 2, H, T, hd]: the keys/
+        values of T tokens, token i at position o + 1 + i (o = `_continue_at(state)`: the first segment
+        where `_kv_pass` puts it); mask [B, T] (1: real token); read [B, T] bool: the write tokens read
+        the token's entry. Segment t's write tokens read its <start> (reading nothing), its read tokens
+        and, as `_kv_pass` reads the memory, the write tokens of segment t - 1 (for t = 0, `state`), at
+        the distances `_kv_pass` gives them (segment t placed t * (segment_len + 1) positions on).
+        Returns M_1..M_N [B, N, L, 2, H, k, hd], canonical as `compress` returns them; a segment of no
+        real token keeps the memory before it. Spread positions only.
+        """
+        if not (self.kv and self.spread):
+            raise ValueError("fold_over_text: needs memory_mode 'kv' and memory_positions 'spread'")
+        seg, k, dev = self.cfg.segment_len, self.cfg.num_mem_tokens, text.device
+        B, T = mask.shape
+        N, m, o = -(-T // seg), kv.mem_len(state), self._continue_at(state)
+        n = F.pad(mask, (0, N * seg - T)).view(B, N, seg).sum(-1)  # [B, N] tokens per segment
+        # Segment t's <start>: a memory is read as if its text ended just before the <start> at o, so
+        # each segment sits segment_len + 1 positions after the one before; its text moves by t.
+        at = o + (seg + 1) * torch.arange(N, device=dev)  # [N]
+        seps = kv.reposition(self._rot, self._start_entry().float().expand(B, -1, -1, -1, N, -1),
+                             (at - self._continue_at(None)).expand(B, N))
+        t_seg = torch.arange(T, device=dev) // seg
+        text = kv.reposition(self._rot, text.float(), t_seg.expand(B, T))
+        past = torch.cat([state.float(), seps, text], -2)
+        q_seg = torch.arange(N * k, device=dev) // k  # [Q] the segment of each write token
+        Q = N * k
+        causal = torch.arange(Q, device=dev)[:, None] >= torch.arange(Q, device=dev)[None]
+        allowed = torch.cat([
+            (q_seg == 0)[:, None].expand(Q, m),
+            q_seg[:, None] == torch.arange(N, device=dev)[None],
+            (q_seg[:, None] == t_seg[None]),
+            ((q_seg[:, None] == q_seg[None]) & causal) | (q_seg[:, None] == q_seg[None] + 1),
+        ], 1)[None].expand(B, -1, -1).clone()
+        allowed[:, :, m + N:m + N + T] &= read.bool()[:, None, :]
+        pos = (at[None, :, None] + 1 + self.spread_positions(n.view(-1), k).view(B, N, k)).view(B, Q)
+        x = torch.cat([self.memory.write_tokens(B, k)] * N, 1).to(self.lm.get_input_embeddings().weight.dtype)
+        cache = self._run(x, torch.ones(B, Q, dtype=torch.long, device=dev), COMPRESS, None, 0, use_cache=True,
+                          past=past, start=0, tail_positions=pos, write_tail=Q,
+                          attn_mask=self._block_mask(allowed)).cache
+        w = kv.from_cache(cache, Q).unflatten(-2, (N, k)).movedim(-3, 1)  # [B, N, L, 2, H, k, hd]
+        out = kv.reposition(self._rot, w.flatten(0, 1), -(at + 1).repeat(B)).view_as(w)
+        prev, states = state.to(out.dtype), []
+        for t in range(N):  # a segment of padding only keeps the memory (as `recurrence.fold`)
+            prev = torch.where((n[:, t] > 0).view(B, 1, 1, 1, 1, 1), out[:, t], prev)
+            states.append(prev)
+        return torch.stack(states, 1)
+
+    def slots_keeping_text(self, embeds: torch.Tensor, mask: torch.Tensor,
+                           n_write: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Slots of B texts (embeds [B, T, d], mask [B, T], right-padded) as `compress` writes them with no
+        memory, and each text's keys/values of that pass: (slots [B, L, 2, H, n_write, hd], one
+        [L, 2, H, n_b, hd] per row, its first token at `_continue_at(None) + 1`), what the slots-first
+        fold reads (`fold_over_pieces`)."""
+        if not self.kv:
+            raise ValueError("slots_keeping_text: needs memory_mode 'kv'")
+        _, cache, slots = self._kv_pass(embeds, mask, None, n_write)
+        T = embeds.shape[1]
+        text = kv.from_cache(cache, T + n_write)[..., :T, :]  # packed: a row's text ends just before its write tokens
+        return slots, [text[b, ..., T - n:, :] for b, n in enumerate(mask.sum(1).tolist())]
+
+    def fold_over_pieces(self, state: torch.Tensor, pieces: list[tuple[torch.Tensor, int]],
+                         n_tokens: int) -> torch.Tensor:
+        """The slots-first fold of one document of `n_tokens` tokens after `state` [1, L, 2, H, m, hd], from
+        its pieces' slot-pass keys/values: (text [L, 2, H, n, hd] as `slots_keeping_text` gives it, the
+        piece's first token in the document). Tokens of no piece (paragraph breaks) are not read.
+        Returns M_1..M_N [N, L, 2, H, k, hd]."""
+        L, _, H, _, hd = self._start_entry().shape[1:]
+        text = torch.zeros(1, L, 2, H, n_tokens, hd)
+        read = torch.zeros(1, n_tokens, dtype=torch.bool)
+        shift = self._continue_at(state) + 1 - (self._continue_at(None) + 1)
+        for t, a in pieces:
+            n = t.shape[-2]
+            text[0, ..., a:a + n, :] = kv.reposition(self._rot, t[None].float(), torch.tensor([shift + a]))[0]
+            read[0, a:a + n] = True
+        return self.fold_over_text(state, text.to(state.device), torch.ones(1, n_tokens, dtype=torch.long,
+                                                                              device=state.device), read)[0]
+
+    def fold_local(self, embeds: torch.Tensor, mask: torch.Tensor, piece: torch.Tensor,
+                   state: torch.Tensor) -> torch.Tensor:
+        """The slots-first document fold of embeds [B, T, d] (mask [B, T]) cut into slot pieces (piece
+        [B, T], `local_text`) after `state`: each segment's memory written from the keys/values its
+        pieces' slot passes give its tokens. Returns M_1..M_N [B, N, L, 2, H, k, hd]. The text is read in
+        passes of about `LOCAL_TEXT_TOKENS` cut where every row's piece ends (pieces read only
+        themselves: the same keys/values, without attention over the whole text)."""
+        first, T = self._continue_at(state) + 1, piece.shape[1]
+        cuts = [0] + [i for i in range(1, T) if bool((piece[:, i] != piece[:, i - 1]).all())] + [T]
+        bounds, a = [], 0
+        for i in cuts[1:]:
+            if i == T or i - a >= LOCAL_TEXT_TOKENS:
+                bounds.append((a, i))
+                a = i
+        parts = []
+        for a, b in bounds:
+            p = piece[:, a:b]
+            low = torch.where(p >= 0, p, p.new_tensor(1 << 30)).amin(1, keepdim=True)
+            parts.append(self.local_text(embeds[:, a:b], torch.where(p >= 0, p - low, p), first + a))
+        return self.fold_over_text(state, torch.cat(parts, -2), mask, piece >= 0)
 
     def token_nll(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed negative log-likelihood of `labels` [B, T] under the hidden states [B, T, d], number of

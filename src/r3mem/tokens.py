@@ -14,7 +14,8 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-__all__ = ["tokenize", "tokenize_long", "split_at_whitespace", "pad_batch", "lm_labels", "slot_tokens", "IGNORE_INDEX"]
+__all__ = ["tokenize", "tokenize_long", "split_at_whitespace", "pad_batch", "lm_labels", "slot_tokens", "IGNORE_INDEX",
+           "newline_table", "paragraph_pieces"]
 
 # The label cross-entropy skips (torch and transformers both default to it).
 IGNORE_INDEX = -100
@@ -88,3 +89,41 @@ def tokenize_long(tok, text: str, chunk_chars: int = 1 << 16) -> list[int]:
         raise ValueError(f"chunk_chars must be >= 1, got {chunk_chars}")
     slices = (text[i : i + chunk_chars] for i in range(0, len(text), chunk_chars))  # keeps the buffer small
     return [i for piece in split_at_whitespace(slices, chunk_chars) for i in tokenize(tok, piece)]
+
+
+def newline_table(tok) -> list[int]:
+    """Per token id: the number of newlines the token holds if it is whitespace only, else -1."""
+    out = []
+    for i in range(len(tok)):
+        s = tok.decode([i])
+        out.append(s.count("\n") if s and not s.strip() else -1)
+    return out
+
+
+def paragraph_pieces(ids: list[int], newlines: list[int], max_len: int) -> list[int]:
+    """Each token's slot piece, numbered from 0 in order, -1 on paragraph breaks: a break is a run of
+    whitespace-only tokens (`newline_table`) holding two or more newlines (a line break inside a
+    paragraph is not one, and a tokenizer may spell a blank line as one token or two), and each
+    paragraph between breaks is cut into pieces of `max_len` tokens and a last of the rest, as the
+    writer cuts a paragraph into slots."""
+    n, brk, i = len(ids), [False] * len(ids), 0
+    while i < n:
+        j, lines = i, 0
+        while j < n and newlines[ids[j]] >= 0:
+            lines, j = lines + newlines[ids[j]], j + 1
+        if lines >= 2:
+            brk[i:j] = [True] * (j - i)
+        i = max(j, i + 1)
+    piece, nxt, i = [-1] * n, 0, 0
+    while i < n:
+        if brk[i]:
+            i += 1
+            continue
+        j = i
+        while j < n and not brk[j]:
+            j += 1
+        for a in range(i, j, max_len):
+            piece[a:min(a + max_len, j)] = [nxt] * (min(a + max_len, j) - a)
+            nxt += 1
+        i = j
+    return piece

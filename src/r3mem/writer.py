@@ -21,8 +21,8 @@ from r3mem.quant import Packed, dequantize, quantize
 from r3mem.recurrence import fold
 from r3mem.tokens import pad_batch, slot_tokens, tokenize
 
-__all__ = ["write_text", "write_texts", "flush", "effective_doc_state", "compress_texts", "compress_slots", "add_keys",
-           "pending_slot", "policy_of", "with_policy", "reusable", "Reuse", "settle"]
+__all__ = ["write_text", "write_texts", "flush", "effective_doc_state", "compress_texts", "compress_texts_keeping_text",
+           "compress_slots", "add_keys", "pending_slot", "policy_of", "with_policy", "reusable", "Reuse", "settle"]
 
 _TRAILING_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*$")
 _SLOT_BATCH = 8
@@ -42,6 +42,19 @@ def compress_texts(
     else. Sequences needing the same number of memory tokens are batched, sorted by length so that a
     batch carries little padding.
     """
+    return [state for state, _ in _compressed(model, seqs, ratio, pad_id, keep_text=False)]
+
+
+@torch.no_grad()
+def compress_texts_keeping_text(model: R3MemModel, seqs: list[list[int]], ratio: float | list[float],
+                                pad_id: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`compress_texts` (kv mode), with each sequence's keys/values of its slot pass ([L, 2, H, n, hd],
+    `R3MemModel.slots_keeping_text`): what the slots-first document fold reads (`fold_over_pieces`)."""
+    return _compressed(model, seqs, ratio, pad_id, keep_text=True)
+
+
+def _compressed(model: R3MemModel, seqs: list[list[int]], ratio: float | list[float], pad_id: int,
+                keep_text: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     ratios = [ratio] * len(seqs) if isinstance(ratio, (int, float)) else list(ratio)
     if len(ratios) != len(seqs):
         raise ValueError(f"compress_texts: {len(seqs)} sequences but {len(ratios)} ratios")
@@ -52,15 +65,18 @@ def compress_texts(
     for i, key in enumerate(keys):
         if first.setdefault(key, i) == i:
             groups.setdefault(key[0], []).append(i)
-    done: dict[int, torch.Tensor] = {}
+    done: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
     for k, idx in groups.items():
         idx.sort(key=lambda i: len(seqs[i]))
         for c in range(0, len(idx), _SLOT_BATCH):
             chunk = idx[c:c + _SLOT_BATCH]
             ids, mask = pad_batch([seqs[i] for i in chunk], pad_id, device)
-            state, _, _ = model.compress(model.embed(ids), mask, model.slot_prior(len(chunk)), k)
+            if keep_text:
+                state, texts = model.slots_keeping_text(model.embed(ids), mask, k)
+            else:
+                state, texts = model.compress(model.embed(ids), mask, model.slot_prior(len(chunk)), k)[0], None
             for j, i in enumerate(chunk):
-                done[i] = state[j].to(model.store_dtype)
+                done[i] = (state[j].to(model.store_dtype), None if texts is None else texts[j])
     # A repeat shares its first occurrence's tensor (states are immutable values): stored once in memory
     # and in memory files.
     return [done[i] if i in done else done[first[key]] for i, key in enumerate(keys)]

@@ -74,6 +74,11 @@ class TrainConfig:
     # and the initial memory, so that slots can be written from the keys/values of the pass that folds
     # the document (LOG 2026-12-07). 0: never (and the batches of older runs are unchanged).
     recon_in_pass_p: float = 0.0
+    # Slots-first document fold: this fraction of document windows is folded from the keys/values the
+    # paragraph slot passes give its text (`R3MemModel.fold_local`: each paragraph piece reads only
+    # itself, every segment's write tokens the memory before it and its pieces), the fold a writer
+    # that runs the slot passes first uses (LOG 2026-12-08). 0: never (older runs' batches unchanged).
+    lm_slots_first_p: float = 0.0
     # Start from this adapter folder's weights (a committed adapter of an earlier run) when the run
     # folder has no checkpoint yet; the step count continues from the adapter's, the optimizer is new.
     # Its LoRA may be of a smaller rank than `model.lora_rank`: it is grown (train/warmstart.py).
@@ -141,6 +146,12 @@ class TrainConfig:
               self.recon_in_pass_p)
         check(self.recon_in_pass_p == 0 or self.model.memory_mode == "kv", "recon_in_pass_p",
               "needs model.memory_mode 'kv'", self.recon_in_pass_p)
+        check(isinstance(self.lm_slots_first_p, (int, float)) and not isinstance(self.lm_slots_first_p, bool)
+              and 0 <= self.lm_slots_first_p <= 1, "lm_slots_first_p", "must be a number in [0, 1]",
+              self.lm_slots_first_p)
+        spread_kv = self.model.memory_mode == "kv" and self.model.memory_positions == "spread"
+        check(self.lm_slots_first_p == 0 or spread_kv,
+              "lm_slots_first_p", "needs model.memory_mode 'kv' and memory_positions 'spread'", self.lm_slots_first_p)
         check(0 <= self.lm_read_previous <= 1, "lm_read_previous", "must be in [0, 1]", self.lm_read_previous)
         check(len(self.curriculum) > 0, "curriculum", "must have at least one phase", self.curriculum)
         prev = 0.0

@@ -21,7 +21,7 @@ import torch
 from r3mem.adapter import load_trainable_state, read_adapter, save_adapter
 from r3mem.backbone import base_model_id, load_base
 from r3mem.config import ConfigError, save_config
-from r3mem.losses import LossTerms, lm_losses, pair_losses, recon_losses
+from r3mem.losses import LossTerms, lm_losses, local_lm_losses, pair_losses, recon_losses
 from r3mem.model import R3MemModel
 from r3mem.train.config import TrainConfig
 from r3mem.train.mixture import TrainingMixture, split_rows
@@ -64,6 +64,8 @@ def step_losses(model: R3MemModel, batch: dict) -> LossTerms:
         return recon_losses(model, batch["ctx"], batch["target"], batch["ratio"], c.w_cyc,
                             text_lm=c.recon_lm and c.w_fwd > 0, bits=batch.get("bits", 16),
                             before=batch.get("before"))
+    if batch["level"] == "document" and "piece" in batch:
+        return local_lm_losses(model, batch["ids"], batch["mask"], batch["piece"], c.w_fwd, c.w_bwd, c.w_cyc)
     if batch["level"] == "document":
         return lm_losses(model, batch["ids"], batch["mask"], c.w_fwd, c.w_bwd, c.w_cyc,
                          read_previous=batch.get("read_previous", False))

@@ -14,7 +14,7 @@ import torch
 from r3mem.hierarchy import paragraph_spans
 from r3mem.text import read_text, strip_gutenberg
 from r3mem.tiny import SAMPLE_TEXT
-from r3mem.tokens import pad_batch, tokenize, tokenize_long
+from r3mem.tokens import newline_table, pad_batch, paragraph_pieces, tokenize, tokenize_long
 from r3mem.train.config import TrainConfig
 from r3mem.train.pairs import build_examples
 from r3mem.train.windows import lm_windows
@@ -53,6 +53,7 @@ class TrainingMixture:
     def __init__(self, cfg: TrainConfig, tokenizer) -> None:
         self.cfg, self.tok = cfg, tokenizer
         self._break = tokenize(tokenizer, "\n\n")  # between paragraphs of a `before` text
+        self._newlines: list[int] | None = None  # `newline_table`, built when first needed
         docs = load_sources(cfg.train_files, cfg.max_chars_per_file)
         window = cfg.model.segment_len * cfg.lm_segments
         token_docs = [tokenize_long(tokenizer, t) for _, t in docs]
@@ -91,7 +92,10 @@ class TrainingMixture:
             # Drawn only when asked for, so that runs without it keep their batches.
             read_previous = self.cfg.lm_read_previous > 0 and bool(
                 torch.rand((), generator=g) < self.cfg.lm_read_previous)
-            return {"level": level, "ids": ids, "mask": mask, "read_previous": read_previous}
+            batch = {"level": level, "ids": ids, "mask": mask, "read_previous": read_previous}
+            if self.cfg.lm_slots_first_p > 0 and bool(torch.rand((), generator=g) < self.cfg.lm_slots_first_p):
+                batch["piece"] = self._pieces(seqs, ids.shape[1])
+            return batch
         pool = self.pairs[level]
         items = [pool[int(i)] for i in torch.randint(len(pool), (B,), generator=g)]
         ratios = self.cfg.ratios_at(step)
@@ -102,6 +106,14 @@ class TrainingMixture:
                                 "ctx": pad_batch([p.ctx for p in items], pad, torch.device("cpu")),
                                 "query": pad_batch([p.query + [eos] for p in items], pad, torch.device("cpu")),
                                 "target": pad_batch([p.ctx + [eos] for p in items], pad, torch.device("cpu"))}, g)
+
+    def _pieces(self, seqs: list[list[int]], width: int) -> torch.Tensor:
+        """[B, width] each token's paragraph slot piece (`paragraph_pieces`; -1 on breaks and padding)."""
+        if self._newlines is None:
+            self._newlines = newline_table(self.tok)
+        limit = self.cfg.model.max_paragraph_tokens
+        rows = [paragraph_pieces(s, self._newlines, limit) for s in seqs]
+        return torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.long)
 
     def _with_bits(self, batch: dict, g: torch.Generator) -> dict:
         """The slot batch with the bits its memory tokens are read at (`quant_bits` for a `quant_p`
