@@ -439,10 +439,19 @@ class R3MemModel(nn.Module):
         hierarchy."""
         if not self.kv or embeds.shape[0] != 1:
             raise ValueError("compress_keeping_text: needs memory_mode 'kv' and one segment")
+        new, (text,) = self._kv_pass_keeping_text(embeds, torch.ones(1, embeds.shape[1], dtype=torch.long,
+                                                                     device=embeds.device), state, n_write)
+        return new, text, self._continue_at(state) + 1
+
+    def _kv_pass_keeping_text(self, embeds: torch.Tensor, mask: torch.Tensor, state: torch.Tensor | None,
+                              n_write: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`_kv_pass` over embeds [B, T, d] (mask [B, T], right-padded): (the new memories [B, L, 2, H,
+        n_write, hd], each row's text keys/values [L, 2, H, n_b, hd]). Packing puts a row's text just
+        before its write tokens."""
+        _, cache, new = self._kv_pass(embeds, mask, state, n_write)
         T = embeds.shape[1]
-        _, cache, new = self._kv_pass(embeds, torch.ones(1, T, dtype=torch.long, device=embeds.device), state,
-                                      n_write)
-        return new, kv.from_cache(cache, T + n_write)[0, ..., :T, :], self._continue_at(state) + 1
+        text = kv.from_cache(cache, T + n_write)[..., :T, :]
+        return new, [text[b, ..., T - n:, :] for b, n in enumerate(mask.sum(1).tolist())]
 
     def slots_from_text(self, pieces: list[tuple[torch.Tensor, int, int]]) -> list[torch.Tensor]:
         """One slot [L, 2, H, k, hd] per (text keys/values [L, 2, H, n, hd], position of its first token,
@@ -610,10 +619,7 @@ class R3MemModel(nn.Module):
         fold reads (`fold_over_pieces`)."""
         if not self.kv:
             raise ValueError("slots_keeping_text: needs memory_mode 'kv'")
-        _, cache, slots = self._kv_pass(embeds, mask, None, n_write)
-        T = embeds.shape[1]
-        text = kv.from_cache(cache, T + n_write)[..., :T, :]  # packed: a row's text ends just before its write tokens
-        return slots, [text[b, ..., T - n:, :] for b, n in enumerate(mask.sum(1).tolist())]
+        return self._kv_pass_keeping_text(embeds, mask, None, n_write)
 
     def fold_over_pieces(self, state: torch.Tensor, pieces: list[tuple[torch.Tensor, int]],
                          n_tokens: int) -> torch.Tensor:
@@ -621,16 +627,16 @@ class R3MemModel(nn.Module):
         its pieces' slot-pass keys/values: (text [L, 2, H, n, hd] as `slots_keeping_text` gives it, the
         piece's first token in the document). Tokens of no piece (paragraph breaks) are not read.
         Returns M_1..M_N [N, L, 2, H, k, hd]."""
-        L, _, H, _, hd = self._start_entry().shape[1:]
-        text = torch.zeros(1, L, 2, H, n_tokens, hd)
-        read = torch.zeros(1, n_tokens, dtype=torch.bool)
+        L, _, H, _, hd = state.shape[1:]
+        dev = state.device
+        text = torch.zeros(1, L, 2, H, n_tokens, hd, device=dev)
+        read = torch.zeros(1, n_tokens, dtype=torch.bool, device=dev)
         shift = self._continue_at(state) + 1 - (self._continue_at(None) + 1)
         for t, a in pieces:
             n = t.shape[-2]
             text[0, ..., a:a + n, :] = kv.reposition(self._rot, t[None].float(), torch.tensor([shift + a]))[0]
             read[0, a:a + n] = True
-        return self.fold_over_text(state, text.to(state.device), torch.ones(1, n_tokens, dtype=torch.long,
-                                                                              device=state.device), read)[0]
+        return self.fold_over_text(state, text, torch.ones(1, n_tokens, dtype=torch.long, device=dev), read)[0]
 
     def fold_local(self, embeds: torch.Tensor, mask: torch.Tensor, piece: torch.Tensor,
                    state: torch.Tensor) -> torch.Tensor:
@@ -640,7 +646,8 @@ class R3MemModel(nn.Module):
         passes of about `LOCAL_TEXT_TOKENS` cut where every row's piece ends (pieces read only
         themselves: the same keys/values, without attention over the whole text)."""
         first, T = self._continue_at(state) + 1, piece.shape[1]
-        cuts = [0] + [i for i in range(1, T) if bool((piece[:, i] != piece[:, i - 1]).all())] + [T]
+        ends = ((piece[:, 1:] != piece[:, :-1]).all(0).nonzero()[:, 0] + 1).tolist()  # every row's piece ends
+        cuts = [0] + ends + [T]
         bounds, a = [], 0
         for i in cuts[1:]:
             if i == T or i - a >= LOCAL_TEXT_TOKENS:
